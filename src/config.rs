@@ -1,0 +1,85 @@
+//! Host paths core-ops manages, resolved once from flags, environment and defaults
+//! (DESIGN section 3). Every path the agent touches comes from here, so tests can point the
+//! whole agent at a scratch root.
+
+use std::path::{Path, PathBuf};
+
+/// Where things live on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// systemd unit dir (`/etc/systemd/system`).
+    pub unit_dir: PathBuf,
+    /// Quadlet dir (`/etc/containers/systemd`).
+    pub quadlet_dir: PathBuf,
+    /// State dir (`/var/lib/core-ops`).
+    pub state_dir: PathBuf,
+    /// Status snapshot (`<state dir>/status.json`).
+    pub state_file: PathBuf,
+    /// Roots host files may be written under.
+    pub host_file_roots: Vec<PathBuf>,
+}
+
+/// Default systemd unit dir.
+pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
+/// Default Quadlet dir.
+pub const DEFAULT_QUADLET_DIR: &str = "/etc/containers/systemd";
+/// Default state dir.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/core-ops";
+/// Default host-file roots.
+pub const DEFAULT_HOST_FILE_ROOTS: &str = "/etc:/srv";
+
+impl Paths {
+    /// Paths rooted at the defaults, for a state dir and optional overrides.
+    pub fn new(
+        unit_dir: Option<PathBuf>,
+        quadlet_dir: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        state_file: Option<PathBuf>,
+        host_file_roots: Option<&str>,
+    ) -> Paths {
+        let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let state_file = state_file.unwrap_or_else(|| state_dir.join("status.json"));
+        Paths {
+            unit_dir: unit_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_UNIT_DIR)),
+            quadlet_dir: quadlet_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_QUADLET_DIR)),
+            state_dir,
+            state_file,
+            host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
+        }
+    }
+
+    /// Whether an absolute host path lies under one of the allowed host-file roots.
+    pub fn host_file_allowed(&self, target: &Path) -> bool {
+        self.host_file_roots
+            .iter()
+            .any(|root| target.starts_with(root) && target != root)
+    }
+
+    /// The persisted target written by `core-ops init`.
+    pub fn target_file(&self) -> PathBuf {
+        self.state_dir.join("target.json")
+    }
+}
+
+/// Split a colon-separated list of absolute roots, ignoring empty parts.
+pub fn parse_roots(s: &str) -> Vec<PathBuf> {
+    s.split(':')
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_file_roots_are_prefixes_not_strings() {
+        let p = Paths::new(None, None, None, None, Some("/etc:/srv"));
+        assert!(p.host_file_allowed(Path::new("/etc/web/app.env")));
+        assert!(!p.host_file_allowed(Path::new("/etcetera/x")));
+        assert!(!p.host_file_allowed(Path::new("/etc")));
+        assert!(!p.host_file_allowed(Path::new("/usr/bin/x")));
+        assert_eq!(p.state_file, PathBuf::from("/var/lib/core-ops/status.json"));
+    }
+}

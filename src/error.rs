@@ -1,0 +1,113 @@
+//! Typed errors of the library. Errors are built once, at the boundary where the bad value was
+//! read, and carry the file (and line where there is one) so the operator can fix the input
+//! without guessing. The binary maps them to exit codes in exactly one place.
+
+use std::fmt;
+
+/// Where in the desired-state repository an input error was found.
+///
+/// Why: every input error must name the file, and the line when the format has lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// Repository-relative path (or host path for state files).
+    pub file: String,
+    /// 1-based line number, when known.
+    pub line: Option<usize>,
+}
+
+impl Location {
+    /// A location naming only a file.
+    pub fn file(file: impl Into<String>) -> Self {
+        Location {
+            file: file.into(),
+            line: None,
+        }
+    }
+
+    /// A location naming a file and a 1-based line.
+    pub fn line(file: impl Into<String>, line: usize) -> Self {
+        Location {
+            file: file.into(),
+            line: Some(line),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}", self.file, l),
+            None => write!(f, "{}", self.file),
+        }
+    }
+}
+
+/// A problem with the desired state itself (bad YAML, a unit file that breaks a rule).
+///
+/// Why: input errors are the operator's to fix and must never change the host; keeping them
+/// one type lets every command report them the same way (`file:line: message`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct InputError {
+    /// Where the problem is.
+    pub location: Location,
+    /// What is wrong, in the words of the troubleshooting guide.
+    pub message: String,
+}
+
+impl InputError {
+    /// Build an input error at a location.
+    pub fn new(location: Location, message: impl Into<String>) -> Self {
+        InputError {
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error the library returns, by the stage that raised it.
+///
+/// Why: the binary decides exit codes from the variant, in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The desired-state repository is invalid.
+    #[error("invalid desired state: {0}")]
+    Input(#[from] InputError),
+    /// The repository could not be opened, fetched, or the ref did not resolve.
+    #[error("source: {0}")]
+    Source(String),
+    /// Configuration (flags, environment, persisted target) is incomplete or contradictory.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Another core-ops run holds the state-dir lock.
+    #[error("{0}")]
+    Locked(String),
+    /// A saved plan no longer matches the host or the repository.
+    #[error("stale plan: {0}")]
+    StalePlan(String),
+    /// systemd could not be reached or refused a call.
+    #[error("systemd: {0}")]
+    Systemd(String),
+    /// Reading or writing the host failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Library result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,158 @@
+//! The two YAML documents of a desired-state repository, `host.yaml` and `service.yaml`, read
+//! strictly: unknown keys are errors, and every error names the file and line.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{InputError, Location};
+
+/// `hosts/<host>/host.yaml`: the explicit selection for one host.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostYaml {
+    /// Services this host runs; nothing is implied.
+    pub services: Vec<String>,
+    /// Runtime name -> version.
+    #[serde(default)]
+    pub runtimes: BTreeMap<String, String>,
+    /// Host policy.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Free-form variables (reserved for templating; recorded, not yet substituted).
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+}
+
+/// Host policy (DESIGN section 2).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Runtime publishers allowed to install.
+    #[serde(default)]
+    pub allowed_publishers: Vec<String>,
+    /// Whether local artifacts without a digest may install.
+    #[serde(default)]
+    pub allow_unverified_local: bool,
+    /// Windows like `Sat 02:00-04:00`.
+    #[serde(default)]
+    pub maintenance_windows: Vec<String>,
+    /// Minimum free disk, e.g. `1GiB`.
+    #[serde(default)]
+    pub min_free_disk: Option<String>,
+    /// Re-apply the last converged revision when verification fails.
+    #[serde(default = "default_true")]
+    pub auto_rollback: bool,
+    /// Same failure this many times -> quarantine.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            allowed_publishers: Vec::new(),
+            allow_unverified_local: false,
+            maintenance_windows: Vec::new(),
+            min_free_disk: None,
+            auto_rollback: true,
+            max_attempts: 3,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_attempts() -> u32 {
+    3
+}
+
+/// `services/<service>/service.yaml`: what unit files cannot say.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceYaml {
+    /// Host files of this service by absolute target path.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSpec>,
+    /// Per-unit settings by unit name.
+    #[serde(default)]
+    pub units: BTreeMap<String, UnitSpec>,
+}
+
+/// Mode, ownership and restart semantics of one host file.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Octal mode as a string, e.g. `"0640"` (default `0644`).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Owner user name (default `root`).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Owner group name (default `root`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Units restarted when this file changes (default: the service's `.service` units).
+    #[serde(default)]
+    pub restart: Option<Vec<String>>,
+}
+
+/// Per-unit lifecycle overrides.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UnitSpec {
+    /// Enable the unit file (default: it has an `[Install]` section).
+    #[serde(default)]
+    pub enable: Option<bool>,
+    /// Keep the unit started (default: it has `WantedBy=`/`RequiredBy=`, or it is a mount or
+    /// automount).
+    #[serde(default)]
+    pub start: Option<bool>,
+}
+
+/// Parse a YAML document strictly, turning serde's error into `file:line: message`.
+pub fn parse<T: for<'de> Deserialize<'de>>(file: &str, text: &[u8]) -> Result<T, InputError> {
+    let text = std::str::from_utf8(text)
+        .map_err(|_| InputError::new(Location::file(file), "not valid UTF-8"))?;
+    serde_yaml::from_str(text).map_err(|e| {
+        let location = match e.location() {
+            Some(l) => Location::line(file, l.line()),
+            None => Location::file(file),
+        };
+        // serde_yaml appends " at line L column C"; the location already says it
+        let msg = e.to_string();
+        let msg = match msg.find(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        };
+        InputError::new(location, msg)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_with_line() {
+        let err = parse::<HostYaml>("hosts/a/host.yaml", b"services: [web]\nservice: [x]\n")
+            .unwrap_err();
+        assert_eq!(err.location, Location::line("hosts/a/host.yaml", 2));
+        assert!(err.message.contains("unknown field `service`"), "{err}");
+        let err = parse::<ServiceYaml>(
+            "services/web/service.yaml",
+            b"files:\n  /etc/x:\n    mode: \"0644\"\n    colour: red\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.location.line, Some(4));
+    }
+
+    #[test]
+    fn policy_defaults() {
+        let h: HostYaml = parse("h", b"services: []\n").unwrap();
+        assert!(h.policy.auto_rollback);
+        assert_eq!(h.policy.max_attempts, 3);
+    }
+}

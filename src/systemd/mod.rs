@@ -1,0 +1,163 @@
+//! The narrow interface core-ops needs from systemd, and nothing more.
+//!
+//! Why a trait: the planner and the apply engine never see D-Bus types, and unit tests can run
+//! against [`fake::FakeSystemd`]. The product uses [`dbus::DbusSystemd`] (zbus + the
+//! `zbus_systemd` proxies) against the system bus or `CORE_OPS_SYSTEMD_ADDRESS`.
+
+pub mod dbus;
+pub mod fake;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Runtime state of one unit as systemd reports it.
+///
+/// Why: health is readiness, not "not failed" (DESIGN 9); these are the properties the
+/// verifier needs to judge it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UnitStatus {
+    /// Unit name, e.g. `web.service`.
+    pub name: String,
+    /// `loaded`, `not-found`, `bad-setting`, `error`, `masked`.
+    pub load_state: String,
+    /// `active`, `inactive`, `failed`, `activating`, `deactivating`, `reloading`.
+    pub active_state: String,
+    /// Unit-type specific sub state (`running`, `exited`, `dead`, `mounted`, `waiting`...).
+    pub sub_state: String,
+    /// `enabled`, `disabled`, `static`, `generated`, `transient`, `masked`, `` (unknown).
+    pub unit_file_state: String,
+    /// `success` or the failure reason of the last run (services, mounts, ...); empty if the
+    /// unit type has no Result property.
+    pub result: String,
+    /// Restarts by `Restart=` since the unit was last started (services only).
+    pub n_restarts: Option<u32>,
+    /// Hex invocation id of the current/last run, empty if never run.
+    pub invocation_id: String,
+}
+
+/// What a job should do to a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// `StartUnit(name, "replace")`.
+    Start,
+    /// `StopUnit(name, "replace")`.
+    Stop,
+    /// `RestartUnit(name, "replace")`.
+    Restart,
+}
+
+/// How a job ended, from the `result` argument of `JobRemoved` (or our own timeout).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOutcome {
+    /// `done`: the job succeeded.
+    Done,
+    /// `canceled`: superseded or cancelled (not a failure of the unit itself).
+    Canceled,
+    /// `timeout`: systemd's own job timeout.
+    Timeout,
+    /// `failed`: the unit failed.
+    Failed,
+    /// `dependency`: a dependency failed.
+    Dependency,
+    /// `skipped`: a condition was not met.
+    Skipped,
+    /// core-ops gave up waiting for `JobRemoved`.
+    WaitTimedOut,
+    /// systemd refused the call (no such unit, bad setting...); the message says why.
+    Refused(String),
+    /// Any other result string systemd sent.
+    Other(String),
+}
+
+impl JobOutcome {
+    /// Map the `result` string of a `JobRemoved` signal.
+    pub fn from_result(result: &str) -> Self {
+        match result {
+            "done" => JobOutcome::Done,
+            "canceled" => JobOutcome::Canceled,
+            "timeout" => JobOutcome::Timeout,
+            "failed" => JobOutcome::Failed,
+            "dependency" => JobOutcome::Dependency,
+            "skipped" => JobOutcome::Skipped,
+            other => JobOutcome::Other(other.to_string()),
+        }
+    }
+
+    /// True when the job reached its goal.
+    pub fn is_success(&self) -> bool {
+        matches!(self, JobOutcome::Done)
+    }
+}
+
+/// One job to run and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The unit.
+    pub unit: String,
+    /// What was asked.
+    pub kind: JobKind,
+    /// How it ended.
+    pub outcome: JobOutcome,
+}
+
+/// Calls made so far, so tests and benchmarks can prove "one reload per phase" and
+/// "a no-op apply starts zero jobs".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CallCounts {
+    /// `Reload()` calls.
+    pub reloads: u32,
+    /// Jobs enqueued (start, stop, restart).
+    pub jobs: u32,
+    /// `EnableUnitFiles` + `DisableUnitFiles` calls.
+    pub enablement_calls: u32,
+}
+
+/// Errors talking to systemd.
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    /// No bus at the address, or authentication failed.
+    #[error("cannot connect to systemd at {address}: {message}")]
+    Connect {
+        /// The D-Bus address tried.
+        address: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// A method call failed.
+    #[error("{method}: {message}")]
+    Call {
+        /// The D-Bus method.
+        method: String,
+        /// The error systemd (or the bus) returned.
+        message: String,
+    },
+}
+
+/// Exactly the verbs core-ops uses. Every method is synchronous; the D-Bus implementation
+/// runs its own single-threaded runtime.
+pub trait Systemd {
+    /// `Reload()` (daemon-reload). Apply calls it at most once per phase.
+    fn reload(&self) -> Result<(), SystemdError>;
+    /// Unit properties for each name, in the order given. Unknown units come back with
+    /// `load_state = "not-found"`, never as an error.
+    fn unit_statuses(&self, names: &[String]) -> Result<Vec<UnitStatus>, SystemdError>;
+    /// One `EnableUnitFiles(names, runtime=false, force=false)` call for all names.
+    fn enable(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// One `DisableUnitFiles(names, runtime=false)` call for all names.
+    fn disable(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// `ResetFailed` for each unit (so a failed unit can be started again cleanly).
+    fn reset_failed(&self, names: &[String]) -> Result<(), SystemdError>;
+    /// Enqueue every job (mode `replace`, bounded number in flight), wait for each one's
+    /// `JobRemoved` up to `timeout` per job, and return one result per job in input order.
+    /// A job systemd refuses is a `Refused` result, not an error of the whole batch.
+    fn run_jobs(
+        &self,
+        jobs: &[(JobKind, String)],
+        timeout: Duration,
+    ) -> Result<Vec<JobResult>, SystemdError>;
+    /// Calls made through this handle so far.
+    fn counts(&self) -> CallCounts;
+}
