@@ -7,6 +7,12 @@
 
 pub mod config;
 pub mod error;
+pub mod fsutil;
 pub mod normalize;
+pub mod observe;
+pub mod plan;
+pub mod provenance;
+pub mod record;
 pub mod render;
 pub mod source;
+pub mod systemd;

@@ -1,1 +1,163 @@
-//! TODO
+//! Observe: the actual state of exactly the resources core-ops manages: the files it would
+//! write or has written (by material digest, normalized like the desired side), and the
+//! runtime state of their units as systemd reports it.
+//!
+//! Why only managed resources: core-ops never reads, judges or touches a file it did not
+//! declare, even in the same directory.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::fsutil::owner_names;
+use crate::normalize::{FileMeta, Kind, normalize};
+use crate::systemd::{Systemd, UnitStatus};
+
+/// What a managed path holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ObservedFile {
+    /// Nothing there.
+    Absent,
+    /// A regular file.
+    File {
+        /// Material digest (normalized as the kind says).
+        digest: String,
+        /// Digest of the raw bytes.
+        raw_digest: String,
+        /// Mode and ownership found.
+        meta: FileMeta,
+    },
+    /// Something core-ops would not overwrite blindly (directory, symlink, device...).
+    Other {
+        /// What it is.
+        what: String,
+    },
+}
+
+impl ObservedFile {
+    /// The material digest, if a regular file is there.
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            ObservedFile::File { digest, .. } => Some(digest),
+            _ => None,
+        }
+    }
+}
+
+/// Read one managed path.
+pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(_) => return ObservedFile::Absent,
+    };
+    let ft = md.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "directory"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else {
+            "special file"
+        };
+        return ObservedFile::Other { what: what.into() };
+    }
+    let Ok(content) = fs::read(path) else {
+        return ObservedFile::Other {
+            what: "unreadable file".into(),
+        };
+    };
+    let (owner, group) = owner_names(&md);
+    let meta = FileMeta {
+        mode: md.mode() & 0o7777,
+        owner,
+        group,
+    };
+    let n = normalize(kind, &content, &meta);
+    ObservedFile::File {
+        digest: n.digest,
+        raw_digest: n.raw_digest,
+        meta,
+    }
+}
+
+/// Observe a set of managed paths (id -> (kind, path)).
+pub fn observe_files(
+    managed: &BTreeMap<String, (Kind, PathBuf)>,
+) -> BTreeMap<String, ObservedFile> {
+    managed
+        .iter()
+        .map(|(id, (kind, path))| (id.clone(), observe_file(*kind, path)))
+        .collect()
+}
+
+/// Unit runtime state, or why it is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitObservation {
+    /// systemd answered.
+    Known(BTreeMap<String, UnitStatus>),
+    /// No systemd to ask (a laptop, a CI job validating the repo); the plan still works
+    /// for files and says unit state is unknown.
+    Unknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Source of unit runtime state; the planner asks through this and never sees D-Bus.
+pub trait UnitStateSource {
+    /// State of these units.
+    fn observe_units(&self, names: &[String]) -> UnitObservation;
+}
+
+/// Used when no systemd answers: everything unknown, with the reason.
+#[derive(Debug, Clone)]
+pub struct NoSystemd {
+    /// Why systemd could not be asked.
+    pub reason: String,
+}
+
+impl UnitStateSource for NoSystemd {
+    fn observe_units(&self, _names: &[String]) -> UnitObservation {
+        UnitObservation::Unknown {
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+impl<T: Systemd + ?Sized> UnitStateSource for T {
+    fn observe_units(&self, names: &[String]) -> UnitObservation {
+        if names.is_empty() {
+            return UnitObservation::Known(BTreeMap::new());
+        }
+        match self.unit_statuses(names) {
+            Ok(list) => UnitObservation::Known(list.into_iter().map(|s| (s.name.clone(), s)).collect()),
+            Err(e) => UnitObservation::Unknown {
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn observes_absent_file_and_other() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(observe_file(Kind::Unit, &d.path().join("x")), ObservedFile::Absent);
+        assert!(matches!(observe_file(Kind::File, d.path()), ObservedFile::Other { .. }));
+        let p = d.path().join("f");
+        fs::write(&p, b"A=1\n").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+        match observe_file(Kind::File, &p) {
+            ObservedFile::File { meta, .. } => assert_eq!(meta.mode, 0o640),
+            other => panic!("{other:?}"),
+        }
+    }
+}

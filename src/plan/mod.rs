@@ -1,1 +1,591 @@
-//! TODO
+//! Plan: the three-way diff of desired state, `last_applied` and the observed host, turned into
+//! ordered actions with causes, plus drift and `runtime_variance` findings (DESIGN section 4).
+//!
+//! Pure: same inputs, same bytes. Maps are sorted, no clock is read, and the checksum is taken
+//! over canonical JSON.
+
+pub mod model;
+pub mod order;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::normalize::{Kind, sha256_hex};
+use crate::observe::{ObservedFile, UnitObservation};
+use crate::provenance::Provenance;
+use crate::record::status::LastApplied;
+use crate::render::{DesiredState, Resource};
+use crate::systemd::UnitStatus;
+pub use model::*;
+
+/// Everything a plan depends on.
+#[derive(Debug, Clone)]
+pub struct PlanInput<'a> {
+    /// Rendered desired state.
+    pub desired: &'a DesiredState,
+    /// Repository as shown to the operator.
+    pub repo: &'a str,
+    /// What converged last, if anything.
+    pub last_applied: Option<&'a LastApplied>,
+    /// Observed managed files by id (see [`managed_paths`]).
+    pub observed: &'a BTreeMap<String, ObservedFile>,
+    /// Observed unit runtime state.
+    pub units: &'a UnitObservation,
+    /// Warnings gathered before planning (e.g. why there is no status snapshot).
+    pub warnings: Vec<String>,
+}
+
+/// The paths the planner needs observed: every desired resource and every resource
+/// recorded as last applied (so removals are seen).
+pub fn managed_paths(
+    desired: &DesiredState,
+    last: Option<&LastApplied>,
+) -> BTreeMap<String, (Kind, PathBuf)> {
+    let mut m: BTreeMap<String, (Kind, PathBuf)> = BTreeMap::new();
+    if let Some(l) = last {
+        for (id, r) in &l.resources {
+            m.insert(id.clone(), (r.kind, r.path.clone()));
+        }
+    }
+    for (id, r) in &desired.resources {
+        m.insert(id.clone(), (r.kind, r.path.clone()));
+    }
+    m
+}
+
+/// Unit names whose runtime state the plan looks at: desired units, units restarted by a
+/// drop-in or file, and units of removed resources.
+pub fn managed_units(desired: &DesiredState, last: Option<&LastApplied>) -> Vec<String> {
+    let mut s: BTreeSet<String> = BTreeSet::new();
+    for r in desired.resources.values() {
+        if let Some(u) = &r.unit {
+            s.insert(u.name.clone());
+        }
+    }
+    if let Some(l) = last {
+        s.extend(l.resources.values().filter_map(|r| r.unit.clone()));
+    }
+    s.into_iter().collect()
+}
+
+fn observed_label(o: Option<&ObservedFile>) -> String {
+    match o {
+        None | Some(ObservedFile::Absent) => "absent".into(),
+        Some(ObservedFile::File { digest, .. }) => digest.clone(),
+        Some(ObservedFile::Other { what }) => format!("other:{what}"),
+    }
+}
+
+/// Resource-level dependency edges of the desired state: id -> ids that must come first.
+pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet<String>> {
+    let mut by_unit: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut mounts: Vec<(&str, &Resource)> = Vec::new();
+    for r in desired.resources.values() {
+        if let Some(u) = &r.unit {
+            by_unit.insert(&u.name, &r.id);
+            if let Some(m) = &u.mount {
+                mounts.push((&m.where_, r));
+            }
+        }
+    }
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in desired.resources.values() {
+        let mut d: BTreeSet<String> = BTreeSet::new();
+        if let Some(u) = &r.unit {
+            for a in &u.after {
+                if let Some(id) = by_unit.get(a.as_str()) {
+                    d.insert(id.to_string());
+                }
+            }
+            for p in &u.requires_mounts_for {
+                for (w, m) in &mounts {
+                    if Path::new(p).starts_with(w) && m.id != r.id {
+                        d.insert(m.id.clone());
+                    }
+                }
+            }
+            // the automount goes after the mount it activates
+            if r.kind == Kind::Automount {
+                let mount = r.id.replacen("automount:", "mount:", 1).replace(".automount", ".mount");
+                if desired.resources.contains_key(&mount) {
+                    d.insert(mount);
+                }
+            }
+        }
+        // a drop-in goes after the unit it extends; a host file goes before the units that use it
+        if r.kind == Kind::Dropin {
+            for u in &r.restarts {
+                if let Some(id) = by_unit.get(u.as_str()) {
+                    d.insert(id.to_string());
+                }
+            }
+        }
+        deps.entry(r.id.clone()).or_default().extend(d);
+        if r.kind == Kind::File {
+            for u in &r.restarts {
+                if let Some(id) = by_unit.get(u.as_str()) {
+                    deps.entry(id.to_string()).or_default().insert(r.id.clone());
+                }
+            }
+        }
+    }
+    deps
+}
+
+/// Whether a unit is healthy enough that the plan need not act, or what is wrong.
+fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
+    let u = r.unit.as_ref()?;
+    if st.load_state == "not-found" || st.load_state.is_empty() {
+        if u.start || u.enable {
+            return Some((
+                Action::Recover,
+                "unit file is on disk but systemd has not loaded it (reload needed)".into(),
+            ));
+        }
+        return None;
+    }
+    if st.load_state != "loaded" {
+        return Some((
+            Action::Recover,
+            format!("unit load state is '{}'", st.load_state),
+        ));
+    }
+    if u.start && st.active_state == "failed" {
+        let why = if st.result.is_empty() {
+            String::new()
+        } else {
+            format!(" (Result={})", st.result)
+        };
+        return Some((Action::Recover, format!("unit has failed{why}")));
+    }
+    let oneshot_done = u.effective.contains("Type=oneshot")
+        && !u.effective.contains("RemainAfterExit=yes")
+        && st.result == "success";
+    if u.start
+        && matches!(st.active_state.as_str(), "inactive" | "deactivating")
+        && !oneshot_done
+    {
+        return Some((Action::Restart, format!("unit is stopped ({})", st.active_state)));
+    }
+    let enabled = matches!(
+        st.unit_file_state.as_str(),
+        "enabled" | "enabled-runtime" | "static" | "generated" | "alias" | "indirect" | "linked"
+    );
+    if u.enable && !enabled && !st.unit_file_state.is_empty() {
+        return Some((
+            Action::Recover,
+            format!("unit is not enabled (UnitFileState={})", st.unit_file_state),
+        ));
+    }
+    None
+}
+
+/// Compute the plan.
+pub fn plan(input: PlanInput<'_>) -> Plan {
+    let desired = input.desired;
+    let last = input.last_applied;
+    let mut warnings = input.warnings.clone();
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut actions: BTreeMap<String, PlannedAction> = BTreeMap::new();
+
+    let unit_states = match input.units {
+        UnitObservation::Known(m) => Some(m),
+        UnitObservation::Unknown { reason } => {
+            warnings.push(format!(
+                "unit state unknown ({reason}); only files were compared"
+            ));
+            None
+        }
+    };
+
+    // 1. every desired resource
+    for r in desired.resources.values() {
+        let observed = input.observed.get(&r.id);
+        let last_digest = last
+            .and_then(|l| l.resources.get(&r.id))
+            .map(|a| a.digest.clone());
+        let sides = Sides {
+            desired: Some(r.digest.clone()),
+            last_applied: last_digest.clone(),
+            observed: Some(observed_label(observed)),
+        };
+        let (action, cause, reason) = match observed {
+            None | Some(ObservedFile::Absent) => match &last_digest {
+                None => (Action::Create, Cause::DesiredChange, "new in the desired state".to_string()),
+                Some(_) => {
+                    findings.push(Finding {
+                        kind: "drift".into(),
+                        id: r.id.clone(),
+                        reason: "managed file was removed from the host".into(),
+                    });
+                    (Action::Create, Cause::Drift, "managed file was removed from the host; recreate it".into())
+                }
+            },
+            Some(ObservedFile::Other { what }) => {
+                if what == "symlink" && last_digest.is_some() {
+                    findings.push(Finding {
+                        kind: "drift".into(),
+                        id: r.id.clone(),
+                        reason: "managed file was replaced by a symlink".into(),
+                    });
+                    (Action::Replace, Cause::Drift, "managed file was replaced by a symlink; replace it with the desired file".into())
+                } else {
+                    (
+                        Action::Blocked,
+                        Cause::UnmanagedConflict,
+                        format!("{} is a {what}; remove it by hand, core-ops does not overwrite it", r.path.display()),
+                    )
+                }
+            }
+            Some(ObservedFile::File { digest, raw_digest, meta }) => {
+                if *digest == r.digest {
+                    if *raw_digest != r.raw_digest && r.kind.is_ini() {
+                        findings.push(Finding {
+                            kind: "runtime_variance".into(),
+                            id: r.id.clone(),
+                            reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
+                        });
+                        (Action::NoOp, Cause::RuntimeVariance, "only non-material differences (formatting, comments, key order)".into())
+                    } else {
+                        (Action::NoOp, Cause::Unchanged, "desired, applied and observed agree".into())
+                    }
+                } else {
+                    let what = if r.kind == Kind::File && *raw_digest == crate::normalize::sha256_hex(&r.content) {
+                        format!(
+                            "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
+                            meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
+                        )
+                    } else {
+                        "content differs".to_string()
+                    };
+                    match &last_digest {
+                        None => (
+                            Action::Blocked,
+                            Cause::UnmanagedConflict,
+                            format!(
+                                "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove or adopt it by hand",
+                                r.path.display()
+                            ),
+                        ),
+                        Some(l) if l == digest => {
+                            (Action::Update, Cause::DesiredChange, format!("changed in the desired state ({what})"))
+                        }
+                        Some(l) => {
+                            findings.push(Finding {
+                                kind: "drift".into(),
+                                id: r.id.clone(),
+                                reason: format!("host no longer matches what was applied ({what})"),
+                            });
+                            if *l == r.digest {
+                                (Action::Update, Cause::Drift, format!("edited on the host ({what}); repair"))
+                            } else {
+                                (Action::Update, Cause::DesiredChange, format!("changed in the desired state and edited on the host ({what})"))
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let action = if action == Action::Update
+            && matches!(r.kind, Kind::Mount | Kind::Automount)
+            && r.unit.as_ref().is_some_and(|u| u.start)
+        {
+            Action::Replace
+        } else {
+            action
+        };
+        let reason = if action == Action::Replace && matches!(r.kind, Kind::Mount | Kind::Automount) {
+            format!("{reason}; mounts are stopped, rewritten and started")
+        } else {
+            reason
+        };
+        actions.insert(
+            r.id.clone(),
+            PlannedAction {
+                order: 0,
+                id: r.id.clone(),
+                kind: r.kind,
+                action,
+                cause,
+                reason,
+                path: Some(r.path.display().to_string()),
+                unit: r.unit.as_ref().map(|u| u.name.clone()),
+                enable: r.unit.as_ref().map(|u| u.enable),
+                start: r.unit.as_ref().map(|u| u.start),
+                restarts: r.restarts.clone(),
+                depends_on: Vec::new(),
+                digests: sides,
+            },
+        );
+    }
+
+    // 2. unit runtime drift on objects whose files are unchanged
+    if let Some(states) = unit_states {
+        for r in desired.resources.values() {
+            let Some(u) = &r.unit else { continue };
+            let a = actions.get_mut(&r.id).expect("inserted above");
+            if a.action != Action::NoOp {
+                continue;
+            }
+            let Some(st) = states.get(&u.name) else { continue };
+            if let Some((action, why)) = unit_drift(r, st) {
+                findings.push(Finding {
+                    kind: "drift".into(),
+                    id: r.id.clone(),
+                    reason: why.clone(),
+                });
+                a.action = action;
+                a.cause = Cause::Drift;
+                a.reason = why;
+            }
+        }
+    }
+
+    // 3. restarts caused by changed drop-ins and host files
+    let mut restart_causes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for a in actions.values() {
+        if matches!(a.action, Action::Create | Action::Update | Action::Replace) {
+            for u in &a.restarts {
+                restart_causes.entry(u.clone()).or_default().insert(a.id.clone());
+            }
+        }
+    }
+    for (unit, causes) in &restart_causes {
+        let list: Vec<&str> = causes.iter().map(String::as_str).collect();
+        match desired.unit_resource(unit) {
+            Some(r) => {
+                let a = actions.get_mut(&r.id).expect("inserted");
+                let started = r.unit.as_ref().is_some_and(|u| u.start);
+                if a.action == Action::NoOp && started {
+                    a.action = Action::Restart;
+                    a.cause = Cause::DependencyChange;
+                    a.reason = format!("restart: {} changed", list.join(", "));
+                } else if a.action == Action::NoOp {
+                    a.reason = format!(
+                        "{} changed; not kept started, picked up at next activation",
+                        list.join(", ")
+                    );
+                }
+            }
+            None => {
+                // a drop-in for a unit core-ops does not own (e.g. a distro unit)
+                let id = format!("unit:{unit}");
+                actions.insert(
+                    id.clone(),
+                    PlannedAction {
+                        order: 0,
+                        id,
+                        kind: Kind::Unit,
+                        action: Action::Restart,
+                        cause: Cause::DependencyChange,
+                        reason: format!("restart: {} changed (unit not managed by core-ops)", list.join(", ")),
+                        path: None,
+                        unit: Some(unit.clone()),
+                        enable: None,
+                        start: None,
+                        restarts: Vec::new(),
+                        depends_on: causes.iter().cloned().collect(),
+                        digests: Sides::default(),
+                    },
+                );
+            }
+        }
+    }
+
+    // 4. removals: applied before, no longer desired
+    let mut removed_deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    if let Some(l) = last {
+        for (id, rec) in &l.resources {
+            if desired.resources.contains_key(id) {
+                continue;
+            }
+            let observed = input.observed.get(id);
+            let (action, cause, reason) = match observed {
+                None | Some(ObservedFile::Absent) => (
+                    Action::NoOp,
+                    Cause::Drift,
+                    "left the desired state and is already gone from the host".to_string(),
+                ),
+                Some(ObservedFile::Other { what }) => (
+                    Action::Blocked,
+                    Cause::UnmanagedConflict,
+                    format!("left the desired state but {} is now a {what}; core-ops will not remove it", rec.path.display()),
+                ),
+                Some(ObservedFile::File { .. }) => (
+                    Action::Delete,
+                    Cause::DesiredChange,
+                    if rec.started {
+                        "left the desired state: stop, disable, remove".to_string()
+                    } else {
+                        "left the desired state: remove".to_string()
+                    },
+                ),
+            };
+            removed_deps.insert(id.clone(), rec.depends_on.iter().cloned().collect());
+            actions.insert(
+                id.clone(),
+                PlannedAction {
+                    order: 0,
+                    id: id.clone(),
+                    kind: rec.kind,
+                    action,
+                    cause,
+                    reason,
+                    path: Some(rec.path.display().to_string()),
+                    unit: rec.unit.clone(),
+                    enable: rec.unit.as_ref().map(|_| false),
+                    start: rec.unit.as_ref().map(|_| false),
+                    restarts: Vec::new(),
+                    depends_on: Vec::new(),
+                    digests: Sides {
+                        desired: None,
+                        last_applied: Some(rec.digest.clone()),
+                        observed: Some(observed_label(observed)),
+                    },
+                },
+            );
+        }
+    }
+
+    // 5. order: forward actions by dependencies, removals after them in reverse order
+    let mut deps = desired_dependencies(desired);
+    for a in actions.values() {
+        if a.path.is_none() {
+            deps.entry(a.id.clone())
+                .or_default()
+                .extend(a.depends_on.iter().cloned());
+        }
+    }
+    let forward: BTreeSet<String> = actions
+        .keys()
+        .filter(|id| !removed_deps.contains_key(*id))
+        .cloned()
+        .collect();
+    let (mut order, cycle) = order::topo_order(&forward, &deps);
+    if !cycle.is_empty() {
+        warnings.push(format!(
+            "dependency cycle among {}; they are ordered by id",
+            cycle.join(", ")
+        ));
+    }
+    let removed: BTreeSet<String> = removed_deps.keys().cloned().collect();
+    let (mut rev_order, rcycle) = order::topo_order(&removed, &removed_deps);
+    if !rcycle.is_empty() {
+        warnings.push(format!(
+            "dependency cycle among removed {}; they are ordered by id",
+            rcycle.join(", ")
+        ));
+    }
+    rev_order.reverse();
+    order.extend(rev_order);
+
+    let mut ordered = Vec::with_capacity(order.len());
+    let mut summary: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, id) in order.iter().enumerate() {
+        let mut a = actions.remove(id).expect("every id ordered once");
+        a.order = i + 1;
+        let mut d: Vec<String> = deps
+            .get(id)
+            .or_else(|| removed_deps.get(id))
+            .map(|s| s.iter().filter(|x| *x != id).cloned().collect())
+            .unwrap_or_default();
+        d.sort();
+        a.depends_on = d;
+        *summary.entry(a.action.as_str().to_string()).or_default() += 1;
+        ordered.push(a);
+    }
+    findings.sort_by(|a, b| (&a.id, &a.kind, &a.reason).cmp(&(&b.id, &b.kind, &b.reason)));
+
+    let observed_digest = observed_digest(input.observed, unit_states);
+    let mut plan = Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        kind: "CoreOpsPlan".into(),
+        core_ops: Provenance::current(),
+        host: desired.host.clone(),
+        repo: input.repo.to_string(),
+        base: Base {
+            desired_revision: desired.revision.commit.clone(),
+            requested_ref: desired.revision.requested_ref.clone(),
+            last_applied_revision: last.map(|l| l.revision.clone()),
+            observed_digest,
+        },
+        summary,
+        actions: ordered,
+        findings,
+        warnings,
+        checksum: String::new(),
+    };
+    plan.checksum = checksum(&plan);
+    plan
+}
+
+/// Digest over the observed files and the unit facts the plan acted on.
+pub fn observed_digest(
+    observed: &BTreeMap<String, ObservedFile>,
+    units: Option<&BTreeMap<String, UnitStatus>>,
+) -> String {
+    let files: BTreeMap<&str, String> = observed
+        .iter()
+        .map(|(id, o)| (id.as_str(), observed_label(Some(o))))
+        .collect();
+    let units: BTreeMap<&str, String> = units
+        .map(|m| {
+            m.iter()
+                .map(|(n, s)| {
+                    (
+                        n.as_str(),
+                        format!("{}/{}/{}", s.load_state, s.active_state, s.unit_file_state),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let doc = serde_json::json!({ "files": files, "units": units });
+    sha256_hex(doc.to_string().as_bytes())
+}
+
+/// The canonical JSON of a plan without its checksum: keys sorted, no whitespace.
+fn canonical_without_checksum(plan: &Plan) -> String {
+    let mut v = serde_json::to_value(plan).expect("plan serializes");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("checksum");
+    }
+    v.to_string()
+}
+
+/// `sha256:<hex>` over the canonical JSON without the `checksum` field.
+pub fn checksum(plan: &Plan) -> String {
+    sha256_hex(canonical_without_checksum(plan).as_bytes())
+}
+
+/// The bytes of a plan as written by `plan --out` and `--json`: canonical (sorted keys),
+/// pretty, newline-terminated.
+pub fn to_json_bytes(plan: &Plan) -> Vec<u8> {
+    let v = serde_json::to_value(plan).expect("plan serializes");
+    let mut b = serde_json::to_vec_pretty(&v).expect("value serializes");
+    b.push(b'\n');
+    b
+}
+
+/// Read a saved plan and check its embedded checksum.
+pub fn from_json_bytes(bytes: &[u8], file: &str) -> crate::error::Result<Plan> {
+    let plan: Plan = serde_json::from_slice(bytes)
+        .map_err(|e| crate::error::Error::Config(format!("{file}: not a core-ops plan: {e}")))?;
+    if plan.schema_version != PLAN_SCHEMA_VERSION {
+        return Err(crate::error::Error::Config(format!(
+            "{file}: plan schema_version {} is not supported (this build: {PLAN_SCHEMA_VERSION})",
+            plan.schema_version
+        )));
+    }
+    let expected = checksum(&plan);
+    if expected != plan.checksum {
+        return Err(crate::error::Error::StalePlan(format!(
+            "{file}: checksum mismatch (recorded {}, computed {expected}); the plan was modified",
+            plan.checksum
+        )));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests;

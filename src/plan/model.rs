@@ -1,0 +1,174 @@
+//! The plan document: an *intent manifest* (DESIGN section 4). Its JSON is the operator
+//! contract; human output renders the same struct.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::normalize::Kind;
+use crate::provenance::Provenance;
+
+/// Plan schema version.
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+/// What to do with one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Write a new object (and enable/start it if it should run).
+    Create,
+    /// Rewrite a changed object (and restart it if it runs).
+    Update,
+    /// Stop, rewrite, start (mounts whose source changed; a symlink where a file belongs).
+    Replace,
+    /// Stop, disable and remove an object that left the desired state.
+    Delete,
+    /// Restart a unit because something it uses changed, or start a stopped one.
+    Restart,
+    /// Bring a failed, disabled or not-loaded unit back (reset-failed, reload, enable, start).
+    Recover,
+    /// Nothing to do.
+    NoOp,
+    /// Cannot proceed safely; the reason says what the operator must do.
+    Blocked,
+}
+
+impl Action {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Replace => "replace",
+            Action::Delete => "delete",
+            Action::Restart => "restart",
+            Action::Recover => "recover",
+            Action::NoOp => "no_op",
+            Action::Blocked => "blocked",
+        }
+    }
+}
+
+/// Why an action is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The repository changed it (or it is new / removed).
+    DesiredChange,
+    /// The host no longer matches what was applied (hand edit, stopped or failed unit).
+    Drift,
+    /// Something it uses changed (drop-in, host file).
+    DependencyChange,
+    /// Differences were seen but are not material (formatting, comments, key order).
+    RuntimeVariance,
+    /// Desired, applied and observed agree.
+    Unchanged,
+    /// A file core-ops does not manage is in the way.
+    UnmanagedConflict,
+}
+
+/// Digests of the three sides for one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Sides {
+    /// Desired material digest.
+    pub desired: Option<String>,
+    /// Digest recorded when last applied.
+    pub last_applied: Option<String>,
+    /// Digest on the host now (`absent`, or `other:<what>`).
+    pub observed: Option<String>,
+}
+
+/// One ordered action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    /// 1-based position in execution order.
+    pub order: usize,
+    /// Resource id.
+    pub id: String,
+    /// Kind.
+    pub kind: Kind,
+    /// What to do.
+    pub action: Action,
+    /// Why.
+    pub cause: Cause,
+    /// One sentence for humans.
+    pub reason: String,
+    /// Host path, when the object is a file.
+    pub path: Option<String>,
+    /// systemd unit it concerns (for Quadlet: the generated unit).
+    pub unit: Option<String>,
+    /// Whether the unit should be enabled (unit-like objects).
+    pub enable: Option<bool>,
+    /// Whether the unit should be kept started (unit-like objects).
+    pub start: Option<bool>,
+    /// Units restarted because of this change (explicit restart semantics).
+    pub restarts: Vec<String>,
+    /// Resource ids ordered before this one.
+    pub depends_on: Vec<String>,
+    /// Digests of the three sides.
+    pub digests: Sides,
+}
+
+/// A difference worth reporting that is not itself an action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// `drift` or `runtime_variance`.
+    pub kind: String,
+    /// Resource id.
+    pub id: String,
+    /// What was seen and why it is (or is not) acted on.
+    pub reason: String,
+}
+
+/// The revisions and observation a plan is based on; `apply --plan` refuses a plan whose
+/// base no longer holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    /// Desired commit.
+    pub desired_revision: String,
+    /// Ref it was requested as.
+    pub requested_ref: String,
+    /// Commit of `last_applied`, if any.
+    pub last_applied_revision: Option<String>,
+    /// Digest over everything observed that the plan depends on.
+    pub observed_digest: String,
+}
+
+/// The plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// [`PLAN_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `CoreOpsPlan`.
+    pub kind: String,
+    /// Build that made it.
+    pub core_ops: Provenance,
+    /// Host planned for.
+    pub host: String,
+    /// Repository (credentials stripped).
+    pub repo: String,
+    /// What it is based on.
+    pub base: Base,
+    /// Count of actions by action name.
+    pub summary: BTreeMap<String, usize>,
+    /// Ordered actions, one per object.
+    pub actions: Vec<PlannedAction>,
+    /// Drift and runtime variance seen.
+    pub findings: Vec<Finding>,
+    /// Things the operator should know (unit state unknown, ordering cycle...).
+    pub warnings: Vec<String>,
+    /// `sha256:<hex>` over the canonical JSON of this document without this field.
+    pub checksum: String,
+}
+
+impl Plan {
+    /// Whether executing the plan would change anything.
+    pub fn has_changes(&self) -> bool {
+        self.actions.iter().any(|a| a.action != Action::NoOp)
+    }
+
+    /// Whether any action is blocked.
+    pub fn is_blocked(&self) -> bool {
+        self.actions.iter().any(|a| a.action == Action::Blocked)
+    }
+}

@@ -1,0 +1,275 @@
+//! Planner behaviour on a scratch root: each cause, ordering, determinism.
+
+use super::*;
+use crate::config::Paths;
+use crate::observe::observe_files;
+use crate::record::status::last_applied_from;
+use crate::render::render;
+use crate::source::{RepoEntry, Revision};
+use proptest::prelude::*;
+
+struct Scratch {
+    _dir: tempfile::TempDir,
+    paths: Paths,
+}
+
+fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = format!("{}/etc:{}/srv", root.display(), root.display());
+    let paths = Paths::new(
+        Some(root.join("units")),
+        Some(root.join("quadlet")),
+        Some(root.join("state")),
+        None,
+        Some(&roots),
+    );
+    Scratch { _dir: dir, paths }
+}
+
+fn rev(c: char) -> Revision {
+    Revision {
+        commit: std::iter::repeat_n(c, 40).collect(),
+        requested_ref: "main".into(),
+    }
+}
+
+const WEB: &str = "[Unit]\nDescription=web\nAfter=db.service\nRequiresMountsFor=/srv/data\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
+const DB: &str = "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
+const MOUNT: &str = "[Mount]\nWhat=tmpfs\nWhere=/srv/data\nType=tmpfs\n";
+
+fn files(s: &Scratch, extra: &[(&str, &str)]) -> BTreeMap<String, RepoEntry> {
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    let mut v: Vec<(String, String)> = vec![
+        ("hosts/h/host.yaml".into(), "services: [web, db, data]\n".into()),
+        ("services/web/web.service".into(), WEB.into()),
+        ("services/web/web.service.d/10-env.conf".into(), "[Service]\nEnvironment=A=1\n".into()),
+        (format!("services/web/files{etc}/web/app.env"), "A=1\n".into()),
+        ("services/db/db.service".into(), DB.into()),
+        ("services/data/srv-data.mount".into(), MOUNT.into()),
+    ];
+    for (p, c) in extra {
+        let p = p.replace("{etc}", &etc);
+        v.retain(|(q, _)| *q != p);
+        v.push((p, c.to_string()));
+    }
+    v.into_iter()
+        .map(|(p, c)| {
+            (
+                p,
+                RepoEntry::File {
+                    data: c.into_bytes(),
+                    executable: false,
+                },
+            )
+        })
+        .collect()
+}
+
+fn desired(s: &Scratch, f: &BTreeMap<String, RepoEntry>, c: char) -> DesiredState {
+    render(f, &rev(c), "h", &s.paths).unwrap()
+}
+
+fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
+    let observed = observe_files(&managed_paths(d, last));
+    plan(PlanInput {
+        desired: d,
+        repo: "repo",
+        last_applied: last,
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+    })
+}
+
+/// Write the desired state to the scratch root as apply would, and return last_applied.
+fn converge(d: &DesiredState) -> LastApplied {
+    for r in d.resources.values() {
+        crate::fsutil::write_atomic(&r.path, &r.content, Some(&r.meta)).unwrap();
+    }
+    last_applied_from(d, "2026-01-01T00:00:00Z")
+}
+
+fn action<'a>(p: &'a Plan, id: &str) -> &'a PlannedAction {
+    p.actions.iter().find(|a| a.id == id).unwrap_or_else(|| panic!("no action for {id}"))
+}
+
+fn pos(p: &Plan, id: &str) -> usize {
+    action(p, id).order
+}
+
+#[test]
+fn fresh_host_creates_everything_in_dependency_order() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let p = do_plan(&s, &d, None);
+    assert!(p.actions.iter().all(|a| a.action == Action::Create), "{p:#?}");
+    assert!(pos(&p, "unit:db.service") < pos(&p, "unit:web.service"));
+    assert!(pos(&p, "mount:srv-data.mount") < pos(&p, "unit:web.service"));
+    assert!(pos(&p, "unit:web.service") < pos(&p, "dropin:web.service.d/10-env.conf"));
+    let file_id = format!("file:{}/web/app.env", s.paths.host_file_roots[0].display());
+    assert!(pos(&p, &file_id) < pos(&p, "unit:web.service"));
+    assert_eq!(
+        action(&p, "unit:web.service").depends_on,
+        vec![file_id, "mount:srv-data.mount".to_string(), "unit:db.service".to_string()]
+    );
+    assert_eq!(p.summary.get("create"), Some(&5));
+    assert!(p.warnings.iter().any(|w| w.starts_with("unit state unknown")));
+    assert_eq!(p.checksum, checksum(&p));
+}
+
+#[test]
+fn converged_host_is_all_no_op() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d);
+    let p = do_plan(&s, &d, Some(&last));
+    assert!(!p.has_changes(), "{p:#?}");
+    assert!(p.findings.is_empty());
+    assert_eq!(p.base.last_applied_revision.as_deref(), Some(&*"a".repeat(40)));
+}
+
+#[test]
+fn formatting_only_difference_is_runtime_variance_not_a_change() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d);
+    let web = &d.resources["unit:web.service"].path;
+    let reformatted = format!("# edited by hand, same meaning\n{}", WEB.replace("=", " = "));
+    std::fs::write(web, reformatted).unwrap();
+    let p = do_plan(&s, &d, Some(&last));
+    let a = action(&p, "unit:web.service");
+    assert_eq!((a.action, a.cause), (Action::NoOp, Cause::RuntimeVariance));
+    assert_eq!(p.findings.len(), 1);
+    assert_eq!(p.findings[0].kind, "runtime_variance");
+    assert!(!p.has_changes());
+}
+
+#[test]
+fn hand_edit_is_drift_and_repaired() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d);
+    std::fs::write(&d.resources["unit:db.service"].path, "[Service]\nExecStart=/bin/false\n").unwrap();
+    let p = do_plan(&s, &d, Some(&last));
+    let a = action(&p, "unit:db.service");
+    assert_eq!((a.action, a.cause), (Action::Update, Cause::Drift));
+    assert!(p.findings.iter().any(|f| f.kind == "drift" && f.id == "unit:db.service"));
+}
+
+#[test]
+fn mode_change_on_host_file_is_drift() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d);
+    let id = format!("file:{}/web/app.env", s.paths.host_file_roots[0].display());
+    std::fs::set_permissions(&d.resources[&id].path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let p = do_plan(&s, &d, Some(&last));
+    let a = action(&p, &id);
+    assert_eq!((a.action, a.cause), (Action::Update, Cause::Drift));
+    assert!(a.reason.contains("mode/owner differ"), "{}", a.reason);
+    // the file restarts web.service
+    let w = action(&p, "unit:web.service");
+    assert_eq!((w.action, w.cause), (Action::Restart, Cause::DependencyChange));
+}
+
+#[test]
+fn changed_dropin_updates_it_and_restarts_its_unit() {
+    let s = scratch();
+    let d1 = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d1);
+    let d2 = desired(
+        &s,
+        &files(&s, &[("services/web/web.service.d/10-env.conf", "[Service]\nEnvironment=A=2\n")]),
+        'b',
+    );
+    let p = do_plan(&s, &d2, Some(&last));
+    let dropin = action(&p, "dropin:web.service.d/10-env.conf");
+    assert_eq!((dropin.action, dropin.cause), (Action::Update, Cause::DesiredChange));
+    let web = action(&p, "unit:web.service");
+    assert_eq!((web.action, web.cause), (Action::Restart, Cause::DependencyChange));
+    assert_eq!(action(&p, "unit:db.service").action, Action::NoOp);
+}
+
+#[test]
+fn removed_objects_are_deleted_in_reverse_dependency_order() {
+    let s = scratch();
+    let d1 = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d1);
+    let mut f2 = files(&s, &[("hosts/h/host.yaml", "services: [db]\n")]);
+    f2.retain(|p, _| !p.starts_with("services/web/") && !p.starts_with("services/data/"));
+    let d2 = desired(&s, &f2, 'b');
+    let p = do_plan(&s, &d2, Some(&last));
+    for id in ["unit:web.service", "mount:srv-data.mount", "dropin:web.service.d/10-env.conf"] {
+        assert_eq!(action(&p, id).action, Action::Delete, "{id}");
+    }
+    // the service that needs the mount goes first, its drop-in before it, the mount last
+    assert!(pos(&p, "dropin:web.service.d/10-env.conf") < pos(&p, "unit:web.service"));
+    assert!(pos(&p, "unit:web.service") < pos(&p, "mount:srv-data.mount"));
+    assert_eq!(action(&p, "unit:db.service").action, Action::NoOp);
+    assert!(pos(&p, "unit:db.service") < pos(&p, "unit:web.service"));
+}
+
+#[test]
+fn unmanaged_file_in_the_way_blocks() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let path = &d.resources["unit:db.service"].path;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, "[Service]\nExecStart=/bin/other\n").unwrap();
+    let p = do_plan(&s, &d, None);
+    let a = action(&p, "unit:db.service");
+    assert_eq!((a.action, a.cause), (Action::Blocked, Cause::UnmanagedConflict));
+    assert!(p.is_blocked());
+}
+
+#[test]
+fn plan_json_is_byte_identical_and_checksum_verifies() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let a = to_json_bytes(&do_plan(&s, &d, None));
+    let b = to_json_bytes(&do_plan(&s, &d, None));
+    assert_eq!(a, b);
+    let parsed = from_json_bytes(&a, "plan.json").unwrap();
+    assert_eq!(to_json_bytes(&parsed), a);
+    let tampered = String::from_utf8(a).unwrap().replacen("\"create\"", "\"delete\"", 1);
+    let err = from_json_bytes(tampered.as_bytes(), "plan.json").unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// The plan depends on content, never on the order files were enumerated in or the order
+    /// services are listed in host.yaml.
+    #[test]
+    fn plan_does_not_depend_on_enumeration_order(seed in any::<u64>()) {
+        let s = scratch();
+        let base = files(&s, &[]);
+        let d = desired(&s, &base, 'a');
+        let reference = to_json_bytes(&do_plan(&s, &d, None));
+
+        let mut entries: Vec<(String, RepoEntry)> = base.into_iter().collect();
+        // deterministic shuffle from the seed
+        let mut x = seed | 1;
+        for i in (1..entries.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            entries.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let services = ["web", "db", "data"];
+        let k = (seed % 3) as usize;
+        let rotated: Vec<&str> = services.iter().cycle().skip(k).take(3).copied().collect();
+        let mut shuffled = BTreeMap::new();
+        for (p, e) in entries {
+            shuffled.insert(p, e);
+        }
+        shuffled.insert(
+            "hosts/h/host.yaml".into(),
+            RepoEntry::File { data: format!("services: [{}]\n", rotated.join(", ")).into_bytes(), executable: false },
+        );
+        let d2 = desired(&s, &shuffled, 'a');
+        prop_assert_eq!(to_json_bytes(&do_plan(&s, &d2, None)), reference);
+    }
+}

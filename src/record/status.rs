@@ -1,0 +1,303 @@
+//! The status snapshot (`status.json`): what was last applied and how the last run went.
+//!
+//! Why versioned and strict: it is persisted control state that outlives binary upgrades; a
+//! snapshot that is missing, cut short, corrupt or from an unknown schema is reported as
+//! absent *with the reason*, never half-trusted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::fsutil;
+use crate::normalize::Kind;
+use crate::provenance::Provenance;
+
+/// Current status schema version.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
+
+/// The persisted snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusSnapshot {
+    /// Always [`STATUS_SCHEMA_VERSION`] when written by this build.
+    pub schema_version: u32,
+    /// `CoreOpsStatus`.
+    pub kind: String,
+    /// Build that wrote it.
+    pub core_ops: Provenance,
+    /// Host name the snapshot is about.
+    pub host: String,
+    /// Repository location and the most recent desired revision seen.
+    pub source: Option<SourceRecord>,
+    /// The last revision that verifiably converged.
+    pub last_applied: Option<LastApplied>,
+    /// The most recent run (any outcome).
+    pub last_run: Option<RunRecord>,
+    /// Revisions that converged, oldest first (for rollback).
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Where desired state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    /// Repository as the operator gave it (credentials stripped).
+    pub repo: String,
+    /// Requested ref.
+    pub requested_ref: String,
+    /// Resolved commit.
+    pub revision: String,
+}
+
+/// What converged last, with enough per-resource detail to plan deletions and detect drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LastApplied {
+    /// Commit.
+    pub revision: String,
+    /// Ref it was requested as (display only).
+    pub requested_ref: String,
+    /// RFC 3339 UTC time of convergence.
+    pub applied_at: String,
+    /// Managed resources by id.
+    pub resources: BTreeMap<String, AppliedResource>,
+}
+
+/// One managed resource as last applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedResource {
+    /// Kind.
+    pub kind: Kind,
+    /// Host path.
+    pub path: PathBuf,
+    /// Material digest.
+    pub digest: String,
+    /// systemd unit name for unit-like kinds.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Whether the unit was enabled.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Whether the unit was kept started.
+    #[serde(default)]
+    pub started: bool,
+    /// Resource ids it was ordered after (for reverse-order removal).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Mount `Where=`, for mounts.
+    #[serde(default)]
+    pub mount_where: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRecord {
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// RFC 3339 end time.
+    pub finished_at: String,
+    /// Outcome name (`converged`, `failed`, ...).
+    pub outcome: String,
+    /// Desired revision of the run.
+    pub desired_revision: String,
+    /// Requested ref of the run.
+    pub requested_ref: String,
+    /// Checksum of the plan it executed.
+    pub intent_checksum: String,
+    /// Per-object diagnostics.
+    #[serde(default)]
+    pub diagnostics: Vec<String>,
+}
+
+/// One converged revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEntry {
+    /// Commit.
+    pub revision: String,
+    /// Requested ref.
+    pub requested_ref: String,
+    /// When it converged.
+    pub applied_at: String,
+}
+
+/// Why there is no usable snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Absent {
+    /// No file.
+    Missing {
+        /// Path looked at.
+        path: String,
+    },
+    /// The file ends early (a writer was killed, or it was truncated).
+    Partial {
+        /// Path.
+        path: String,
+        /// Parser message.
+        detail: String,
+    },
+    /// Not a status snapshot (bad JSON or wrong fields).
+    Invalid {
+        /// Path.
+        path: String,
+        /// Parser message.
+        detail: String,
+    },
+    /// Written by a schema this build does not know.
+    UnsupportedVersion {
+        /// Path.
+        path: String,
+        /// The version found.
+        found: u64,
+    },
+}
+
+impl std::fmt::Display for Absent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Absent::Missing { path } => write!(f, "missing: {path} does not exist"),
+            Absent::Partial { path, detail } => write!(f, "partial: {path} is cut short ({detail})"),
+            Absent::Invalid { path, detail } => write!(f, "invalid: {path} is not a status snapshot ({detail})"),
+            Absent::UnsupportedVersion { path, found } => write!(
+                f,
+                "unsupported version: {path} has schema_version {found}, this build reads {STATUS_SCHEMA_VERSION}"
+            ),
+        }
+    }
+}
+
+/// Load the snapshot, or say why there is none. I/O errors other than "not found" are
+/// reported as invalid (the content cannot be trusted).
+pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
+    let p = path.display().to_string();
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Absent::Missing { path: p }),
+        Err(e) => {
+            return Err(Absent::Invalid {
+                path: p,
+                detail: e.to_string(),
+            });
+        }
+    };
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) if e.classify() == serde_json::error::Category::Eof => {
+            return Err(Absent::Partial {
+                path: p,
+                detail: e.to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(Absent::Invalid {
+                path: p,
+                detail: e.to_string(),
+            });
+        }
+    };
+    match value.get("schema_version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(STATUS_SCHEMA_VERSION) => {}
+        Some(found) => return Err(Absent::UnsupportedVersion { path: p, found }),
+        None => {
+            return Err(Absent::Invalid {
+                path: p,
+                detail: "no schema_version".into(),
+            });
+        }
+    }
+    serde_json::from_value(value).map_err(|e| Absent::Invalid {
+        path: p,
+        detail: e.to_string(),
+    })
+}
+
+/// Write the snapshot atomically.
+pub fn save(path: &Path, snapshot: &StatusSnapshot) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(snapshot).expect("status serializes");
+    bytes.push(b'\n');
+    fsutil::write_atomic(path, &bytes, None)
+}
+
+impl StatusSnapshot {
+    /// A fresh snapshot for a host.
+    pub fn new(host: &str) -> StatusSnapshot {
+        StatusSnapshot {
+            schema_version: STATUS_SCHEMA_VERSION,
+            kind: "CoreOpsStatus".into(),
+            core_ops: Provenance::current(),
+            host: host.to_string(),
+            source: None,
+            last_applied: None,
+            last_run: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_reasons_are_distinguished() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("status.json");
+        assert!(matches!(load(&p), Err(Absent::Missing { .. })));
+        let snap = StatusSnapshot::new("h");
+        save(&p, &snap).unwrap();
+        assert_eq!(load(&p).unwrap(), snap);
+        let full = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+        assert!(matches!(load(&p), Err(Absent::Partial { .. })), "{:?}", load(&p));
+        std::fs::write(&p, b"{\"schema_version\": 1, \"bogus\": true}").unwrap();
+        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
+        std::fs::write(&p, b"[1,2]").unwrap();
+        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
+        std::fs::write(&p, b"{\"schema_version\": 99}").unwrap();
+        let e = load(&p).unwrap_err();
+        assert_eq!(e.to_string(), format!("unsupported version: {} has schema_version 99, this build reads 1", p.display()));
+    }
+}
+
+/// The `last_applied` record of a desired state that has just verifiably converged.
+pub fn last_applied_from(desired: &crate::render::DesiredState, applied_at: &str) -> LastApplied {
+    let deps = crate::plan::desired_dependencies(desired);
+    let resources = desired
+        .resources
+        .values()
+        .map(|r| {
+            (
+                r.id.clone(),
+                AppliedResource {
+                    kind: r.kind,
+                    path: r.path.clone(),
+                    digest: r.digest.clone(),
+                    unit: r.unit.as_ref().map(|u| u.name.clone()),
+                    enabled: r.unit.as_ref().is_some_and(|u| u.enable),
+                    started: r.unit.as_ref().is_some_and(|u| u.start),
+                    depends_on: deps
+                        .get(&r.id)
+                        .map(|s| s.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    mount_where: r
+                        .unit
+                        .as_ref()
+                        .and_then(|u| u.mount.as_ref())
+                        .map(|m| m.where_.clone()),
+                },
+            )
+        })
+        .collect();
+    LastApplied {
+        revision: desired.revision.commit.clone(),
+        requested_ref: desired.revision.requested_ref.clone(),
+        applied_at: applied_at.to_string(),
+        resources,
+    }
+}
