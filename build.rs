@@ -24,7 +24,11 @@ fn main() {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let rev = if dirty && rev != "unknown" { format!("{rev}-dirty") } else { rev };
+    let rev = if dirty && rev != "unknown" {
+        format!("{rev}-dirty")
+    } else {
+        rev
+    };
     println!("cargo:rustc-env=CORE_OPS_BUILD_REVISION={rev}");
     println!("cargo:rustc-env=CORE_OPS_RUSTC_VERSION={rustc_version}");
     println!("cargo:rerun-if-changed=.git/HEAD");

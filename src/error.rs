@@ -111,3 +111,9 @@ impl Error {
 
 /// Library result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<crate::systemd::SystemdError> for Error {
+    fn from(e: crate::systemd::SystemdError) -> Self {
+        Error::Systemd(e.to_string())
+    }
+}

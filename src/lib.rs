@@ -5,14 +5,28 @@
 //! Every stage takes values and returns values where it can, so the planner can be tested
 //! without git, a filesystem or systemd.
 
-pub mod config;
-pub mod error;
-pub mod fsutil;
+// the pipeline, in order
+pub mod apply;
 pub mod normalize;
 pub mod observe;
 pub mod plan;
-pub mod provenance;
 pub mod record;
 pub mod render;
 pub mod source;
+pub mod verify;
+
+// what the stages share
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod lock;
+pub mod pipeline;
+pub mod provenance;
 pub mod systemd;
+
+// operator surface
+pub mod cli;
+pub mod explain;
+
+#[doc(hidden)]
+pub mod testkit;

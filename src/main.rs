@@ -1,1 +1,49 @@
-fn main() {}
+//! The `core-ops` binary: parse, log, run one command, exit. All work is in the library; the
+//! exit code is decided by `cli::exit_for` / `cli::ExitStatus` only.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use core_ops::cli::{self, args::Cli};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("CORE_OPS_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    // under systemd (stdout/stderr connected to the journal) log structured to journald
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(journald.with_syslog_identifier("core-ops".into()))
+            .init();
+        return;
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli::run(&cli) {
+        Ok(status) => ExitCode::from(status as u8),
+        Err(err) => {
+            eprintln!("core-ops: error: {err}");
+            ExitCode::from(cli::exit_for(&err) as u8)
+        }
+    }
+}

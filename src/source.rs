@@ -3,75 +3,1039 @@
 //!
 //! Why no working tree: reading from the object database is atomic per commit, needs no
 //! checkout on the host, and a half-updated clone can never be rendered.
+//!
+//! Two kinds of location:
+//! - a local path (work tree or bare repository) is opened in place and only read;
+//! - a URL (`file://`, and `https://`/`ssh://` in builds with those transports) is fetched
+//!   into a bare mirror `<state_dir>/mirrors/<sha256(url)[..16]>.git`, with the refspecs
+//!   `+refs/heads/*:refs/heads/*` and `+refs/tags/*:refs/tags/*` (pruned), so names resolve in
+//!   the mirror exactly as in the source.
+//!
+//! Callers hold the state-dir lock, so one process at a time touches a mirror.
 
-// CONTRACT (implemented by the source helper):
-//
-// pub struct Revision { pub commit: String /* 40 hex */, pub requested_ref: String }
-// impl Revision { pub fn short(&self) -> &str /* first 8 */; }
-// impl Display for Revision -> "454ac5f1 (v1)" (ref omitted when it equals the full or short sha)
-//
-// pub enum RepoEntry { File { data: Vec<u8>, executable: bool }, Symlink { target: String } }
-// pub struct Snapshot { pub revision: Revision, pub files: BTreeMap<String, RepoEntry> }
-//   (repo-relative paths with '/' separators, every blob and symlink of the commit's tree)
-//
-// pub struct Source { .. }
-// impl Source {
-//   pub fn open(repo: &str, state_dir: &Path) -> Result<Source, Error>;
-//       local path (work tree or bare): opened in place, read-only.
-//       file:// or any URL: fetched into a bare mirror <state_dir>/mirrors/<sha256(url)[..16]>.git
-//   pub fn resolve(&self, requested: &str) -> Result<Revision, Error>;
-//       branch, tag (lightweight or annotated), short or full sha, origin/<branch> for mirrors
-//   pub fn snapshot(&self, rev: &Revision) -> Result<Snapshot, Error>;
-//   pub fn location(&self) -> &str;  // what the operator gave
-// }
-
-// --- temporary stub until the source module lands (same public shapes as the contract) ---
 use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
 
-/// An immutable revision and the ref the operator asked for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+use git2::{
+    AutotagOption, ErrorCode, FetchOptions, FetchPrune, ObjectType, Oid, Repository,
+    RepositoryOpenFlags, Tree,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, InputError, Location, Result};
+
+/// Refspecs fetched into a mirror: branches and tags under their own names.
+const MIRROR_REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// An immutable commit together with the name the operator asked for.
+///
+/// Why both: everything persisted names the commit (immutable); the requested ref is kept only
+/// so humans see `454ac5f1 (v1)` instead of a bare hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Revision {
-    /// Full commit sha.
+    /// Full commit id, 40 lowercase hex digits.
     pub commit: String,
-    /// What was requested.
+    /// What the operator asked for (branch, tag, sha, ...), for display only.
     pub requested_ref: String,
 }
 
 impl Revision {
-    /// First 8 hex digits.
+    /// First 8 hex digits of the commit.
+    ///
+    /// Why 8: short enough for a status line, long enough to stay unique in practice.
     pub fn short(&self) -> &str {
-        &self.commit[..8.min(self.commit.len())]
+        self.commit.get(..8).unwrap_or(&self.commit)
+    }
+
+    /// Whether the requested ref is just (a prefix of) the commit id, so showing it adds nothing.
+    fn requested_is_sha(&self) -> bool {
+        let r = self.requested_ref.as_str();
+        r.is_empty()
+            || (r.len() >= 4
+                && r.len() <= self.commit.len()
+                && r.bytes().all(|b| b.is_ascii_hexdigit())
+                && self.commit[..r.len()].eq_ignore_ascii_case(r))
     }
 }
 
-impl std::fmt::Display for Revision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.short(), self.requested_ref)
+impl fmt::Display for Revision {
+    /// `454ac5f1 (v1)`; the ref is omitted when it is the sha itself (full or abbreviated).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.requested_is_sha() {
+            write!(f, "{}", self.short())
+        } else {
+            write!(f, "{} ({})", self.short(), self.requested_ref)
+        }
     }
 }
 
-/// A tree entry.
+/// One non-directory entry of a commit's tree.
+///
+/// Why only these two: git stores regular files (with or without the executable bit) and
+/// symlinks; submodules are refused when the snapshot is taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RepoEntry {
-    /// A blob.
+    /// A regular file (git mode 100644 or 100755).
     File {
-        /// Content.
+        /// File content.
         data: Vec<u8>,
-        /// Executable bit.
+        /// True for git mode 100755.
         executable: bool,
     },
-    /// A symlink.
+    /// A symbolic link (git mode 120000); the target is stored as git stores it.
     Symlink {
-        /// Target.
+        /// Link target, not resolved.
         target: String,
     },
 }
 
-/// Files of one commit.
-#[derive(Debug, Clone)]
+/// Every file and symlink of one commit, by repo-relative path (`/` separators).
+///
+/// Why a map in memory: later stages (render, plan) are pure functions of these values, and a
+/// desired-state repo is small (about 40 kB for 200 services).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    /// The revision.
+    /// The commit the files were read from.
     pub revision: Revision,
-    /// Files by path.
+    /// Repo-relative path -> entry, sorted.
     pub files: BTreeMap<String, RepoEntry>,
+}
+
+impl Snapshot {
+    /// The entry at a repo-relative path (`services/web/web.service`).
+    ///
+    /// Why: the common lookup, without callers spelling out the map.
+    pub fn get(&self, path: &str) -> Option<&RepoEntry> {
+        self.files.get(path)
+    }
+
+    /// All entries below directory `dir` (`services/web` or `services/web/`), sorted by path;
+    /// the empty string yields every entry.
+    ///
+    /// Why: a service, a host's overrides or a runtime are directories of the repo, read as a
+    /// group; the map is sorted, so this is a range scan, not a filter over every file.
+    pub fn under<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a str, &'a RepoEntry)> + 'a {
+        let trimmed = dir.trim_end_matches('/');
+        let prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{trimmed}/")
+        };
+        self.files
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(k, v)| (k.as_str(), v))
+    }
+}
+
+/// How a repository location is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Transport {
+    /// A path on this host, opened in place.
+    Local,
+    /// `file://` URL, fetched by libgit2's in-process local transport.
+    File,
+    /// `https://`, needs a build with the `https` transport.
+    Https,
+    /// `ssh://` or scp-like `[user@]host:path`, needs a build with the `ssh` transport.
+    Ssh,
+    /// Any other scheme (`http://`, `git://`, ...): refused.
+    Unsupported(String),
+}
+
+fn transport(repo: &str) -> Transport {
+    if let Some((scheme, _)) = repo.split_once("://") {
+        return match scheme.to_ascii_lowercase().as_str() {
+            "file" => Transport::File,
+            "https" => Transport::Https,
+            "ssh" | "git+ssh" | "ssh+git" => Transport::Ssh,
+            other => Transport::Unsupported(other.to_string()),
+        };
+    }
+    // scp-like syntax, as git reads it: a ':' before any '/'.
+    if !repo.starts_with('/')
+        && !repo.starts_with('.')
+        && let Some((host, _)) = repo.split_once(':')
+        && !host.is_empty()
+        && !host.contains('/')
+    {
+        return Transport::Ssh;
+    }
+    Transport::Local
+}
+
+/// True when `repo` is a URL (`file://`, `https://`, `ssh://`, scp-like `host:path`) that is
+/// fetched into a mirror; false for a path opened in place.
+///
+/// Why: configuration canonicalizes and checks local paths, but must leave URLs alone.
+pub fn is_remote(repo: &str) -> bool {
+    transport(repo) != Transport::Local
+}
+
+/// `text` with any `user[:password]@` removed from URLs, also inside longer text.
+///
+/// Why: credentials never appear in logs, errors, status or receipts.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || c == '\'' || c == '"')
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => out.push_str(&authority[at + 1..]),
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// An opened desired-state repository (in place, or its mirror after a fetch).
+///
+/// Why a type: opening (and fetching) happens once per run; every later read goes to the same
+/// object database.
+pub struct Source {
+    repo: Repository,
+    /// Operator's location, credentials removed.
+    location: String,
+    /// Mirror directory when the location is a URL.
+    mirror: Option<PathBuf>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("location", &self.location)
+            .field("mirror", &self.mirror)
+            .finish()
+    }
+}
+
+fn src_err(msg: impl Into<String>) -> Error {
+    Error::Source(redact(&msg.into()))
+}
+
+impl Source {
+    /// Open `repo`: a local path (work tree or bare) in place and read-only, or a URL fetched
+    /// into the bare mirror `<state_dir>/mirrors/<sha256(url without credentials)[..16]>.git`.
+    ///
+    /// Why fetch here: a run then works on one consistent set of refs; a failed fetch fails the
+    /// run rather than silently using stale refs.
+    pub fn open(repo: &str, state_dir: &Path) -> Result<Source> {
+        if repo.is_empty() {
+            return Err(src_err("no repository given"));
+        }
+        let location = redact(repo);
+        match transport(repo) {
+            Transport::Local => Self::open_local(repo, location),
+            Transport::File => {
+                let path = &repo["file://".len()..];
+                if !Path::new(path).exists() {
+                    return Err(src_err(format!(
+                        "repository path '{path}' of {location} does not exist"
+                    )));
+                }
+                Self::open_mirror(repo, location, state_dir)
+            }
+            Transport::Https if !git2::Version::get().https() => Err(src_err(format!(
+                "cannot fetch {location}: this build of core-ops has no https/ssh transport \
+                 (git2 built without the https and ssh features); use a local path or a file:// URL"
+            ))),
+            Transport::Ssh if !git2::Version::get().ssh() => Err(src_err(format!(
+                "cannot fetch {location}: this build of core-ops has no https/ssh transport \
+                 (git2 built without the https and ssh features); use a local path or a file:// URL"
+            ))),
+            Transport::Https | Transport::Ssh => Self::open_mirror(repo, location, state_dir),
+            Transport::Unsupported(scheme) => Err(src_err(format!(
+                "unsupported URL scheme '{scheme}://' in {location}: use a local path, file://, \
+                 https:// or ssh://"
+            ))),
+        }
+    }
+
+    fn open_local(path: &str, location: String) -> Result<Source> {
+        let p = Path::new(path);
+        if !p.exists() {
+            return Err(src_err(format!(
+                "repository path '{location}' does not exist"
+            )));
+        }
+        // NO_SEARCH: a directory that is not a repository must not silently open a parent one.
+        let repo = Repository::open_ext(
+            p,
+            RepositoryOpenFlags::NO_SEARCH,
+            std::iter::empty::<&str>(),
+        )
+        .map_err(|e| {
+            if e.code() == ErrorCode::Owner {
+                src_err(format!(
+                    "repository '{location}' is owned by another user and git refuses it \
+                     (safe.directory); change its owner or list it under safe.directory in \
+                     /etc/gitconfig or the running user's ~/.gitconfig: {}",
+                    e.message()
+                ))
+            } else {
+                src_err(format!(
+                    "'{location}' is not a git repository: {}",
+                    e.message()
+                ))
+            }
+        })?;
+        Ok(Source {
+            repo,
+            location,
+            mirror: None,
+        })
+    }
+
+    fn open_mirror(url: &str, location: String, state_dir: &Path) -> Result<Source> {
+        let mirrors = state_dir.join("mirrors");
+        fs::create_dir_all(&mirrors)
+            .map_err(|e| Error::io(format!("create {}", mirrors.display()), e))?;
+        let key = mirror_key(&location);
+        let dir = mirrors.join(format!("{key}.git"));
+
+        if dir.exists() {
+            match Repository::open_bare(&dir) {
+                Ok(repo) if repo.is_bare() => {
+                    remove_stale_locks(&dir)?;
+                    fetch(&repo, url, &location)?;
+                    return Ok(Source {
+                        repo,
+                        location,
+                        mirror: Some(dir),
+                    });
+                }
+                _ => {
+                    tracing::warn!(mirror = %dir.display(), "mirror is not a usable bare repository; re-creating it");
+                    fs::remove_dir_all(&dir).map_err(|e| {
+                        Error::io(format!("remove broken mirror {}", dir.display()), e)
+                    })?;
+                }
+            }
+        }
+
+        // Build the mirror beside its final name and rename it into place once the first fetch
+        // is complete: a run killed half-way leaves only a temp dir, removed here next time.
+        let tmp_prefix = format!(".{key}.git.tmp-");
+        let rd = fs::read_dir(&mirrors)
+            .map_err(|e| Error::io(format!("read dir {}", mirrors.display()), e))?;
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+                fs::remove_dir_all(entry.path()).map_err(|e| {
+                    Error::io(format!("remove stale {}", entry.path().display()), e)
+                })?;
+            }
+        }
+        let tmp = mirrors.join(format!("{tmp_prefix}{}", std::process::id()));
+        {
+            let repo = Repository::init_bare(&tmp).map_err(|e| {
+                src_err(format!("create mirror {}: {}", tmp.display(), e.message()))
+            })?;
+            fetch(&repo, url, &location)?;
+        }
+        fs::rename(&tmp, &dir)
+            .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), dir.display()), e))?;
+        fs::File::open(&mirrors)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(format!("sync {}", mirrors.display()), e))?;
+        let repo = Repository::open_bare(&dir)
+            .map_err(|e| src_err(format!("open mirror {}: {}", dir.display(), e.message())))?;
+        Ok(Source {
+            repo,
+            location,
+            mirror: Some(dir),
+        })
+    }
+
+    /// The location the operator gave, with any URL credentials removed.
+    ///
+    /// Why redacted: this string ends up in status, receipts and logs.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The git directory actually read: the repository itself, or its mirror.
+    ///
+    /// Why: diagnostics and `status` show where the objects came from.
+    pub fn git_dir(&self) -> &Path {
+        self.repo.path()
+    }
+
+    /// True when the location is a URL read through a mirror.
+    pub fn is_mirror(&self) -> bool {
+        self.mirror.is_some()
+    }
+
+    /// Resolve `requested` (branch, tag, lightweight or annotated, short or full sha, any git
+    /// revision expression; `origin/<branch>` in a mirror) to a commit.
+    ///
+    /// Ref names are tried before sha prefixes (libgit2's revparse order). A branch and a tag
+    /// of the same name that point at different commits are refused as ambiguous.
+    ///
+    /// Why strict: the host is changed to whatever this returns; guessing is not acceptable.
+    pub fn resolve(&self, requested: &str) -> Result<Revision> {
+        let unknown = || {
+            src_err(format!(
+                "unknown ref '{requested}' in {}: not a branch, tag or commit",
+                self.location
+            ))
+        };
+        if requested.is_empty() || requested.chars().any(char::is_control) {
+            return Err(unknown());
+        }
+        let obj = match self.repo.revparse_single(requested) {
+            Ok(o) => o,
+            Err(e) if e.code() == ErrorCode::Ambiguous => {
+                return Err(src_err(format!(
+                    "ambiguous short sha '{requested}' in {}: it matches more than one object; \
+                     give more hex digits",
+                    self.location
+                )));
+            }
+            Err(e) if e.code() == ErrorCode::NotFound || e.code() == ErrorCode::InvalidSpec => {
+                match requested.strip_prefix("origin/") {
+                    Some(b) if self.mirror.is_some() => self
+                        .repo
+                        .revparse_single(&format!("refs/heads/{b}"))
+                        .map_err(|_| unknown())?,
+                    _ => return Err(unknown()),
+                }
+            }
+            Err(e) => {
+                return Err(src_err(format!(
+                    "cannot resolve '{requested}' in {}: {}",
+                    self.location,
+                    e.message()
+                )));
+            }
+        };
+        let kind = obj.kind();
+        let commit = obj.peel_to_commit().map_err(|_| {
+            src_err(format!(
+                "'{requested}' in {} names a {}, not a commit",
+                self.location,
+                kind.map_or("non-commit object", |k| k.str())
+            ))
+        })?;
+        self.check_branch_tag_clash(requested)?;
+        Ok(Revision {
+            commit: commit.id().to_string(),
+            requested_ref: requested.to_string(),
+        })
+    }
+
+    fn check_branch_tag_clash(&self, name: &str) -> Result<()> {
+        if name.starts_with("refs/") {
+            return Ok(());
+        }
+        let peel = |r: &str| {
+            self.repo
+                .find_reference(r)
+                .ok()
+                .and_then(|r| r.peel_to_commit().ok())
+                .map(|c| c.id())
+        };
+        if let (Some(b), Some(t)) = (
+            peel(&format!("refs/heads/{name}")),
+            peel(&format!("refs/tags/{name}")),
+        ) && b != t
+        {
+            return Err(src_err(format!(
+                "ambiguous ref '{name}' in {}: both a branch and a tag, at different commits; \
+                 use refs/heads/{name} or refs/tags/{name}",
+                self.location
+            )));
+        }
+        Ok(())
+    }
+
+    /// Read every file and symlink of `rev`'s tree into memory.
+    ///
+    /// Why from the tree: the snapshot is exactly the commit, whatever any work tree holds.
+    /// A submodule entry is an input error naming its path (its files are not in this repo).
+    pub fn snapshot(&self, rev: &Revision) -> Result<Snapshot> {
+        let oid = Oid::from_str(&rev.commit)
+            .ok()
+            .filter(|_| rev.commit.len() == 40)
+            .ok_or_else(|| src_err(format!("'{}' is not a full commit id", rev.commit)))?;
+        let commit = self.repo.find_commit(oid).map_err(|e| {
+            src_err(format!(
+                "commit {} not found in {}: {}",
+                rev.commit,
+                self.location,
+                e.message()
+            ))
+        })?;
+        let tree = commit
+            .tree()
+            .map_err(|e| src_err(format!("read tree of {}: {}", rev.commit, e.message())))?;
+        let mut files = BTreeMap::new();
+        self.read_tree(&tree, "", &mut files)?;
+        Ok(Snapshot {
+            revision: rev.clone(),
+            files,
+        })
+    }
+
+    fn read_tree(
+        &self,
+        tree: &Tree<'_>,
+        prefix: &str,
+        out: &mut BTreeMap<String, RepoEntry>,
+    ) -> Result<()> {
+        for entry in tree.iter() {
+            let path = match entry.name() {
+                Ok(n) => format!("{prefix}{n}"),
+                Err(_) => {
+                    let lossy = format!("{prefix}{}", String::from_utf8_lossy(entry.name_bytes()));
+                    return Err(
+                        InputError::new(Location::file(lossy), "file name is not UTF-8").into(),
+                    );
+                }
+            };
+            let read_err = |e: git2::Error| {
+                src_err(format!(
+                    "read '{path}' in {}: {}",
+                    self.location,
+                    e.message()
+                ))
+            };
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    let sub = self.repo.find_tree(entry.id()).map_err(read_err)?;
+                    self.read_tree(&sub, &format!("{path}/"), out)?;
+                }
+                Some(ObjectType::Blob) => {
+                    let blob = self.repo.find_blob(entry.id()).map_err(read_err)?;
+                    let item = if entry.filemode() == 0o120000 {
+                        let target = String::from_utf8(blob.content().to_vec()).map_err(|_| {
+                            InputError::new(
+                                Location::file(path.clone()),
+                                "symlink target is not UTF-8",
+                            )
+                        })?;
+                        RepoEntry::Symlink { target }
+                    } else {
+                        RepoEntry::File {
+                            data: blob.content().to_vec(),
+                            executable: entry.filemode() == 0o100755,
+                        }
+                    };
+                    out.insert(path, item);
+                }
+                Some(ObjectType::Commit) => {
+                    return Err(InputError::new(
+                        Location::file(path),
+                        "submodules are not supported: the desired state must be plain files in this repository",
+                    )
+                    .into());
+                }
+                _ => {
+                    return Err(src_err(format!(
+                        "'{path}' in {} has an unexpected tree entry type",
+                        self.location
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Mirror directory name: first 16 hex digits of the sha256 of the redacted URL.
+///
+/// Hashing the URL without credentials keeps the mirror when a token is rotated.
+fn mirror_key(redacted_url: &str) -> String {
+    let digest = Sha256::digest(redacted_url.as_bytes());
+    let mut hex = String::with_capacity(16);
+    for b in &digest[..8] {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Remove `*.lock` files that a killed fetch left in the mirror (`HEAD.lock`, `packed-refs.lock`,
+/// `refs/**/*.lock`); libgit2 would otherwise refuse to update those refs forever.
+///
+/// Safe because the caller holds the state-dir lock: no other process writes this mirror.
+fn remove_stale_locks(mirror: &Path) -> Result<()> {
+    fn walk(dir: &Path, recurse: bool) -> Result<()> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(format!("read dir {}", dir.display()), e)),
+        };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && recurse {
+                walk(&path, true)?;
+            } else if !is_dir && path.extension().is_some_and(|x| x == "lock") {
+                tracing::warn!(lock = %path.display(), "removing stale lock file left by an interrupted fetch");
+                fs::remove_file(&path)
+                    .map_err(|e| Error::io(format!("remove stale {}", path.display()), e))?;
+            }
+        }
+        Ok(())
+    }
+    walk(mirror, false)?;
+    walk(&mirror.join("refs"), true)
+}
+
+/// Fetch branches and tags of `url` into the bare mirror `repo`.
+///
+/// libgit2 writes the pack to a temp file and renames it, and updates each ref through a lock
+/// file after the objects are in place, so a crash mid-fetch leaves the old refs usable.
+/// The URL is never stored in the mirror (anonymous remote, no FETCH_HEAD).
+fn fetch(repo: &Repository, url: &str, location: &str) -> Result<()> {
+    let started = std::time::Instant::now();
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| src_err(format!("fetch {location}: {}", e.message())))?;
+    let mut opts = FetchOptions::new();
+    opts.prune(FetchPrune::On)
+        .download_tags(AutotagOption::None)
+        .update_fetchhead(false);
+    remote
+        .fetch(&MIRROR_REFSPECS, Some(&mut opts), Some("core-ops: fetch"))
+        .map_err(|e| {
+            src_err(format!(
+                "fetch {location} into {}: {}",
+                repo.path().display(),
+                e.message()
+            ))
+        })?;
+    let received = remote.stats().received_objects();
+    // Follow the source's default branch so `HEAD` means the same in the mirror.
+    if let Ok(buf) = remote.default_branch()
+        && let Ok(name) = buf.as_str()
+    {
+        let current = repo
+            .find_reference("HEAD")
+            .ok()
+            .and_then(|h| h.symbolic_target().ok().flatten().map(str::to_string));
+        if current.as_deref() != Some(name) && repo.find_reference(name).is_ok() {
+            repo.set_head(name)
+                .map_err(|e| src_err(format!("set HEAD of mirror: {}", e.message())))?;
+        }
+    }
+    tracing::debug!(
+        repo = location,
+        received_objects = received,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "fetched"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::RepoBuilder;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn url(p: &Path) -> String {
+        format!("file://{}", p.display())
+    }
+
+    /// Repo with main (2 commits), v1 (lightweight, first commit), va2 (annotated, second).
+    fn fixture(root: &Path) -> (RepoBuilder, String, String) {
+        let mut b = RepoBuilder::init(root).unwrap();
+        let c1 = b
+            .commit_files(&[("services/web/web.service", b"[Service]\n")], "one")
+            .unwrap();
+        b.tag("v1").unwrap();
+        let c2 = b
+            .commit_files(
+                &[
+                    (
+                        "services/web/web.service",
+                        b"[Service]\nExecStart=/bin/true\n",
+                    ),
+                    ("hosts/h1/host.yaml", b"services: [web]\n"),
+                ],
+                "two",
+            )
+            .unwrap();
+        b.tag_annotated("va2", "annotated").unwrap();
+        (b, c1, c2)
+    }
+
+    fn err(r: Result<Revision>) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn resolves_branch_tags_and_shas() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let (_b, c1, c2) = fixture(&repo);
+        let s = Source::open(repo.to_str().unwrap(), &t.path().join("state")).unwrap();
+        assert!(!s.is_mirror());
+        assert_eq!(s.resolve("main").unwrap().commit, c2);
+        assert_eq!(s.resolve("HEAD").unwrap().commit, c2);
+        assert_eq!(s.resolve("v1").unwrap().commit, c1);
+        assert_eq!(s.resolve("va2").unwrap().commit, c2);
+        assert_eq!(s.resolve(&c1[..7]).unwrap().commit, c1);
+        assert_eq!(s.resolve(&c1).unwrap().commit, c1);
+        assert_eq!(s.resolve("main~1").unwrap().commit, c1);
+        assert_eq!(s.resolve("v1").unwrap().requested_ref, "v1");
+    }
+
+    #[test]
+    fn unknown_and_bad_refs_are_clear_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let (_b, _c1, _c2) = fixture(&repo);
+        let loc = repo.to_str().unwrap();
+        let s = Source::open(loc, t.path()).unwrap();
+        assert_eq!(
+            err(s.resolve("foo")),
+            format!("source: unknown ref 'foo' in {loc}: not a branch, tag or commit")
+        );
+        // a full sha that is not in the repository
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        assert!(err(s.resolve(missing)).contains("unknown ref"));
+        assert!(err(s.resolve("")).contains("unknown ref"));
+        assert!(err(s.resolve("main:hosts")).contains("names a tree, not a commit"));
+    }
+
+    #[test]
+    fn ambiguous_short_sha_says_so() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let mut b = RepoBuilder::init(&repo).unwrap();
+        // enough objects that two share a 4-hex prefix (the shortest libgit2 accepts)
+        let files: Vec<(String, Vec<u8>)> = (0..1000)
+            .map(|i| (format!("f{i}"), format!("{i}\n").into_bytes()))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        b.commit_files(&refs, "many").unwrap();
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        let git = Repository::open(&repo).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        let mut clash = None;
+        git.odb()
+            .unwrap()
+            .foreach(|oid| {
+                let p = oid.to_string()[..4].to_string();
+                if seen.insert(p.clone(), ()).is_some() {
+                    clash = Some(p);
+                    return false;
+                }
+                true
+            })
+            .ok();
+        let prefix = clash.expect("1000 objects give a 4-hex collision");
+        assert!(err(s.resolve(&prefix)).contains(&format!("ambiguous short sha '{prefix}'")));
+    }
+
+    #[test]
+    fn ref_name_wins_over_sha_prefix_and_branch_tag_clash_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let (mut b, c1, c2) = fixture(&repo);
+        // a branch named like the prefix of another commit
+        let prefix = c1[..7].to_string();
+        b.branch(&prefix).unwrap();
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        assert_eq!(s.resolve(&prefix).unwrap().commit, c2);
+        drop(s);
+        b.branch("v1").unwrap(); // branch v1 at c2, tag v1 at c1
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        assert!(err(s.resolve("v1")).contains("ambiguous ref 'v1'"));
+        assert_eq!(s.resolve("refs/tags/v1").unwrap().commit, c1);
+    }
+
+    #[test]
+    fn missing_path_and_non_repo_say_so() {
+        let t = tempfile::tempdir().unwrap();
+        let missing = t.path().join("nope");
+        let e = Source::open(missing.to_str().unwrap(), t.path()).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // a plain dir inside a repository must not open the parent
+        let repo = t.path().join("repo");
+        fixture(&repo);
+        let sub = repo.join("sub");
+        fs::create_dir(&sub).unwrap();
+        let e = Source::open(sub.to_str().unwrap(), t.path()).unwrap_err();
+        assert!(e.to_string().contains("is not a git repository"), "{e}");
+        let e = Source::open(&url(&missing), &t.path().join("state")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(!t.path().join("state").exists());
+    }
+
+    #[test]
+    fn remote_urls_without_transport_fail_clearly_and_never_show_credentials() {
+        let t = tempfile::tempdir().unwrap();
+        for u in [
+            "https://user:s3cret@example.invalid/repo.git",
+            "ssh://git:s3cret@example.invalid/repo.git",
+            "git@example.invalid:org/repo.git",
+        ] {
+            assert!(is_remote(u));
+            let e = Source::open(u, t.path()).unwrap_err().to_string();
+            assert!(e.contains("no https/ssh transport"), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("user:"), "{e}");
+        }
+        let e = Source::open("http://tok@example.invalid/r", t.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unsupported URL scheme 'http://'") && !e.contains("tok@"),
+            "{e}"
+        );
+        assert!(!is_remote("/srv/repo") && !is_remote("./a:b") && !is_remote("repo"));
+        assert!(is_remote("file:///srv/repo"));
+        assert_eq!(
+            redact("failed 'https://u:p@h.invalid/x' and ssh://k@h/y"),
+            "failed 'https://h.invalid/x' and ssh://h/y"
+        );
+    }
+
+    #[test]
+    fn file_mirror_fetches_and_picks_up_new_commits() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let state = t.path().join("state");
+        let (mut b, c1, c2) = fixture(&repo);
+        let s = Source::open(&url(&repo), &state).unwrap();
+        assert!(s.is_mirror());
+        assert!(s.git_dir().starts_with(state.join("mirrors")));
+        assert_eq!(s.location(), url(&repo));
+        assert_eq!(s.resolve("main").unwrap().commit, c2);
+        assert_eq!(s.resolve("origin/main").unwrap().commit, c2);
+        assert_eq!(s.resolve("HEAD").unwrap().commit, c2);
+        assert_eq!(s.resolve("v1").unwrap().commit, c1);
+        assert_eq!(s.resolve("va2").unwrap().commit, c2);
+        assert_eq!(s.resolve(&c1[..8]).unwrap().commit, c1);
+        let snap = s.snapshot(&s.resolve("main").unwrap()).unwrap();
+        assert_eq!(snap.files.len(), 2);
+        drop(s);
+
+        let c3 = b.commit_files(&[("a", b"new\n")], "three").unwrap();
+        b.tag("v3").unwrap();
+        let s = Source::open(&url(&repo), &state).unwrap();
+        assert_eq!(s.resolve("main").unwrap().commit, c3);
+        assert_eq!(s.resolve("v3").unwrap().commit, c3);
+        drop(s);
+
+        // deleted upstream tags disappear from the mirror (pruned)
+        Repository::open(&repo).unwrap().tag_delete("v3").unwrap();
+        let s = Source::open(&url(&repo), &state).unwrap();
+        assert!(err(s.resolve("v3")).contains("unknown ref 'v3'"));
+        let mirrors: Vec<_> = fs::read_dir(state.join("mirrors")).unwrap().collect();
+        assert_eq!(mirrors.len(), 1);
+    }
+
+    #[test]
+    fn mirror_head_follows_the_source_default_branch() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let (mut b, c1, c2) = fixture(&repo);
+        b.branch("trunk").unwrap();
+        let git = Repository::open(&repo).unwrap();
+        git.reference("refs/heads/trunk", Oid::from_str(&c1).unwrap(), true, "t")
+            .unwrap();
+        git.set_head("refs/heads/trunk").unwrap();
+        let s = Source::open(&url(&repo), &t.path().join("state")).unwrap();
+        assert_eq!(s.resolve("HEAD").unwrap().commit, c1);
+        assert_eq!(s.resolve("main").unwrap().commit, c2);
+    }
+
+    #[test]
+    fn stale_lock_files_of_a_killed_fetch_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let state = t.path().join("state");
+        let (mut b, _c1, _c2) = fixture(&repo);
+        let dir = Source::open(&url(&repo), &state)
+            .unwrap()
+            .git_dir()
+            .to_path_buf();
+        let c3 = b.commit_files(&[("a", b"3")], "three").unwrap();
+        fs::write(dir.join("refs/heads/main.lock"), "").unwrap();
+        fs::write(dir.join("packed-refs.lock"), "").unwrap();
+        let s = Source::open(&url(&repo), &state).unwrap();
+        assert_eq!(s.resolve("main").unwrap().commit, c3);
+        assert!(!dir.join("refs/heads/main.lock").exists());
+    }
+
+    #[test]
+    fn half_created_mirror_is_recreated() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        let state = t.path().join("state");
+        let (_b, _c1, c2) = fixture(&repo);
+        let u = url(&repo);
+        let dir = state
+            .join("mirrors")
+            .join(format!("{}.git", mirror_key(&u)));
+        // what a killed init_bare leaves: a directory without HEAD/objects
+        fs::create_dir_all(dir.join("refs")).unwrap();
+        // and a stale temp dir of an interrupted first fetch
+        let stale = state
+            .join("mirrors")
+            .join(format!(".{}.git.tmp-1", mirror_key(&u)));
+        fs::create_dir_all(&stale).unwrap();
+        let s = Source::open(&u, &state).unwrap();
+        assert_eq!(s.resolve("main").unwrap().commit, c2);
+        assert!(!stale.exists());
+    }
+
+    #[test]
+    fn local_bare_repo_opens_in_place() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("bare.git");
+        let mut b = RepoBuilder::init_bare(&repo).unwrap();
+        let c = b.commit_files(&[("x", b"1")], "one").unwrap();
+        let s = Source::open(repo.to_str().unwrap(), &t.path().join("state")).unwrap();
+        assert!(!s.is_mirror());
+        assert_eq!(s.resolve("main").unwrap().commit, c);
+        assert!(
+            !t.path().join("state").exists(),
+            "local repos create no mirror"
+        );
+    }
+
+    #[test]
+    fn snapshot_reads_files_symlinks_and_exec_bit() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("tree");
+        fs::create_dir_all(dir.join("services/web/web.service.d")).unwrap();
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::write(dir.join("services/web/web.service"), "[Service]\n").unwrap();
+        fs::write(dir.join("services/web/web.service.d/10-x.conf"), "[Unit]\n").unwrap();
+        fs::write(dir.join("services/webx"), "x").unwrap();
+        fs::write(dir.join("bin/run"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(dir.join("bin/run"), fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("../bin/run", dir.join("services/link")).unwrap();
+        let repo = t.path().join("repo");
+        let mut b = RepoBuilder::init(&repo).unwrap();
+        b.commit_dir(&dir, "tree").unwrap();
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        let snap = s.snapshot(&s.resolve("main").unwrap()).unwrap();
+        assert_eq!(
+            snap.get("bin/run"),
+            Some(&RepoEntry::File {
+                data: b"#!/bin/sh\n".to_vec(),
+                executable: true
+            })
+        );
+        assert_eq!(
+            snap.get("services/web/web.service"),
+            Some(&RepoEntry::File {
+                data: b"[Service]\n".to_vec(),
+                executable: false
+            })
+        );
+        assert_eq!(
+            snap.get("services/link"),
+            Some(&RepoEntry::Symlink {
+                target: "../bin/run".into()
+            })
+        );
+        let web: Vec<&str> = snap.under("services/web").map(|(p, _)| p).collect();
+        assert_eq!(
+            web,
+            [
+                "services/web/web.service",
+                "services/web/web.service.d/10-x.conf"
+            ]
+        );
+        assert_eq!(snap.under("services/web/").count(), 2);
+        assert_eq!(snap.under("").count(), 5);
+        assert_eq!(snap.under("nothing").count(), 0);
+    }
+
+    #[test]
+    fn submodule_is_an_input_error_naming_the_path() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("repo");
+        let mut b = RepoBuilder::init(&path).unwrap();
+        let c = b.commit_files(&[("x", b"1")], "one").unwrap();
+        let repo = Repository::open(&path).unwrap();
+        let commit = repo.find_commit(Oid::from_str(&c).unwrap()).unwrap();
+        let mut sub = repo.treebuilder(None).unwrap();
+        sub.insert("lib", commit.id(), 0o160000).unwrap();
+        let sub_id = sub.write().unwrap();
+        let mut root = repo.treebuilder(Some(&commit.tree().unwrap())).unwrap();
+        root.insert("vendor", sub_id, 0o040000).unwrap();
+        let tree = repo.find_tree(root.write().unwrap()).unwrap();
+        let sig = commit.author();
+        let c2 = repo
+            .commit(
+                Some("refs/heads/main"),
+                &sig,
+                &sig,
+                "sub",
+                &tree,
+                &[&commit],
+            )
+            .unwrap();
+        let s = Source::open(path.to_str().unwrap(), t.path()).unwrap();
+        let e = s
+            .snapshot(&s.resolve(&c2.to_string()).unwrap())
+            .unwrap_err();
+        assert!(matches!(e, Error::Input(_)));
+        assert!(
+            e.to_string()
+                .contains("vendor/lib: submodules are not supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn revision_display_and_serde() {
+        let commit = "454ac5f1e2d3c4b5a69788796a5b4c3d2e1f0a9b".to_string();
+        let rev = |r: &str| Revision {
+            commit: commit.clone(),
+            requested_ref: r.into(),
+        };
+        assert_eq!(rev("v1").to_string(), "454ac5f1 (v1)");
+        assert_eq!(rev("v1").short(), "454ac5f1");
+        assert_eq!(rev(&commit).to_string(), "454ac5f1");
+        assert_eq!(rev("454ac5f1").to_string(), "454ac5f1");
+        assert_eq!(rev("454ac5f").to_string(), "454ac5f1");
+        assert_eq!(rev("main").to_string(), "454ac5f1 (main)");
+        let json = serde_json::to_string(&rev("v1")).unwrap();
+        assert_eq!(
+            json,
+            format!("{{\"commit\":\"{commit}\",\"requested_ref\":\"v1\"}}")
+        );
+        assert_eq!(serde_json::from_str::<Revision>(&json).unwrap(), rev("v1"));
+    }
+
+    #[test]
+    fn snapshot_of_unknown_commit_fails() {
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("repo");
+        fixture(&repo);
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        let rev = Revision {
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            requested_ref: "x".into(),
+        };
+        assert!(
+            s.snapshot(&rev)
+                .unwrap_err()
+                .to_string()
+                .contains("not found")
+        );
+    }
 }

@@ -1,1 +1,234 @@
-//! TODO
+//! Verify: after apply, re-observe the host and judge convergence. Health means readiness
+//! (DESIGN 9): a started unit must be loaded and active (a oneshot without
+//! `RemainAfterExit=` must have succeeded), and must not be restarting during the settle
+//! window (NRestarts and InvocationID stable), not merely "not failed".
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::normalize::Kind;
+use crate::observe::{ObservedFile, observe_file};
+use crate::render::DesiredState;
+use crate::systemd::{Systemd, UnitStatus};
+
+/// How an apply ended. Distinct terminal states: a rollback is never reported as success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Everything matches the desired state.
+    Converged,
+    /// Everything matches; non-material differences were seen and tolerated.
+    ConvergedWithToleratedVariance,
+    /// Some objects converged, others did not.
+    PartiallyApplied,
+    /// Nothing of the change took, or a phase failed before objects could be judged.
+    Failed,
+}
+
+impl Outcome {
+    /// The JSON name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Converged => "converged",
+            Outcome::ConvergedWithToleratedVariance => "converged_with_tolerated_variance",
+            Outcome::PartiallyApplied => "partially_applied",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// Whether `last_applied` may advance.
+    pub fn is_converged(self) -> bool {
+        matches!(
+            self,
+            Outcome::Converged | Outcome::ConvergedWithToleratedVariance
+        )
+    }
+}
+
+/// What is wrong with one object after apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    /// Resource id.
+    pub id: String,
+    /// Unit concerned.
+    pub unit: Option<String>,
+    /// What was found.
+    pub problem: String,
+}
+
+/// An object that was removed and must stay gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Resource id.
+    pub id: String,
+    /// Path that must not exist.
+    pub path: PathBuf,
+    /// Unit that must not be active.
+    pub unit: Option<String>,
+}
+
+/// Result of verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Per-object problems (empty when converged).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Unit states as last read.
+    pub units: BTreeMap<String, UnitStatus>,
+}
+
+fn oneshot_done(effective: &str, st: &UnitStatus) -> bool {
+    effective.contains("Type=oneshot")
+        && !effective.contains("RemainAfterExit=yes")
+        && st.result == "success"
+        && st.active_state == "inactive"
+}
+
+/// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
+/// flags units whose restart counter or invocation changed in between.
+pub fn verify(
+    desired: &DesiredState,
+    removed: &[Removed],
+    systemd: &dyn Systemd,
+    settle: Duration,
+) -> Result<Verification, crate::systemd::SystemdError> {
+    let mut diagnostics = Vec::new();
+    for r in desired.resources.values() {
+        match observe_file(r.kind, &r.path) {
+            ObservedFile::File { digest, .. } if digest == r.digest => {}
+            other => diagnostics.push(Diagnostic {
+                id: r.id.clone(),
+                unit: None,
+                problem: format!(
+                    "{} does not hold the desired content ({})",
+                    r.path.display(),
+                    match other {
+                        ObservedFile::Absent => "missing".to_string(),
+                        ObservedFile::File { .. } => "content, mode or owner differ".to_string(),
+                        ObservedFile::Other { what } => format!("a {what}"),
+                    }
+                ),
+            }),
+        }
+    }
+    for r in removed {
+        if !matches!(observe_file(Kind::File, &r.path), ObservedFile::Absent) {
+            diagnostics.push(Diagnostic {
+                id: r.id.clone(),
+                unit: None,
+                problem: format!("{} still exists after removal", r.path.display()),
+            });
+        }
+    }
+
+    let mut names: Vec<String> = desired
+        .resources
+        .values()
+        .filter_map(|r| r.unit.as_ref().map(|u| u.name.clone()))
+        .collect();
+    names.extend(removed.iter().filter_map(|r| r.unit.clone()));
+    names.sort();
+    names.dedup();
+    let first = systemd.unit_statuses(&names)?;
+    let states: BTreeMap<String, UnitStatus> =
+        if settle.is_zero() {
+            first.into_iter().map(|s| (s.name.clone(), s)).collect()
+        } else {
+            std::thread::sleep(settle);
+            let second = systemd.unit_statuses(&names)?;
+            for (a, b) in first.iter().zip(&second) {
+                let was_running = a.active_state == "active";
+                if was_running
+                    && (a.n_restarts != b.n_restarts || a.invocation_id != b.invocation_id)
+                    && desired
+                        .unit_resource(&a.name)
+                        .and_then(|r| r.unit.as_ref())
+                        .is_some_and(|u| u.start)
+                {
+                    diagnostics.push(Diagnostic {
+                    id: desired.unit_resource(&a.name).map(|r| r.id.clone()).unwrap_or_default(),
+                    unit: Some(a.name.clone()),
+                    problem: format!(
+                        "unit is restarting (NRestarts {} -> {}) during the {} ms settle window",
+                        a.n_restarts.unwrap_or(0),
+                        b.n_restarts.unwrap_or(0),
+                        settle.as_millis()
+                    ),
+                });
+                }
+            }
+            second.into_iter().map(|s| (s.name.clone(), s)).collect()
+        };
+
+    for r in desired.resources.values() {
+        let Some(u) = &r.unit else { continue };
+        let Some(st) = states.get(&u.name) else {
+            continue;
+        };
+        let mut problems = Vec::new();
+        if (u.start || u.enable) && st.load_state != "loaded" {
+            problems.push(format!("unit is not loaded (LoadState={})", st.load_state));
+        } else if u.start {
+            let healthy = (st.active_state == "active" && st.sub_state != "auto-restart")
+                || oneshot_done(&u.effective, st);
+            if !healthy {
+                let result = if st.result.is_empty() || st.result == "success" {
+                    String::new()
+                } else {
+                    format!(", Result={}", st.result)
+                };
+                problems.push(format!(
+                    "unit is {}/{}{result}",
+                    st.active_state, st.sub_state
+                ));
+            }
+        }
+        if u.enable
+            && !matches!(
+                st.unit_file_state.as_str(),
+                "enabled"
+                    | "enabled-runtime"
+                    | "static"
+                    | "generated"
+                    | "alias"
+                    | "indirect"
+                    | "linked"
+            )
+        {
+            problems.push(format!(
+                "unit is not enabled (UnitFileState={})",
+                st.unit_file_state
+            ));
+        }
+        for p in problems {
+            diagnostics.push(Diagnostic {
+                id: r.id.clone(),
+                unit: Some(u.name.clone()),
+                problem: p,
+            });
+        }
+    }
+    for r in removed {
+        let Some(u) = &r.unit else { continue };
+        if let Some(st) = states.get(u)
+            && matches!(
+                st.active_state.as_str(),
+                "active" | "activating" | "reloading"
+            )
+        {
+            diagnostics.push(Diagnostic {
+                id: r.id.clone(),
+                unit: Some(u.clone()),
+                problem: format!("removed unit is still {}", st.active_state),
+            });
+        }
+    }
+    diagnostics.sort_by(|a, b| (&a.id, &a.problem).cmp(&(&b.id, &b.problem)));
+    diagnostics.dedup();
+    Ok(Verification {
+        diagnostics,
+        units: states,
+    })
+}

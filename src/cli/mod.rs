@@ -1,1 +1,360 @@
-//! TODO
+//! The binary's edge: parse options, run one command, print its view model as JSON or text,
+//! and decide the exit code in exactly one place ([`ExitStatus`]).
+
+pub mod args;
+pub mod output;
+
+use std::io::Write;
+use std::path::Path;
+
+use args::{Cli, Command, TargetArgs};
+
+use std::time::Duration;
+
+use crate::apply::{self, ApplyOptions, ApplyResult};
+use crate::config::Paths;
+use crate::error::Error;
+use crate::explain;
+use crate::fsutil;
+use crate::lock::StateLock;
+use crate::observe::{NoSystemd, UnitStateSource};
+use crate::pipeline::{self, TargetOptions};
+use crate::plan;
+use crate::record::{status, target};
+use crate::source::Source;
+use crate::systemd::dbus::DbusSystemd;
+
+/// Exit codes (documented in README.md, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// 0: success; for `plan --detailed-exitcode` and `agent`: nothing to change.
+    Ok = 0,
+    /// 1: error (bad input, unreachable repository, systemd error...). Nothing was changed
+    /// unless the message says so.
+    Error = 1,
+    /// 2: `plan --detailed-exitcode`: changes present; `agent`: changed and converged.
+    Changes = 2,
+    /// 3: `apply`/`agent`: the host did not converge (failed, partially applied, rolled
+    /// back); `last_applied` was not advanced.
+    NotConverged = 3,
+    /// 75 (EX_TEMPFAIL): another core-ops run holds the lock; try again later.
+    Locked = 75,
+}
+
+/// Map a library error to an exit status.
+pub fn exit_for(err: &Error) -> ExitStatus {
+    match err {
+        Error::Locked(_) => ExitStatus::Locked,
+        _ => ExitStatus::Error,
+    }
+}
+
+fn paths_of(cli: &Cli) -> Paths {
+    Paths::new(
+        cli.unit_dir.clone(),
+        cli.quadlet_dir.clone(),
+        cli.state_dir.clone(),
+        cli.state_file.clone(),
+        cli.host_file_roots.as_deref(),
+    )
+}
+
+fn target_opts(t: &TargetArgs) -> TargetOptions {
+    TargetOptions {
+        repo: t.repo.clone(),
+        rev: t.rev.clone(),
+        host: t.host.clone(),
+    }
+}
+
+/// How the plan reads unit state: systemd when it answers, otherwise "unknown" with the
+/// reason (plan works on a laptop or in the repository's CI).
+fn unit_source(cli: &Cli) -> Box<dyn UnitStateSource> {
+    let address = cli.systemd_address.as_deref();
+    if address.is_none() && !Path::new("/run/systemd/system").exists() {
+        return Box::new(NoSystemd {
+            reason: "systemd is not running on this machine".into(),
+        });
+    }
+    match DbusSystemd::connect(address) {
+        Ok(s) => Box::new(s),
+        Err(e) => Box::new(NoSystemd {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// apply and agent need systemd; say so clearly when it does not answer.
+fn connect_systemd(cli: &Cli) -> Result<DbusSystemd, Error> {
+    DbusSystemd::connect(cli.systemd_address.as_deref()).map_err(|e| {
+        Error::Systemd(format!(
+            "{e}; apply needs a running systemd (set CORE_OPS_SYSTEMD_ADDRESS for a non-default bus)"
+        ))
+    })
+}
+
+fn f_display(p: &Option<std::path::PathBuf>) -> String {
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// A saved plan may only be executed while its base still holds.
+fn check_not_stale(saved: &plan::Plan, fresh: &plan::Plan, file: &str) -> Result<(), Error> {
+    let (s, f) = (&saved.base, &fresh.base);
+    let mut why = Vec::new();
+    if s.desired_revision != f.desired_revision {
+        why.push(format!(
+            "desired revision {} is now {}",
+            s.desired_revision, f.desired_revision
+        ));
+    }
+    if s.last_applied_revision != f.last_applied_revision {
+        why.push(format!(
+            "last_applied moved from {} to {}",
+            s.last_applied_revision.as_deref().unwrap_or("none"),
+            f.last_applied_revision.as_deref().unwrap_or("none")
+        ));
+    }
+    if s.observed_digest != f.observed_digest {
+        why.push(format!(
+            "the host changed since the plan was made (observed digest {} is now {})",
+            s.observed_digest, f.observed_digest
+        ));
+    }
+    if why.is_empty() && s.desired_revision == f.desired_revision && saved.actions != fresh.actions
+    {
+        why.push("the actions differ (plan made by another core-ops build?)".into());
+    }
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::StalePlan(format!(
+            "{file}: {}; run core-ops plan again. Nothing was changed.",
+            why.join("; ")
+        )))
+    }
+}
+
+fn print_apply(cli: &Cli, plan: &plan::Plan, result: &ApplyResult) {
+    if cli.json {
+        print_json(result);
+        return;
+    }
+    print_text(&output::apply_text(plan, result, cli.verbose > 0));
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    let value = serde_json::to_value(v).expect("view model serializes");
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, &value);
+    let _ = writeln!(out);
+}
+
+fn print_text(s: &str) {
+    let _ = std::io::stdout().lock().write_all(s.as_bytes());
+}
+
+/// Run one command. Errors are returned to `main`, which prints them and exits with
+/// [`exit_for`].
+pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
+    let paths = paths_of(cli);
+    match &cli.command {
+        Command::Init { repo, rev } => {
+            // prove the target works before persisting it
+            let source = Source::open(repo, &paths.state_dir)?;
+            let revision = source.resolve(rev)?;
+            let t = target::save(&paths.target_file(), repo, rev)?;
+            let view = serde_json::json!({
+                "schema_version": 1,
+                "kind": "CoreOpsInit",
+                "repo": t.repo,
+                "requested_ref": t.requested_ref,
+                "resolved_revision": revision.commit,
+                "target_file": paths.target_file().display().to_string(),
+            });
+            if cli.json {
+                print_json(&view);
+            } else {
+                print_text(&format!(
+                    "core-ops will follow {} at {}\n  saved to {}\n",
+                    t.repo,
+                    output::revision_label(&revision.commit, rev),
+                    paths.target_file().display()
+                ));
+            }
+            Ok(ExitStatus::Ok)
+        }
+        Command::Plan {
+            target,
+            out,
+            detailed_exitcode,
+        } => {
+            let t = pipeline::resolve_target(&paths, &target_opts(target))?;
+            let units = unit_source(cli);
+            let planned = pipeline::plan_revision(&paths, &t, units.as_ref())?;
+            let bytes = plan::to_json_bytes(&planned.plan);
+            if let Some(out) = out {
+                fsutil::write_atomic(out, &bytes, None)?;
+            }
+            if cli.json {
+                print_text(&String::from_utf8_lossy(&bytes));
+            } else {
+                print_text(&output::plan_text(&planned.plan, cli.verbose > 0));
+            }
+            Ok(if *detailed_exitcode && planned.plan.has_changes() {
+                ExitStatus::Changes
+            } else {
+                ExitStatus::Ok
+            })
+        }
+        Command::Apply {
+            target,
+            plan: plan_file,
+            force_no_state,
+            tuning,
+        } => {
+            let _lock = StateLock::acquire(&paths.state_dir)?;
+            let systemd = connect_systemd(cli)?;
+            let mut opts = target_opts(target);
+            let saved = match plan_file {
+                Some(f) => {
+                    let bytes = std::fs::read(f)
+                        .map_err(|e| Error::io(format!("read {}", f.display()), e))?;
+                    let saved = plan::from_json_bytes(&bytes, &f.display().to_string())?;
+                    opts.rev = Some(saved.base.desired_revision.clone());
+                    Some(saved)
+                }
+                None => None,
+            };
+            let mut paths = paths.clone();
+            if *force_no_state {
+                // plan as if nothing was applied and never write the snapshot
+                paths.state_file = paths.state_dir.join(".force-no-state-unused.json");
+            }
+            let t = pipeline::resolve_target(&paths, &opts)?;
+            let mut planned = pipeline::plan_revision(&paths, &t, &systemd)?;
+            if let Some(saved) = &saved {
+                check_not_stale(saved, &planned.plan, &f_display(plan_file))?;
+                planned.desired.revision.requested_ref = saved.base.requested_ref.clone();
+            }
+            let result = apply::apply(
+                &planned,
+                &systemd,
+                &paths,
+                &ApplyOptions {
+                    job_timeout: Duration::from_secs(tuning.job_timeout),
+                    settle: Duration::from_millis(tuning.settle_ms),
+                    record_status: !force_no_state,
+                    repo: t.repo.clone(),
+                },
+            )?;
+            print_apply(cli, &planned.plan, &result);
+            Ok(if result.outcome.is_converged() {
+                ExitStatus::Ok
+            } else {
+                ExitStatus::NotConverged
+            })
+        }
+        Command::Agent { target, tuning } => {
+            let _lock = StateLock::acquire(&paths.state_dir)?;
+            let systemd = connect_systemd(cli)?;
+            let t = pipeline::resolve_target(&paths, &target_opts(target))?;
+            let planned = pipeline::plan_revision(&paths, &t, &systemd)?;
+            if !planned.plan.has_changes() {
+                tracing::info!(revision = %planned.desired.revision.commit, "no changes");
+                if cli.json {
+                    print_json(&serde_json::json!({
+                        "kind": "CoreOpsAgentRun",
+                        "changes": false,
+                        "desired_revision": planned.desired.revision.commit,
+                        "requested_ref": planned.desired.revision.requested_ref,
+                        "intent_checksum": planned.plan.checksum,
+                    }));
+                } else {
+                    print_text(&format!(
+                        "no changes: host {} matches {}\n",
+                        t.host,
+                        output::revision_label(
+                            &planned.desired.revision.commit,
+                            &planned.desired.revision.requested_ref
+                        )
+                    ));
+                }
+                return Ok(ExitStatus::Ok);
+            }
+            if planned.plan.is_blocked() {
+                print_text(&output::plan_text(&planned.plan, false));
+            }
+            let result = apply::apply(
+                &planned,
+                &systemd,
+                &paths,
+                &ApplyOptions {
+                    job_timeout: Duration::from_secs(tuning.job_timeout),
+                    settle: Duration::from_millis(tuning.settle_ms),
+                    record_status: true,
+                    repo: t.repo.clone(),
+                },
+            )?;
+            print_apply(cli, &planned.plan, &result);
+            Ok(if result.outcome.is_converged() {
+                ExitStatus::Changes
+            } else {
+                ExitStatus::NotConverged
+            })
+        }
+        Command::Status => {
+            let snap = status::load(&paths.state_file);
+            let t = target::load(&paths.target_file()).ok().flatten();
+            if cli.json {
+                let view = match &snap {
+                    Ok(s) => serde_json::json!({
+                        "state": "present",
+                        "state_file": paths.state_file.display().to_string(),
+                        "target": t,
+                        "snapshot": s,
+                    }),
+                    Err(a) => serde_json::json!({
+                        "state": "absent",
+                        "state_file": paths.state_file.display().to_string(),
+                        "target": t,
+                        "absent": a,
+                        "message": a.to_string(),
+                    }),
+                };
+                print_json(&view);
+            } else {
+                print_text(&output::status_text(
+                    &paths.state_file.display().to_string(),
+                    snap.as_ref(),
+                    t.as_ref(),
+                ));
+            }
+            Ok(ExitStatus::Ok)
+        }
+        Command::Explain { object, target } => {
+            let mut opts = target_opts(target);
+            // with no --repo/--rev: the deployed revision (immutable), else the init target
+            if opts.repo.is_none() && opts.rev.is_none() {
+                let (snap, _) = pipeline::load_status(&paths);
+                if let Some(l) = snap.as_ref().and_then(|s| s.last_applied.as_ref()) {
+                    opts.rev = Some(l.revision.clone());
+                    if let Some(src) = snap.as_ref().and_then(|s| s.source.as_ref()) {
+                        opts.repo = Some(src.repo.clone());
+                    }
+                }
+            }
+            let t = pipeline::resolve_target(&paths, &opts)?;
+            let units = unit_source(cli);
+            let planned = pipeline::plan_revision(&paths, &t, units.as_ref())?;
+            let e = explain::explain(&planned, object)?;
+            if cli.json {
+                print_json(&e);
+            } else {
+                print_text(&output::explain_text(&e));
+            }
+            Ok(ExitStatus::Ok)
+        }
+    }
+}

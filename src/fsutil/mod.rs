@@ -47,9 +47,8 @@ pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result
             .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
         f.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
-        fs::rename(&tmp, path).map_err(|e| {
-            Error::io(format!("rename {} -> {}", tmp.display(), path.display()), e)
-        })?;
+        fs::rename(&tmp, path)
+            .map_err(|e| Error::io(format!("rename {} -> {}", tmp.display(), path.display()), e))?;
         sync_dir(dir)
     })();
     if result.is_err() {
@@ -143,7 +142,9 @@ fn chown_by_name(path: &Path, owner: &str, group: &str) -> Result<()> {
             .ok()
             .flatten()
             .map(|u| u.uid)
-            .ok_or_else(|| Error::Config(format!("unknown user '{owner}' for {}", path.display())))?,
+            .ok_or_else(|| {
+                Error::Config(format!("unknown user '{owner}' for {}", path.display()))
+            })?,
     };
     let gid = match group.parse::<u32>() {
         Ok(n) => nix::unistd::Gid::from_raw(n),
@@ -151,9 +152,12 @@ fn chown_by_name(path: &Path, owner: &str, group: &str) -> Result<()> {
             .ok()
             .flatten()
             .map(|g| g.gid)
-            .ok_or_else(|| Error::Config(format!("unknown group '{group}' for {}", path.display())))?,
+            .ok_or_else(|| {
+                Error::Config(format!("unknown group '{group}' for {}", path.display()))
+            })?,
     };
-    let current = fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    let current =
+        fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
     if current.uid() == uid.as_raw() && current.gid() == gid.as_raw() {
         return Ok(());
     }

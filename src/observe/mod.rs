@@ -134,7 +134,9 @@ impl<T: Systemd + ?Sized> UnitStateSource for T {
             return UnitObservation::Known(BTreeMap::new());
         }
         match self.unit_statuses(names) {
-            Ok(list) => UnitObservation::Known(list.into_iter().map(|s| (s.name.clone(), s)).collect()),
+            Ok(list) => {
+                UnitObservation::Known(list.into_iter().map(|s| (s.name.clone(), s)).collect())
+            }
             Err(e) => UnitObservation::Unknown {
                 reason: e.to_string(),
             },
@@ -150,8 +152,14 @@ mod tests {
     #[test]
     fn observes_absent_file_and_other() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(observe_file(Kind::Unit, &d.path().join("x")), ObservedFile::Absent);
-        assert!(matches!(observe_file(Kind::File, d.path()), ObservedFile::Other { .. }));
+        assert_eq!(
+            observe_file(Kind::Unit, &d.path().join("x")),
+            ObservedFile::Absent
+        );
+        assert!(matches!(
+            observe_file(Kind::File, d.path()),
+            ObservedFile::Other { .. }
+        ));
         let p = d.path().join("f");
         fs::write(&p, b"A=1\n").unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();

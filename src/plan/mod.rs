@@ -33,6 +33,8 @@ pub struct PlanInput<'a> {
     pub units: &'a UnitObservation,
     /// Warnings gathered before planning (e.g. why there is no status snapshot).
     pub warnings: Vec<String>,
+    /// Objects an interrupted run was changing (from the in-flight journal).
+    pub interrupted: BTreeSet<String>,
 }
 
 /// The paths the planner needs observed: every desired resource and every resource
@@ -106,7 +108,9 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
             }
             // the automount goes after the mount it activates
             if r.kind == Kind::Automount {
-                let mount = r.id.replacen("automount:", "mount:", 1).replace(".automount", ".mount");
+                let mount =
+                    r.id.replacen("automount:", "mount:", 1)
+                        .replace(".automount", ".mount");
                 if desired.resources.contains_key(&mount) {
                     d.insert(mount);
                 }
@@ -161,11 +165,11 @@ fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
     let oneshot_done = u.effective.contains("Type=oneshot")
         && !u.effective.contains("RemainAfterExit=yes")
         && st.result == "success";
-    if u.start
-        && matches!(st.active_state.as_str(), "inactive" | "deactivating")
-        && !oneshot_done
-    {
-        return Some((Action::Restart, format!("unit is stopped ({})", st.active_state)));
+    if u.start && matches!(st.active_state.as_str(), "inactive" | "deactivating") && !oneshot_done {
+        return Some((
+            Action::Restart,
+            format!("unit is stopped ({})", st.active_state),
+        ));
     }
     let enabled = matches!(
         st.unit_file_state.as_str(),
@@ -211,14 +215,22 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         };
         let (action, cause, reason) = match observed {
             None | Some(ObservedFile::Absent) => match &last_digest {
-                None => (Action::Create, Cause::DesiredChange, "new in the desired state".to_string()),
+                None => (
+                    Action::Create,
+                    Cause::DesiredChange,
+                    "new in the desired state".to_string(),
+                ),
                 Some(_) => {
                     findings.push(Finding {
                         kind: "drift".into(),
                         id: r.id.clone(),
                         reason: "managed file was removed from the host".into(),
                     });
-                    (Action::Create, Cause::Drift, "managed file was removed from the host; recreate it".into())
+                    (
+                        Action::Create,
+                        Cause::Drift,
+                        "managed file was removed from the host; recreate it".into(),
+                    )
                 }
             },
             Some(ObservedFile::Other { what }) => {
@@ -228,16 +240,28 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                         id: r.id.clone(),
                         reason: "managed file was replaced by a symlink".into(),
                     });
-                    (Action::Replace, Cause::Drift, "managed file was replaced by a symlink; replace it with the desired file".into())
+                    (
+                        Action::Replace,
+                        Cause::Drift,
+                        "managed file was replaced by a symlink; replace it with the desired file"
+                            .into(),
+                    )
                 } else {
                     (
                         Action::Blocked,
                         Cause::UnmanagedConflict,
-                        format!("{} is a {what}; remove it by hand, core-ops does not overwrite it", r.path.display()),
+                        format!(
+                            "{} is a {what}; remove it by hand, core-ops does not overwrite it",
+                            r.path.display()
+                        ),
                     )
                 }
             }
-            Some(ObservedFile::File { digest, raw_digest, meta }) => {
+            Some(ObservedFile::File {
+                digest,
+                raw_digest,
+                meta,
+            }) => {
                 if *digest == r.digest {
                     if *raw_digest != r.raw_digest && r.kind.is_ini() {
                         findings.push(Finding {
@@ -245,15 +269,31 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                             id: r.id.clone(),
                             reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
                         });
-                        (Action::NoOp, Cause::RuntimeVariance, "only non-material differences (formatting, comments, key order)".into())
+                        (
+                            Action::NoOp,
+                            Cause::RuntimeVariance,
+                            "only non-material differences (formatting, comments, key order)"
+                                .into(),
+                        )
                     } else {
-                        (Action::NoOp, Cause::Unchanged, "desired, applied and observed agree".into())
+                        (
+                            Action::NoOp,
+                            Cause::Unchanged,
+                            "desired, applied and observed agree".into(),
+                        )
                     }
                 } else {
-                    let what = if r.kind == Kind::File && *raw_digest == crate::normalize::sha256_hex(&r.content) {
+                    let what = if r.kind == Kind::File
+                        && *raw_digest == crate::normalize::sha256_hex(&r.content)
+                    {
                         format!(
                             "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
-                            meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
+                            meta.mode,
+                            meta.owner,
+                            meta.group,
+                            r.meta.mode,
+                            r.meta.owner,
+                            r.meta.group
                         )
                     } else {
                         "content differs".to_string()
@@ -267,9 +307,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                                 r.path.display()
                             ),
                         ),
-                        Some(l) if l == digest => {
-                            (Action::Update, Cause::DesiredChange, format!("changed in the desired state ({what})"))
-                        }
+                        Some(l) if l == digest => (
+                            Action::Update,
+                            Cause::DesiredChange,
+                            format!("changed in the desired state ({what})"),
+                        ),
                         Some(l) => {
                             findings.push(Finding {
                                 kind: "drift".into(),
@@ -277,14 +319,34 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                                 reason: format!("host no longer matches what was applied ({what})"),
                             });
                             if *l == r.digest {
-                                (Action::Update, Cause::Drift, format!("edited on the host ({what}); repair"))
+                                (
+                                    Action::Update,
+                                    Cause::Drift,
+                                    format!("edited on the host ({what}); repair"),
+                                )
                             } else {
-                                (Action::Update, Cause::DesiredChange, format!("changed in the desired state and edited on the host ({what})"))
+                                (
+                                    Action::Update,
+                                    Cause::DesiredChange,
+                                    format!(
+                                        "changed in the desired state and edited on the host ({what})"
+                                    ),
+                                )
                             }
                         }
                     }
                 }
             }
+        };
+        let (action, cause, reason) = if action == Action::NoOp && input.interrupted.contains(&r.id)
+        {
+            (
+                Action::Update,
+                Cause::InterruptedApply,
+                "a previous run was interrupted while changing it; re-apply".to_string(),
+            )
+        } else {
+            (action, cause, reason)
         };
         let action = if action == Action::Update
             && matches!(r.kind, Kind::Mount | Kind::Automount)
@@ -294,7 +356,8 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         } else {
             action
         };
-        let reason = if action == Action::Replace && matches!(r.kind, Kind::Mount | Kind::Automount) {
+        let reason = if action == Action::Replace && matches!(r.kind, Kind::Mount | Kind::Automount)
+        {
             format!("{reason}; mounts are stopped, rewritten and started")
         } else {
             reason
@@ -327,7 +390,9 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             if a.action != Action::NoOp {
                 continue;
             }
-            let Some(st) = states.get(&u.name) else { continue };
+            let Some(st) = states.get(&u.name) else {
+                continue;
+            };
             if let Some((action, why)) = unit_drift(r, st) {
                 findings.push(Finding {
                     kind: "drift".into(),
@@ -346,7 +411,10 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     for a in actions.values() {
         if matches!(a.action, Action::Create | Action::Update | Action::Replace) {
             for u in &a.restarts {
-                restart_causes.entry(u.clone()).or_default().insert(a.id.clone());
+                restart_causes
+                    .entry(u.clone())
+                    .or_default()
+                    .insert(a.id.clone());
             }
         }
     }
@@ -378,7 +446,10 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                         kind: Kind::Unit,
                         action: Action::Restart,
                         cause: Cause::DependencyChange,
-                        reason: format!("restart: {} changed (unit not managed by core-ops)", list.join(", ")),
+                        reason: format!(
+                            "restart: {} changed (unit not managed by core-ops)",
+                            list.join(", ")
+                        ),
                         path: None,
                         unit: Some(unit.clone()),
                         enable: None,
@@ -409,7 +480,10 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 Some(ObservedFile::Other { what }) => (
                     Action::Blocked,
                     Cause::UnmanagedConflict,
-                    format!("left the desired state but {} is now a {what}; core-ops will not remove it", rec.path.display()),
+                    format!(
+                        "left the desired state but {} is now a {what}; core-ops will not remove it",
+                        rec.path.display()
+                    ),
                 ),
                 Some(ObservedFile::File { .. }) => (
                     Action::Delete,

@@ -65,6 +65,8 @@ pub enum Cause {
     Unchanged,
     /// A file core-ops does not manage is in the way.
     UnmanagedConflict,
+    /// A previous run was killed while changing it; it is re-applied with its restarts.
+    InterruptedApply,
 }
 
 /// Digests of the three sides for one object.

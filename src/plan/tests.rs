@@ -35,16 +35,26 @@ fn rev(c: char) -> Revision {
 }
 
 const WEB: &str = "[Unit]\nDescription=web\nAfter=db.service\nRequiresMountsFor=/srv/data\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
-const DB: &str = "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
+const DB: &str =
+    "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
 const MOUNT: &str = "[Mount]\nWhat=tmpfs\nWhere=/srv/data\nType=tmpfs\n";
 
 fn files(s: &Scratch, extra: &[(&str, &str)]) -> BTreeMap<String, RepoEntry> {
     let etc = s.paths.host_file_roots[0].display().to_string();
     let mut v: Vec<(String, String)> = vec![
-        ("hosts/h/host.yaml".into(), "services: [web, db, data]\n".into()),
+        (
+            "hosts/h/host.yaml".into(),
+            "services: [web, db, data]\n".into(),
+        ),
         ("services/web/web.service".into(), WEB.into()),
-        ("services/web/web.service.d/10-env.conf".into(), "[Service]\nEnvironment=A=1\n".into()),
-        (format!("services/web/files{etc}/web/app.env"), "A=1\n".into()),
+        (
+            "services/web/web.service.d/10-env.conf".into(),
+            "[Service]\nEnvironment=A=1\n".into(),
+        ),
+        (
+            format!("services/web/files{etc}/web/app.env"),
+            "A=1\n".into(),
+        ),
         ("services/db/db.service".into(), DB.into()),
         ("services/data/srv-data.mount".into(), MOUNT.into()),
     ];
@@ -81,6 +91,7 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
             reason: "test".into(),
         },
         warnings: vec![],
+        interrupted: BTreeSet::new(),
     })
 }
 
@@ -93,7 +104,10 @@ fn converge(d: &DesiredState) -> LastApplied {
 }
 
 fn action<'a>(p: &'a Plan, id: &str) -> &'a PlannedAction {
-    p.actions.iter().find(|a| a.id == id).unwrap_or_else(|| panic!("no action for {id}"))
+    p.actions
+        .iter()
+        .find(|a| a.id == id)
+        .unwrap_or_else(|| panic!("no action for {id}"))
 }
 
 fn pos(p: &Plan, id: &str) -> usize {
@@ -105,7 +119,10 @@ fn fresh_host_creates_everything_in_dependency_order() {
     let s = scratch();
     let d = desired(&s, &files(&s, &[]), 'a');
     let p = do_plan(&s, &d, None);
-    assert!(p.actions.iter().all(|a| a.action == Action::Create), "{p:#?}");
+    assert!(
+        p.actions.iter().all(|a| a.action == Action::Create),
+        "{p:#?}"
+    );
     assert!(pos(&p, "unit:db.service") < pos(&p, "unit:web.service"));
     assert!(pos(&p, "mount:srv-data.mount") < pos(&p, "unit:web.service"));
     assert!(pos(&p, "unit:web.service") < pos(&p, "dropin:web.service.d/10-env.conf"));
@@ -113,10 +130,18 @@ fn fresh_host_creates_everything_in_dependency_order() {
     assert!(pos(&p, &file_id) < pos(&p, "unit:web.service"));
     assert_eq!(
         action(&p, "unit:web.service").depends_on,
-        vec![file_id, "mount:srv-data.mount".to_string(), "unit:db.service".to_string()]
+        vec![
+            file_id,
+            "mount:srv-data.mount".to_string(),
+            "unit:db.service".to_string()
+        ]
     );
     assert_eq!(p.summary.get("create"), Some(&5));
-    assert!(p.warnings.iter().any(|w| w.starts_with("unit state unknown")));
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.starts_with("unit state unknown"))
+    );
     assert_eq!(p.checksum, checksum(&p));
 }
 
@@ -128,7 +153,10 @@ fn converged_host_is_all_no_op() {
     let p = do_plan(&s, &d, Some(&last));
     assert!(!p.has_changes(), "{p:#?}");
     assert!(p.findings.is_empty());
-    assert_eq!(p.base.last_applied_revision.as_deref(), Some(&*"a".repeat(40)));
+    assert_eq!(
+        p.base.last_applied_revision.as_deref(),
+        Some(&*"a".repeat(40))
+    );
 }
 
 #[test]
@@ -137,7 +165,10 @@ fn formatting_only_difference_is_runtime_variance_not_a_change() {
     let d = desired(&s, &files(&s, &[]), 'a');
     let last = converge(&d);
     let web = &d.resources["unit:web.service"].path;
-    let reformatted = format!("# edited by hand, same meaning\n{}", WEB.replace("=", " = "));
+    let reformatted = format!(
+        "# edited by hand, same meaning\n{}",
+        WEB.replace("=", " = ")
+    );
     std::fs::write(web, reformatted).unwrap();
     let p = do_plan(&s, &d, Some(&last));
     let a = action(&p, "unit:web.service");
@@ -152,11 +183,19 @@ fn hand_edit_is_drift_and_repaired() {
     let s = scratch();
     let d = desired(&s, &files(&s, &[]), 'a');
     let last = converge(&d);
-    std::fs::write(&d.resources["unit:db.service"].path, "[Service]\nExecStart=/bin/false\n").unwrap();
+    std::fs::write(
+        &d.resources["unit:db.service"].path,
+        "[Service]\nExecStart=/bin/false\n",
+    )
+    .unwrap();
     let p = do_plan(&s, &d, Some(&last));
     let a = action(&p, "unit:db.service");
     assert_eq!((a.action, a.cause), (Action::Update, Cause::Drift));
-    assert!(p.findings.iter().any(|f| f.kind == "drift" && f.id == "unit:db.service"));
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.kind == "drift" && f.id == "unit:db.service")
+    );
 }
 
 #[test]
@@ -166,14 +205,21 @@ fn mode_change_on_host_file_is_drift() {
     let d = desired(&s, &files(&s, &[]), 'a');
     let last = converge(&d);
     let id = format!("file:{}/web/app.env", s.paths.host_file_roots[0].display());
-    std::fs::set_permissions(&d.resources[&id].path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &d.resources[&id].path,
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let p = do_plan(&s, &d, Some(&last));
     let a = action(&p, &id);
     assert_eq!((a.action, a.cause), (Action::Update, Cause::Drift));
     assert!(a.reason.contains("mode/owner differ"), "{}", a.reason);
     // the file restarts web.service
     let w = action(&p, "unit:web.service");
-    assert_eq!((w.action, w.cause), (Action::Restart, Cause::DependencyChange));
+    assert_eq!(
+        (w.action, w.cause),
+        (Action::Restart, Cause::DependencyChange)
+    );
 }
 
 #[test]
@@ -183,14 +229,26 @@ fn changed_dropin_updates_it_and_restarts_its_unit() {
     let last = converge(&d1);
     let d2 = desired(
         &s,
-        &files(&s, &[("services/web/web.service.d/10-env.conf", "[Service]\nEnvironment=A=2\n")]),
+        &files(
+            &s,
+            &[(
+                "services/web/web.service.d/10-env.conf",
+                "[Service]\nEnvironment=A=2\n",
+            )],
+        ),
         'b',
     );
     let p = do_plan(&s, &d2, Some(&last));
     let dropin = action(&p, "dropin:web.service.d/10-env.conf");
-    assert_eq!((dropin.action, dropin.cause), (Action::Update, Cause::DesiredChange));
+    assert_eq!(
+        (dropin.action, dropin.cause),
+        (Action::Update, Cause::DesiredChange)
+    );
     let web = action(&p, "unit:web.service");
-    assert_eq!((web.action, web.cause), (Action::Restart, Cause::DependencyChange));
+    assert_eq!(
+        (web.action, web.cause),
+        (Action::Restart, Cause::DependencyChange)
+    );
     assert_eq!(action(&p, "unit:db.service").action, Action::NoOp);
 }
 
@@ -203,7 +261,11 @@ fn removed_objects_are_deleted_in_reverse_dependency_order() {
     f2.retain(|p, _| !p.starts_with("services/web/") && !p.starts_with("services/data/"));
     let d2 = desired(&s, &f2, 'b');
     let p = do_plan(&s, &d2, Some(&last));
-    for id in ["unit:web.service", "mount:srv-data.mount", "dropin:web.service.d/10-env.conf"] {
+    for id in [
+        "unit:web.service",
+        "mount:srv-data.mount",
+        "dropin:web.service.d/10-env.conf",
+    ] {
         assert_eq!(action(&p, id).action, Action::Delete, "{id}");
     }
     // the service that needs the mount goes first, its drop-in before it, the mount last
@@ -222,7 +284,10 @@ fn unmanaged_file_in_the_way_blocks() {
     std::fs::write(path, "[Service]\nExecStart=/bin/other\n").unwrap();
     let p = do_plan(&s, &d, None);
     let a = action(&p, "unit:db.service");
-    assert_eq!((a.action, a.cause), (Action::Blocked, Cause::UnmanagedConflict));
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Blocked, Cause::UnmanagedConflict)
+    );
     assert!(p.is_blocked());
 }
 
@@ -235,7 +300,9 @@ fn plan_json_is_byte_identical_and_checksum_verifies() {
     assert_eq!(a, b);
     let parsed = from_json_bytes(&a, "plan.json").unwrap();
     assert_eq!(to_json_bytes(&parsed), a);
-    let tampered = String::from_utf8(a).unwrap().replacen("\"create\"", "\"delete\"", 1);
+    let tampered = String::from_utf8(a)
+        .unwrap()
+        .replacen("\"create\"", "\"delete\"", 1);
     let err = from_json_bytes(tampered.as_bytes(), "plan.json").unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }

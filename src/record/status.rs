@@ -162,8 +162,12 @@ impl std::fmt::Display for Absent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Absent::Missing { path } => write!(f, "missing: {path} does not exist"),
-            Absent::Partial { path, detail } => write!(f, "partial: {path} is cut short ({detail})"),
-            Absent::Invalid { path, detail } => write!(f, "invalid: {path} is not a status snapshot ({detail})"),
+            Absent::Partial { path, detail } => {
+                write!(f, "partial: {path} is cut short ({detail})")
+            }
+            Absent::Invalid { path, detail } => {
+                write!(f, "invalid: {path} is not a status snapshot ({detail})")
+            }
             Absent::UnsupportedVersion { path, found } => write!(
                 f,
                 "unsupported version: {path} has schema_version {found}, this build reads {STATUS_SCHEMA_VERSION}"
@@ -178,7 +182,9 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
     let p = path.display().to_string();
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Absent::Missing { path: p }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Absent::Missing { path: p });
+        }
         Err(e) => {
             return Err(Absent::Invalid {
                 path: p,
@@ -240,31 +246,6 @@ impl StatusSnapshot {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absent_reasons_are_distinguished() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("status.json");
-        assert!(matches!(load(&p), Err(Absent::Missing { .. })));
-        let snap = StatusSnapshot::new("h");
-        save(&p, &snap).unwrap();
-        assert_eq!(load(&p).unwrap(), snap);
-        let full = std::fs::read(&p).unwrap();
-        std::fs::write(&p, &full[..full.len() / 2]).unwrap();
-        assert!(matches!(load(&p), Err(Absent::Partial { .. })), "{:?}", load(&p));
-        std::fs::write(&p, b"{\"schema_version\": 1, \"bogus\": true}").unwrap();
-        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
-        std::fs::write(&p, b"[1,2]").unwrap();
-        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
-        std::fs::write(&p, b"{\"schema_version\": 99}").unwrap();
-        let e = load(&p).unwrap_err();
-        assert_eq!(e.to_string(), format!("unsupported version: {} has schema_version 99, this build reads 1", p.display()));
-    }
-}
-
 /// The `last_applied` record of a desired state that has just verifiably converged.
 pub fn last_applied_from(desired: &crate::render::DesiredState, applied_at: &str) -> LastApplied {
     let deps = crate::plan::desired_dependencies(desired);
@@ -299,5 +280,40 @@ pub fn last_applied_from(desired: &crate::render::DesiredState, applied_at: &str
         requested_ref: desired.revision.requested_ref.clone(),
         applied_at: applied_at.to_string(),
         resources,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_reasons_are_distinguished() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("status.json");
+        assert!(matches!(load(&p), Err(Absent::Missing { .. })));
+        let snap = StatusSnapshot::new("h");
+        save(&p, &snap).unwrap();
+        assert_eq!(load(&p).unwrap(), snap);
+        let full = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &full[..full.len() / 2]).unwrap();
+        assert!(
+            matches!(load(&p), Err(Absent::Partial { .. })),
+            "{:?}",
+            load(&p)
+        );
+        std::fs::write(&p, b"{\"schema_version\": 1, \"bogus\": true}").unwrap();
+        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
+        std::fs::write(&p, b"[1,2]").unwrap();
+        assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
+        std::fs::write(&p, b"{\"schema_version\": 99}").unwrap();
+        let e = load(&p).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "unsupported version: {} has schema_version 99, this build reads 1",
+                p.display()
+            )
+        );
     }
 }

@@ -218,12 +218,7 @@ pub fn render(
     let mut resources: BTreeMap<String, Resource> = BTreeMap::new();
     for svc in &host_yaml.services {
         let empty = Vec::new();
-        let rendered = render_service(
-            &repo,
-            svc,
-            host_dropins.get(svc).unwrap_or(&empty),
-            paths,
-        )?;
+        let rendered = render_service(&repo, svc, host_dropins.get(svc).unwrap_or(&empty), paths)?;
         for r in rendered {
             if let Some(prev) = resources.get(&r.id) {
                 return Err(InputError::new(
@@ -277,7 +272,9 @@ impl RepoView<'_> {
                     if target.starts_with('/') {
                         return Err(InputError::new(
                             Location::file(path),
-                            format!("absolute symlink to '{target}' is not allowed in the repository"),
+                            format!(
+                                "absolute symlink to '{target}' is not allowed in the repository"
+                            ),
                         ));
                     }
                     let parent = Path::new(&current).parent().unwrap_or(Path::new(""));
@@ -503,7 +500,8 @@ fn render_service(
 
     for draft in units.values() {
         // layers in the order systemd applies them: the unit, then its drop-ins by file name
-        let mut mine: Vec<&DropinDraft> = dropins.values().filter(|d| d.unit == draft.name).collect();
+        let mut mine: Vec<&DropinDraft> =
+            dropins.values().filter(|d| d.unit == draft.name).collect();
         mine.sort_by(|a, b| a.name.cmp(&b.name));
         let base_layers: Vec<&UnitFile> = std::iter::once(&draft.file)
             .chain(mine.iter().filter(|d| !d.from_host).map(|d| &d.file))
@@ -534,9 +532,8 @@ fn render_service(
         let mut mount_view = None;
         if matches!(draft.kind, Kind::Mount | Kind::Automount) {
             let base_eff = Effective::merge(base_layers.iter().copied());
-            mount_view = Some(
-                mount::validate(&draft.name, &base_eff, &effective, &all_layers)?.into(),
-            );
+            mount_view =
+                Some(mount::validate(&draft.name, &base_eff, &effective, &all_layers)?.into());
         } else {
             for layer in &all_layers {
                 if let Some(s) = layer.sections.iter().find(|s| s.name == mount::X_COREOPS) {
@@ -559,7 +556,11 @@ fn render_service(
                 .is_some_and(|s| keys.iter().any(|k| s.contains_key(*k)))
         };
         let wanted = has_install(&["WantedBy", "RequiredBy", "UpheldBy"]);
-        let spec = service_yaml.units.get(&draft.name).cloned().unwrap_or_default();
+        let spec = service_yaml
+            .units
+            .get(&draft.name)
+            .cloned()
+            .unwrap_or_default();
         let (enable_default, start_default) = match draft.kind {
             // the generator turns [Install] into wants links itself
             Kind::Quadlet => (false, wanted),
@@ -570,7 +571,10 @@ fn render_service(
                     !automount_stems.contains(stem),
                 )
             }
-            Kind::Automount => (has_install(&["WantedBy", "RequiredBy", "Alias", "Also"]), true),
+            Kind::Automount => (
+                has_install(&["WantedBy", "RequiredBy", "Alias", "Also"]),
+                true,
+            ),
             _ => (
                 has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
                 wanted,
@@ -724,7 +728,10 @@ fn render_service(
             raw_digest: n.raw_digest,
             layers,
             unit: None,
-            restarts: spec.restart.clone().unwrap_or_else(|| started_services.clone()),
+            restarts: spec
+                .restart
+                .clone()
+                .unwrap_or_else(|| started_services.clone()),
         });
     }
     Ok(out)

@@ -117,7 +117,11 @@ pub fn validate(
             loc,
             format!(
                 "{what} unit name does not match {} Where (Where={eff_where} expects {}.{what})",
-                if what == "mount" { "Mount" } else { "Automount" },
+                if what == "mount" {
+                    "Mount"
+                } else {
+                    "Automount"
+                },
                 escape_path(eff_where)
             ),
         ));
@@ -148,7 +152,10 @@ mod tests {
     #[test]
     fn escapes_like_systemd_escape_path() {
         assert_eq!(escape_path("/srv/media"), "srv-media");
-        assert_eq!(escape_path("/var/lib/immich/media/"), "var-lib-immich-media");
+        assert_eq!(
+            escape_path("/var/lib/immich/media/"),
+            "var-lib-immich-media"
+        );
         assert_eq!(escape_path("/srv/my-data"), "srv-my\\x2ddata");
         assert_eq!(escape_path("/"), "-");
         assert_eq!(escape_path("/srv/.hidden"), "srv-.hidden");
@@ -169,15 +176,28 @@ mod tests {
 
     #[test]
     fn mount_name_must_match_where() {
-        let e = check("srv-data.mount", "[Mount]\nWhat=tmpfs\nWhere=/srv/other\n", None).unwrap_err();
-        assert!(e.message.starts_with("mount unit name does not match Mount Where"), "{e}");
+        let e = check(
+            "srv-data.mount",
+            "[Mount]\nWhat=tmpfs\nWhere=/srv/other\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.message
+                .starts_with("mount unit name does not match Mount Where"),
+            "{e}"
+        );
         assert_eq!(e.location.line, Some(3));
     }
 
     #[test]
     fn automount_name_must_match_where() {
         let e = check("srv-data.automount", "[Automount]\nWhere=/srv/x\n", None).unwrap_err();
-        assert!(e.message.starts_with("automount unit name does not match Automount Where"), "{e}");
+        assert!(
+            e.message
+                .starts_with("automount unit name does not match Automount Where"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -207,7 +227,10 @@ mod tests {
             Some("[Mount]\nWhere=/srv/elsewhere\n"),
         )
         .unwrap_err();
-        assert!(e.message.starts_with("host override changes Mount Where="), "{e}");
+        assert!(
+            e.message.starts_with("host override changes Mount Where="),
+            "{e}"
+        );
         assert_eq!(e.location.file, "hosts/h/overrides/m/x.d/50.conf");
         // other fields may change
         let ok = check(

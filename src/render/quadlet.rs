@@ -7,7 +7,13 @@ use crate::render::unit_file::UnitFile;
 
 /// Quadlet file suffixes (without the dot).
 pub const QUADLET_SUFFIXES: &[&str] = &[
-    "container", "volume", "network", "pod", "kube", "image", "build",
+    "container",
+    "volume",
+    "network",
+    "pod",
+    "kube",
+    "image",
+    "build",
 ];
 
 /// Whether a file name is a Quadlet file.

@@ -46,10 +46,22 @@ fn layers_base_unit_then_dropins_with_host_replacing_same_name() {
         &repo(&[
             ("hosts/h/host.yaml", "services: [web]\n"),
             ("services/web/web.service", WEB),
-            ("services/web/web.service.d/10-a.conf", "[Service]\nEnvironment=A=base\n"),
-            ("services/web/web.service.d/20-b.conf", "[Service]\nEnvironment=B=base\n"),
-            ("hosts/h/overrides/web/web.service.d/20-b.conf", "[Service]\nEnvironment=B=host\n"),
-            ("hosts/h/overrides/web/web.service.d/50-c.conf", "[Service]\nExecStart=\nExecStart=/bin/true\n"),
+            (
+                "services/web/web.service.d/10-a.conf",
+                "[Service]\nEnvironment=A=base\n",
+            ),
+            (
+                "services/web/web.service.d/20-b.conf",
+                "[Service]\nEnvironment=B=base\n",
+            ),
+            (
+                "hosts/h/overrides/web/web.service.d/20-b.conf",
+                "[Service]\nEnvironment=B=host\n",
+            ),
+            (
+                "hosts/h/overrides/web/web.service.d/50-c.conf",
+                "[Service]\nExecStart=\nExecStart=/bin/true\n",
+            ),
         ]),
         &rev(),
         "h",
@@ -74,9 +86,15 @@ fn layers_base_unit_then_dropins_with_host_replacing_same_name() {
     assert!(u.effective.contains("ExecStart=/bin/true"));
     assert!(!u.effective.contains("sleep"));
     assert_eq!(web.layers.len(), 4);
-    assert_eq!(web.layers[2].role, "host drop-in (replaces services/web/web.service.d/20-b.conf)");
+    assert_eq!(
+        web.layers[2].role,
+        "host drop-in (replaces services/web/web.service.d/20-b.conf)"
+    );
     assert_eq!(web.path, PathBuf::from("/u/web.service"));
-    assert_eq!(d.resources["dropin:web.service.d/20-b.conf"].restarts, vec!["web.service"]);
+    assert_eq!(
+        d.resources["dropin:web.service.d/20-b.conf"].restarts,
+        vec!["web.service"]
+    );
 }
 
 #[test]
@@ -84,8 +102,14 @@ fn quadlet_has_generated_identity_and_lives_in_quadlet_dir() {
     let d = render(
         &repo(&[
             ("hosts/h/host.yaml", "services: [app]\n"),
-            ("services/app/app.container", "[Container]\nImage=localhost/app:1\n[Install]\nWantedBy=multi-user.target\n"),
-            ("services/app/app.container.d/10-env.conf", "[Container]\nEnvironment=X=1\n"),
+            (
+                "services/app/app.container",
+                "[Container]\nImage=localhost/app:1\n[Install]\nWantedBy=multi-user.target\n",
+            ),
+            (
+                "services/app/app.container.d/10-env.conf",
+                "[Container]\nEnvironment=X=1\n",
+            ),
         ]),
         &rev(),
         "h",
@@ -117,13 +141,19 @@ fn host_must_be_defined_and_select_existing_services() {
 
 #[test]
 fn unknown_yaml_keys_are_errors() {
-    let e = err(&[("hosts/h/host.yaml", "services: []\npolicy:\n  auto_rollbak: true\n")]);
+    let e = err(&[(
+        "hosts/h/host.yaml",
+        "services: []\npolicy:\n  auto_rollbak: true\n",
+    )]);
     assert_eq!(e.location, Location::line("hosts/h/host.yaml", 3));
     assert!(e.message.contains("unknown field `auto_rollbak`"), "{e}");
     let e = err(&[
         ("hosts/h/host.yaml", "services: [web]\n"),
         ("services/web/web.service", WEB),
-        ("services/web/service.yaml", "units:\n  web.service:\n    enabled: true\n"),
+        (
+            "services/web/service.yaml",
+            "units:\n  web.service:\n    enabled: true\n",
+        ),
     ]);
     assert_eq!(e.location, Location::line("services/web/service.yaml", 3));
 }
@@ -132,27 +162,53 @@ fn unknown_yaml_keys_are_errors() {
 fn mount_rules_use_the_troubleshooting_messages() {
     let e = err(&[
         ("hosts/h/host.yaml", "services: [m]\n"),
-        ("services/m/srv-data.mount", "[Mount]\nWhat=tmpfs\nWhere=/srv/elsewhere\nType=tmpfs\n"),
+        (
+            "services/m/srv-data.mount",
+            "[Mount]\nWhat=tmpfs\nWhere=/srv/elsewhere\nType=tmpfs\n",
+        ),
     ]);
-    assert!(e.message.starts_with("mount unit name does not match Mount Where"), "{e}");
+    assert!(
+        e.message
+            .starts_with("mount unit name does not match Mount Where"),
+        "{e}"
+    );
     assert_eq!(e.location, Location::line("services/m/srv-data.mount", 3));
     let e = err(&[
         ("hosts/h/host.yaml", "services: [m]\n"),
-        ("services/m/srv-data.automount", "[Automount]\nWhere=/srv/x\n"),
+        (
+            "services/m/srv-data.automount",
+            "[Automount]\nWhere=/srv/x\n",
+        ),
     ]);
-    assert!(e.message.starts_with("automount unit name does not match Automount Where"), "{e}");
+    assert!(
+        e.message
+            .starts_with("automount unit name does not match Automount Where"),
+        "{e}"
+    );
     let e = err(&[
         ("hosts/h/host.yaml", "services: [m]\n"),
-        ("services/m/srv-data.mount", "[Mount]\nWhat=tmpfs\nWhere=/srv/data\n[X-CoreOps]\nOwner=root\n"),
+        (
+            "services/m/srv-data.mount",
+            "[Mount]\nWhat=tmpfs\nWhere=/srv/data\n[X-CoreOps]\nOwner=root\n",
+        ),
     ]);
     assert!(e.message.starts_with("unsupported X-CoreOps field"), "{e}");
     assert_eq!(e.location, Location::line("services/m/srv-data.mount", 5));
     let e = err(&[
         ("hosts/h/host.yaml", "services: [m]\n"),
-        ("services/m/srv-data.mount", "[Mount]\nWhat=tmpfs\nWhere=/srv/data\n"),
-        ("hosts/h/overrides/m/srv-data.mount.d/50-move.conf", "[Mount]\nWhere=/srv/moved\n"),
+        (
+            "services/m/srv-data.mount",
+            "[Mount]\nWhat=tmpfs\nWhere=/srv/data\n",
+        ),
+        (
+            "hosts/h/overrides/m/srv-data.mount.d/50-move.conf",
+            "[Mount]\nWhere=/srv/moved\n",
+        ),
     ]);
-    assert!(e.message.starts_with("host override changes Mount Where="), "{e}");
+    assert!(
+        e.message.starts_with("host override changes Mount Where="),
+        "{e}"
+    );
     assert_eq!(
         e.location,
         Location::line("hosts/h/overrides/m/srv-data.mount.d/50-move.conf", 2)
@@ -164,16 +220,34 @@ fn automount_backed_mount_is_not_started_directly() {
     let d = render(
         &repo(&[
             ("hosts/h/host.yaml", "services: [m]\n"),
-            ("services/m/srv-data.mount", "[Mount]\nWhat=tmpfs\nWhere=/srv/data\nType=tmpfs\n"),
-            ("services/m/srv-data.automount", "[Automount]\nWhere=/srv/data\n"),
+            (
+                "services/m/srv-data.mount",
+                "[Mount]\nWhat=tmpfs\nWhere=/srv/data\nType=tmpfs\n",
+            ),
+            (
+                "services/m/srv-data.automount",
+                "[Automount]\nWhere=/srv/data\n",
+            ),
         ]),
         &rev(),
         "h",
         &paths(),
     )
     .unwrap();
-    assert!(!d.resources["mount:srv-data.mount"].unit.as_ref().unwrap().start);
-    assert!(d.resources["automount:srv-data.automount"].unit.as_ref().unwrap().start);
+    assert!(
+        !d.resources["mount:srv-data.mount"]
+            .unit
+            .as_ref()
+            .unwrap()
+            .start
+    );
+    assert!(
+        d.resources["automount:srv-data.automount"]
+            .unit
+            .as_ref()
+            .unwrap()
+            .start
+    );
 }
 
 #[test]
@@ -182,7 +256,10 @@ fn host_files_stay_under_roots_and_inside_the_repo() {
         ("hosts/h/host.yaml", "services: [web]\n"),
         ("services/web/files/usr/bin/evil", "x"),
     ]);
-    assert!(e.message.contains("outside the allowed roots /etc:/srv"), "{e}");
+    assert!(
+        e.message.contains("outside the allowed roots /etc:/srv"),
+        "{e}"
+    );
     assert_eq!(e.location.file, "services/web/files/usr/bin/evil");
 
     let mut files = repo(&[("hosts/h/host.yaml", "services: [web]\n")]);
@@ -205,7 +282,13 @@ fn host_files_stay_under_roots_and_inside_the_repo() {
     assert!(e.message.contains("leaves the repository"), "{e}");
 
     // an in-repo relative symlink is followed
-    files.insert("services/web/shared.env".into(), RepoEntry::File { data: b"A=1\n".to_vec(), executable: false });
+    files.insert(
+        "services/web/shared.env".into(),
+        RepoEntry::File {
+            data: b"A=1\n".to_vec(),
+            executable: false,
+        },
+    );
     files.insert(
         "services/web/files/etc/web/link".into(),
         RepoEntry::Symlink {
@@ -216,7 +299,13 @@ fn host_files_stay_under_roots_and_inside_the_repo() {
     let e = render(&files, &rev(), "h", &paths()).unwrap_err();
     assert!(e.message.starts_with("unexpected file"), "{e}");
     files.remove("services/web/shared.env");
-    files.insert("services/web/files/etc/web/shared.env".into(), RepoEntry::File { data: b"A=1\n".to_vec(), executable: false });
+    files.insert(
+        "services/web/files/etc/web/shared.env".into(),
+        RepoEntry::File {
+            data: b"A=1\n".to_vec(),
+            executable: false,
+        },
+    );
     files.insert(
         "services/web/files/etc/web/link".into(),
         RepoEntry::Symlink {
@@ -246,11 +335,17 @@ fn file_modes_owner_and_restarts_come_from_service_yaml() {
     assert_eq!(f.meta.mode, 0o640);
     assert_eq!(f.meta.group, "adm");
     assert!(f.restarts.is_empty());
-    assert_eq!(d.resources["file:/etc/web/other.env"].restarts, vec!["web.service"]);
+    assert_eq!(
+        d.resources["file:/etc/web/other.env"].restarts,
+        vec!["web.service"]
+    );
     let e = err(&[
         ("hosts/h/host.yaml", "services: [web]\n"),
         ("services/web/files/etc/a", "x"),
-        ("services/web/service.yaml", "files:\n  /etc/a:\n    mode: rw\n"),
+        (
+            "services/web/service.yaml",
+            "files:\n  /etc/a:\n    mode: rw\n",
+        ),
     ]);
     assert!(e.message.contains("not an octal mode"), "{e}");
 }
@@ -259,9 +354,15 @@ fn file_modes_owner_and_restarts_come_from_service_yaml() {
 fn unit_syntax_errors_name_file_and_line() {
     let e = err(&[
         ("hosts/h/host.yaml", "services: [web]\n"),
-        ("services/web/web.service", "[Unit]\nDescription=x\nbroken line\n"),
+        (
+            "services/web/web.service",
+            "[Unit]\nDescription=x\nbroken line\n",
+        ),
     ]);
-    assert_eq!(e.to_string(), "services/web/web.service:3: expected Key=value, found 'broken line'");
+    assert_eq!(
+        e.to_string(),
+        "services/web/web.service:3: expected Key=value, found 'broken line'"
+    );
 }
 
 #[test]
@@ -277,7 +378,11 @@ fn overrides_for_unselected_services_and_duplicates_are_rejected() {
         ("services/a/web.service", WEB),
         ("services/b/web.service", WEB),
     ]);
-    assert!(e.message.contains("declared by service 'a' and by service 'b'"), "{e}");
+    assert!(
+        e.message
+            .contains("declared by service 'a' and by service 'b'"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn errors_name_file_and_line() {
-        let err = UnitFile::parse("services/a/a.service", "[Unit]\nnot an assignment\n").unwrap_err();
+        let err =
+            UnitFile::parse("services/a/a.service", "[Unit]\nnot an assignment\n").unwrap_err();
         assert_eq!(err.location, Location::line("services/a/a.service", 2));
         let err = UnitFile::parse("f", "Key=1\n").unwrap_err();
         assert!(err.to_string().starts_with("f:1: assignment outside"));
@@ -259,7 +260,11 @@ mod tests {
 
     #[test]
     fn layering_resets_lists_with_empty_assignment() {
-        let base = UnitFile::parse("b", "[Unit]\nAfter=a.service b.service\n[Service]\nExecStart=/x\n").unwrap();
+        let base = UnitFile::parse(
+            "b",
+            "[Unit]\nAfter=a.service b.service\n[Service]\nExecStart=/x\n",
+        )
+        .unwrap();
         let d1 = UnitFile::parse("d1", "[Unit]\nAfter=\nAfter=c.service\n").unwrap();
         let d2 = UnitFile::parse("d2", "[Service]\nExecStart=\nExecStart=/y\n").unwrap();
         let eff = Effective::merge([&base, &d1, &d2]);
@@ -269,10 +274,18 @@ mod tests {
 
     #[test]
     fn canonical_layer_ignores_format_but_keeps_value_order_and_resets() {
-        let a = UnitFile::parse("a", "[Service]\nExecStart=\nExecStart=/a\nExecStart=/b\n[Unit]\nDescription=x\n").unwrap();
+        let a = UnitFile::parse(
+            "a",
+            "[Service]\nExecStart=\nExecStart=/a\nExecStart=/b\n[Unit]\nDescription=x\n",
+        )
+        .unwrap();
         let b = UnitFile::parse("b", "# comment\n[Unit]\n Description = x\n\n[Service]\nExecStart=/old\nExecStart=\nExecStart=/a\nExecStart=/b\n").unwrap();
         assert_eq!(canonical_layer_text(&a), canonical_layer_text(&b));
-        let c = UnitFile::parse("c", "[Service]\nExecStart=\nExecStart=/b\nExecStart=/a\n[Unit]\nDescription=x\n").unwrap();
+        let c = UnitFile::parse(
+            "c",
+            "[Service]\nExecStart=\nExecStart=/b\nExecStart=/a\n[Unit]\nDescription=x\n",
+        )
+        .unwrap();
         assert_ne!(canonical_layer_text(&a), canonical_layer_text(&c));
     }
 }

@@ -137,8 +137,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_with_line() {
-        let err = parse::<HostYaml>("hosts/a/host.yaml", b"services: [web]\nservice: [x]\n")
-            .unwrap_err();
+        let err =
+            parse::<HostYaml>("hosts/a/host.yaml", b"services: [web]\nservice: [x]\n").unwrap_err();
         assert_eq!(err.location, Location::line("hosts/a/host.yaml", 2));
         assert!(err.message.contains("unknown field `service`"), "{err}");
         let err = parse::<ServiceYaml>(

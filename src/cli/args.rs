@@ -1,0 +1,153 @@
+//! Command-line contract (clap derive). Every flag also reads its environment variable from
+//! DESIGN section 3; the flag wins.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// core-ops: keep this host in step with a git repository, through systemd.
+#[derive(Debug, Parser)]
+#[command(name = "core-ops", version = crate::provenance::long_version(), about, long_about = None)]
+pub struct Cli {
+    /// State directory (lock, status.json, receipts, mirrors).
+    #[arg(long, global = true, env = "CORE_OPS_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Status snapshot path (default: <state dir>/status.json).
+    #[arg(long, global = true, env = "CORE_OPS_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// systemd unit directory.
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_SYSTEMD_UNIT_DIR",
+        value_name = "DIR"
+    )]
+    pub unit_dir: Option<PathBuf>,
+    /// Quadlet directory.
+    #[arg(long, global = true, env = "CORE_OPS_QUADLET_DIR", value_name = "DIR")]
+    pub quadlet_dir: Option<PathBuf>,
+    /// Colon-separated roots host files may be written under (default /etc:/srv).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_HOST_FILE_ROOTS",
+        value_name = "ROOTS"
+    )]
+    pub host_file_roots: Option<String>,
+    /// D-Bus bus address of systemd (default: the system bus).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_SYSTEMD_ADDRESS",
+        value_name = "ADDRESS"
+    )]
+    pub systemd_address: Option<String>,
+    /// Print the machine-readable JSON document (the contract) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Persist the desired-state repository and ref; later commands need neither.
+    Init {
+        /// Repository: a local path, file:// URL or remote URL.
+        repo: String,
+        /// Branch, tag or commit (default: main).
+        #[arg(default_value = "main")]
+        rev: String,
+    },
+    /// Show what would change on this host, as an ordered, checksummed plan.
+    Plan {
+        /// Where desired state comes from.
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Also write the plan JSON to FILE (atomically).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Exit 0 when nothing would change, 2 when changes are present, 1 on error.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Plan, then apply through systemd, verify convergence and record the outcome.
+    Apply {
+        /// Where desired state comes from.
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Execute this saved plan (from `plan --out`); refused if it is stale.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        /// Apply without reading or writing status.json (escape hatch).
+        #[arg(long)]
+        force_no_state: bool,
+        /// Seconds to wait for each systemd job.
+        #[command(flatten)]
+        tuning: ApplyTuning,
+    },
+    /// One timer-driven run: fetch, plan, apply if needed, verify, record.
+    Agent {
+        /// Where desired state comes from (default: the `init` target).
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Job timeout and settle window.
+        #[command(flatten)]
+        tuning: ApplyTuning,
+    },
+    /// Show the persisted status snapshot (or why there is none).
+    Status,
+    /// Explain one object: its layers, digest, planned action and dependencies.
+    Explain {
+        /// Resource id (`unit:web.service`), unit name (`web.service`) or host path.
+        object: String,
+        /// Where desired state comes from (default: the deployed revision).
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Repository, revision and host selection shared by plan, apply and explain.
+#[derive(Debug, Clone, Args, Default)]
+pub struct TargetArgs {
+    /// Desired-state repository (path, file:// or URL).
+    #[arg(
+        long,
+        alias = "source-repo",
+        env = "CORE_OPS_REPO",
+        value_name = "REPO"
+    )]
+    pub repo: Option<String>,
+    /// Branch, tag or commit to reconcile to.
+    #[arg(long, env = "CORE_OPS_REV", value_name = "REF")]
+    pub rev: Option<String>,
+    /// Host name to render for (default: /etc/hostname).
+    #[arg(long, env = "CORE_OPS_HOST", value_name = "HOST")]
+    pub host: Option<String>,
+}
+
+/// Timeouts of apply.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyTuning {
+    /// Seconds to wait for each systemd job's JobRemoved.
+    #[arg(
+        long,
+        env = "CORE_OPS_JOB_TIMEOUT",
+        default_value_t = 90,
+        value_name = "SECS"
+    )]
+    pub job_timeout: u64,
+    /// Milliseconds to watch started units for restart loops before declaring them healthy.
+    #[arg(
+        long,
+        env = "CORE_OPS_SETTLE_MS",
+        default_value_t = 1500,
+        value_name = "MS"
+    )]
+    pub settle_ms: u64,
+}

@@ -1,0 +1,286 @@
+//! Human renderings of the JSON view models. Deterministic (no clock, no colours, sorted
+//! input), so they can be golden-tested like the JSON.
+
+use std::fmt::Write;
+
+use crate::explain::Explanation;
+use crate::plan::{Action, Plan};
+use crate::record::status::{Absent, StatusSnapshot};
+use crate::record::target::Target;
+
+fn short(sha: &str) -> &str {
+    &sha[..8.min(sha.len())]
+}
+
+/// `454ac5f1 (v1)`: immutable revision first, requested ref second (omitted when it is the
+/// sha itself).
+pub fn revision_label(sha: &str, requested: &str) -> String {
+    if requested.is_empty() || sha.starts_with(requested) {
+        short(sha).to_string()
+    } else {
+        format!("{} ({requested})", short(sha))
+    }
+}
+
+/// Text of a plan: changed objects in order, unchanged ones collapsed into a count.
+pub fn plan_text(plan: &Plan, verbose: bool) -> String {
+    let mut o = String::new();
+    let b = &plan.base;
+    let _ = writeln!(o, "core-ops plan for host {}", plan.host);
+    let _ = writeln!(o, "  repo     {}", plan.repo);
+    let _ = writeln!(
+        o,
+        "  desired  {}",
+        revision_label(&b.desired_revision, &b.requested_ref)
+    );
+    let _ = writeln!(
+        o,
+        "  applied  {}",
+        b.last_applied_revision
+            .as_deref()
+            .map(short)
+            .unwrap_or("none")
+    );
+    let _ = writeln!(o);
+    let width = plan.actions.iter().map(|a| a.id.len()).max().unwrap_or(0);
+    let mut unchanged = 0;
+    for a in &plan.actions {
+        if a.action == Action::NoOp && !verbose {
+            unchanged += 1;
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "  {:>3}. {:<8} {:<width$}  [{}] {}",
+            a.order,
+            a.action.as_str(),
+            a.id,
+            serde_json::to_value(a.cause)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            a.reason,
+        );
+        if !a.restarts.is_empty() && a.action != Action::NoOp {
+            let _ = writeln!(o, "       {:<8} restarts {}", "", a.restarts.join(", "));
+        }
+    }
+    if unchanged > 0 {
+        let _ = writeln!(
+            o,
+            "  ({unchanged} unchanged objects not shown; -v shows them)"
+        );
+    }
+    if !plan.findings.is_empty() {
+        let _ = writeln!(o, "\nfindings:");
+        for f in &plan.findings {
+            let _ = writeln!(o, "  {:<16} {}: {}", f.kind, f.id, f.reason);
+        }
+    }
+    if !plan.warnings.is_empty() {
+        let _ = writeln!(o, "\nwarnings:");
+        for w in &plan.warnings {
+            let _ = writeln!(o, "  {w}");
+        }
+    }
+    let counts: Vec<String> = plan
+        .summary
+        .iter()
+        .filter(|(k, _)| k.as_str() != "no_op")
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nPlan: {}. checksum {}",
+        if counts.is_empty() {
+            "no changes".to_string()
+        } else {
+            counts.join(", ")
+        },
+        plan.checksum
+    );
+    o
+}
+
+/// Text of `apply`: counts and outcome; `-v` adds phases and every diagnostic.
+pub fn apply_text(plan: &Plan, r: &crate::apply::ApplyResult, verbose: bool) -> String {
+    let mut o = String::new();
+    let counts: Vec<String> = plan
+        .summary
+        .iter()
+        .filter(|(k, _)| k.as_str() != "no_op")
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "apply {} on {}: {}",
+        revision_label(&r.desired_revision, &r.requested_ref),
+        r.host,
+        if counts.is_empty() {
+            "no changes".to_string()
+        } else {
+            counts.join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "outcome: {} ({} jobs, {} reloads){}",
+        r.outcome.as_str(),
+        r.calls.jobs,
+        r.calls.reloads,
+        if r.last_applied_advanced {
+            "; last_applied advanced"
+        } else {
+            "; last_applied unchanged"
+        }
+    );
+    if verbose {
+        for p in &r.phases {
+            let _ = writeln!(
+                o,
+                "  phase {:<8} {:>6} ms  {}",
+                p.name, p.duration_ms, p.detail
+            );
+        }
+    }
+    let shown = if verbose { r.diagnostics.len() } else { 10 };
+    for d in r.diagnostics.iter().take(shown) {
+        let _ = writeln!(o, "  - {}: {}", d.id, d.problem);
+    }
+    if r.diagnostics.len() > shown {
+        let _ = writeln!(
+            o,
+            "  ... {} more (-v or --json)",
+            r.diagnostics.len() - shown
+        );
+    }
+    if let Some(id) = &r.receipt {
+        let _ = writeln!(o, "receipt {id}");
+    }
+    o
+}
+
+/// Text of `status`.
+pub fn status_text(
+    state_file: &str,
+    snapshot: Result<&StatusSnapshot, &Absent>,
+    target: Option<&Target>,
+) -> String {
+    let mut o = String::new();
+    if let Some(t) = target {
+        let _ = writeln!(o, "target     {} @ {}", t.repo, t.requested_ref);
+    }
+    match snapshot {
+        Err(absent) => {
+            let _ = writeln!(o, "status     absent ({absent})");
+        }
+        Ok(s) => {
+            let _ = writeln!(o, "status     {state_file}");
+            let _ = writeln!(o, "host       {}", s.host);
+            let _ = writeln!(
+                o,
+                "written by core-ops {} (build {})",
+                s.core_ops.version, s.core_ops.build_revision
+            );
+            match &s.last_applied {
+                Some(l) => {
+                    let _ = writeln!(
+                        o,
+                        "applied    {} at {} ({} objects)",
+                        revision_label(&l.revision, &l.requested_ref),
+                        l.applied_at,
+                        l.resources.len()
+                    );
+                }
+                None => {
+                    let _ = writeln!(o, "applied    nothing yet");
+                }
+            }
+            if let Some(r) = &s.last_run {
+                let _ = writeln!(
+                    o,
+                    "last run   {} for {} at {}",
+                    r.outcome,
+                    revision_label(&r.desired_revision, &r.requested_ref),
+                    r.finished_at
+                );
+                for d in &r.diagnostics {
+                    let _ = writeln!(o, "  - {d}");
+                }
+            }
+        }
+    }
+    o
+}
+
+/// Text of `explain`.
+pub fn explain_text(e: &Explanation) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{}", e.id);
+    let _ = writeln!(
+        o,
+        "  revision  {} on host {}",
+        revision_label(&e.revision, &e.requested_ref),
+        e.host
+    );
+    if let Some(s) = &e.service {
+        let _ = writeln!(o, "  service   {s}");
+    }
+    if let Some(p) = &e.path {
+        let _ = writeln!(o, "  path      {p}");
+    }
+    if let Some(u) = &e.unit {
+        let _ = writeln!(o, "  unit      {u}");
+    }
+    if let Some(d) = &e.digest {
+        let _ = writeln!(o, "  digest    {d}");
+    }
+    let _ = writeln!(
+        o,
+        "  action    {} [{}] {}",
+        e.action.action.as_str(),
+        serde_json::to_value(e.action.cause)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        e.action.reason
+    );
+    if !e.layers.is_empty() {
+        let _ = writeln!(o, "  layers");
+        for l in &e.layers {
+            let _ = writeln!(o, "    {} @ {} ({})", l.file, l.revision, l.role);
+        }
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(o, "  after     {}", list(&e.depends_on));
+    let _ = writeln!(o, "  before    {}", list(&e.required_by));
+    if !e.restarts.is_empty() {
+        let _ = writeln!(o, "  restarts  {}", e.restarts.join(", "));
+    }
+    if let Some(n) = &e.normalized {
+        let _ = writeln!(o, "  normalized content:");
+        for line in n.lines() {
+            let _ = writeln!(o, "    {line}");
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revision_first_ref_second() {
+        let sha = "454ac5f1c0ffee00000000000000000000000000";
+        assert_eq!(revision_label(sha, "v1"), "454ac5f1 (v1)");
+        assert_eq!(revision_label(sha, "454ac5f"), "454ac5f1");
+        assert_eq!(revision_label(sha, sha), "454ac5f1");
+    }
+}

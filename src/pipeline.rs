@@ -1,0 +1,181 @@
+//! The stages chained up to the plan: resolve the target, read the commit, render, observe,
+//! plan. `plan`, `explain`, `apply` and `agent` all start here, so they can never disagree
+//! about what the desired state or the host looks like.
+
+use std::collections::BTreeMap;
+
+use crate::config::Paths;
+use crate::error::{Error, Result};
+use crate::observe::{ObservedFile, UnitObservation, UnitStateSource, observe_files};
+use crate::plan::{self, Plan, PlanInput};
+use crate::record::status::{self, StatusSnapshot};
+use crate::record::target;
+use crate::render::{self, DesiredState};
+use crate::source::{Revision, Source};
+
+/// Where desired state should come from, after flags, environment and `init` were consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedTarget {
+    /// Repository.
+    pub repo: String,
+    /// Requested ref.
+    pub requested_ref: String,
+    /// Host name.
+    pub host: String,
+}
+
+/// Options as the operator gave them (all optional).
+#[derive(Debug, Clone, Default)]
+pub struct TargetOptions {
+    /// `--repo`.
+    pub repo: Option<String>,
+    /// `--rev`.
+    pub rev: Option<String>,
+    /// `--host`.
+    pub host: Option<String>,
+}
+
+/// Host name from `/etc/hostname` (or the kernel's), trimmed.
+pub fn default_host() -> Result<String> {
+    for p in ["/etc/hostname", "/proc/sys/kernel/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            let h = s.trim();
+            if !h.is_empty() {
+                return Ok(h.to_string());
+            }
+        }
+    }
+    Err(Error::Config(
+        "cannot tell the host name: pass --host or set CORE_OPS_HOST".into(),
+    ))
+}
+
+/// Flag/env first, then the persisted target of `core-ops init`, then defaults.
+pub fn resolve_target(paths: &Paths, opts: &TargetOptions) -> Result<ResolvedTarget> {
+    let persisted = target::load(&paths.target_file())?;
+    let repo = match (&opts.repo, &persisted) {
+        (Some(r), _) => r.clone(),
+        (None, Some(t)) => t.repo.clone(),
+        (None, None) => {
+            return Err(Error::Config(
+                "no desired-state repository: pass --repo, set CORE_OPS_REPO, or run `core-ops init REPO [REF]`"
+                    .into(),
+            ));
+        }
+    };
+    let requested_ref = match (&opts.rev, &persisted) {
+        (Some(r), _) => r.clone(),
+        (None, Some(t)) if opts.repo.is_none() || opts.repo.as_deref() == Some(&t.repo) => {
+            t.requested_ref.clone()
+        }
+        _ => "main".to_string(),
+    };
+    let host = match &opts.host {
+        Some(h) => h.clone(),
+        None => default_host()?,
+    };
+    Ok(ResolvedTarget {
+        repo,
+        requested_ref,
+        host,
+    })
+}
+
+/// The status snapshot, or why there is none (as a warning for the plan).
+pub fn load_status(paths: &Paths) -> (Option<StatusSnapshot>, Option<String>) {
+    match status::load(&paths.state_file) {
+        Ok(s) => (Some(s), None),
+        Err(absent) => (
+            None,
+            Some(format!(
+                "no usable status snapshot ({absent}); planning as if nothing was applied"
+            )),
+        ),
+    }
+}
+
+/// Everything computed up to and including the plan.
+#[derive(Debug)]
+pub struct Planned {
+    /// The target used.
+    pub target: ResolvedTarget,
+    /// Desired state.
+    pub desired: DesiredState,
+    /// The snapshot the plan was based on.
+    pub status: Option<StatusSnapshot>,
+    /// Observed files.
+    pub observed: BTreeMap<String, ObservedFile>,
+    /// Observed units.
+    pub units: UnitObservation,
+    /// The plan.
+    pub plan: Plan,
+}
+
+/// Open the repository and read one revision of it.
+pub fn read_revision(
+    paths: &Paths,
+    repo: &str,
+    requested_ref: &str,
+) -> Result<(Source, Revision, crate::source::Snapshot)> {
+    let source = Source::open(repo, &paths.state_dir)?;
+    let revision = source.resolve(requested_ref)?;
+    let snapshot = source.snapshot(&revision)?;
+    Ok((source, revision, snapshot))
+}
+
+/// Render, observe and plan one revision for the target host.
+pub fn plan_revision(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    units_source: &dyn UnitStateSource,
+) -> Result<Planned> {
+    let (source, revision, snapshot) = read_revision(paths, &target.repo, &target.requested_ref)?;
+    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    plan_desired(paths, target, source.location(), desired, units_source)
+}
+
+/// Observe and plan an already rendered desired state.
+pub fn plan_desired(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    repo_display: &str,
+    desired: DesiredState,
+    units_source: &dyn UnitStateSource,
+) -> Result<Planned> {
+    let (status, warning) = load_status(paths);
+    let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
+    let observed = observe_files(&plan::managed_paths(&desired, last));
+    let units = units_source.observe_units(&plan::managed_units(&desired, last));
+    let mut warnings: Vec<String> = warning.into_iter().collect();
+    let interrupted = match crate::apply::journal::load(&paths.state_dir) {
+        Ok(Some(j)) => {
+            warnings.push(format!(
+                "a previous run (plan {}) was interrupted at {}; its objects are re-applied",
+                j.intent_checksum, j.started_at
+            ));
+            j.objects.into_iter().collect()
+        }
+        Ok(None) => Default::default(),
+        Err(e) => {
+            warnings.push(e.to_string());
+            Default::default()
+        }
+    };
+    let plan = plan::plan(PlanInput {
+        desired: &desired,
+        repo: repo_display,
+        last_applied: last,
+        observed: &observed,
+        units: &units,
+        warnings,
+        interrupted,
+    });
+    Ok(Planned {
+        target: target.clone(),
+        desired,
+        status,
+        observed,
+        units,
+        plan,
+    })
+}
