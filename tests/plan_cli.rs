@@ -44,15 +44,14 @@ fn normalize(s: &Scratch, text: &str) -> String {
     // checksum values
     let mut res = String::new();
     for line in out.lines() {
-        if let Some(i) = line.find("checksum") {
-            if let Some(j) = line[i..].find("sha256:") {
-                res.push_str(&line[..i + j]);
-                res.push_str("<CHECKSUM>");
-                let rest = &line[i + j + 7 + 64..];
-                res.push_str(rest);
-                res.push('\n');
-                continue;
-            }
+        if let Some(i) = line.find("checksum")
+            && let Some(j) = line[i..].find("sha256:")
+        {
+            res.push_str(&line[..i + j]);
+            res.push_str("<CHECKSUM>");
+            res.push_str(&line[i + j + 7 + 64..]);
+            res.push('\n');
+            continue;
         }
         res.push_str(line);
         res.push('\n');
