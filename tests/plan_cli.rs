@@ -35,7 +35,10 @@ fn scratch() -> Scratch {
 fn normalize(s: &Scratch, text: &str) -> String {
     let mut out = text.replace(&s.root().display().to_string(), "<ROOT>");
     let build = core_ops::provenance::Provenance::current().build_revision;
-    out = out.replace(&build, "<BUILD>");
+    out = out.replace(
+        &format!("\"build_revision\": \"{build}\""),
+        "\"build_revision\": \"<BUILD>\"",
+    );
     let version = env!("CARGO_PKG_VERSION");
     out = out.replace(
         &format!("\"version\": \"{version}\""),

@@ -18,9 +18,9 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
-use zbus::Connection;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Str};
+use zbus::{Connection, MatchRule, MessageStream};
 use zbus_systemd::systemd1::ManagerProxy;
 
 use super::{CallCounts, JobKind, JobOutcome, JobResult, Systemd, SystemdError, UnitStatus};
@@ -41,6 +41,9 @@ const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
+/// Capacity of the `JobRemoved` signal queue (zbus' default is 64; a full queue stops the
+/// connection from reading anything, replies included).
+const SIGNAL_QUEUE: usize = 4096;
 /// Reply timeout of ordinary calls (systemctl uses 25 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reply timeout of `Reload()`, which re-reads every unit file (systemctl uses 10 min).
@@ -427,42 +430,59 @@ impl DbusSystemd {
         timeout: Duration,
     ) -> Result<Vec<JobResult>, SystemdError> {
         // Match first, then Subscribe, then the calls: a fast job's signal cannot be missed.
-        let mut signals = inner
-            .manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| call_error("AddMatch(JobRemoved)", &e))?;
-        if !self.subscribed.load(Ordering::Relaxed) {
-            match bounded("Subscribe", CALL_TIMEOUT, inner.manager.subscribe()).await {
-                Ok(()) => {}
-                // Someone else's call on this handle already did it.
-                Err(SystemdError::Call { message, .. })
-                    if message.contains("AlreadySubscribed") => {}
-                Err(e) => return Err(e),
-            }
-            self.subscribed.store(true, Ordering::Relaxed);
-        }
+        // A raw match stream, not `ManagerProxy::receive_job_removed`: that one makes two more
+        // round trips (NameOwnerChanged match, GetNameOwner) and has a fixed 64-message queue.
+        let rule = MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(DEST)
+            .and_then(|b| b.path(MANAGER_PATH))
+            .and_then(|b| b.interface(MANAGER_IFACE))
+            .and_then(|b| b.member("JobRemoved"))
+            .map_err(|e| call_error("AddMatch(JobRemoved)", &e))?
+            .build();
+        let mut signals = bounded(
+            "AddMatch(JobRemoved)",
+            CALL_TIMEOUT,
+            MessageStream::for_match_rule(rule, &inner.conn, Some(SIGNAL_QUEUE)),
+        )
+        .await?;
 
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Removed>();
-        // Drain the signal stream while the calls run: an undrained zbus stream can fill its
-        // queue and stall the reader that also delivers our method replies.
+        // Drain the stream from now on, concurrently with everything else: when a zbus stream
+        // queue is full the connection stops reading, so the replies we wait for (Subscribe,
+        // StartUnit) would never arrive while other clients' jobs flood JobRemoved.
         let drain = async move {
-            while let Some(sig) = signals.next().await {
-                if let Ok(a) = sig.args() {
-                    let removed = Removed {
-                        id: a.id,
-                        job: a.job.as_str().to_string(),
-                        unit: a.unit,
-                        result: a.result,
-                    };
-                    if tx.send(removed).is_err() {
-                        break;
-                    }
+            while let Some(msg) = signals.next().await {
+                let Ok(msg) = msg else { continue };
+                let body = msg.body();
+                let Ok((id, job, unit, result)) =
+                    body.deserialize::<(u32, OwnedObjectPath, String, String)>()
+                else {
+                    continue;
+                };
+                let removed = Removed {
+                    id,
+                    job: job.as_str().to_string(),
+                    unit,
+                    result,
+                };
+                if tx.send(removed).is_err() {
+                    break;
                 }
             }
         };
 
         let work = async {
+            if !self.subscribed.load(Ordering::Relaxed) {
+                match bounded("Subscribe", CALL_TIMEOUT, inner.manager.subscribe()).await {
+                    Ok(()) => {}
+                    // Another call on this handle already did it.
+                    Err(SystemdError::Call { message, .. })
+                        if message.contains("AlreadySubscribed") => {}
+                    Err(e) => return Err(e),
+                }
+                self.subscribed.store(true, Ordering::Relaxed);
+            }
             let n = jobs.len();
             let mut outcomes: Vec<Option<JobOutcome>> = vec![None; n];
             let mut deadlines: Vec<Option<Instant>> = vec![None; n];

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# scripts/test.sh - THE test command of core-ops (CI runs it through .ci/run).
+#
+# On a fresh Debian 12 machine, as root, it:
+#   1. installs the apt packages the build and the systemd test bed need (only missing ones),
+#   2. checks the Rust toolchain (rust-version of Cargo.toml, with clippy + rustfmt),
+#   3. runs cargo fmt --check, cargo clippy --all-targets -D warnings, cargo build --all-targets,
+#   4. boots ONE systemd test bed (scripts/systemd-testbed.sh) that every test binary shares
+#      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR),
+#   5. runs cargo test, and always stops the bed (trap), whatever happened.
+# Exits non-zero on any failure. Not root is a failure, not a skip: the integration tests need
+# the bed, and the bed needs root (namespaces, mounts).
+#
+# Env: CORE_OPS_TEST_THREADS (default: nproc) threads per test binary; tests that share the bed
+#      use their own unit-name prefixes, so they may run in parallel.
+#      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
+# Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh --test systemd_dbus`).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+die() { echo "scripts/test.sh: FAILED: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (the systemd test bed needs namespaces and mounts); try: sudo $0"
+
+# ------------------------------------------------------------------ 1. packages
+# systemd + dbus + util-linux + mount: the test bed; pkg-config, zlib1g-dev, gcc, libc6-dev,
+# make: building git2's vendored libgit2; git: tests that make repositories.
+PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc libc6-dev make git)
+missing=()
+for p in "${PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    step "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# ------------------------------------------------------------------ 2. toolchain
+RUST_VERSION=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -n1)
+[ -n "$RUST_VERSION" ] || die "no rust-version in Cargo.toml"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+rust_ok() {
+    local have
+    command -v cargo >/dev/null 2>&1 || return 1
+    have=$(rustc --version 2>/dev/null | awk '{print $2}') || return 1
+    # have >= RUST_VERSION (version sort)
+    [ "$(printf '%s\n%s\n' "$RUST_VERSION" "$have" | sort -V | head -n1)" = "$RUST_VERSION" ] || return 1
+    cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1
+}
+# The toolchain comes with the machine (rustup-managed); this script never downloads one.
+rust_ok || die "Rust >= $RUST_VERSION with clippy and rustfmt is required (rustup toolchain install $RUST_VERSION -c clippy -c rustfmt)"
+
+# ------------------------------------------------------------------ 3. static checks + build
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+step "cargo build --all-targets"
+cargo build --all-targets
+
+# ------------------------------------------------------------------ 4. test bed
+BED=/tmp/core-ops-bed-$$
+status=1
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    [ "$status" = 0 ] || status=$rc
+    if [ -d "$BED" ]; then
+        step "stopping the test bed $BED"
+        scripts/systemd-testbed.sh down "$BED" >/dev/null || echo "scripts/test.sh: warning: could not stop the bed in $BED" >&2
+        if [ "$status" = 0 ] && [ -z "${CORE_OPS_KEEP_BED:-}" ]; then
+            rm -rf "$BED"
+        else
+            echo "test bed kept for post-mortem: $BED (journal: journalctl -D $BED/journal; log: $BED/testbed.log)" >&2
+        fi
+    fi
+    [ "$status" = 0 ] && step "all checks passed" || echo "scripts/test.sh: FAILED (exit $status)" >&2
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "booting the systemd test bed in $BED"
+bed_env=$(scripts/systemd-testbed.sh up "$BED") || die "the systemd test bed did not boot (see above)"
+eval "$bed_env"
+export CORE_OPS_TESTBED_DIR=$BED
+export CORE_OPS_SYSTEMD_ADDRESS=$SYSTEMD_TESTBED_ADDRESS
+export CORE_OPS_SYSTEMD_UNIT_DIR=$SYSTEMD_TESTBED_UNIT_DIR
+
+# ------------------------------------------------------------------ 5. tests
+step "cargo test"
+cargo test --no-fail-fast "$@" -- --test-threads="${CORE_OPS_TEST_THREADS:-$(nproc)}"
+status=0
