@@ -240,7 +240,6 @@ fn rejects_mount_name_that_does_not_match_where() {
     let (err, _s) = rejected(
         &[
             ("services/media/srv-media.mount", None),
-            ("services/media/srv-media.automount", None),
             (
                 "services/media/srv-other.mount",
                 Some("[Mount]\nWhat=tmpfs\nWhere=/srv/media\nType=tmpfs\n"),
@@ -260,13 +259,15 @@ fn rejects_mount_name_that_does_not_match_where() {
 fn rejects_automount_name_that_does_not_match_where() {
     let (err, _s) = rejected(
         &[(
-            "services/media/srv-media.automount",
+            "services/nas/srv-nas.automount",
             Some("[Automount]\nWhere=/srv/elsewhere\n"),
         )],
-        "beta",
+        "alpha",
     );
     assert!(
-        err.contains("services/media/srv-media.automount:2: automount unit name does not match Automount Where"),
+        err.contains(
+            "services/nas/srv-nas.automount:2: automount unit name does not match Automount Where"
+        ),
         "{err}"
     );
 }

@@ -144,6 +144,18 @@ fn remove_empty_dropin_dir(path: &Path) {
     }
 }
 
+/// Test hook for crash-safety tests: with `CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES=N`, the
+/// write phase stops after its Nth file, says so on stderr and waits to be killed (SIGKILL).
+/// Never set in production; it only ever delays, it cannot change what is written.
+fn failpoint_pause_after_writes(written: usize) {
+    if let Ok(v) = std::env::var("CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES")
+        && v.parse::<usize>().ok() == Some(written)
+    {
+        eprintln!("core-ops: failpoint: paused after {written} writes");
+        std::thread::sleep(Duration::from_secs(600));
+    }
+}
+
 /// Execute the plan of `planned` against systemd, verify and record.
 pub fn apply(
     planned: &Planned,
@@ -328,6 +340,7 @@ pub fn apply(
                         fsutil::write_atomic(&r.path, &r.content, Some(&r.meta))?;
                         tracing::debug!(object = %a.id, path = %r.path.display(), "written");
                         written += 1;
+                        failpoint_pause_after_writes(written);
                         unit_files_changed |= r.kind.is_ini();
                     }
                     Action::Delete => {

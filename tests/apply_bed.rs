@@ -1,0 +1,570 @@
+//! `core-ops apply` against a real systemd in the test bed, through the real binary: create,
+//! update (drop-in -> restart), prune, drift repair, failing unit, stale plan, lock,
+//! `--force-no-state`, no-op re-run (zero jobs, zero reloads) and crash recovery after
+//! SIGKILL in the middle of the write phase.
+//!
+//! Each test has its own unit-name prefix, state dir and host-file root under the bed's
+//! shared directory (seen at the same path inside the bed).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bed::{Bed, bed, prefix};
+use common::cli::{Scratch, stderr, stdout, tree};
+use core_ops::testkit::RepoBuilder;
+use serde_json::Value;
+
+struct World {
+    bed: &'static Bed,
+    s: Scratch,
+    p: String,
+    repo: RepoBuilder,
+}
+
+fn world(test: &str) -> Option<World> {
+    let bed = bed()?;
+    let dir = tempfile::Builder::new()
+        .prefix("t-")
+        .tempdir_in(&bed.dir)
+        .expect("scratch under the bed dir");
+    let mut s = Scratch::in_dir(dir);
+    for (k, v) in s.env.iter_mut() {
+        if k == "CORE_OPS_SYSTEMD_UNIT_DIR" {
+            *v = bed.unit_dir.display().to_string();
+        }
+    }
+    s.env
+        .push(("CORE_OPS_SYSTEMD_ADDRESS".into(), bed.address.clone()));
+    s.env.push(("CORE_OPS_SETTLE_MS".into(), "300".into()));
+    s.env.push(("CORE_OPS_JOB_TIMEOUT".into(), "30".into()));
+    let repo = RepoBuilder::init(&s.path("repo")).expect("repo");
+    Some(World {
+        bed,
+        s,
+        p: prefix(test),
+        repo,
+    })
+}
+
+/// The files of one revision of a small two-service repository.
+struct Fx {
+    p: String,
+    etc: PathBuf,
+    level: &'static str,
+    with_db: bool,
+    web_exec: &'static str,
+}
+
+impl Fx {
+    fn files(&self) -> Vec<(String, Vec<u8>)> {
+        let p = &self.p;
+        let etc = self.etc.display();
+        let mut services = vec!["web"];
+        let mut v: Vec<(String, Vec<u8>)> = vec![
+            (
+                format!("services/web/{p}-web.service"),
+                format!(
+                    "[Unit]\nDescription=core-ops test web\nAfter={p}-db.service\n\n[Service]\nEnvironmentFile={etc}/{p}/app.env\nExecStart={}\n\n[Install]\nWantedBy=multi-user.target\n",
+                    self.web_exec
+                )
+                .into_bytes(),
+            ),
+            (
+                format!("services/web/{p}-web.service.d/10-level.conf"),
+                format!("[Service]\nEnvironment=LEVEL={}\n", self.level).into_bytes(),
+            ),
+            (
+                format!("services/web/files{etc}/{p}/app.env"),
+                b"A=1\n".to_vec(),
+            ),
+        ];
+        if self.with_db {
+            services.push("db");
+            v.push((
+                format!("services/db/{p}-db.service"),
+                b"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n".to_vec(),
+            ));
+        }
+        v.push((
+            "hosts/h/host.yaml".into(),
+            format!("services: [{}]\n", services.join(", ")).into_bytes(),
+        ));
+        v
+    }
+}
+
+impl World {
+    fn fx(&self) -> Fx {
+        Fx {
+            p: self.p.clone(),
+            etc: self.s.path("etc"),
+            level: "1",
+            with_db: true,
+            web_exec: "/bin/sleep infinity",
+        }
+    }
+
+    fn commit(&mut self, fx: Fx) -> String {
+        let files = fx.files();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_slice()))
+            .collect();
+        self.repo.commit_files(&refs, "rev").expect("commit")
+    }
+
+    fn repo_arg(&self) -> String {
+        self.s.path("repo").display().to_string()
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let repo = self.repo_arg();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--repo", &repo, "--host", "h"]);
+        self.s.run(&full)
+    }
+
+    /// `apply --json` at a revision; returns the exit code and the results document.
+    fn apply(&self, rev: &str, extra: &[&str]) -> (i32, Value) {
+        let mut args = vec!["--json", "apply", "--rev", rev];
+        args.extend(extra);
+        let o = self.run(&args);
+        let code = o.status.code().unwrap_or(-1);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            panic!(
+                "apply printed no JSON (exit {code}):\n{}\n{}",
+                stdout(&o),
+                stderr(&o)
+            )
+        });
+        (code, v)
+    }
+
+    fn unit(&self, name: &str) -> String {
+        format!("{}-{name}.service", self.p)
+    }
+
+    /// `systemctl show` inside the bed: an independent reading of what core-ops did.
+    fn show(&self, unit: &str, prop: &str) -> String {
+        self.bed
+            .exec_ok(["systemctl", "show", "--value", "-p", prop, unit])
+            .trim()
+            .to_string()
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_slice(
+            &std::fs::read(self.s.path("state/status.json")).expect("status.json"),
+        )
+        .expect("status JSON")
+    }
+
+    fn receipts(&self) -> Vec<Value> {
+        tree(&self.s.path("state/receipts"))
+            .iter()
+            .map(|f| {
+                serde_json::from_slice(
+                    &std::fs::read(self.s.path("state/receipts").join(f)).unwrap(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// Prune everything this test created (through core-ops itself).
+    fn teardown(&mut self) {
+        let files = [("hosts/h/host.yaml", b"services: []\n".as_slice())];
+        let sha = self.repo.commit_files(&files, "empty").unwrap();
+        let (code, v) = self.apply(&sha, &[]);
+        assert_eq!(code, 0, "teardown apply: {v}");
+    }
+}
+
+#[test]
+fn create_then_noop_then_update_restarts_only_what_changed() {
+    let Some(mut w) = world("lifecycle") else {
+        return;
+    };
+    let fx = w.fx();
+    let v1 = w.commit(fx);
+
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["outcome"], "converged");
+    assert_eq!(r["calls"]["reloads"], 1);
+    assert_eq!(r["last_applied_advanced"], true);
+    let web = w.unit("web");
+    let db = w.unit("db");
+    assert_eq!(w.show(&web, "ActiveState"), "active");
+    assert_eq!(w.show(&db, "ActiveState"), "active");
+    assert_eq!(w.show(&web, "UnitFileState"), "enabled");
+    assert!(w.show(&web, "DropInPaths").contains("10-level.conf"));
+    // the host file was written with its declared mode
+    let env = w.s.path(&format!("etc/{}/app.env", w.p));
+    assert_eq!(std::fs::read(&env).unwrap(), b"A=1\n");
+    // records: status, results tied to the plan, one receipt
+    let st = w.status();
+    assert_eq!(st["last_applied"]["revision"], v1.as_str());
+    assert_eq!(st["last_run"]["outcome"], "converged");
+    assert_eq!(st["core_ops"]["version"], env!("CARGO_PKG_VERSION"));
+    let plan = w.run(&["--json", "plan", "--rev", &v1]);
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["summary"]["no_op"], 4, "{plan:#}");
+    let receipts = w.receipts();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0]["transition"], "applied");
+    assert_eq!(receipts[0]["to_revision"], v1.as_str());
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(r["results_path"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(results["intent_checksum"], r["intent_checksum"]);
+
+    // second apply of the same revision: no jobs, no reloads, no receipt
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(r["calls"]["jobs"], 0, "{r:#}");
+    assert_eq!(r["calls"]["reloads"], 0);
+    assert_eq!(r["changed_objects"], 0);
+    assert_eq!(w.receipts().len(), 1);
+
+    // a changed drop-in restarts its unit and nothing else
+    let web_inv = w.show(&web, "InvocationID");
+    let db_inv = w.show(&db, "InvocationID");
+    let mut fx2 = w.fx();
+    fx2.level = "2";
+    let v2 = w.commit(fx2);
+    let plan = w.run(&["--json", "plan", "--rev", &v2]);
+    let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let web_action = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == format!("unit:{web}"))
+        .unwrap();
+    assert_eq!(web_action["action"], "restart");
+    assert_eq!(web_action["cause"], "dependency_change");
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["calls"]["reloads"], 1);
+    assert_eq!(r["calls"]["jobs"], 1);
+    assert_ne!(w.show(&web, "InvocationID"), web_inv);
+    assert_eq!(w.show(&db, "InvocationID"), db_inv);
+    assert!(w.show(&web, "Environment").contains("LEVEL=2"));
+    let receipts = w.receipts();
+    assert_eq!(receipts.len(), 2);
+    assert_eq!(receipts[1]["from_revision"], v1.as_str());
+    assert_eq!(receipts[1]["to_revision"], v2.as_str());
+    assert_eq!(
+        core_ops::record::receipts::verify_chain(&w.s.path("state")).unwrap(),
+        2
+    );
+    w.teardown();
+}
+
+#[test]
+fn prune_removes_only_managed_objects() {
+    let Some(mut w) = world("prune") else { return };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    // an unmanaged unit file beside ours must survive
+    let unmanaged = w.bed.unit_dir.join(format!("{}-unmanaged.service", w.p));
+    std::fs::write(&unmanaged, "[Service]\nExecStart=/bin/true\n").unwrap();
+    let mut fx2 = w.fx();
+    fx2.with_db = false;
+    let v2 = w.commit(fx2);
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    let db = w.unit("db");
+    assert!(!w.bed.unit_dir.join(&db).exists());
+    assert_ne!(w.show(&db, "ActiveState"), "active");
+    assert_eq!(w.show(&w.unit("web"), "ActiveState"), "active");
+    assert_eq!(
+        std::fs::read(&unmanaged).unwrap(),
+        b"[Service]\nExecStart=/bin/true\n"
+    );
+    assert!(
+        !w.status()["last_applied"]["resources"]
+            .as_object()
+            .unwrap()
+            .contains_key(&format!("unit:{db}"))
+    );
+    w.teardown();
+    assert!(unmanaged.exists(), "teardown prunes only managed objects");
+    assert!(!w.bed.unit_dir.join(w.unit("web")).exists());
+    std::fs::remove_file(unmanaged).unwrap();
+}
+
+#[test]
+fn hand_edit_is_reported_as_drift_and_repaired() {
+    let Some(mut w) = world("drift") else { return };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let path = w.bed.unit_dir.join(w.unit("db"));
+    let original = std::fs::read(&path).unwrap();
+    std::fs::write(&path, "[Service]\nType=oneshot\nExecStart=/bin/false\n").unwrap();
+    let plan: Value =
+        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
+    let finding = plan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "drift")
+        .expect("drift finding");
+    assert_eq!(finding["id"], format!("unit:{}", w.unit("db")));
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(std::fs::read(&path).unwrap(), original);
+    assert_eq!(w.receipts().len(), 2, "a repair is a transition");
+    w.teardown();
+}
+
+#[test]
+fn stopped_unit_is_drift_and_restarted() {
+    let Some(mut w) = world("stopped") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let web = w.unit("web");
+    w.bed.exec_ok(["systemctl", "stop", &web]);
+    let plan: Value =
+        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
+    let a = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == format!("unit:{web}"))
+        .unwrap();
+    assert_eq!(
+        (a["action"].as_str(), a["cause"].as_str()),
+        (Some("restart"), Some("drift"))
+    );
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    assert_eq!(w.show(&web, "ActiveState"), "active");
+    w.teardown();
+}
+
+#[test]
+fn failing_unit_fails_and_last_applied_does_not_move() {
+    let Some(mut w) = world("failing") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let mut bad = w.fx();
+    bad.web_exec = "/bin/false";
+    let v2 = w.commit(bad);
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 3, "{r:#}");
+    assert!(
+        r["outcome"] == "failed" || r["outcome"] == "partially_applied",
+        "{r:#}"
+    );
+    assert_eq!(r["last_applied_advanced"], false);
+    let diag = r["diagnostics"].as_array().unwrap();
+    assert!(
+        diag.iter().any(|d| d["unit"] == w.unit("web").as_str()),
+        "{r:#}"
+    );
+    let st = w.status();
+    assert_eq!(st["last_applied"]["revision"], v1.as_str());
+    assert_eq!(st["last_run"]["desired_revision"], v2.as_str());
+    assert_ne!(st["last_run"]["outcome"], "converged");
+    let last = w.receipts().pop().unwrap();
+    assert!(last["transition"] == "failed" || last["transition"] == "partial");
+    w.teardown();
+}
+
+#[test]
+fn stale_plan_is_refused_and_changes_nothing() {
+    let Some(mut w) = world("stale") else { return };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let mut fx2 = w.fx();
+    fx2.level = "3";
+    let v2 = w.commit(fx2);
+    let plan_file = w.s.path("plan.json");
+    let o = w.run(&["plan", "--rev", &v2, "--out", plan_file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // the host changes after the plan was made
+    let db = w.bed.unit_dir.join(w.unit("db"));
+    std::fs::write(&db, "[Service]\nExecStart=/bin/true\n").unwrap();
+    let dropin = w
+        .bed
+        .unit_dir
+        .join(format!("{}.d/10-level.conf", w.unit("web")));
+    let before = std::fs::read(&dropin).unwrap();
+    let o = w.run(&["apply", "--plan", plan_file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("stale plan"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the host changed since the plan was made"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&dropin).unwrap(), before);
+    // a tampered plan is refused by its checksum
+    let text = std::fs::read_to_string(&plan_file)
+        .unwrap()
+        .replacen("\"restart\"", "\"no_op\"", 1);
+    std::fs::write(&plan_file, text).unwrap();
+    let o = w.run(&["apply", "--plan", plan_file.to_str().unwrap()]);
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+    // a fresh plan applies
+    let o = w.run(&["plan", "--rev", &v2, "--out", plan_file.to_str().unwrap()]);
+    assert!(o.status.success());
+    let o = w.run(&["apply", "--plan", plan_file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_ne!(std::fs::read(&dropin).unwrap(), before);
+    w.teardown();
+}
+
+#[test]
+fn concurrent_run_is_locked_out() {
+    let Some(mut w) = world("lock") else { return };
+    let v1 = w.commit(w.fx());
+    std::fs::create_dir_all(w.s.path("state")).unwrap();
+    // hold the state-dir lock like a running core-ops would
+    // -o: the lock is held by flock(1) itself, so killing it releases the lock
+    let mut holder = Command::new("flock")
+        .arg("-o")
+        .arg(w.s.path("state/lock"))
+        .args(["sleep", "30"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("flock(1)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let o = loop {
+        let o = w.run(&["apply", "--rev", &v1]);
+        if o.status.code() == Some(75) || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    holder.kill().unwrap();
+    let _ = holder.wait();
+    assert_eq!(o.status.code(), Some(75), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another core-ops run holds"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !w.bed.unit_dir.join(w.unit("web")).exists(),
+        "a locked-out run changes nothing"
+    );
+    let o = w.run(&["agent", "--rev", &v1]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "agent: changed and converged\n{}",
+        stderr(&o)
+    );
+    let o = w.run(&["agent", "--rev", &v1]);
+    assert_eq!(o.status.code(), Some(0), "agent: no change\n{}", stderr(&o));
+    w.teardown();
+}
+
+#[test]
+fn force_no_state_applies_without_touching_status() {
+    let Some(mut w) = world("nostate") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    let (code, r) = w.apply(&v1, &["--force-no-state"]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["last_applied_advanced"], false);
+    assert!(!w.s.path("state/status.json").exists());
+    assert_eq!(w.show(&w.unit("web"), "ActiveState"), "active");
+    // a normal apply afterwards adopts the identical objects without changes
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["changed_objects"], 0);
+    assert_eq!(w.status()["last_applied"]["revision"], v1.as_str());
+    w.teardown();
+}
+
+#[test]
+fn sigkill_in_the_write_phase_is_recovered_by_the_next_run() {
+    let Some(mut w) = world("crash") else { return };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let mut fx2 = w.fx();
+    fx2.level = "9";
+    let v2 = w.commit(fx2);
+
+    let repo = w.repo_arg();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_core-ops"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CORE_OPS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in &w.s.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .env("CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES", "1")
+        .args(["apply", "--repo", &repo, "--host", "h", "--rev", &v2])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // wait until the first file is written, then kill -9
+    let mut err = child.stderr.take().unwrap();
+    let mut buf = Vec::new();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut chunk = [0u8; 256];
+        loop {
+            let n = err.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return buf;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if String::from_utf8_lossy(&buf).contains("failpoint: paused") {
+                return buf;
+            }
+        }
+    });
+    let seen = reader.join().unwrap();
+    assert!(String::from_utf8_lossy(&seen).contains("failpoint: paused"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    assert!(
+        w.s.path("state/inflight.json").exists(),
+        "journal left behind"
+    );
+    assert_eq!(w.status()["last_applied"]["revision"], v1.as_str());
+
+    // the next run finishes the job: the drop-in is rewritten and web restarted
+    let plan: Value =
+        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v2]).stdout).unwrap();
+    assert!(
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains("interrupted")),
+        "{plan:#}"
+    );
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert!(w.show(&w.unit("web"), "Environment").contains("LEVEL=9"));
+    assert!(!w.s.path("state/inflight.json").exists());
+    assert_eq!(w.status()["last_applied"]["revision"], v2.as_str());
+    // nothing half-written: no temp files, every managed file whole
+    let leftovers: Vec<String> = tree(&w.bed.unit_dir)
+        .into_iter()
+        .filter(|f| f.contains(".core-ops-tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    w.teardown();
+}
