@@ -25,36 +25,9 @@ die() { echo "scripts/test.sh: FAILED: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (the systemd test bed needs namespaces and mounts); try: sudo $0"
 
-# ------------------------------------------------------------------ 1. packages
-# systemd + dbus + util-linux + mount: the test bed; pkg-config, zlib1g-dev, gcc, libc6-dev,
-# make: building git2's vendored libgit2; git: tests that make repositories.
-PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc libc6-dev make git)
-missing=()
-for p in "${PKGS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    step "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y --no-install-recommends "${missing[@]}"
-fi
-
-# ------------------------------------------------------------------ 2. toolchain
-RUST_VERSION=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -n1)
-[ -n "$RUST_VERSION" ] || die "no rust-version in Cargo.toml"
+# ------------------------------------------------------------------ 1+2. packages, toolchain
+scripts/prereqs.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-
-rust_ok() {
-    local have
-    command -v cargo >/dev/null 2>&1 || return 1
-    have=$(rustc --version 2>/dev/null | awk '{print $2}') || return 1
-    # have >= RUST_VERSION (version sort)
-    [ "$(printf '%s\n%s\n' "$RUST_VERSION" "$have" | sort -V | head -n1)" = "$RUST_VERSION" ] || return 1
-    cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1
-}
-# The toolchain comes with the machine (rustup-managed); this script never downloads one.
-rust_ok || die "Rust >= $RUST_VERSION with clippy and rustfmt is required (rustup toolchain install $RUST_VERSION -c clippy -c rustfmt)"
 
 # ------------------------------------------------------------------ 3. static checks + build
 step "cargo fmt --check"

@@ -509,7 +509,9 @@ pub fn apply(
         requested_ref: desired.revision.requested_ref.clone(),
         from_revision: last.map(|l| l.revision.clone()),
         outcome,
-        last_applied_advanced: outcome.is_converged() && opts.record_status,
+        last_applied_advanced: outcome.is_converged()
+            && opts.record_status
+            && (!changed.is_empty() || last.is_none_or(|l| l.revision != desired.revision.commit)),
         started_at: started_at.clone(),
         finished_at: finished_at.clone(),
         phases: phases.list,
@@ -599,7 +601,7 @@ fn record(
                 .map(|d| format!("{}: {}", d.id, d.problem))
                 .collect(),
         });
-        if result.outcome.is_converged() {
+        if result.last_applied_advanced {
             snap.last_applied = Some(status::last_applied_from(desired, &result.finished_at));
             if snap.history.last().map(|h| &h.revision) != Some(&desired.revision.commit) {
                 snap.history.push(HistoryEntry {
