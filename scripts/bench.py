@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""scripts/bench.py - benchmark core-ops against a real systemd in the project's test bed.
+
+Parts (one plain-text table each; --json prints one machine-readable document instead):
+  1. plan:  no-change `core-ops plan` of 200 converged services, wall ms and max RSS of the
+            child (15 runs after 2 warm-ups), with systemd (the bed, over D-Bus) and without
+            (no address, no /run/systemd/system: unit state "unknown", files only).
+            Issue goal: < 50 ms wall and < 20 MB max RSS, measured WITH systemd.
+  2. apply: `core-ops apply` of N new units (N = 50, 200; 5 fresh-name repetitions each), its
+            immediate no-op re-run (must be 0 jobs, 0 reloads), and interleaved the shell floor
+            of shared/docs/dbus-apply-performance.md (inside the bed: cp -a; systemctl
+            daemon-reload; systemctl enable --no-reload --now U1..UN, timed with $EPOCHREALTIME).
+            Timed with CORE_OPS_SETTLE_MS=0; one extra repetition per N with the default settle.
+            Issue goals: apply median <= 1.5 x floor median; no-op re-run of 200 < 100 ms.
+  A header line gives nproc, kernel, load, systemd version (from the bed) and core-ops --version.
+
+Python 3.11 standard library only. Must run as root (the bed needs namespaces and mounts).
+Usage: scripts/bench.py [--json] [--no-build] [--bed-dir /tmp/cob-bench] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release" / "core-ops"
+TESTBED = ROOT / "scripts" / "systemd-testbed.sh"
+HOST = "bench"
+GIT_DATE = "2024-01-01T00:00:00+0000"
+
+UNIT_TEXT = (
+    "[Unit]\nDescription=core-ops bench unit\n\n"
+    "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n\n"
+    "[Install]\nWantedBy=multi-user.target\n"
+)
+DROPIN_TEXT = "[Service]\nEnvironment=X=1\n"
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, *, env=None, cwd=None, check=True, what=None) -> subprocess.CompletedProcess:
+    p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise BenchError(
+            f"{what or cmd[0]} failed (exit {p.returncode}): {' '.join(map(str, cmd))[:300]}\n"
+            f"--- stdout ---\n{p.stdout[-4000:]}\n--- stderr ---\n{p.stderr[-4000:]}"
+        )
+    return p
+
+
+def timed(cmd, env, scratch: Path):
+    """Run cmd, reap it with wait4: (wall ms, max RSS KiB, exit code, stdout, stderr)."""
+    out_p, err_p = scratch / "child.out", scratch / "child.err"
+    with open(out_p, "wb") as out, open(err_p, "wb") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, ru = os.wait4(p.pid, 0)
+        t1 = time.perf_counter()
+    code = os.waitstatus_to_exitcode(status)
+    p.returncode = code  # already reaped; keep Popen from waiting again
+    return (t1 - t0) * 1000.0, ru.ru_maxrss, code, out_p.read_text(), err_p.read_text()
+
+
+def stats(xs):
+    if not xs:
+        return None
+    return {"n": len(xs), "min": min(xs), "median": statistics.median(xs), "max": max(xs)}
+
+
+def span(vals) -> str:
+    vals = sorted(set(vals))
+    if not vals:
+        return "-"
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}-{vals[-1]}"
+
+
+# ----------------------------------------------------------------------------- the bed
+class Bed:
+    def __init__(self, d: Path):
+        self.dir = d
+        self.info: dict[str, str] = {}
+
+    def up(self) -> None:
+        st = run([str(TESTBED), "status", str(self.dir)], check=False)
+        if st.returncode == 0:
+            raise BenchError(
+                f"a test bed is already running at {self.dir} (another bench run, or a killed one);"
+                f" stop it with: {TESTBED} down {self.dir}"
+            )
+        if self.dir.exists():
+            # our own scratch dir from an earlier run; units/ persists across up/down
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        p = run([str(TESTBED), "up", str(self.dir)], what="testbed up")
+        for line in p.stdout.splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                self.info[k.strip()] = v.strip()
+        for k in ("SYSTEMD_TESTBED_ADDRESS", "SYSTEMD_TESTBED_UNIT_DIR"):
+            if k not in self.info:
+                raise BenchError(f"testbed up did not print {k}:\n{p.stdout}\n{p.stderr}")
+
+    def down(self) -> None:
+        p = run([str(TESTBED), "down", str(self.dir)], check=False)
+        if p.returncode != 0:
+            log(f"WARNING: testbed down failed (exit {p.returncode}): {p.stderr.strip()}")
+
+    @property
+    def address(self) -> str:
+        return self.info["SYSTEMD_TESTBED_ADDRESS"]
+
+    @property
+    def unit_dir(self) -> str:
+        return self.info["SYSTEMD_TESTBED_UNIT_DIR"]
+
+    def exec(self, *args, check=True, what=None) -> subprocess.CompletedProcess:
+        env = dict(os.environ, LC_ALL="C")
+        return run([str(TESTBED), "exec", str(self.dir), *args], env=env, check=check,
+                   what=what or f"bed: {args[0]}")
+
+    def show(self, units, props):
+        """`systemctl show` inside the bed: {unit: {prop: value}}."""
+        out = {}
+        for i in range(0, len(units), 100):
+            chunk = units[i:i + 100]
+            p = self.exec("systemctl", "show", "-p", ",".join(["Id", *props]), *chunk)
+            for block in p.stdout.strip().split("\n\n"):
+                kv = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+                if "Id" in kv:
+                    out[kv["Id"]] = kv
+        return out
+
+    def verify_active(self, units, dropin: str, what: str) -> None:
+        got = self.show(units, ["LoadState", "ActiveState", "SubState", "UnitFileState",
+                                "DropInPaths"])
+        bad = []
+        for u in units:
+            s = got.get(u)
+            if (s is None or s.get("LoadState") != "loaded" or s.get("ActiveState") != "active"
+                    or s.get("SubState") != "exited" or s.get("UnitFileState") != "enabled"
+                    or dropin not in s.get("DropInPaths", "")):
+                bad.append((u, s))
+        if bad:
+            raise BenchError(f"{what}: {len(bad)}/{len(units)} units not loaded/active/exited/"
+                             f"enabled with {dropin}; first: {bad[0]}")
+
+    def verify_gone(self, units, what: str) -> None:
+        got = self.show(units, ["LoadState", "ActiveState"])
+        bad = [(u, got.get(u)) for u in units
+               if got.get(u, {}).get("ActiveState") not in ("inactive", None)
+               or got.get(u, {}).get("LoadState") not in ("not-found", None)]
+        if bad:
+            raise BenchError(f"{what}: {len(bad)} units still present; first: {bad[0]}")
+        names = set(units) | {u + ".d" for u in units}
+        wants = Path(self.unit_dir) / "multi-user.target.wants"
+        leftovers = [f for f in os.listdir(self.unit_dir) if f in names]
+        if wants.is_dir():
+            leftovers += [f"{wants.name}/{f}" for f in os.listdir(wants) if f in names]
+        if leftovers:
+            raise BenchError(f"{what}: files left in the unit dir: {leftovers[:5]}")
+
+
+# ----------------------------------------------------------------------- desired state
+class Repo:
+    def __init__(self, path: Path):
+        self.path = path
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        self.env.update({
+            "GIT_AUTHOR_NAME": "core-ops bench", "GIT_AUTHOR_EMAIL": "bench@example.invalid",
+            "GIT_COMMITTER_NAME": "core-ops bench",
+            "GIT_COMMITTER_EMAIL": "bench@example.invalid",
+            "GIT_AUTHOR_DATE": GIT_DATE, "GIT_COMMITTER_DATE": GIT_DATE,
+            "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "LC_ALL": "C",
+        })
+        path.mkdir(parents=True)
+        self.git("init", "-q", "-b", "main")
+
+    def git(self, *args) -> str:
+        return run(["git", "-c", "commit.gpgsign=false", *args], cwd=self.path,
+                   env=self.env, what="git").stdout.strip()
+
+    def commit(self, n: int, prefix: str, msg: str) -> str:
+        """One revision: host `bench` runs services s000..s{n-1}, each one unit + drop-in."""
+        for d in ("hosts", "services"):
+            shutil.rmtree(self.path / d, ignore_errors=True)
+        (self.path / "hosts" / HOST).mkdir(parents=True)
+        names = [f"s{i:03d}" for i in range(n)]
+        (self.path / "hosts" / HOST / "host.yaml").write_text(
+            f"services: [{', '.join(names)}]\n")
+        for i, s in enumerate(names):
+            write_unit_pair(self.path / "services" / s, unit_name(prefix, i))
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", msg)
+        return self.git("rev-parse", "HEAD")
+
+
+def unit_name(prefix: str, i: int) -> str:
+    return f"{prefix}-b{i:03d}.service"
+
+
+def write_unit_pair(d: Path, unit: str) -> None:
+    (d / f"{unit}.d").mkdir(parents=True, exist_ok=True)
+    (d / unit).write_text(UNIT_TEXT)
+    (d / f"{unit}.d" / "10-bench.conf").write_text(DROPIN_TEXT)
+
+
+# ------------------------------------------------------------------------ the bench
+class Bench:
+    def __init__(self, args, bed: Bed):
+        self.args = args
+        self.bed = bed
+        self.work = bed.dir / "w"
+        self.scratch = bed.dir / "scratch"
+        for d in ("state", "quadlet", "etc", "srv"):
+            (self.work / d).mkdir(parents=True, exist_ok=True)
+        self.scratch.mkdir(exist_ok=True)
+        self.repo = Repo(bed.dir / "repo")
+        self.run_id = secrets.token_hex(2)
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith("CORE_OPS_") and k not in ("JOURNAL_STREAM", "RUST_LOG")}
+        base.update({
+            "CORE_OPS_STATE_DIR": str(self.work / "state"),
+            "CORE_OPS_SYSTEMD_UNIT_DIR": bed.unit_dir,
+            "CORE_OPS_QUADLET_DIR": str(self.work / "quadlet"),
+            "CORE_OPS_HOST_FILE_ROOTS": f"{self.work / 'etc'}:{self.work / 'srv'}",
+            "CORE_OPS_JOB_TIMEOUT": "60",
+        })
+        self.env_nosd = dict(base)
+        self.env_sd = dict(base, CORE_OPS_SYSTEMD_ADDRESS=bed.address)
+
+    def env(self, settle: int | None, systemd: bool = True) -> dict:
+        e = dict(self.env_sd if systemd else self.env_nosd)
+        if settle is not None:
+            e["CORE_OPS_SETTLE_MS"] = str(settle)
+        return e
+
+    def target(self, rev: str):
+        return ["--repo", str(self.repo.path), "--rev", rev, "--host", HOST]
+
+    def apply(self, rev: str, settle: int | None, what: str):
+        cmd = [str(BIN), "--json", "apply", *self.target(rev)]
+        wall, rss, code, out, err = timed(cmd, self.env(settle), self.scratch)
+        try:
+            doc = json.loads(out)
+        except json.JSONDecodeError:
+            doc = None
+        if code != 0 or doc is None or doc.get("outcome") != "converged":
+            raise BenchError(f"{what}: core-ops apply exit {code}, outcome "
+                             f"{doc and doc.get('outcome')}\n--- stdout ---\n{out[-6000:]}\n"
+                             f"--- stderr ---\n{err[-4000:]}")
+        return wall, rss, doc
+
+    def cleanup_coreops(self, units, tag: str) -> None:
+        rev = self.repo.commit(0, "none", f"empty after {tag}")
+        self.apply(rev, 0, f"cleanup apply ({tag})")
+        self.bed.verify_gone(units, f"cleanup of {tag}")
+
+    # ---------------------------------------------------------------- part 1: plan
+    def part_plan(self, n: int = 200):
+        prefix = f"cob{self.run_id}p"
+        units = [unit_name(prefix, i) for i in range(n)]
+        rev = self.repo.commit(n, prefix, f"plan bench, {n} services")
+        log(f"plan: applying {n} services to converge first")
+        _, _, doc = self.apply(rev, 0, "plan setup apply")
+        self.bed.verify_active(units, "10-bench.conf", "plan setup apply")
+        rows = []
+        variants = [("systemd (bed, D-Bus)", True)]
+        if os.path.exists("/run/systemd/system"):
+            log("plan: /run/systemd/system exists on this host: no-systemd variant skipped")
+        else:
+            variants.append(("no systemd (files only)", False))
+        for name, sd in variants:
+            env = self.env(None, sd)
+            # the result must be the no-change plan (and, without systemd, say state unknown)
+            wall, rss, code, out, err = timed(
+                [str(BIN), "--json", "plan", *self.target(rev)], env, self.scratch)
+            if code != 0:
+                raise BenchError(f"plan ({name}) exit {code}\n{err[-4000:]}")
+            p = json.loads(out)
+            summ = p.get("summary", {})
+            if set(summ) != {"no_op"} or summ["no_op"] != 2 * n:
+                raise BenchError(f"plan ({name}) is not the no-change plan: summary {summ}")
+            unknown = any("unit state unknown" in w for w in p.get("warnings", []))
+            if unknown == sd:
+                raise BenchError(f"plan ({name}): unit-state-unknown warning present={unknown}:"
+                                 f" {p.get('warnings')}")
+            walls, rsss = [], []
+            cmd = [str(BIN), "plan", *self.target(rev)]
+            for i in range(self.args.plan_warmup + self.args.plan_runs):
+                wall, rss, code, out, err = timed(cmd, env, self.scratch)
+                if code != 0:
+                    raise BenchError(f"plan ({name}) exit {code}\n--- stderr ---\n{err[-4000:]}")
+                if i >= self.args.plan_warmup:
+                    walls.append(wall)
+                    rsss.append(rss / 1024.0)
+            rows.append({"variant": name, "systemd": sd, "n_services": n,
+                         "objects": 2 * n, "wall_ms": stats(walls), "max_rss_mib": stats(rsss),
+                         "stdout_bytes": len(out), "walls": walls, "rss_mib": rsss})
+            log(f"plan: {name}: median {statistics.median(walls):.1f} ms, "
+                f"max RSS {max(rsss):.1f} MiB")
+        log("plan: cleanup")
+        self.cleanup_coreops(units, "plan")
+        return rows
+
+    # --------------------------------------------------------------- part 2: apply
+    def floor(self, n: int, prefix: str):
+        units = [unit_name(prefix, i) for i in range(n)]
+        stage = self.bed.dir / f"stage-{prefix}"
+        for u in units:
+            write_unit_pair(stage, u)
+        script = ('S=$1; shift; t0=$EPOCHREALTIME; cp -a "$S"/. /etc/systemd/system/ || exit 11;'
+                  ' t1=$EPOCHREALTIME; systemctl daemon-reload || exit 12; t2=$EPOCHREALTIME;'
+                  ' systemctl enable --no-reload --now "$@" || exit 13;'
+                  ' t3=$EPOCHREALTIME; echo "T $t0 $t1 $t2 $t3"')
+        p = self.bed.exec("bash", "-c", script, "bash", str(stage), *units, what="floor")
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("T ")][-1]
+        t = [float(x) for x in line.split()[1:]]
+        res = {"wall": (t[3] - t[0]) * 1000, "cp": (t[1] - t[0]) * 1000,
+               "daemon-reload": (t[2] - t[1]) * 1000, "enable --now": (t[3] - t[2]) * 1000}
+        self.bed.verify_active(units, "10-bench.conf", f"floor {prefix}")
+        # untimed cleanup
+        clean = ('systemctl stop "$@" && systemctl disable --no-reload "$@" 2>/dev/null &&'
+                 f' rm -rf /etc/systemd/system/{prefix}-* && systemctl daemon-reload &&'
+                 ' systemctl reset-failed')
+        self.bed.exec("bash", "-c", clean, "bash", *units, what="floor cleanup")
+        shutil.rmtree(stage)
+        self.bed.verify_gone(units, f"floor cleanup {prefix}")
+        return res
+
+    def coreops(self, n: int, prefix: str, settle: int | None):
+        units = [unit_name(prefix, i) for i in range(n)]
+        rev = self.repo.commit(n, prefix, f"apply bench {prefix}")
+        wall, rss, doc = self.apply(rev, settle, f"apply {prefix}")
+        calls = doc.get("calls", {})
+        self.bed.verify_active(units, "10-bench.conf", f"core-ops apply {prefix}")
+        nwall, nrss, ndoc = self.apply(rev, settle, f"no-op re-run {prefix}")
+        ncalls = ndoc.get("calls", {})
+        if ncalls.get("jobs") != 0 or ncalls.get("reloads") != 0 or ndoc.get("changed_objects"):
+            raise BenchError(f"no-op re-run {prefix} did work: calls {ncalls}, changed "
+                             f"{ndoc.get('changed_objects')}\n{json.dumps(ndoc)[:3000]}")
+        self.cleanup_coreops(units, prefix)
+        ph = {x["name"]: x["duration_ms"] for x in doc.get("phases", [])}
+        nph = {x["name"]: x["duration_ms"] for x in ndoc.get("phases", [])}
+        return {
+            "apply": {"wall": wall, "rss_kib": rss, "reloads": calls.get("reloads"),
+                      "jobs": calls.get("jobs"), "phases": ph,
+                      "outside_phases": wall - sum(ph.values())},
+            "noop": {"wall": nwall, "rss_kib": nrss, "reloads": ncalls.get("reloads"),
+                     "jobs": ncalls.get("jobs"), "phases": nph,
+                     "outside_phases": nwall - sum(nph.values())},
+        }
+
+    def part_apply(self):
+        out = {}
+        for n in self.args.sizes:
+            fl, co, co_default = [], [], []
+            for rep in range(self.args.reps):
+                base = f"cob{self.run_id}n{n}r{rep}"
+                order = ("coreops", "floor") if rep % 2 == 0 else ("floor", "coreops")
+                for what in order:
+                    if what == "floor":
+                        fl.append(self.floor(n, base + "f"))
+                    else:
+                        co.append(self.coreops(n, base + "c", 0))
+                log(f"apply N={n} rep {rep + 1}/{self.args.reps}: core-ops "
+                    f"{co[-1]['apply']['wall']:.0f} ms (no-op {co[-1]['noop']['wall']:.0f} ms),"
+                    f" floor {fl[-1]['wall']:.0f} ms")
+            co_default.append(self.coreops(n, f"cob{self.run_id}n{n}d", None))
+            log(f"apply N={n} default settle: {co_default[-1]['apply']['wall']:.0f} ms")
+            out[n] = {"floor": fl, "coreops_settle0": co, "coreops_default_settle": co_default}
+        return out
+
+
+# ------------------------------------------------------------------------ reporting
+def fmt(x, nd=0):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def table(headers, rows, left=("variant", "phase")) -> str:
+    """Plain-text table: text columns (named in `left`) left-aligned, numbers right-aligned."""
+    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(r):
+        return "  ".join(str(c).ljust(w[i]) if headers[i] in left else str(c).rjust(w[i])
+                         for i, c in enumerate(r)).rstrip()
+    return "\n".join([line(headers), line(["-" * x for x in w]), *map(line, rows)])
+
+
+def report(header: dict, plan_rows, apply_res) -> str:
+    o = [f"core-ops bench: {header['core_ops']} | nproc {header['nproc']} | kernel "
+         f"{header['kernel']} | {header['systemd']} (test bed) | load {header['loadavg']}", ""]
+    if plan_rows:
+        o.append("Part 1: no-change `core-ops plan` of 200 services (400 objects), "
+                 f"{plan_rows[0]['wall_ms']['n']} runs after warm-ups")
+        rows = []
+        for r in plan_rows:
+            w, m = r["wall_ms"], r["max_rss_mib"]
+            rows.append([r["variant"] + (" *" if r["systemd"] else ""), fmt(w["min"], 1),
+                         fmt(w["median"], 1), fmt(w["max"], 1), fmt(m["min"], 1),
+                         fmt(m["median"], 1), fmt(m["max"], 1)])
+        o.append(table(["variant", "wall ms min", "wall med", "wall max", "RSS MiB min",
+                        "RSS med", "RSS max"], rows))
+        sd = next((r for r in plan_rows if r["systemd"]), None)
+        if sd:
+            ok_w = sd["wall_ms"]["median"] < 50
+            ok_m = sd["max_rss_mib"]["max"] < 20
+            o.append(f"* = the issue's measure (the no-change plan as an operator on the host "
+                     f"runs it, with systemd).\n  goal < 50 ms wall (median): "
+                     f"{'PASS' if ok_w else 'FAIL'}; < 20 MB (taken as 20 MiB) max RSS (max of runs): "
+                     f"{'PASS' if ok_m else 'FAIL'}")
+        o.append("")
+    if apply_res:
+        o.append("Part 2: apply N new units (wall ms; core-ops timed with CORE_OPS_SETTLE_MS=0 "
+                 "unless noted), interleaved with the shell floor")
+        rows, prow = [], []
+        verdict = []
+        for n, r in apply_res.items():
+            fmed = statistics.median(x["wall"] for x in r["floor"])
+            variants = [
+                ("floor (cp; daemon-reload; enable --now)", [x["wall"] for x in r["floor"]],
+                 None, None),
+                ("core-ops apply, settle 0",
+                 [x["apply"]["wall"] for x in r["coreops_settle0"]],
+                 [x["apply"]["reloads"] for x in r["coreops_settle0"]],
+                 [x["apply"]["jobs"] for x in r["coreops_settle0"]]),
+                ("core-ops no-op re-run, settle 0",
+                 [x["noop"]["wall"] for x in r["coreops_settle0"]],
+                 [x["noop"]["reloads"] for x in r["coreops_settle0"]],
+                 [x["noop"]["jobs"] for x in r["coreops_settle0"]]),
+                ("core-ops apply, default settle (1500)",
+                 [x["apply"]["wall"] for x in r["coreops_default_settle"]],
+                 [x["apply"]["reloads"] for x in r["coreops_default_settle"]],
+                 [x["apply"]["jobs"] for x in r["coreops_default_settle"]]),
+                ("core-ops no-op re-run, default settle",
+                 [x["noop"]["wall"] for x in r["coreops_default_settle"]],
+                 [x["noop"]["reloads"] for x in r["coreops_default_settle"]],
+                 [x["noop"]["jobs"] for x in r["coreops_default_settle"]]),
+            ]
+            for name, walls, rl, jb in variants:
+                s = stats(walls)
+                rows.append([n, name, s["n"], fmt(s["min"]), fmt(s["median"]), fmt(s["max"]),
+                             f"{s['median'] / fmed:.2f}", span(rl or []), span(jb or [])])
+            amed = statistics.median(x["apply"]["wall"] for x in r["coreops_settle0"])
+            nmed = statistics.median(x["noop"]["wall"] for x in r["coreops_settle0"])
+            verdict.append(f"N={n}: apply/floor {amed / fmed:.2f} (goal <= 1.5: "
+                           f"{'PASS' if amed / fmed <= 1.5 else 'FAIL'})")
+            if n == 200:
+                verdict.append(f"no-op re-run of 200 median {nmed:.0f} ms (goal < 100 ms: "
+                               f"{'PASS' if nmed < 100 else 'FAIL'})")
+            # phases
+            def med(xs):
+                xs = list(xs)
+                return f"{statistics.median(xs):.0f} ({min(xs):.0f}-{max(xs):.0f})"
+            c0 = r["coreops_settle0"]
+            names = []
+            for x in c0:
+                for k in [*x["apply"]["phases"], *x["noop"]["phases"]]:
+                    if k not in names:
+                        names.append(k)
+            for k in names:
+                prow.append([n, f"core-ops: {k}",
+                             med(x["apply"]["phases"].get(k, 0) for x in c0),
+                             med(x["noop"]["phases"].get(k, 0) for x in c0)])
+            prow.append([n, "core-ops: outside phases (exec, git, render, observe, plan, records)",
+                         med(x["apply"]["outside_phases"] for x in c0),
+                         med(x["noop"]["outside_phases"] for x in c0)])
+            prow.append([n, "core-ops: wall", med(x["apply"]["wall"] for x in c0),
+                         med(x["noop"]["wall"] for x in c0)])
+            dd = r["coreops_default_settle"][0]
+            prow.append([n, "core-ops, default settle: verify",
+                         f"{dd['apply']['phases'].get('verify', 0):.0f}",
+                         f"{dd['noop']['phases'].get('verify', 0):.0f}"])
+            for k in ("cp", "daemon-reload", "enable --now"):
+                prow.append([n, f"floor: {k}", med(x[k] for x in r["floor"]), ""])
+        o.append(table(["N", "variant", "runs", "min", "median", "max", "/floor", "reloads",
+                        "jobs"], rows))
+        o.append("goals: " + "; ".join(verdict))
+        o.append("")
+        o.append("Part 2 phases, ms: median (min-max) over the runs above (core-ops: the results "
+                 "document's `phases`; floor: $EPOCHREALTIME inside the bed)")
+        o.append(table(["N", "phase", "apply", "no-op re-run"], prow))
+    return "\n".join(o)
+
+
+# ------------------------------------------------------------------------------ main
+def build(retries: int) -> None:
+    for attempt in range(1, retries + 1):
+        log(f"cargo build --release (attempt {attempt})")
+        p = subprocess.run(["cargo", "build", "--release"], cwd=ROOT, capture_output=True,
+                           text=True)
+        if p.returncode == 0 and BIN.exists():
+            return
+        log(f"build failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+        if attempt < retries:
+            log("waiting 60 s (the tree may be mid-edit) and retrying")
+            time.sleep(60)
+    raise BenchError("cargo build --release failed")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print one JSON document, no tables")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--build-retries", type=int, default=3)
+    ap.add_argument("--bed-dir", default="/tmp/cob-bench", help="test bed dir (short, plain)")
+    ap.add_argument("--reps", type=int, default=5, help="apply repetitions per N")
+    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
+                    default=[50, 200], help="comma-separated N for the apply part")
+    ap.add_argument("--plan-runs", type=int, default=15)
+    ap.add_argument("--plan-warmup", type=int, default=2)
+    ap.add_argument("--only", choices=["plan", "apply"], help="run one part only")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        log("must run as root (the systemd test bed needs namespaces and mounts)")
+        return 1
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_term)
+
+    t_start = time.monotonic()
+    bed = Bed(Path(args.bed_dir))
+    try:
+        if not args.no_build:
+            build(args.build_retries)
+        if not BIN.exists():
+            raise BenchError(f"{BIN} missing (run without --no-build)")
+        version = run([str(BIN), "--version"]).stdout.strip()
+        log(f"booting test bed at {bed.dir}")
+        bed.up()
+        try:
+            sd_version = bed.exec("systemctl", "--version").stdout.splitlines()[0]
+            header = {"core_ops": version, "nproc": os.cpu_count(), "kernel": platform.release(),
+                      "systemd": sd_version,
+                      "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+            b = Bench(args, bed)
+            plan_rows = b.part_plan() if args.only in (None, "plan") else []
+            apply_res = b.part_apply() if args.only in (None, "apply") else {}
+        finally:
+            log("stopping test bed")
+            bed.down()
+    except BenchError as e:
+        log(f"FAILED: {e}")
+        return 1
+    except KeyboardInterrupt as e:
+        log(f"interrupted ({e})")
+        return 130
+    header["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    if args.json:
+        json.dump({"kind": "CoreOpsBench", "header": header, "plan": plan_rows,
+                   "apply": {str(k): v for k, v in apply_res.items()}}, sys.stdout, indent=1)
+        print()
+    else:
+        print(report(header, plan_rows, apply_res))
+        print(f"\n(elapsed {header['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
