@@ -56,6 +56,7 @@ struct Fx {
     level: &'static str,
     with_db: bool,
     web_exec: &'static str,
+    env: &'static str,
 }
 
 impl Fx {
@@ -78,7 +79,7 @@ impl Fx {
             ),
             (
                 format!("services/web/files{etc}/{p}/app.env"),
-                b"A=1\n".to_vec(),
+                self.env.as_bytes().to_vec(),
             ),
         ];
         if self.with_db {
@@ -104,6 +105,7 @@ impl World {
             level: "1",
             with_db: true,
             web_exec: "/bin/sleep infinity",
+            env: "A=1\n",
         }
     }
 
@@ -566,5 +568,68 @@ fn sigkill_in_the_write_phase_is_recovered_by_the_next_run() {
         .filter(|f| f.contains(".core-ops-tmp-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+    w.teardown();
+}
+
+#[test]
+fn changed_host_file_restarts_the_service_that_uses_it() {
+    let Some(mut w) = world("hostfile") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let (web, db) = (w.unit("web"), w.unit("db"));
+    let (web_inv, db_inv) = (w.show(&web, "InvocationID"), w.show(&db, "InvocationID"));
+    let mut fx2 = w.fx();
+    fx2.env = "A=2\n";
+    let v2 = w.commit(fx2);
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    // a host file is not a unit file: no reload, one restart
+    assert_eq!(r["calls"]["reloads"], 0, "{r:#}");
+    assert_eq!(r["calls"]["jobs"], 1, "{r:#}");
+    assert_ne!(w.show(&web, "InvocationID"), web_inv);
+    assert_eq!(w.show(&db, "InvocationID"), db_inv);
+    assert_eq!(
+        std::fs::read(w.s.path(&format!("etc/{}/app.env", w.p))).unwrap(),
+        b"A=2\n"
+    );
+    w.teardown();
+}
+
+#[test]
+fn failed_unit_is_drift_and_recovered() {
+    let Some(mut w) = world("recover") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let web = w.unit("web");
+    w.bed.exec_ok(["systemctl", "kill", "--signal=KILL", &web]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.show(&web, "ActiveState") != "failed" {
+        assert!(Instant::now() < deadline, "unit did not fail");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plan: Value =
+        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
+    let a = plan["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == format!("unit:{web}"))
+        .unwrap();
+    assert_eq!(
+        (a["action"].as_str(), a["cause"].as_str()),
+        (Some("recover"), Some("drift"))
+    );
+    assert!(
+        a["reason"].as_str().unwrap().contains("Result=signal"),
+        "{a}"
+    );
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(w.show(&web, "ActiveState"), "active");
+    assert_eq!(w.show(&web, "Result"), "success");
     w.teardown();
 }

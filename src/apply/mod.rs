@@ -616,3 +616,6 @@ fn record(
     journal::clear(&paths.state_dir)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

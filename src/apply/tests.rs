@@ -1,0 +1,197 @@
+//! Apply engine against the in-memory fake: phase order, one reload, outcomes. The same
+//! behaviours run against the real systemd in `tests/apply_bed.rs`.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::pipeline::{ResolvedTarget, plan_desired};
+use crate::render::render;
+use crate::source::{RepoEntry, Revision};
+use crate::systemd::fake::FakeSystemd;
+
+struct Scratch {
+    _dir: tempfile::TempDir,
+    paths: Paths,
+}
+
+fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = format!("{}/etc", root.display());
+    let paths = Paths::new(
+        Some(root.join("units")),
+        Some(root.join("quadlet")),
+        Some(root.join("state")),
+        None,
+        Some(&roots),
+    );
+    Scratch { _dir: dir, paths }
+}
+
+fn desired(s: &Scratch, web_level: &str) -> crate::render::DesiredState {
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    let files: BTreeMap<String, RepoEntry> = [
+        ("hosts/h/host.yaml".to_string(), "services: [web, db]\n".to_string()),
+        (
+            "services/web/web.service".into(),
+            "[Unit]\nAfter=db.service\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n".into(),
+        ),
+        (
+            "services/web/web.service.d/10-level.conf".into(),
+            format!("[Service]\nEnvironment=LEVEL={web_level}\n"),
+        ),
+        (format!("services/web/files{etc}/web.env"), "A=1\n".into()),
+        (
+            "services/db/db.service".into(),
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p, RepoEntry::File { data: c.into_bytes(), executable: false }))
+    .collect();
+    let rev = Revision {
+        commit: web_level.repeat(40),
+        requested_ref: "main".into(),
+    };
+    render(&files, &rev, "h", &s.paths).unwrap()
+}
+
+fn target() -> ResolvedTarget {
+    ResolvedTarget {
+        repo: "repo".into(),
+        requested_ref: "main".into(),
+        host: "h".into(),
+    }
+}
+
+fn opts() -> ApplyOptions {
+    ApplyOptions {
+        settle: Duration::ZERO,
+        ..ApplyOptions::default()
+    }
+}
+
+fn run(s: &Scratch, sd: &FakeSystemd, level: &str) -> ApplyResult {
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(s, level), sd).unwrap();
+    apply(&planned, sd, &s.paths, &opts()).unwrap()
+}
+
+fn fake() -> FakeSystemd {
+    let sd = FakeSystemd::new();
+    sd.install_unit("web.service");
+    sd.install_unit("db.service");
+    sd
+}
+
+#[test]
+fn fresh_apply_reloads_once_then_enables_then_starts_in_dependency_order() {
+    let s = scratch();
+    let sd = fake();
+    let r = run(&s, &sd, "1");
+    assert_eq!(r.outcome, Outcome::Converged, "{r:#?}");
+    assert!(r.last_applied_advanced);
+    assert_eq!(
+        sd.mutating_calls(),
+        vec![
+            "reload",
+            "enable db.service web.service",
+            "start db.service",
+            "start web.service"
+        ]
+    );
+    assert_eq!(r.calls.reloads, 1);
+    assert_eq!(r.calls.jobs, 2);
+    let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["prepare", "write", "reload", "enable", "start", "verify"]
+    );
+    let st = status::load(&s.paths.state_file).unwrap();
+    assert_eq!(st.last_applied.unwrap().revision, "1".repeat(40));
+    assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 1);
+    assert!(!journal::path(&s.paths.state_dir).exists());
+}
+
+#[test]
+fn noop_apply_makes_no_mutating_call_and_no_receipt() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let before = sd.mutating_calls().len();
+    let r = run(&s, &sd, "1");
+    assert_eq!(r.outcome, Outcome::Converged);
+    assert_eq!(r.changed_objects, 0);
+    assert_eq!(sd.mutating_calls().len(), before);
+    assert_eq!((r.calls.reloads, r.calls.jobs), (0, 0));
+    assert!(r.receipt.is_none());
+    assert!(!r.last_applied_advanced);
+}
+
+#[test]
+fn dropin_change_restarts_only_its_unit() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let before = sd.mutating_calls().len();
+    let r = run(&s, &sd, "2");
+    assert_eq!(r.outcome, Outcome::Converged, "{r:#?}");
+    assert_eq!(
+        sd.mutating_calls()[before..],
+        ["reload", "restart web.service"]
+    );
+}
+
+#[test]
+fn formatting_drift_converges_with_tolerated_variance() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let p = s.paths.unit_dir.join("db.service");
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        format!("# reformatted by hand\n\n{}", text.replace('=', " = ")),
+    )
+    .unwrap();
+    let r = run(&s, &sd, "1");
+    assert_eq!(r.outcome, Outcome::ConvergedWithToleratedVariance);
+    assert_eq!(r.calls.jobs, 0);
+}
+
+#[test]
+fn one_failing_unit_is_partially_applied_and_last_applied_stays() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    sd.fail_on_start("web.service");
+    // a new db revision would be fine; web's restart fails
+    let r = run(&s, &sd, "2");
+    // the drop-in was written (it converged), the restart of its unit failed
+    assert_eq!(r.outcome, Outcome::PartiallyApplied, "{r:#?}");
+    assert!(
+        r.diagnostics
+            .iter()
+            .any(|d| d.unit.as_deref() == Some("web.service"))
+    );
+    assert!(!r.last_applied_advanced);
+    let st = status::load(&s.paths.state_file).unwrap();
+    assert_eq!(st.last_applied.unwrap().revision, "1".repeat(40));
+    assert_eq!(st.last_run.unwrap().outcome, "partially_applied");
+}
+
+#[test]
+fn blocked_plan_changes_nothing() {
+    let s = scratch();
+    let sd = fake();
+    std::fs::create_dir_all(&s.paths.unit_dir).unwrap();
+    std::fs::write(
+        s.paths.unit_dir.join("db.service"),
+        "[Service]\nExecStart=/bin/other\n",
+    )
+    .unwrap();
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "1"), &sd).unwrap();
+    let err = apply(&planned, &sd, &s.paths, &opts()).unwrap_err();
+    assert!(err.to_string().contains("blocked"), "{err}");
+    assert!(sd.mutating_calls().is_empty());
+    assert!(!s.paths.unit_dir.join("web.service").exists());
+}
