@@ -406,7 +406,9 @@ def table(headers, rows, left=("variant", "phase")) -> str:
 
 def report(header: dict, plan_rows, apply_res) -> str:
     o = [f"core-ops bench: {header['core_ops']} | nproc {header['nproc']} | kernel "
-         f"{header['kernel']} | {header['systemd']} (test bed) | load {header['loadavg']}", ""]
+         f"{header['kernel']} | {header['systemd']} (test bed) | bed dir {header['bed_dir']} "
+         f"({header['bed_dir_fs']}) | load at start {header['loadavg']}, at end "
+         f"{header['loadavg_end']}", ""]
     if plan_rows:
         o.append("Part 1: no-change `core-ops plan` of 200 services (400 objects), "
                  f"{plan_rows[0]['wall_ms']['n']} runs after warm-ups")
@@ -549,7 +551,9 @@ def main() -> int:
         bed.up()
         try:
             sd_version = bed.exec("systemctl", "--version").stdout.splitlines()[0]
+            fs = run(["stat", "-f", "-c", "%T", str(bed.dir)]).stdout.strip()
             header = {"core_ops": version, "nproc": os.cpu_count(), "kernel": platform.release(),
+                      "bed_dir": str(bed.dir), "bed_dir_fs": fs,
                       "systemd": sd_version,
                       "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
             b = Bench(args, bed)
@@ -565,6 +569,7 @@ def main() -> int:
         log(f"interrupted ({e})")
         return 130
     header["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    header["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     if args.json:
         json.dump({"kind": "CoreOpsBench", "header": header, "plan": plan_rows,
                    "apply": {str(k): v for k, v in apply_res.items()}}, sys.stdout, indent=1)

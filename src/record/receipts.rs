@@ -75,13 +75,10 @@ pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Append a receipt: fills sequence, id and the previous digest, writes atomically.
-pub fn append(
-    state_dir: &Path,
-    mut receipt: ReconcileReceipt,
-) -> Result<(PathBuf, ReconcileReceipt)> {
+/// The previous receipt's sequence number and sha256, if any.
+fn last_link(state_dir: &Path) -> Result<(u64, Option<String>)> {
     let existing = list(state_dir)?;
-    let (sequence, prev) = match existing.last() {
+    match existing.last() {
         Some(p) => {
             let bytes =
                 std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
@@ -90,18 +87,57 @@ pub fn append(
                 .and_then(|s| s.to_string_lossy().split('-').next().map(str::to_string))
                 .and_then(|s| s.parse::<u64>().ok())
                 .unwrap_or(existing.len() as u64);
-            (seq + 1, Some(sha256_hex(&bytes)))
+            Ok((seq, Some(sha256_hex(&bytes))))
         }
-        None => (1, None),
-    };
-    receipt.sequence = sequence;
-    receipt.id = format!("urn:srcos:receipt:reconcile:{}:{sequence}", receipt.host);
-    receipt.previous_receipt_digest = prev;
-    let path = receipts_dir(state_dir).join(format!("{sequence:08}-reconcile.json"));
-    let mut bytes = serde_json::to_vec_pretty(&receipt).expect("receipt serializes");
+        None => Ok((0, None)),
+    }
+}
+
+/// Append any receipt document to the chain. `build(sequence, previous_digest)` returns the
+/// document; `kind` names the file (`00000007-<kind>.json`). The document must carry the
+/// previous digest where [`chain_link`] finds it. Written atomically.
+pub fn append_document(
+    state_dir: &Path,
+    kind: &str,
+    build: impl FnOnce(u64, Option<String>) -> serde_json::Value,
+) -> Result<(PathBuf, serde_json::Value)> {
+    let (last, prev) = last_link(state_dir)?;
+    let sequence = last + 1;
+    let doc = build(sequence, prev);
+    let path = receipts_dir(state_dir).join(format!("{sequence:08}-{kind}.json"));
+    let mut bytes = serde_json::to_vec_pretty(&doc).expect("receipt serializes");
     bytes.push(b'\n');
     fsutil::write_atomic(&path, &bytes, None)?;
-    Ok((path, receipt))
+    Ok((path, doc))
+}
+
+/// Append a reconcile receipt: fills sequence, id and the previous digest.
+pub fn append(state_dir: &Path, receipt: ReconcileReceipt) -> Result<(PathBuf, ReconcileReceipt)> {
+    let (path, doc) = append_document(state_dir, "reconcile", |sequence, prev| {
+        let mut r = receipt;
+        r.sequence = sequence;
+        r.id = format!("urn:srcos:receipt:reconcile:{}:{sequence}", r.host);
+        r.previous_receipt_digest = prev;
+        serde_json::to_value(r).expect("receipt serializes")
+    })?;
+    Ok((path, serde_json::from_value(doc).expect("round trip")))
+}
+
+/// Prefix of the chain link in documents whose schema has no field of ours (e.g. SourceOS
+/// `RuntimeInstallReceipt`): the first `causalRefs` entry starting with it.
+pub const CAUSAL_PREVIOUS_PREFIX: &str = "urn:srcos:receipt-digest:previous:";
+
+/// The previous-receipt digest a document carries: `previous_receipt_digest`, or a
+/// `causalRefs` entry `urn:srcos:receipt-digest:previous:sha256:<hex>`.
+pub fn chain_link(doc: &serde_json::Value) -> Option<String> {
+    if let Some(d) = doc.get("previous_receipt_digest") {
+        return d.as_str().map(str::to_string);
+    }
+    doc.get("causalRefs")?
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .find_map(|s| s.strip_prefix(CAUSAL_PREVIOUS_PREFIX).map(str::to_string))
 }
 
 /// Check that every receipt names the digest of the one before it; returns the count.
@@ -112,10 +148,7 @@ pub fn verify_chain(state_dir: &Path) -> Result<usize> {
         let bytes = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Config(format!("{}: not JSON: {e}", p.display())))?;
-        let recorded = v
-            .get("previous_receipt_digest")
-            .and_then(|d| d.as_str())
-            .map(str::to_string);
+        let recorded = chain_link(&v);
         if recorded != prev {
             return Err(Error::Config(format!(
                 "{}: chain broken (expects previous digest {:?}, found {:?})",
