@@ -134,6 +134,21 @@ pub fn plan_revision(
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
+/// Render, observe and plan one fixed commit (rollback), showing `requested_ref` as the ref
+/// it was once applied as.
+pub fn plan_pinned(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    commit: &str,
+    requested_ref: &str,
+    units_source: &dyn UnitStateSource,
+) -> Result<Planned> {
+    let (source, mut revision, snapshot) = read_revision(paths, &target.repo, commit)?;
+    revision.requested_ref = requested_ref.to_string();
+    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    plan_desired(paths, target, source.location(), desired, units_source)
+}
+
 /// Observe and plan an already rendered desired state.
 pub fn plan_desired(
     paths: &Paths,

@@ -3,7 +3,7 @@
 //! `RemainAfterExit=` must have succeeded), and must not be restarting during the settle
 //! window (NRestarts and InvocationID stable), not merely "not failed".
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,14 +88,22 @@ fn oneshot_done(effective: &str, st: &UnitStatus) -> bool {
 
 /// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
 /// flags units whose restart counter or invocation changed in between.
+///
+/// `reported_only` are objects whose drift policy is `report` and that the plan left alone:
+/// they are not judged (their drift is a finding, not a failure).
 pub fn verify(
     desired: &DesiredState,
     removed: &[Removed],
     systemd: &dyn Systemd,
     settle: Duration,
+    reported_only: &BTreeSet<String>,
 ) -> Result<Verification, crate::systemd::SystemdError> {
     let mut diagnostics = Vec::new();
-    for r in desired.resources.values() {
+    for r in desired
+        .resources
+        .values()
+        .filter(|r| !reported_only.contains(&r.id))
+    {
         match observe_file(r.kind, &r.path) {
             ObservedFile::File { digest, .. } if digest == r.digest => {}
             other => diagnostics.push(Diagnostic {

@@ -8,182 +8,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bed::{Bed, bed, prefix};
-use common::cli::{Scratch, stderr, stdout, tree};
-use core_ops::testkit::RepoBuilder;
+use common::cli::{stderr, stdout, tree};
+use common::world::world;
 use serde_json::Value;
-
-struct World {
-    bed: &'static Bed,
-    s: Scratch,
-    p: String,
-    repo: RepoBuilder,
-}
-
-fn world(test: &str) -> Option<World> {
-    let bed = bed()?;
-    let dir = tempfile::Builder::new()
-        .prefix("t-")
-        .tempdir_in(&bed.dir)
-        .expect("scratch under the bed dir");
-    let mut s = Scratch::in_dir(dir);
-    for (k, v) in s.env.iter_mut() {
-        if k == "CORE_OPS_SYSTEMD_UNIT_DIR" {
-            *v = bed.unit_dir.display().to_string();
-        }
-    }
-    s.env
-        .push(("CORE_OPS_SYSTEMD_ADDRESS".into(), bed.address.clone()));
-    s.env.push(("CORE_OPS_SETTLE_MS".into(), "300".into()));
-    s.env.push(("CORE_OPS_JOB_TIMEOUT".into(), "30".into()));
-    let repo = RepoBuilder::init(&s.path("repo")).expect("repo");
-    Some(World {
-        bed,
-        s,
-        p: prefix(test),
-        repo,
-    })
-}
-
-/// The files of one revision of a small two-service repository.
-struct Fx {
-    p: String,
-    etc: PathBuf,
-    level: &'static str,
-    with_db: bool,
-    web_exec: &'static str,
-    env: &'static str,
-}
-
-impl Fx {
-    fn files(&self) -> Vec<(String, Vec<u8>)> {
-        let p = &self.p;
-        let etc = self.etc.display();
-        let mut services = vec!["web"];
-        let mut v: Vec<(String, Vec<u8>)> = vec![
-            (
-                format!("services/web/{p}-web.service"),
-                format!(
-                    "[Unit]\nDescription=core-ops test web\nAfter={p}-db.service\n\n[Service]\nEnvironmentFile={etc}/{p}/app.env\nExecStart={}\n\n[Install]\nWantedBy=multi-user.target\n",
-                    self.web_exec
-                )
-                .into_bytes(),
-            ),
-            (
-                format!("services/web/{p}-web.service.d/10-level.conf"),
-                format!("[Service]\nEnvironment=LEVEL={}\n", self.level).into_bytes(),
-            ),
-            (
-                format!("services/web/files{etc}/{p}/app.env"),
-                self.env.as_bytes().to_vec(),
-            ),
-        ];
-        if self.with_db {
-            services.push("db");
-            v.push((
-                format!("services/db/{p}-db.service"),
-                b"[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n\n[Install]\nWantedBy=multi-user.target\n".to_vec(),
-            ));
-        }
-        v.push((
-            "hosts/h/host.yaml".into(),
-            format!("services: [{}]\n", services.join(", ")).into_bytes(),
-        ));
-        v
-    }
-}
-
-impl World {
-    fn fx(&self) -> Fx {
-        Fx {
-            p: self.p.clone(),
-            etc: self.s.path("etc"),
-            level: "1",
-            with_db: true,
-            web_exec: "/bin/sleep infinity",
-            env: "A=1\n",
-        }
-    }
-
-    fn commit(&mut self, fx: Fx) -> String {
-        let files = fx.files();
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_slice()))
-            .collect();
-        self.repo.commit_files(&refs, "rev").expect("commit")
-    }
-
-    fn repo_arg(&self) -> String {
-        self.s.path("repo").display().to_string()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let repo = self.repo_arg();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--repo", &repo, "--host", "h"]);
-        self.s.run(&full)
-    }
-
-    /// `apply --json` at a revision; returns the exit code and the results document.
-    fn apply(&self, rev: &str, extra: &[&str]) -> (i32, Value) {
-        let mut args = vec!["--json", "apply", "--rev", rev];
-        args.extend(extra);
-        let o = self.run(&args);
-        let code = o.status.code().unwrap_or(-1);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
-            panic!(
-                "apply printed no JSON (exit {code}):\n{}\n{}",
-                stdout(&o),
-                stderr(&o)
-            )
-        });
-        (code, v)
-    }
-
-    fn unit(&self, name: &str) -> String {
-        format!("{}-{name}.service", self.p)
-    }
-
-    /// `systemctl show` inside the bed: an independent reading of what core-ops did.
-    fn show(&self, unit: &str, prop: &str) -> String {
-        self.bed
-            .exec_ok(["systemctl", "show", "--value", "-p", prop, unit])
-            .trim()
-            .to_string()
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_slice(
-            &std::fs::read(self.s.path("state/status.json")).expect("status.json"),
-        )
-        .expect("status JSON")
-    }
-
-    fn receipts(&self) -> Vec<Value> {
-        tree(&self.s.path("state/receipts"))
-            .iter()
-            .map(|f| {
-                serde_json::from_slice(
-                    &std::fs::read(self.s.path("state/receipts").join(f)).unwrap(),
-                )
-                .unwrap()
-            })
-            .collect()
-    }
-
-    /// Prune everything this test created (through core-ops itself).
-    fn teardown(&mut self) {
-        let files = [("hosts/h/host.yaml", b"services: []\n".as_slice())];
-        let sha = self.repo.commit_files(&files, "empty").unwrap();
-        let (code, v) = self.apply(&sha, &[]);
-        assert_eq!(code, 0, "teardown apply: {v}");
-    }
-}
 
 #[test]
 fn create_then_noop_then_update_restarts_only_what_changed() {
@@ -358,6 +188,8 @@ fn failing_unit_fails_and_last_applied_does_not_move() {
     assert_eq!(w.apply(&v1, &[]).0, 0);
     let mut bad = w.fx();
     bad.web_exec = "/bin/false";
+    // no automatic rollback here: this test is about the failed apply itself
+    bad.host_extra = "policy:\n  auto_rollback: false\n";
     let v2 = w.commit(bad);
     let (code, r) = w.apply(&v2, &[]);
     assert_eq!(code, 3, "{r:#}");

@@ -27,6 +27,22 @@ use crate::record::time::now_rfc3339;
 use crate::systemd::{CallCounts, JobKind, JobResult, Systemd};
 use crate::verify::{self, Diagnostic, Outcome, Removed};
 
+/// Why an apply runs; it names the receipt transition and the recorded outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ApplyKind {
+    /// Towards the desired revision (or repairing drift).
+    #[default]
+    Forward,
+    /// Operator-requested `--rollback-to`.
+    Rollback,
+    /// Health-gated automatic rollback to the last converged revision; the reason says
+    /// what failed.
+    AutoRollback {
+        /// What failed in the forward apply.
+        reason: String,
+    },
+}
+
 /// Knobs of one apply.
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -38,6 +54,8 @@ pub struct ApplyOptions {
     pub record_status: bool,
     /// Repository as shown (for status.json).
     pub repo: String,
+    /// Forward, rollback or automatic rollback.
+    pub kind: ApplyKind,
 }
 
 impl Default for ApplyOptions {
@@ -47,6 +65,7 @@ impl Default for ApplyOptions {
             settle: Duration::from_millis(1500),
             record_status: true,
             repo: String::new(),
+            kind: ApplyKind::Forward,
         }
     }
 }
@@ -103,6 +122,29 @@ pub struct ApplyResult {
     /// Id of the receipt written (none for a no-op run).
     pub receipt: Option<String>,
     /// Path of this document.
+    pub results_path: Option<String>,
+    /// The automatic rollback that followed a failed apply (set by the reconcile run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackSummary>,
+    /// The quarantine this run caused or ran into (set by the reconcile run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::record::control::Quarantine>,
+}
+
+/// What an automatic rollback did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RollbackSummary {
+    /// Revision rolled back to (the last converged one).
+    pub to_revision: String,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// Why it ran.
+    pub reason: String,
+    /// ms from the failed verification to the old revision verified again.
+    pub duration_ms: u64,
+    /// Its receipt.
+    pub receipt: Option<String>,
+    /// Its results document.
     pub results_path: Option<String>,
 }
 
@@ -216,6 +258,7 @@ pub fn apply(
         .collect();
 
     // stop: removed units (already in reverse dependency order) and mounts being replaced
+    let mut stop_failed: BTreeSet<String> = BTreeSet::new();
     let stop_jobs: Vec<(JobKind, String)> = changed
         .iter()
         .filter(|a| {
@@ -240,20 +283,24 @@ pub fn apply(
                     .find(|a| a.unit.as_deref() == Some(&job.1))
                     .map(|a| a.id.clone())
                     .unwrap_or_default();
+                let what = if job.1.ends_with(".mount") {
+                    "the mount is busy or cannot be unmounted cleanly; it is left mounted and its unit file kept"
+                } else {
+                    "it is left in place"
+                };
                 diagnostics.push(diag(
                     &id,
                     Some(&job.1),
-                    format!(
-                        "stop failed: {:?} (a busy mount cannot be removed cleanly)",
-                        res.outcome
-                    ),
+                    format!("stop failed ({:?}): {what}", res.outcome),
                 ));
+                stop_failed.insert(id);
             }
         }
         jobs_done.extend(results);
     }
     let to_disable: Vec<String> = deletes
         .iter()
+        .filter(|a| !stop_failed.contains(&a.id))
         .filter(|a| {
             last.and_then(|l| l.resources.get(&a.id))
                 .is_some_and(|r| r.enabled)
@@ -343,6 +390,7 @@ pub fn apply(
                         failpoint_pause_after_writes(written);
                         unit_files_changed |= r.kind.is_ini();
                     }
+                    Action::Delete if stop_failed.contains(&a.id) => {}
                     Action::Delete => {
                         let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
                         fsutil::remove_synced(&path)?;
@@ -467,8 +515,14 @@ pub fn apply(
     } else {
         Duration::ZERO
     };
+    let reported_only: BTreeSet<String> = plan
+        .actions
+        .iter()
+        .filter(|a| a.action == Action::NoOp && a.cause == crate::plan::Cause::Drift)
+        .map(|a| a.id.clone())
+        .collect();
     let verification = phases.run("verify", || {
-        let r = verify::verify(desired, &removed, systemd, settle);
+        let r = verify::verify(desired, &removed, systemd, settle, &reported_only);
         (r, format!("settle {} ms", settle.as_millis()))
     })?;
     diagnostics.extend(verification.diagnostics);
@@ -521,6 +575,8 @@ pub fn apply(
         changed_objects: changed.len(),
         receipt: None,
         results_path: None,
+        rollback: None,
+        quarantine: None,
     };
     record(planned, paths, opts, &mut result)?;
     Ok(result)
@@ -547,10 +603,16 @@ fn record(
         bytes.push(b'\n');
         let results_digest = sha256_hex(&bytes);
         fsutil::write_atomic(&path, &bytes, None)?;
-        let transition = match result.outcome {
-            Outcome::Converged | Outcome::ConvergedWithToleratedVariance => "applied",
-            Outcome::PartiallyApplied => "partial",
-            Outcome::Failed => "failed",
+        let transition = match (&opts.kind, result.outcome.is_converged()) {
+            (ApplyKind::Forward, true) => "applied",
+            (ApplyKind::Rollback, true) => "rollback",
+            (ApplyKind::AutoRollback { .. }, true) => "rolled_back",
+            (_, false) if result.outcome == Outcome::PartiallyApplied => "partial",
+            (_, false) => "failed",
+        };
+        let reason = match &opts.kind {
+            ApplyKind::AutoRollback { reason } => Some(reason.clone()),
+            _ => None,
         };
         let (_, receipt) = receipts::append(
             &paths.state_dir,
@@ -571,6 +633,7 @@ fn record(
                 core_ops: Provenance::current(),
                 recorded_at: result.finished_at.clone(),
                 previous_receipt_digest: None,
+                reason,
             },
         )?;
         result.receipt = Some(receipt.id);
@@ -588,18 +651,26 @@ fn record(
             requested_ref: desired.revision.requested_ref.clone(),
             revision: desired.revision.commit.clone(),
         });
+        let (outcome, mut diagnostics) = match (&opts.kind, result.outcome.is_converged()) {
+            (ApplyKind::AutoRollback { reason }, true) => {
+                ("rolled_back".to_string(), vec![reason.clone()])
+            }
+            _ => (result.outcome.as_str().to_string(), Vec::new()),
+        };
+        diagnostics.extend(
+            result
+                .diagnostics
+                .iter()
+                .map(|d| format!("{}: {}", d.id, d.problem)),
+        );
         snap.last_run = Some(RunRecord {
             started_at: result.started_at.clone(),
             finished_at: result.finished_at.clone(),
-            outcome: result.outcome.as_str().into(),
+            outcome,
             desired_revision: result.desired_revision.clone(),
             requested_ref: result.requested_ref.clone(),
             intent_checksum: result.intent_checksum.clone(),
-            diagnostics: result
-                .diagnostics
-                .iter()
-                .map(|d| format!("{}: {}", d.id, d.problem))
-                .collect(),
+            diagnostics,
         });
         if result.last_applied_advanced {
             snap.last_applied = Some(status::last_applied_from(desired, &result.finished_at));

@@ -85,8 +85,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
         /// Apply without reading or writing status.json (escape hatch).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rollback_to")]
         force_no_state: bool,
+        /// Roll back to a revision this host applied before (sha, prefix, or the ref it was
+        /// applied as), with the same planner and ordering.
+        #[arg(long, value_name = "REV", conflicts_with = "plan")]
+        rollback_to: Option<String>,
+        /// With --rollback-to: print the rollback plan and change nothing.
+        #[arg(long, requires = "rollback_to")]
+        rollback_plan_only: bool,
         /// Seconds to wait for each systemd job.
         #[command(flatten)]
         tuning: ApplyTuning,
@@ -99,6 +106,12 @@ pub enum Command {
         /// Job timeout and settle window.
         #[command(flatten)]
         tuning: ApplyTuning,
+    },
+    /// Lift the quarantine of a non-converging desired revision after operator review.
+    Resume {
+        /// Host name (default: /etc/hostname); for the message only.
+        #[arg(long, env = "CORE_OPS_HOST", value_name = "HOST")]
+        host: Option<String>,
     },
     /// Show the persisted status snapshot (or why there is none).
     Status,

@@ -7,19 +7,21 @@ pub mod output;
 use std::io::Write;
 use std::path::Path;
 
-use args::{Cli, Command, TargetArgs};
+use args::{ApplyTuning, Cli, Command, TargetArgs};
 
 use std::time::Duration;
 
-use crate::apply::{self, ApplyOptions, ApplyResult};
+use crate::apply::{ApplyKind, ApplyOptions};
 use crate::config::Paths;
 use crate::error::Error;
 use crate::explain;
 use crate::fsutil;
 use crate::lock::StateLock;
 use crate::observe::{NoSystemd, UnitStateSource};
-use crate::pipeline::{self, TargetOptions};
+use crate::pipeline::{self, ResolvedTarget, TargetOptions};
 use crate::plan;
+use crate::reconcile;
+use crate::record::control;
 use crate::record::{status, target};
 use crate::source::Source;
 use crate::systemd::dbus::DbusSystemd;
@@ -37,6 +39,9 @@ pub enum ExitStatus {
     /// 3: `apply`/`agent`: the host did not converge (failed, partially applied, rolled
     /// back); `last_applied` was not advanced.
     NotConverged = 3,
+    /// 4: `apply`/`agent`: the desired revision is quarantined (non_converging or
+    /// oscillating); nothing was done. A new desired revision or `core-ops resume` lifts it.
+    Quarantined = 4,
     /// 75 (EX_TEMPFAIL): another core-ops run holds the lock; try again later.
     Locked = 75,
 }
@@ -136,12 +141,71 @@ fn check_not_stale(saved: &plan::Plan, fresh: &plan::Plan, file: &str) -> Result
     }
 }
 
-fn print_apply(cli: &Cli, plan: &plan::Plan, result: &ApplyResult) {
-    if cli.json {
-        print_json(result);
-        return;
+fn apply_options(tuning: &ApplyTuning, record_status: bool, t: &ResolvedTarget) -> ApplyOptions {
+    ApplyOptions {
+        job_timeout: Duration::from_secs(tuning.job_timeout),
+        settle: Duration::from_millis(tuning.settle_ms),
+        record_status,
+        repo: t.repo.clone(),
+        kind: ApplyKind::Forward,
     }
-    print_text(&output::apply_text(plan, result, cli.verbose > 0));
+}
+
+/// Print a run: the apply result when an apply ran, otherwise what happened instead.
+fn print_run(cli: &Cli, report: &reconcile::RunReport) {
+    let plan = &report.planned.plan;
+    let rev = &report.planned.desired.revision;
+    match (&report.result, report.outcome) {
+        (Some(result), _) => {
+            if cli.json {
+                print_json(result);
+            } else {
+                print_text(&output::apply_text(plan, result, cli.verbose > 0));
+            }
+        }
+        (None, reconcile::RunOutcome::PlanOnly) => {
+            if cli.json {
+                print_text(&String::from_utf8_lossy(&plan::to_json_bytes(plan)));
+            } else {
+                print_text(&output::plan_text(plan, cli.verbose > 0));
+            }
+        }
+        (None, outcome) => {
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "kind": "CoreOpsRun",
+                    "outcome": outcome,
+                    "desired_revision": rev.commit,
+                    "requested_ref": rev.requested_ref,
+                    "intent_checksum": plan.checksum,
+                    "quarantine": report.quarantine,
+                }));
+            } else if let Some(q) = &report.quarantine {
+                print_text(&format!(
+                    "not applied: {} is quarantined since {} ({} after {} attempts: {}); review, then run core-ops resume\n",
+                    output::revision_label(&q.revision, &q.requested_ref),
+                    q.since,
+                    q.reason,
+                    q.attempts,
+                    q.objects.join(", ")
+                ));
+            } else {
+                print_text(&format!(
+                    "no changes: host {} matches {}\n",
+                    report.planned.desired.host,
+                    output::revision_label(&rev.commit, &rev.requested_ref)
+                ));
+            }
+        }
+    }
+    if let Some(l) = &report.lifted
+        && !cli.json
+    {
+        print_text(&format!(
+            "quarantine of {} lifted: the desired revision moved on\n",
+            output::revision_label(&l.revision, &l.requested_ref)
+        ));
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -212,6 +276,8 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             target,
             plan: plan_file,
             force_no_state,
+            rollback_to,
+            rollback_plan_only,
             tuning,
         } => {
             let _lock = StateLock::acquire(&paths.state_dir)?;
@@ -233,82 +299,105 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                 paths.state_file = paths.state_dir.join(".force-no-state-unused.json");
             }
             let t = pipeline::resolve_target(&paths, &opts)?;
-            let mut planned = pipeline::plan_revision(&paths, &t, &systemd)?;
-            if let Some(saved) = &saved {
-                check_not_stale(saved, &planned.plan, &f_display(plan_file))?;
-                planned.desired.revision.requested_ref = saved.base.requested_ref.clone();
-            }
-            let result = apply::apply(
-                &planned,
-                &systemd,
+            let mode = match rollback_to {
+                Some(rev) => reconcile::Mode::RollbackTo(rev.clone()),
+                None => reconcile::Mode::Forward,
+            };
+            let file = f_display(plan_file);
+            let check = |fresh: &plan::Plan| match &saved {
+                Some(saved) => check_not_stale(saved, fresh, &file),
+                None => Ok(()),
+            };
+            let mut report = reconcile::run(
                 &paths,
-                &ApplyOptions {
-                    job_timeout: Duration::from_secs(tuning.job_timeout),
-                    settle: Duration::from_millis(tuning.settle_ms),
-                    record_status: !force_no_state,
-                    repo: t.repo.clone(),
+                reconcile::Request {
+                    target: &t,
+                    mode,
+                    opts: apply_options(tuning, !force_no_state, &t),
+                    agent: false,
+                    plan_only: *rollback_plan_only,
+                    check: &check,
                 },
+                &systemd,
             )?;
-            print_apply(cli, &planned.plan, &result);
-            Ok(if result.outcome.is_converged() {
-                ExitStatus::Ok
-            } else {
-                ExitStatus::NotConverged
+            if let Some(saved) = &saved {
+                report.planned.desired.revision.requested_ref = saved.base.requested_ref.clone();
+            }
+            print_run(cli, &report);
+            Ok(match report.outcome {
+                reconcile::RunOutcome::PlanOnly
+                | reconcile::RunOutcome::Converged
+                | reconcile::RunOutcome::NoChanges => ExitStatus::Ok,
+                reconcile::RunOutcome::Quarantined => ExitStatus::Quarantined,
+                _ => ExitStatus::NotConverged,
             })
         }
         Command::Agent { target, tuning } => {
             let _lock = StateLock::acquire(&paths.state_dir)?;
             let systemd = connect_systemd(cli)?;
             let t = pipeline::resolve_target(&paths, &target_opts(target))?;
-            let planned = pipeline::plan_revision(&paths, &t, &systemd)?;
-            if !planned.plan.has_changes() {
-                tracing::info!(revision = %planned.desired.revision.commit, "no changes");
-                if cli.json {
-                    print_json(&serde_json::json!({
-                        "kind": "CoreOpsAgentRun",
-                        "changes": false,
-                        "desired_revision": planned.desired.revision.commit,
-                        "requested_ref": planned.desired.revision.requested_ref,
-                        "intent_checksum": planned.plan.checksum,
-                    }));
-                } else {
-                    print_text(&format!(
-                        "no changes: host {} matches {}\n",
-                        t.host,
-                        output::revision_label(
-                            &planned.desired.revision.commit,
-                            &planned.desired.revision.requested_ref
-                        )
-                    ));
-                }
-                return Ok(ExitStatus::Ok);
-            }
-            if planned.plan.is_blocked() {
-                print_text(&output::plan_text(&planned.plan, false));
-            }
-            let result = apply::apply(
-                &planned,
-                &systemd,
+            let report = reconcile::run(
                 &paths,
-                &ApplyOptions {
-                    job_timeout: Duration::from_secs(tuning.job_timeout),
-                    settle: Duration::from_millis(tuning.settle_ms),
-                    record_status: true,
-                    repo: t.repo.clone(),
+                reconcile::Request {
+                    target: &t,
+                    mode: reconcile::Mode::Forward,
+                    opts: apply_options(tuning, true, &t),
+                    agent: true,
+                    plan_only: false,
+                    check: &|_| Ok(()),
                 },
+                &systemd,
             )?;
-            print_apply(cli, &planned.plan, &result);
-            Ok(if result.outcome.is_converged() {
-                ExitStatus::Changes
-            } else {
-                ExitStatus::NotConverged
+            print_run(cli, &report);
+            Ok(match report.outcome {
+                reconcile::RunOutcome::NoChanges | reconcile::RunOutcome::PlanOnly => {
+                    ExitStatus::Ok
+                }
+                reconcile::RunOutcome::Converged => ExitStatus::Changes,
+                reconcile::RunOutcome::Quarantined => ExitStatus::Quarantined,
+                _ => ExitStatus::NotConverged,
             })
+        }
+        Command::Resume { host } => {
+            let _lock = StateLock::acquire(&paths.state_dir)?;
+            let mut ctl = control::load(&paths.state_dir)?;
+            let lifted = ctl.resume();
+            control::save(&paths.state_dir, &ctl)?;
+            let host = match host {
+                Some(h) => h.clone(),
+                None => pipeline::default_host()?,
+            };
+            if cli.json {
+                print_json(&serde_json::json!({
+                    "kind": "CoreOpsResume",
+                    "host": host,
+                    "lifted": lifted,
+                }));
+            } else {
+                match &lifted {
+                    Some(q) => print_text(&format!(
+                        "quarantine of {} lifted on {host} ({} after {} attempts: {}); the next run applies it again\n",
+                        output::revision_label(&q.revision, &q.requested_ref),
+                        q.reason,
+                        q.attempts,
+                        q.objects.join(", ")
+                    )),
+                    None => print_text(&format!("no quarantine on {host}; nothing to resume\n")),
+                }
+            }
+            Ok(ExitStatus::Ok)
         }
         Command::Status => {
             let snap = status::load(&paths.state_file);
             let t = target::load(&paths.target_file()).ok().flatten();
+            let ctl = control::load(&paths.state_dir);
+            let convergence = match &ctl {
+                Ok(c) if c.quarantine.is_some() => "non_converging",
+                Ok(_) => "ok",
+                Err(_) => "unknown",
+            };
             if cli.json {
-                let view = match &snap {
+                let mut view = match &snap {
                     Ok(s) => serde_json::json!({
                         "state": "present",
                         "state_file": paths.state_file.display().to_string(),
@@ -323,13 +412,34 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                         "message": a.to_string(),
                     }),
                 };
+                view["convergence"] = serde_json::json!(convergence);
+                view["control"] = match &ctl {
+                    Ok(c) => serde_json::to_value(c).expect("control serializes"),
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                };
                 print_json(&view);
             } else {
-                print_text(&output::status_text(
+                let mut text = output::status_text(
                     &paths.state_file.display().to_string(),
                     snap.as_ref(),
                     t.as_ref(),
-                ));
+                );
+                match &ctl {
+                    Ok(c) => {
+                        if let Some(q) = &c.quarantine {
+                            text.push_str(&format!(
+                                "state      non_converging: {} quarantined since {} ({} after {} attempts)\n  objects: {}\n  the agent will not apply it again until a new desired revision or `core-ops resume`\n",
+                                output::revision_label(&q.revision, &q.requested_ref),
+                                q.since,
+                                q.reason,
+                                q.attempts,
+                                q.objects.join(", ")
+                            ));
+                        }
+                    }
+                    Err(e) => text.push_str(&format!("control    unreadable: {e}\n")),
+                }
+                print_text(&text);
             }
             Ok(ExitStatus::Ok)
         }

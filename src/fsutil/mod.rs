@@ -104,14 +104,21 @@ pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Remove temp files a killed run left in a directory (only ours, by prefix).
+/// Remove temp files a killed run left in a directory: only ours (by prefix) and only those
+/// whose writer (the pid at the end of the name) is gone, so a concurrent writer sharing the
+/// directory is never disturbed.
 pub fn clean_temp_files(dir: &Path) -> Result<usize> {
     let Ok(rd) = fs::read_dir(dir) else {
         return Ok(0);
     };
     let mut n = 0;
     for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let writer_alive = name
+            .rsplit_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if name.starts_with(TEMP_PREFIX) && !writer_alive {
             fs::remove_file(e.path())
                 .map_err(|err| Error::io(format!("remove {}", e.path().display()), err))?;
             n += 1;
@@ -202,9 +209,15 @@ mod tests {
     #[test]
     fn cleans_only_its_own_temp_files() {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join(format!("{TEMP_PREFIX}x-1")), b"half").unwrap();
+        // a dead writer's leftover (pid 0 is never a process) goes, a live writer's stays
+        fs::write(d.path().join(format!("{TEMP_PREFIX}x-0")), b"half").unwrap();
+        let live = d
+            .path()
+            .join(format!("{TEMP_PREFIX}y-{}", std::process::id()));
+        fs::write(&live, b"being written").unwrap();
         fs::write(d.path().join("keep"), b"mine").unwrap();
         assert_eq!(clean_temp_files(d.path()).unwrap(), 1);
         assert!(d.path().join("keep").exists());
+        assert!(live.exists());
     }
 }

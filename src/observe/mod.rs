@@ -144,6 +144,13 @@ impl<T: Systemd + ?Sized> UnitStateSource for T {
     }
 }
 
+/// A `&dyn Systemd` observes units too (what `apply` and `agent` hold).
+impl UnitStateSource for &dyn Systemd {
+    fn observe_units(&self, names: &[String]) -> UnitObservation {
+        (**self).observe_units(names)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,6 +406,35 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         }
     }
 
+    // 2b. objects marked `drift: report` are reported, not repaired; mountpoints that must
+    // exist already are checked before anything is touched
+    for r in desired.resources.values() {
+        let a = actions.get_mut(&r.id).expect("inserted above");
+        if a.cause == Cause::Drift
+            && r.drift == crate::render::yaml::DriftPolicy::Report
+            && a.action != Action::NoOp
+        {
+            a.reason = format!(
+                "drift reported only (drift: report): {} (would {})",
+                a.reason,
+                a.action.as_str()
+            );
+            a.action = Action::NoOp;
+        }
+        if let Some(m) = r.unit.as_ref().and_then(|u| u.mount.as_ref())
+            && !m.create_mountpoint
+            && matches!(a.action, Action::Create | Action::Update | Action::Replace)
+            && !Path::new(&m.where_).is_dir()
+        {
+            a.action = Action::Blocked;
+            a.cause = Cause::MissingPrerequisite;
+            a.reason = format!(
+                "mountpoint missing and CreateMountpoint=false: {}",
+                m.where_
+            );
+        }
+    }
+
     // 3. restarts caused by changed drop-ins and host files
     let mut restart_causes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for a in actions.values() {

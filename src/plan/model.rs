@@ -67,6 +67,9 @@ pub enum Cause {
     UnmanagedConflict,
     /// A previous run was killed while changing it; it is re-applied with its restarts.
     InterruptedApply,
+    /// Something the object needs on the host is missing (e.g. a mountpoint with
+    /// `CreateMountpoint=false`).
+    MissingPrerequisite,
 }
 
 /// Digests of the three sides for one object.

@@ -340,3 +340,55 @@ proptest! {
         prop_assert_eq!(to_json_bytes(&do_plan(&s, &d2, None)), reference);
     }
 }
+
+#[test]
+fn drift_report_policy_reports_without_repairing() {
+    let s = scratch();
+    let f = files(
+        &s,
+        &[(
+            "services/db/service.yaml",
+            "units:\n  db.service:\n    drift: report\n",
+        )],
+    );
+    let d = desired(&s, &f, 'a');
+    let last = converge(&d);
+    std::fs::write(
+        &d.resources["unit:db.service"].path,
+        "[Service]\nExecStart=/bin/x\n",
+    )
+    .unwrap();
+    let p = do_plan(&s, &d, Some(&last));
+    let a = action(&p, "unit:db.service");
+    assert_eq!((a.action, a.cause), (Action::NoOp, Cause::Drift));
+    assert!(a.reason.starts_with("drift reported only"), "{}", a.reason);
+    assert!(
+        p.findings
+            .iter()
+            .any(|f| f.kind == "drift" && f.id == "unit:db.service")
+    );
+    assert!(!p.has_changes());
+}
+
+#[test]
+fn missing_mountpoint_with_create_mountpoint_false_blocks() {
+    let s = scratch();
+    let f = files(
+        &s,
+        &[(
+            "services/data/srv-data.mount",
+            "[Mount]\nWhat=tmpfs\nWhere=/srv/data\nType=tmpfs\n[X-CoreOps]\nCreateMountpoint=false\n",
+        )],
+    );
+    let d = desired(&s, &f, 'a');
+    let p = do_plan(&s, &d, None);
+    let a = action(&p, "mount:srv-data.mount");
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Blocked, Cause::MissingPrerequisite)
+    );
+    assert_eq!(
+        a.reason,
+        "mountpoint missing and CreateMountpoint=false: /srv/data"
+    );
+}

@@ -1,6 +1,7 @@
 //! Record: the status snapshot, the persisted target, receipts and results documents, each
 //! written atomically and each carrying `schema_version` (DESIGN section 6).
 
+pub mod control;
 pub mod receipts;
 pub mod status;
 pub mod target;

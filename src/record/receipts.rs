@@ -25,7 +25,7 @@ pub struct ReconcileReceipt {
     pub id: String,
     /// 1-based position in the log.
     pub sequence: u64,
-    /// `applied`, `partial`, `failed`, `rolled_back`.
+    /// `applied`, `partial`, `failed`, `rollback` (operator), `rolled_back` (automatic).
     pub transition: String,
     /// Host.
     pub host: String,
@@ -49,6 +49,9 @@ pub struct ReconcileReceipt {
     pub recorded_at: String,
     /// sha256 of the previous receipt file (`null` for the first).
     pub previous_receipt_digest: Option<String>,
+    /// Why (rollbacks: what failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn receipts_dir(state_dir: &Path) -> PathBuf {
@@ -184,6 +187,7 @@ mod tests {
             core_ops: Provenance::current(),
             recorded_at: "2026-01-01T00:00:00Z".into(),
             previous_receipt_digest: None,
+            reason: None,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::normalize::{FileMeta, Kind, normalize};
 use crate::source::{RepoEntry, Revision};
 use mount::MountInfo;
 use unit_file::{Effective, UnitFile};
-use yaml::{HostYaml, ServiceYaml};
+use yaml::{DriftPolicy, HostYaml, ServiceYaml};
 
 /// Plain unit suffixes core-ops manages.
 pub const UNIT_SUFFIXES: &[&str] = &["service", "timer", "socket", "path", "target"];
@@ -101,6 +101,8 @@ pub struct Resource {
     pub unit: Option<UnitRole>,
     /// Units restarted when this resource changes (drop-ins, host files).
     pub restarts: Vec<String>,
+    /// Repair or only report drift (service.yaml `drift:`).
+    pub drift: DriftPolicy,
 }
 
 /// Everything this host should have at one revision.
@@ -620,6 +622,7 @@ fn render_service(
                 effective: effective.canonical_text(),
             }),
             restarts: Vec::new(),
+            drift: spec.drift,
         });
     }
 
@@ -666,6 +669,7 @@ fn render_service(
             layers,
             unit: None,
             restarts: vec![target_unit],
+            drift: DriftPolicy::Repair,
         });
     }
 
@@ -732,6 +736,7 @@ fn render_service(
                 .restart
                 .clone()
                 .unwrap_or_else(|| started_services.clone()),
+            drift: spec.drift,
         });
     }
     Ok(out)

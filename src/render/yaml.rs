@@ -97,6 +97,20 @@ pub struct FileSpec {
     /// Units restarted when this file changes (default: the service's `.service` units).
     #[serde(default)]
     pub restart: Option<Vec<String>>,
+    /// What to do when the file drifts on the host (default `repair`).
+    #[serde(default)]
+    pub drift: DriftPolicy,
+}
+
+/// What core-ops does when an object no longer matches what it applied.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftPolicy {
+    /// Put it back (the default).
+    #[default]
+    Repair,
+    /// Only report it (a finding; the action stays `no_op`).
+    Report,
 }
 
 /// Per-unit lifecycle overrides.
@@ -110,6 +124,9 @@ pub struct UnitSpec {
     /// automount).
     #[serde(default)]
     pub start: Option<bool>,
+    /// What to do when the unit file or its runtime state drifts (default `repair`).
+    #[serde(default)]
+    pub drift: DriftPolicy,
 }
 
 /// Parse a YAML document strictly, turning serde's error into `file:line: message`.

@@ -2,3 +2,4 @@
 
 pub mod bed;
 pub mod cli;
+pub mod world;
