@@ -30,3 +30,16 @@ if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$RUST_VERSION" "$have" | sort -V | 
     ! cargo clippy --version >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
     die "Rust >= $RUST_VERSION with clippy and rustfmt is required (found '${have:-none}'): rustup toolchain install $RUST_VERSION -c clippy -c rustfmt"
 fi
+
+# promtool (Debian package `prometheus`) checks the metrics file in the tests. Only the
+# binary is unpacked into a project cache: installing the package would start a Prometheus
+# server on the host.
+PROMTOOL=/var/cache/core-ops-test/prometheus/usr/bin/promtool
+if [ ! -x "$PROMTOOL" ]; then
+    echo "==> unpacking promtool from Debian's prometheus package into /var/cache/core-ops-test" >&2
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; })
+    mkdir -p /var/cache/core-ops-test/prometheus
+    dpkg -x "$tmp"/prometheus_*.deb /var/cache/core-ops-test/prometheus
+    rm -rf "$tmp"
+fi

@@ -465,3 +465,68 @@ fn failed_unit_is_drift_and_recovered() {
     assert_eq!(w.show(&web, "Result"), "success");
     w.teardown();
 }
+
+#[test]
+fn every_run_writes_prometheus_metrics_that_promtool_accepts() {
+    let Some(mut w) = world("metrics") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    let o = w.run(&["apply", "--rev", &v1]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let file = w.s.path("metrics/core-ops.prom");
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("metrics file {}: {e}\n{}", file.display(), stderr(&o)));
+    assert!(
+        text.contains("core_ops_last_run_outcome{outcome=\"converged\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "core_ops_last_applied_info{{revision=\"{v1}\",requested_ref=\"{v1}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("core_ops_plan_actions{action=\"create\",cause=\"desired_change\"} 4"),
+        "{text}"
+    );
+    let promtool = std::env::var("CORE_OPS_PROMTOOL")
+        .unwrap_or_else(|_| "/var/cache/core-ops-test/prometheus/usr/bin/promtool".into());
+    let out = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap_or_else(|e| panic!("{promtool} (installed by scripts/prereqs.sh): {e}"));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // an error run says so too
+    let o = w.run(&["apply", "--rev", "no-such-ref"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("core_ops_last_run_outcome{outcome=\"error\"} 1"),
+        "{text}"
+    );
+    // empty setting: off
+    std::fs::remove_file(&file).unwrap();
+    let o = w.s.run_env(
+        &[
+            "apply",
+            "--repo",
+            &w.repo_arg(),
+            "--host",
+            "h",
+            "--rev",
+            &v1,
+        ],
+        &[("CORE_OPS_METRICS_FILE", "")],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!file.exists());
+    w.teardown();
+}

@@ -42,6 +42,15 @@ pub struct Cli {
         value_name = "ADDRESS"
     )]
     pub systemd_address: Option<String>,
+    /// Prometheus textfile written after apply/agent runs (empty: off; default: node-exporter's
+    /// /var/lib/prometheus/node-exporter/core-ops.prom when that directory exists).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_METRICS_FILE",
+        value_name = "FILE"
+    )]
+    pub metrics_file: Option<String>,
     /// Print the machine-readable JSON document (the contract) instead of text.
     #[arg(long, global = true)]
     pub json: bool,

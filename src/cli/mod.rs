@@ -21,7 +21,7 @@ use crate::observe::{NoSystemd, UnitStateSource};
 use crate::pipeline::{self, ResolvedTarget, TargetOptions};
 use crate::plan;
 use crate::reconcile;
-use crate::record::control;
+use crate::record::{control, metrics};
 use crate::record::{status, target};
 use crate::source::Source;
 use crate::systemd::dbus::DbusSystemd;
@@ -148,6 +148,49 @@ fn apply_options(tuning: &ApplyTuning, record_status: bool, t: &ResolvedTarget) 
         record_status,
         repo: t.repo.clone(),
         kind: ApplyKind::Forward,
+    }
+}
+
+/// Write the run's metrics file (when configured or node-exporter's directory exists);
+/// a failure to write metrics is logged, never fatal.
+fn emit_metrics(
+    cli: &Cli,
+    paths: &Paths,
+    t0: std::time::Instant,
+    report: Option<&reconcile::RunReport>,
+) {
+    let Some(path) = metrics::target(cli.metrics_file.as_deref()) else {
+        return;
+    };
+    let outcome = match report.map(|r| r.outcome) {
+        None => "error".to_string(),
+        Some(o) => serde_json::to_value(o)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    };
+    let finished_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let mut m = metrics::RunMetrics {
+        finished_unix,
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        outcome,
+        last_applied: status::load(&paths.state_file)
+            .ok()
+            .and_then(|s| s.last_applied)
+            .map(|l| (l.revision, l.requested_ref)),
+        quarantined: control::load(&paths.state_dir)
+            .map(|c| c.quarantine.is_some())
+            .unwrap_or(false),
+        ..Default::default()
+    };
+    if let Some(r) = report {
+        m = m.with_plan(&r.planned.plan);
+    }
+    if let Err(e) = metrics::write(&path, &m) {
+        tracing::warn!("cannot write metrics to {}: {e}", path.display());
     }
 }
 
@@ -281,48 +324,55 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             tuning,
         } => {
             let _lock = StateLock::acquire(&paths.state_dir)?;
-            let systemd = connect_systemd(cli)?;
-            let mut opts = target_opts(target);
-            let saved = match plan_file {
-                Some(f) => {
-                    let bytes = std::fs::read(f)
-                        .map_err(|e| Error::io(format!("read {}", f.display()), e))?;
-                    let saved = plan::from_json_bytes(&bytes, &f.display().to_string())?;
-                    opts.rev = Some(saved.base.desired_revision.clone());
-                    Some(saved)
+            let t0 = std::time::Instant::now();
+            let report = (|| {
+                let systemd = connect_systemd(cli)?;
+                let mut opts = target_opts(target);
+                let saved = match plan_file {
+                    Some(f) => {
+                        let bytes = std::fs::read(f)
+                            .map_err(|e| Error::io(format!("read {}", f.display()), e))?;
+                        let saved = plan::from_json_bytes(&bytes, &f.display().to_string())?;
+                        opts.rev = Some(saved.base.desired_revision.clone());
+                        Some(saved)
+                    }
+                    None => None,
+                };
+                let mut paths = paths.clone();
+                if *force_no_state {
+                    // plan as if nothing was applied and never write the snapshot
+                    paths.state_file = paths.state_dir.join(".force-no-state-unused.json");
                 }
-                None => None,
-            };
-            let mut paths = paths.clone();
-            if *force_no_state {
-                // plan as if nothing was applied and never write the snapshot
-                paths.state_file = paths.state_dir.join(".force-no-state-unused.json");
-            }
-            let t = pipeline::resolve_target(&paths, &opts)?;
-            let mode = match rollback_to {
-                Some(rev) => reconcile::Mode::RollbackTo(rev.clone()),
-                None => reconcile::Mode::Forward,
-            };
-            let file = f_display(plan_file);
-            let check = |fresh: &plan::Plan| match &saved {
-                Some(saved) => check_not_stale(saved, fresh, &file),
-                None => Ok(()),
-            };
-            let mut report = reconcile::run(
-                &paths,
-                reconcile::Request {
-                    target: &t,
-                    mode,
-                    opts: apply_options(tuning, !force_no_state, &t),
-                    agent: false,
-                    plan_only: *rollback_plan_only,
-                    check: &check,
-                },
-                &systemd,
-            )?;
-            if let Some(saved) = &saved {
-                report.planned.desired.revision.requested_ref = saved.base.requested_ref.clone();
-            }
+                let t = pipeline::resolve_target(&paths, &opts)?;
+                let mode = match rollback_to {
+                    Some(rev) => reconcile::Mode::RollbackTo(rev.clone()),
+                    None => reconcile::Mode::Forward,
+                };
+                let file = f_display(plan_file);
+                let check = |fresh: &plan::Plan| match &saved {
+                    Some(saved) => check_not_stale(saved, fresh, &file),
+                    None => Ok(()),
+                };
+                let mut report = reconcile::run(
+                    &paths,
+                    reconcile::Request {
+                        target: &t,
+                        mode,
+                        opts: apply_options(tuning, !force_no_state, &t),
+                        agent: false,
+                        plan_only: *rollback_plan_only,
+                        check: &check,
+                    },
+                    &systemd,
+                )?;
+                if let Some(saved) = &saved {
+                    report.planned.desired.revision.requested_ref =
+                        saved.base.requested_ref.clone();
+                }
+                Ok::<_, Error>(report)
+            })();
+            emit_metrics(cli, &paths, t0, report.as_ref().ok());
+            let report = report?;
             print_run(cli, &report);
             Ok(match report.outcome {
                 reconcile::RunOutcome::PlanOnly
@@ -334,20 +384,25 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
         }
         Command::Agent { target, tuning } => {
             let _lock = StateLock::acquire(&paths.state_dir)?;
-            let systemd = connect_systemd(cli)?;
-            let t = pipeline::resolve_target(&paths, &target_opts(target))?;
-            let report = reconcile::run(
-                &paths,
-                reconcile::Request {
-                    target: &t,
-                    mode: reconcile::Mode::Forward,
-                    opts: apply_options(tuning, true, &t),
-                    agent: true,
-                    plan_only: false,
-                    check: &|_| Ok(()),
-                },
-                &systemd,
-            )?;
+            let t0 = std::time::Instant::now();
+            let report = (|| {
+                let systemd = connect_systemd(cli)?;
+                let t = pipeline::resolve_target(&paths, &target_opts(target))?;
+                reconcile::run(
+                    &paths,
+                    reconcile::Request {
+                        target: &t,
+                        mode: reconcile::Mode::Forward,
+                        opts: apply_options(tuning, true, &t),
+                        agent: true,
+                        plan_only: false,
+                        check: &|_| Ok(()),
+                    },
+                    &systemd,
+                )
+            })();
+            emit_metrics(cli, &paths, t0, report.as_ref().ok());
+            let report = report?;
             print_run(cli, &report);
             Ok(match report.outcome {
                 reconcile::RunOutcome::NoChanges | reconcile::RunOutcome::PlanOnly => {

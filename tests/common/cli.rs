@@ -47,6 +47,10 @@ impl Scratch {
                     root.join("srv").display()
                 ),
             ),
+            (
+                "CORE_OPS_METRICS_FILE".into(),
+                root.join("metrics/core-ops.prom").display().to_string(),
+            ),
         ];
         Scratch { dir, env }
     }

@@ -1,0 +1,222 @@
+//! Prometheus text-format metrics of the last run, written atomically to a node-exporter
+//! textfile-collector file (default `/var/lib/prometheus/node-exporter/core-ops.prom`).
+//!
+//! Why a file: fleets already scrape node-exporter; a textfile needs no listener, no port
+//! and no credentials on the host, and an atomic rename means a scrape never sees half a file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::Result;
+use crate::fsutil;
+use crate::plan::Plan;
+
+/// Debian's node-exporter textfile directory.
+pub const DEFAULT_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/core-ops.prom";
+
+/// Every outcome a run can end with (one-hot gauge).
+pub const OUTCOMES: &[&str] = &[
+    "no_changes",
+    "converged",
+    "not_converged",
+    "rolled_back",
+    "quarantined",
+    "plan_only",
+    "error",
+];
+
+/// What the metrics describe.
+#[derive(Debug, Clone, Default)]
+pub struct RunMetrics {
+    /// Unix seconds at the end of the run.
+    pub finished_unix: f64,
+    /// Wall time of the run.
+    pub duration_seconds: f64,
+    /// One of [`OUTCOMES`].
+    pub outcome: String,
+    /// Actions by (action, cause), from the plan.
+    pub actions: BTreeMap<(String, String), usize>,
+    /// Drift findings.
+    pub drift: usize,
+    /// `last_applied` revision and ref.
+    pub last_applied: Option<(String, String)>,
+    /// Whether a desired revision is quarantined.
+    pub quarantined: bool,
+    /// Installed runtimes (name -> current version).
+    pub runtimes: BTreeMap<String, String>,
+}
+
+impl RunMetrics {
+    /// Fill the plan-derived parts.
+    pub fn with_plan(mut self, plan: &Plan) -> Self {
+        for a in &plan.actions {
+            let cause = serde_json::to_value(a.cause)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *self
+                .actions
+                .entry((a.action.as_str().to_string(), cause))
+                .or_default() += 1;
+        }
+        self.drift = plan.findings.iter().filter(|f| f.kind == "drift").count();
+        self
+    }
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The text exposition of the metrics.
+pub fn render(m: &RunMetrics) -> String {
+    let mut o = String::new();
+    let mut gauge = |name: &str, help: &str, rows: &[(String, String)]| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} gauge");
+        for (labels, value) in rows {
+            let _ = writeln!(o, "{name}{labels} {value}");
+        }
+    };
+    gauge(
+        "core_ops_last_run_timestamp_seconds",
+        "Unix time the last core-ops run finished.",
+        &[(String::new(), format!("{:.3}", m.finished_unix))],
+    );
+    gauge(
+        "core_ops_last_run_duration_seconds",
+        "Wall time of the last core-ops run.",
+        &[(String::new(), format!("{:.3}", m.duration_seconds))],
+    );
+    let outcomes: Vec<(String, String)> = OUTCOMES
+        .iter()
+        .map(|o| {
+            (
+                format!("{{outcome=\"{o}\"}}"),
+                if *o == m.outcome { "1" } else { "0" }.to_string(),
+            )
+        })
+        .collect();
+    gauge(
+        "core_ops_last_run_outcome",
+        "Outcome of the last run (1 for the outcome it had).",
+        &outcomes,
+    );
+    let actions: Vec<(String, String)> = m
+        .actions
+        .iter()
+        .map(|((a, c), n)| {
+            (
+                format!("{{action=\"{}\",cause=\"{}\"}}", label(a), label(c)),
+                n.to_string(),
+            )
+        })
+        .collect();
+    gauge(
+        "core_ops_plan_actions",
+        "Actions of the last plan by action and cause.",
+        &actions,
+    );
+    gauge(
+        "core_ops_drift_objects",
+        "Objects found drifted in the last plan.",
+        &[(String::new(), m.drift.to_string())],
+    );
+    if let Some((rev, r)) = &m.last_applied {
+        gauge(
+            "core_ops_last_applied_info",
+            "The last revision that verifiably converged.",
+            &[(
+                format!(
+                    "{{revision=\"{}\",requested_ref=\"{}\"}}",
+                    label(rev),
+                    label(r)
+                ),
+                "1".into(),
+            )],
+        );
+    }
+    gauge(
+        "core_ops_quarantined",
+        "1 when a desired revision is quarantined (non_converging or oscillating).",
+        &[(String::new(), if m.quarantined { "1" } else { "0" }.into())],
+    );
+    if !m.runtimes.is_empty() {
+        let rows: Vec<(String, String)> = m
+            .runtimes
+            .iter()
+            .map(|(n, v)| {
+                (
+                    format!("{{runtime=\"{}\",version=\"{}\"}}", label(n), label(v)),
+                    "1".into(),
+                )
+            })
+            .collect();
+        gauge(
+            "core_ops_runtime_info",
+            "Current version of each installed runtime.",
+            &rows,
+        );
+    }
+    o
+}
+
+/// Where to write: `None` when metrics are off (empty setting). The default location is only
+/// used when its directory exists (node-exporter installed); a configured path gets its
+/// directory created.
+pub fn target(setting: Option<&str>) -> Option<PathBuf> {
+    match setting {
+        Some("") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            let p = Path::new(DEFAULT_METRICS_FILE);
+            p.parent()
+                .is_some_and(Path::is_dir)
+                .then(|| p.to_path_buf())
+        }
+    }
+}
+
+/// Write the metrics atomically (0644, readable by node-exporter).
+pub fn write(path: &Path, m: &RunMetrics) -> Result<()> {
+    fsutil::write_atomic(path, render(m).as_bytes(), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_hot_outcome_actions_and_info() {
+        let mut m = RunMetrics {
+            finished_unix: 1.5,
+            duration_seconds: 0.25,
+            outcome: "converged".into(),
+            drift: 2,
+            last_applied: Some(("abc".into(), "v\"1".into())),
+            ..Default::default()
+        };
+        m.actions
+            .insert(("create".into(), "desired_change".into()), 3);
+        let t = render(&m);
+        assert!(t.contains("core_ops_last_run_outcome{outcome=\"converged\"} 1\n"));
+        assert!(t.contains("core_ops_last_run_outcome{outcome=\"error\"} 0\n"));
+        assert!(
+            t.contains("core_ops_plan_actions{action=\"create\",cause=\"desired_change\"} 3\n")
+        );
+        assert!(
+            t.contains("core_ops_last_applied_info{revision=\"abc\",requested_ref=\"v\\\"1\"} 1\n")
+        );
+        assert!(t.contains("core_ops_drift_objects 2\n"));
+        assert!(t.ends_with("core_ops_quarantined 0\n"));
+    }
+
+    #[test]
+    fn empty_setting_turns_metrics_off() {
+        assert_eq!(target(Some("")), None);
+        assert_eq!(target(Some("/x/y.prom")), Some(PathBuf::from("/x/y.prom")));
+    }
+}
