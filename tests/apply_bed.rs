@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::{stderr, stdout, tree};
-use common::world::world;
+use common::world::{action, world};
 use serde_json::Value;
 
 #[test]
@@ -70,12 +70,7 @@ fn create_then_noop_then_update_restarts_only_what_changed() {
     let v2 = w.commit(fx2);
     let plan = w.run(&["--json", "plan", "--rev", &v2]);
     let plan: Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let web_action = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == format!("unit:{web}"))
-        .unwrap();
+    let web_action = action(&plan, &format!("unit:{web}"));
     assert_eq!(web_action["action"], "restart");
     assert_eq!(web_action["cause"], "dependency_change");
     let (code, r) = w.apply(&v2, &[]);
@@ -137,8 +132,7 @@ fn hand_edit_is_reported_as_drift_and_repaired() {
     let path = w.bed.unit_dir.join(w.unit("db"));
     let original = std::fs::read(&path).unwrap();
     std::fs::write(&path, "[Service]\nType=oneshot\nExecStart=/bin/false\n").unwrap();
-    let plan: Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
+    let plan = w.plan(&v1);
     let finding = plan["findings"]
         .as_array()
         .unwrap()
@@ -162,14 +156,8 @@ fn stopped_unit_is_drift_and_restarted() {
     assert_eq!(w.apply(&v1, &[]).0, 0);
     let web = w.unit("web");
     w.bed.exec_ok(["systemctl", "stop", &web]);
-    let plan: Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
-    let a = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == format!("unit:{web}"))
-        .unwrap();
+    let plan = w.plan(&v1);
+    let a = action(&plan, &format!("unit:{web}"));
     assert_eq!(
         (a["action"].as_str(), a["cause"].as_str()),
         (Some("restart"), Some("drift"))
@@ -379,8 +367,7 @@ fn sigkill_in_the_write_phase_is_recovered_by_the_next_run() {
     assert_eq!(w.status()["last_applied"]["revision"], v1.as_str());
 
     // the next run finishes the job: the drop-in is rewritten and web restarted
-    let plan: Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v2]).stdout).unwrap();
+    let plan = w.plan(&v2);
     assert!(
         plan["warnings"]
             .as_array()
@@ -443,14 +430,8 @@ fn failed_unit_is_drift_and_recovered() {
         assert!(Instant::now() < deadline, "unit did not fail");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let plan: Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
-    let a = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == format!("unit:{web}"))
-        .unwrap();
+    let plan = w.plan(&v1);
+    let a = action(&plan, &format!("unit:{web}"));
     assert_eq!(
         (a["action"].as_str(), a["cause"].as_str()),
         (Some("recover"), Some("drift"))

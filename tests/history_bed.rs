@@ -4,7 +4,7 @@
 mod common;
 
 use common::cli::{stderr, stdout};
-use common::world::world;
+use common::world::{action, world};
 use serde_json::Value;
 
 fn agent(w: &common::world::World) -> (i32, String) {
@@ -229,15 +229,9 @@ fn drift_report_policy_reports_and_leaves_the_object_alone() {
     let path = w.bed.unit_dir.join(w.unit("db"));
     let edited = "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/echo hand\n";
     std::fs::write(&path, edited).unwrap();
-    let plan: Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
+    let plan = w.plan(&v1);
     let id = format!("unit:{}", w.unit("db"));
-    let a = plan["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["id"] == id)
-        .unwrap();
+    let a = action(&plan, &id);
     assert_eq!(
         (a["action"].as_str(), a["cause"].as_str()),
         (Some("no_op"), Some("drift"))

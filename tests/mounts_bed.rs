@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::bed::script;
 use common::cli::{stderr, stdout};
-use common::world::{World, world};
+use common::world::{World, action, world};
 use core_ops::render::mount::escape_path;
 
 struct Mounts {
@@ -117,18 +117,8 @@ fn tmpfs_and_bind_mounts_come_up_before_their_consumer_and_go_away_after_it() {
     let v1 = commit(&mut w, files);
     assert!(!std::path::Path::new(&m.tmpfs_where).exists());
 
-    let plan: serde_json::Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v1]).stdout).unwrap();
-    let order = |id: &str| {
-        plan["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["id"] == id)
-            .unwrap()["order"]
-            .as_u64()
-            .unwrap()
-    };
+    let plan = w.plan(&v1);
+    let order = |id: &str| action(&plan, id)["order"].as_u64().unwrap();
     let consumer_id = format!("unit:{}", w.unit("consumer"));
     assert!(order(&format!("mount:{}", m.tmpfs_unit())) < order(&consumer_id));
     assert!(order(&format!("mount:{}", m.bind_unit())) < order(&consumer_id));
@@ -169,8 +159,7 @@ fn tmpfs_and_bind_mounts_come_up_before_their_consumer_and_go_away_after_it() {
         &mut w,
         vec![("hosts/h/host.yaml".into(), b"services: []\n".to_vec())],
     );
-    let plan: serde_json::Value =
-        serde_json::from_slice(&w.run(&["--json", "plan", "--rev", &v2]).stdout).unwrap();
+    let plan = w.plan(&v2);
     let pos = |id: &str| {
         plan["actions"]
             .as_array()

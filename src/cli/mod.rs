@@ -225,12 +225,8 @@ fn print_run(cli: &Cli, report: &reconcile::RunReport) {
                 }));
             } else if let Some(q) = &report.quarantine {
                 print_text(&format!(
-                    "not applied: {} is quarantined since {} ({} after {} attempts: {}); review, then run core-ops resume\n",
-                    output::revision_label(&q.revision, &q.requested_ref),
-                    q.since,
-                    q.reason,
-                    q.attempts,
-                    q.objects.join(", ")
+                    "not applied: {}; review, then run core-ops resume\n",
+                    output::quarantine_text(q)
                 ));
             } else {
                 print_text(&format!(
@@ -483,12 +479,8 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                     Ok(c) => {
                         if let Some(q) = &c.quarantine {
                             text.push_str(&format!(
-                                "state      non_converging: {} quarantined since {} ({} after {} attempts)\n  objects: {}\n  the agent will not apply it again until a new desired revision or `core-ops resume`\n",
-                                output::revision_label(&q.revision, &q.requested_ref),
-                                q.since,
-                                q.reason,
-                                q.attempts,
-                                q.objects.join(", ")
+                                "state      non_converging: {}\n  the agent will not apply it again until a new desired revision or `core-ops resume`\n",
+                                output::quarantine_text(q)
                             ));
                         }
                     }

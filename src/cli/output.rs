@@ -22,6 +22,33 @@ pub fn revision_label(sha: &str, requested: &str) -> String {
     }
 }
 
+/// `3 create, 1 update` (or `no changes`): the plan's summary without no-ops.
+fn change_counts(plan: &Plan) -> String {
+    let counts: Vec<String> = plan
+        .summary
+        .iter()
+        .filter(|(k, _)| k.as_str() != "no_op")
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    if counts.is_empty() {
+        "no changes".to_string()
+    } else {
+        counts.join(", ")
+    }
+}
+
+/// `454ac5f1 (v2) quarantined since T (non_converging after 3 attempts: ids)`.
+pub fn quarantine_text(q: &crate::record::control::Quarantine) -> String {
+    format!(
+        "{} quarantined since {} ({} after {} attempts: {})",
+        revision_label(&q.revision, &q.requested_ref),
+        q.since,
+        q.reason,
+        q.attempts,
+        q.objects.join(", ")
+    )
+}
+
 /// Text of a plan: changed objects in order, unchanged ones collapsed into a count.
 pub fn plan_text(plan: &Plan, verbose: bool) -> String {
     let mut o = String::new();
@@ -83,20 +110,10 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
             let _ = writeln!(o, "  {w}");
         }
     }
-    let counts: Vec<String> = plan
-        .summary
-        .iter()
-        .filter(|(k, _)| k.as_str() != "no_op")
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
     let _ = writeln!(
         o,
         "\nPlan: {}. checksum {}",
-        if counts.is_empty() {
-            "no changes".to_string()
-        } else {
-            counts.join(", ")
-        },
+        change_counts(plan),
         plan.checksum
     );
     o
@@ -105,22 +122,12 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
 /// Text of `apply`: counts and outcome; `-v` adds phases and every diagnostic.
 pub fn apply_text(plan: &Plan, r: &crate::apply::ApplyResult, verbose: bool) -> String {
     let mut o = String::new();
-    let counts: Vec<String> = plan
-        .summary
-        .iter()
-        .filter(|(k, _)| k.as_str() != "no_op")
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
     let _ = writeln!(
         o,
         "apply {} on {}: {}",
         revision_label(&r.desired_revision, &r.requested_ref),
         r.host,
-        if counts.is_empty() {
-            "no changes".to_string()
-        } else {
-            counts.join(", ")
-        }
+        change_counts(plan)
     );
     let _ = writeln!(
         o,

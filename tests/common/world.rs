@@ -157,6 +157,13 @@ impl World {
         format!("{}-{name}.service", self.p)
     }
 
+    /// `plan --json` at a revision.
+    pub fn plan(&self, rev: &str) -> Value {
+        let o = self.run(&["--json", "plan", "--rev", rev]);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|_| panic!("plan printed no JSON:\n{}", stderr(&o)))
+    }
+
     /// `systemctl show` inside the bed: an independent reading of what core-ops did.
     pub fn show(&self, unit: &str, prop: &str) -> String {
         self.bed
@@ -191,4 +198,14 @@ impl World {
         let (code, v) = self.apply(&sha, &[]);
         assert_eq!(code, 0, "teardown apply: {v}");
     }
+}
+
+/// The action of one object in a plan document.
+pub fn action<'a>(plan: &'a Value, id: &str) -> &'a Value {
+    plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .find(|a| a["id"] == id)
+        .unwrap_or_else(|| panic!("no action for {id} in {plan:#}"))
 }
