@@ -195,3 +195,74 @@ fn blocked_plan_changes_nothing() {
     assert!(sd.mutating_calls().is_empty());
     assert!(!s.paths.unit_dir.join("web.service").exists());
 }
+
+#[test]
+fn automount_backed_mount_is_activated_through_its_automount() {
+    let s = scratch();
+    let sd = FakeSystemd::new();
+    sd.install_unit("srv-nas.mount");
+    sd.install_unit("srv-nas.automount");
+    let files: BTreeMap<String, RepoEntry> = [
+        ("hosts/h/host.yaml", "services: [nas]\n"),
+        (
+            "services/nas/srv-nas.mount",
+            "[Mount]\nWhat=nas:/x\nWhere=/srv/nas\nType=nfs\n[X-CoreOps]\nCreateMountpoint=false\n",
+        ),
+        (
+            "services/nas/srv-nas.automount",
+            "[Automount]\nWhere=/srv/nas\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(p, c)| {
+        (
+            p.to_string(),
+            RepoEntry::File {
+                data: c.as_bytes().to_vec(),
+                executable: false,
+            },
+        )
+    })
+    .collect();
+    let rev = Revision {
+        commit: "a".repeat(40),
+        requested_ref: "main".into(),
+    };
+    // /srv/nas does not exist here and CreateMountpoint=false: the plan is blocked
+    let d = render(&files, &rev, "h", &s.paths).unwrap();
+    let planned = plan_desired(&s.paths, &target(), "repo", d.clone(), &sd).unwrap();
+    assert!(planned.plan.is_blocked());
+    // with a mountpoint that exists, only the automount is started
+    let mut files = files;
+    let mp = s.paths.state_dir.parent().unwrap().join("nas");
+    std::fs::create_dir_all(&mp).unwrap();
+    let mount = format!("[Mount]\nWhat=nas:/x\nWhere={}\nType=nfs\n", mp.display());
+    let stem = crate::render::mount::escape_path(&mp.display().to_string());
+    files.retain(|p, _| !p.starts_with("services/nas/"));
+    for (name, text) in [
+        (format!("{stem}.mount"), mount),
+        (
+            format!("{stem}.automount"),
+            format!("[Automount]\nWhere={}\n", mp.display()),
+        ),
+    ] {
+        files.insert(
+            format!("services/nas/{name}"),
+            RepoEntry::File {
+                data: text.into_bytes(),
+                executable: false,
+            },
+        );
+    }
+    sd.install_unit(&format!("{stem}.mount"));
+    sd.install_unit(&format!("{stem}.automount"));
+    let d = render(&files, &rev, "h", &s.paths).unwrap();
+    let planned = plan_desired(&s.paths, &target(), "repo", d, &sd).unwrap();
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    let starts: Vec<String> = sd
+        .mutating_calls()
+        .into_iter()
+        .filter(|c| c.starts_with("start "))
+        .collect();
+    assert_eq!(starts, vec![format!("start {stem}.automount")], "{r:#?}");
+}
