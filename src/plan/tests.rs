@@ -92,6 +92,7 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
         },
         warnings: vec![],
         interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
     })
 }
 
