@@ -24,6 +24,9 @@ use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Repository files of one revision: (path, content).
+type Files = Vec<(String, String)>;
+
 struct World {
     bed: &'static Bed,
     q: &'static QuadletBed,
@@ -288,7 +291,7 @@ fn a_file_the_generator_rejects_changes_nothing() {
     let quadlet_before = tree(&w.q.quadlet_dir);
     let units_before = tree(&w.bed.unit_dir);
 
-    let cases: Vec<(&str, Vec<(String, String)>, String)> = vec![
+    let cases: Vec<(&str, Files, String)> = vec![
         (
             "missing Image=",
             vec![
