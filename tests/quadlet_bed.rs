@@ -134,6 +134,23 @@ impl World {
     }
 }
 
+/// `name=ms` of each phase of a results document, for the test log (timings of the bed).
+fn phases(r: &Value) -> String {
+    r["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}={}ms",
+                p["name"].as_str().unwrap_or("?"),
+                p["duration_ms"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[test]
 fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -172,6 +189,7 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["outcome"], "converged");
     assert_eq!(r["calls"]["reloads"], 1);
+    eprintln!("quadlet_bed: first apply phases: {}", phases(&r));
     assert!(w.q.quadlet_dir.join(&file).is_file());
     assert!(w.q.quadlet_dir.join(&dropin).is_file());
 
@@ -242,6 +260,7 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
         assert!(jobs.contains(&format!("restart {unit}")), "{jobs:?}");
         assert_eq!(w.show(&unit, "ActiveState"), "active");
         assert_ne!(w.show(&unit, "MainPID"), pid_before, "not restarted");
+        eprintln!("quadlet_bed: drop-in change phases: {}", phases(&r));
     }
 
     // removed from the desired state: stopped, files gone, generated unit gone
@@ -249,6 +268,7 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     let (code, r) = w.apply(&v3);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["outcome"], "converged");
+    eprintln!("quadlet_bed: removal phases: {}", phases(&r));
     assert!(!w.q.quadlet_dir.join(&file).exists());
     assert!(!w.q.quadlet_dir.join(format!("{file}.d")).exists());
     assert_eq!(w.show(&unit, "LoadState"), "not-found");
