@@ -14,12 +14,12 @@
 
 mod common;
 
-use std::process::Output;
+use std::ops::Deref;
 use std::sync::Mutex;
 
-use common::bed::{Bed, QuadletBed, bed, prefix};
-use common::cli::{Scratch, stderr, stdout, tree};
-use core_ops::testkit::RepoBuilder;
+use common::bed::QuadletBed;
+use common::cli::{stderr, stdout, tree};
+use common::world::{World, action, world};
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -27,79 +27,40 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// Repository files of one revision: (path, content).
 type Files = Vec<(String, String)>;
 
-struct World {
-    bed: &'static Bed,
+/// The shared test world, pointed at the bed's Quadlet dir and validating with the bed's
+/// quadlet binary.
+struct Q {
+    w: World,
     q: &'static QuadletBed,
-    s: Scratch,
-    p: String,
-    repo: RepoBuilder,
 }
 
-fn world(test: &str) -> Option<World> {
-    let bed = bed()?;
-    let q = bed.quadlet();
-    let dir = tempfile::Builder::new()
-        .prefix("q-")
-        .tempdir_in(&bed.dir)
-        .expect("scratch under the bed dir");
-    let mut s = Scratch::in_dir(dir);
-    for (k, v) in s.env.iter_mut() {
+impl Deref for Q {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.w
+    }
+}
+
+fn qworld(test: &str) -> Option<Q> {
+    let mut w = world(test)?;
+    let q = w.bed.quadlet();
+    for (k, v) in w.s.env.iter_mut() {
         match k.as_str() {
-            "CORE_OPS_SYSTEMD_UNIT_DIR" => *v = bed.unit_dir.display().to_string(),
             "CORE_OPS_QUADLET_DIR" => *v = q.quadlet_dir.display().to_string(),
             "CORE_OPS_QUADLET_GENERATOR" => *v = q.generator.display().to_string(),
             _ => {}
         }
     }
-    s.env
-        .push(("CORE_OPS_SYSTEMD_ADDRESS".into(), bed.address.clone()));
-    s.env.push(("CORE_OPS_SETTLE_MS".into(), "300".into()));
-    s.env.push(("CORE_OPS_JOB_TIMEOUT".into(), "30".into()));
-    let repo = RepoBuilder::init(&s.path("repo")).expect("repo");
-    Some(World {
-        bed,
-        q,
-        s,
-        p: prefix(test),
-        repo,
-    })
+    Some(Q { w, q })
 }
 
-impl World {
-    fn commit(&mut self, files: &[(String, String)]) -> String {
+impl Q {
+    fn commit_files(&mut self, files: &[(String, String)]) -> String {
         let refs: Vec<(&str, &[u8])> = files
             .iter()
             .map(|(p, c)| (p.as_str(), c.as_bytes()))
             .collect();
-        self.repo.commit_files(&refs, "rev").expect("commit")
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let repo = self.s.path("repo").display().to_string();
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--repo", &repo, "--host", "h"]);
-        self.s.run(&full)
-    }
-
-    /// `apply --json`: exit code and the results document.
-    fn apply(&self, rev: &str) -> (i32, Value) {
-        let o = self.run(&["--json", "apply", "--rev", rev]);
-        let code = o.status.code().unwrap_or(-1);
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
-            panic!(
-                "apply printed no JSON (exit {code}):\n{}\n{}",
-                stdout(&o),
-                stderr(&o)
-            )
-        });
-        (code, v)
-    }
-
-    fn show(&self, unit: &str, prop: &str) -> String {
-        self.bed
-            .exec_ok(["systemctl", "show", "--value", "-p", prop, unit])
-            .trim()
-            .to_string()
+        self.w.repo.commit_files(&refs, "rev").expect("commit")
     }
 
     /// A container that exits on SIGTERM (busybox `sleep` as PID 1 would ignore it and
@@ -154,12 +115,12 @@ fn phases(r: &Value) -> String {
 #[test]
 fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut w) = world("qweb") else { return };
+    let Some(mut w) = qworld("qweb") else { return };
     let p = w.p.clone();
     let file = format!("{p}.container");
     let unit = format!("{p}.service");
     let dropin = format!("{file}.d/10-env.conf");
-    let v1_files = |w: &World, level: &str| {
+    let v1_files = |w: &Q, level: &str| {
         let mut f = vec![
             w.host("app"),
             (format!("services/app/{file}"), w.container("")),
@@ -172,20 +133,22 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
         f
     };
     let f1 = v1_files(&w, "1");
-    let v1 = w.commit(&f1);
+    let v1 = w.commit_files(&f1);
 
     // plan: validated by the generator, no warning about it
-    let o = w.run(&["--json", "plan", "--rev", &v1]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let plan = w.plan(&v1);
     assert!(
         !plan["warnings"].to_string().contains("Quadlet"),
         "{:#}",
         plan["warnings"]
     );
     assert_eq!(plan["summary"]["create"], 2, "{plan:#}");
+    assert_eq!(
+        action(&plan, &format!("quadlet:{file}"))["unit"],
+        unit.as_str()
+    );
 
-    let (code, r) = w.apply(&v1);
+    let (code, r) = w.apply(&v1, &[]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["outcome"], "converged");
     assert_eq!(r["calls"]["reloads"], 1);
@@ -228,7 +191,7 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     }
 
     // the same revision again: nothing to do
-    let (code, r) = w.apply(&v1);
+    let (code, r) = w.apply(&v1, &[]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["changed_objects"], 0);
     assert_eq!(r["calls"]["reloads"], 0);
@@ -237,8 +200,8 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     // a drop-in change: rewritten, one reload, the generated unit restarted with it
     let pid_before = w.show(&unit, "MainPID");
     let f2 = v1_files(&w, "2");
-    let v2 = w.commit(&f2);
-    let (code, r) = w.apply(&v2);
+    let v2 = w.commit_files(&f2);
+    let (code, r) = w.apply(&v2, &[]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["calls"]["reloads"], 1);
     let generated = std::fs::read_to_string(w.bed.dir.join("run/systemd/generator").join(&unit))
@@ -264,8 +227,8 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
     }
 
     // removed from the desired state: stopped, files gone, generated unit gone
-    let v3 = w.commit(&[w.host("")]);
-    let (code, r) = w.apply(&v3);
+    let v3 = w.commit_files(&[w.host("")]);
+    let (code, r) = w.apply(&v3, &[]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["outcome"], "converged");
     eprintln!("quadlet_bed: removal phases: {}", phases(&r));
@@ -291,7 +254,7 @@ fn container_with_drop_in_runs_restarts_on_change_and_is_pruned() {
 #[test]
 fn a_file_the_generator_rejects_changes_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(mut w) = world("qbad") else { return };
+    let Some(mut w) = qworld("qbad") else { return };
     let p = w.p.clone();
     let good = format!("{p}-good.container");
     let bad = format!("{p}-bad.container");
@@ -311,7 +274,7 @@ fn a_file_the_generator_rejects_changes_nothing() {
     let quadlet_before = tree(&w.q.quadlet_dir);
     let units_before = tree(&w.bed.unit_dir);
 
-    let cases: Vec<(&str, Files, String)> = vec![
+    let cases: Vec<(&str, Files, String, String)> = vec![
         (
             "missing Image=",
             vec![
@@ -322,6 +285,7 @@ fn a_file_the_generator_rejects_changes_nothing() {
                     "[Container]\nExec=/bin/true\n".into(),
                 ),
             ],
+            format!("quadlet:{bad}"),
             format!("converting \"{bad}\": no Image or Rootfs key specified"),
         ),
         (
@@ -334,28 +298,22 @@ fn a_file_the_generator_rejects_changes_nothing() {
                     "[Container]\nBogus=1\n".into(),
                 ),
             ],
+            format!("quadlet:{good}"),
             format!("converting \"{good}\": unsupported key 'Bogus' in group 'Container'"),
         ),
     ];
-    for (what, files, message) in cases {
-        let rev = w.commit(&files);
+    for (what, files, id, message) in cases {
+        let rev = w.commit_files(&files);
 
         // plan names the file and carries the generator's message
-        let o = w.run(&["--json", "plan", "--rev", &rev]);
-        assert!(o.status.success(), "{what}: {}", stderr(&o));
-        let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let blocked: Vec<&Value> = plan["actions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|a| a["action"] == "blocked")
-            .collect();
-        assert_eq!(blocked.len(), 1, "{what}: {plan:#}");
-        assert_eq!(blocked[0]["cause"], "invalid_quadlet", "{what}");
+        let plan = w.plan(&rev);
+        assert_eq!(plan["summary"]["blocked"], 1, "{what}: {plan:#}");
+        let a = action(&plan, &id);
+        assert_eq!(a["action"], "blocked", "{what}: {a:#}");
+        assert_eq!(a["cause"], "invalid_quadlet", "{what}");
         assert!(
-            blocked[0]["reason"].as_str().unwrap().contains(&message),
-            "{what}: {:#}",
-            blocked[0]
+            a["reason"].as_str().unwrap().contains(&message),
+            "{what}: {a:#}"
         );
         let o = w.run(&["plan", "--rev", &rev]);
         assert!(stdout(&o).contains(&message), "{what}: {}", stdout(&o));
