@@ -281,6 +281,7 @@ fn interpret(
     let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut warnings: Vec<String> = Vec::new();
     let mut unattributed: Vec<String> = Vec::new();
+    let mut outside_refs = false;
     for raw in run.stderr.lines() {
         let msg = strip_prefix(raw).trim();
         if msg.is_empty()
@@ -313,12 +314,13 @@ fn interpret(
                 "{id} not fully validated: it refers to {unit}, which core-ops does not manage; the generator on the host needs it ({})",
                 shown(msg)
             ));
+            outside_refs = true;
             continue;
         }
         rejected.entry(id.to_string()).or_default().push(shown(msg));
     }
     if !run.success && rejected.is_empty() {
-        if unattributed.is_empty() && warnings.iter().all(|w| !w.contains("not fully validated")) {
+        if unattributed.is_empty() && !outside_refs {
             unattributed.push("the generator failed without saying why".into());
         }
         // a failure core-ops cannot pin on one file blocks every Quadlet file, unless every

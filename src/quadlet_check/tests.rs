@@ -341,3 +341,26 @@ fn with_the_real_generator() {
         "{c:#?}"
     );
 }
+
+#[test]
+fn only_references_outside_the_managed_set_block_nothing() {
+    let s = scratch(QuadletGenerator::Disabled);
+    let d = desired(
+        &s,
+        &[(
+            "net.container",
+            "[Container]\nImage=x\nNetwork=other.network\n",
+        )],
+    );
+    let set = quadlet_set(&d, &s.paths.quadlet_dir);
+    let run = Run {
+        success: false,
+        stdout: String::new(),
+        stderr: "quadlet-generator[1]: converting \"net.container\": requested Quadlet unit other.network was not found\n".into(),
+        dir: PathBuf::from("/tmp/x"),
+    };
+    let c = interpret(&d, &set, &run, &s.paths.quadlet_dir);
+    assert_eq!(c.rejected, BTreeMap::new());
+    assert_eq!(c.warnings.len(), 1, "{c:#?}");
+    assert!(c.warnings[0].contains("it refers to other.network"));
+}
