@@ -6,7 +6,9 @@
 #   2. checks the Rust toolchain (rust-version of Cargo.toml, with clippy + rustfmt),
 #   3. runs cargo fmt --check, cargo clippy --all-targets -D warnings, cargo build --all-targets,
 #   4. boots ONE systemd test bed (scripts/systemd-testbed.sh) that every test binary shares
-#      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR),
+#      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR), and puts the
+#      real Quadlet generator and podman into it (scripts/quadlet-bed.sh: CORE_OPS_TESTBED_QUADLET_*;
+#      the packages are fetched from Debian's mirror once and cached in /var/cache/core-ops-test),
 #   5. runs cargo test, and always stops the bed (trap), whatever happened.
 # Exits non-zero on any failure. Not root is a failure, not a skip: the integration tests need
 # the bed, and the bed needs root (namespaces, mounts).
@@ -14,6 +16,7 @@
 # Env: CORE_OPS_TEST_THREADS (default: nproc) threads per test binary; tests that share the bed
 #      use their own unit-name prefixes, so they may run in parallel.
 #      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
+#      CORE_OPS_TESTBED_CONTAINERS=0 installs only the Quadlet generator (no podman stack).
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh --test systemd_dbus`).
 set -euo pipefail
 
@@ -66,6 +69,12 @@ eval "$bed_env"
 export CORE_OPS_TESTBED_DIR=$BED
 export CORE_OPS_SYSTEMD_ADDRESS=$SYSTEMD_TESTBED_ADDRESS
 export CORE_OPS_SYSTEMD_UNIT_DIR=$SYSTEMD_TESTBED_UNIT_DIR
+
+step "the real Quadlet generator (and podman) into the bed: scripts/quadlet-bed.sh"
+quadlet_env=$(scripts/quadlet-bed.sh "$BED") || die "scripts/quadlet-bed.sh failed (see above)"
+eval "$quadlet_env"
+export CORE_OPS_TESTBED_QUADLET_DIR CORE_OPS_TESTBED_QUADLET_GENERATOR CORE_OPS_TESTBED_CONTAINERS
+[ -z "${CORE_OPS_TESTBED_IMAGE:-}" ] || export CORE_OPS_TESTBED_IMAGE
 
 # ------------------------------------------------------------------ 5. tests
 step "cargo test"

@@ -17,7 +17,44 @@ pub struct Paths {
     pub state_file: PathBuf,
     /// Roots host files may be written under.
     pub host_file_roots: Vec<PathBuf>,
+    /// Which Quadlet generator validates the rendered Quadlet set before anything is written.
+    pub quadlet_generator: QuadletGenerator,
 }
+
+/// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
+///
+/// Why: a Quadlet file the generator rejects becomes no unit at all after the reload, and
+/// systemd only says "not found"; running the real generator first gives the operator its own
+/// message before the host is touched.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum QuadletGenerator {
+    /// The first of [`DEFAULT_QUADLET_GENERATORS`] that exists.
+    #[default]
+    Auto,
+    /// `none`: do not validate (the plan says so in a warning).
+    Disabled,
+    /// This executable.
+    Path(PathBuf),
+}
+
+impl QuadletGenerator {
+    /// Parse the flag/env value: `none` disables, an empty value means auto, anything else is
+    /// a path.
+    pub fn parse(s: &str) -> QuadletGenerator {
+        match s.trim() {
+            "" => QuadletGenerator::Auto,
+            "none" => QuadletGenerator::Disabled,
+            p => QuadletGenerator::Path(PathBuf::from(p)),
+        }
+    }
+}
+
+/// Where the Quadlet generator is looked for, in order: the systemd generator link podman
+/// installs, then the binary itself.
+pub const DEFAULT_QUADLET_GENERATORS: &[&str] = &[
+    "/usr/lib/systemd/system-generators/podman-system-generator",
+    "/usr/libexec/podman/quadlet",
+];
 
 /// Default systemd unit dir.
 pub const DEFAULT_UNIT_DIR: &str = "/etc/systemd/system";
@@ -45,6 +82,7 @@ impl Paths {
             state_dir,
             state_file,
             host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
+            quadlet_generator: QuadletGenerator::Auto,
         }
     }
 
@@ -81,5 +119,15 @@ mod tests {
         assert!(!p.host_file_allowed(Path::new("/etc")));
         assert!(!p.host_file_allowed(Path::new("/usr/bin/x")));
         assert_eq!(p.state_file, PathBuf::from("/var/lib/core-ops/status.json"));
+    }
+
+    #[test]
+    fn quadlet_generator_setting() {
+        assert_eq!(QuadletGenerator::parse(""), QuadletGenerator::Auto);
+        assert_eq!(QuadletGenerator::parse("none"), QuadletGenerator::Disabled);
+        assert_eq!(
+            QuadletGenerator::parse("/x/quadlet"),
+            QuadletGenerator::Path(PathBuf::from("/x/quadlet"))
+        );
     }
 }

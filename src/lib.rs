@@ -10,6 +10,7 @@ pub mod apply;
 pub mod normalize;
 pub mod observe;
 pub mod plan;
+pub mod quadlet_check;
 pub mod reconcile;
 pub mod record;
 pub mod render;

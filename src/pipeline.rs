@@ -8,6 +8,7 @@ use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::observe::{ObservedFile, UnitObservation, UnitStateSource, observe_files};
 use crate::plan::{self, Plan, PlanInput};
+use crate::quadlet_check;
 use crate::record::status::{self, StatusSnapshot};
 use crate::record::target;
 use crate::render::{self, DesiredState};
@@ -176,6 +177,9 @@ pub fn plan_desired(
             Default::default()
         }
     };
+    // the real generator judges the Quadlet set before anything is written
+    let quadlet = quadlet_check::check(&desired, paths);
+    warnings.extend(quadlet.warnings);
     let plan = plan::plan(PlanInput {
         desired: &desired,
         repo: repo_display,
@@ -184,6 +188,7 @@ pub fn plan_desired(
         units: &units,
         warnings,
         interrupted,
+        invalid_quadlet: quadlet.rejected,
     });
     Ok(Planned {
         target: target.clone(),

@@ -26,6 +26,15 @@ pub struct Cli {
     /// Quadlet directory.
     #[arg(long, global = true, env = "CORE_OPS_QUADLET_DIR", value_name = "DIR")]
     pub quadlet_dir: Option<PathBuf>,
+    /// Quadlet generator run in dry-run mode to validate Quadlet files before anything is
+    /// written (default: podman-system-generator or /usr/libexec/podman/quadlet; `none`: skip).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_QUADLET_GENERATOR",
+        value_name = "PATH"
+    )]
+    pub quadlet_generator: Option<String>,
     /// Colon-separated roots host files may be written under (default /etc:/srv).
     #[arg(
         long,

@@ -12,7 +12,7 @@ use args::{ApplyTuning, Cli, Command, TargetArgs};
 use std::time::Duration;
 
 use crate::apply::{ApplyKind, ApplyOptions};
-use crate::config::Paths;
+use crate::config::{Paths, QuadletGenerator};
 use crate::error::Error;
 use crate::explain;
 use crate::fsutil;
@@ -55,13 +55,17 @@ pub fn exit_for(err: &Error) -> ExitStatus {
 }
 
 fn paths_of(cli: &Cli) -> Paths {
-    Paths::new(
+    let mut paths = Paths::new(
         cli.unit_dir.clone(),
         cli.quadlet_dir.clone(),
         cli.state_dir.clone(),
         cli.state_file.clone(),
         cli.host_file_roots.as_deref(),
-    )
+    );
+    if let Some(g) = &cli.quadlet_generator {
+        paths.quadlet_generator = QuadletGenerator::parse(g);
+    }
+    paths
 }
 
 fn target_opts(t: &TargetArgs) -> TargetOptions {

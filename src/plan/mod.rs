@@ -35,6 +35,9 @@ pub struct PlanInput<'a> {
     pub warnings: Vec<String>,
     /// Objects an interrupted run was changing (from the in-flight journal).
     pub interrupted: BTreeSet<String>,
+    /// Objects the Quadlet generator rejects, with its message (see `quadlet_check`); each
+    /// becomes a blocked action.
+    pub invalid_quadlet: BTreeMap<String, String>,
 }
 
 /// The paths the planner needs observed: every desired resource and every resource
@@ -347,6 +350,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             )
         } else {
             (action, cause, reason)
+        };
+        let (action, cause, reason) = match input.invalid_quadlet.get(&r.id) {
+            Some(msg) => (
+                Action::Blocked,
+                Cause::InvalidQuadlet,
+                format!("the Quadlet generator rejects it: {msg}"),
+            ),
+            None => (action, cause, reason),
         };
         let action = if action == Action::Update
             && matches!(r.kind, Kind::Mount | Kind::Automount)

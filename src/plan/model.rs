@@ -70,6 +70,9 @@ pub enum Cause {
     /// Something the object needs on the host is missing (e.g. a mountpoint with
     /// `CreateMountpoint=false`).
     MissingPrerequisite,
+    /// The Quadlet generator rejects the file (dry run before anything is written); the
+    /// reason carries the generator's own message. Always with `blocked`.
+    InvalidQuadlet,
 }
 
 /// Digests of the three sides for one object.

@@ -92,6 +92,7 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
         },
         warnings: vec![],
         interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
     })
 }
 
@@ -289,6 +290,46 @@ fn unmanaged_file_in_the_way_blocks() {
         (Action::Blocked, Cause::UnmanagedConflict)
     );
     assert!(p.is_blocked());
+}
+
+#[test]
+fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
+    let s = scratch();
+    let f = files(
+        &s,
+        &[
+            ("hosts/h/host.yaml", "services: [web, db, data, app]\n"),
+            (
+                "services/app/app.container",
+                "[Container]\nExec=/bin/true\n",
+            ),
+        ],
+    );
+    let d = desired(&s, &f, 'a');
+    let last = converge(&d);
+    let observed = observe_files(&managed_paths(&d, Some(&last)));
+    let msg = "converting \"app.container\": no Image or Rootfs key specified";
+    let p = plan(PlanInput {
+        desired: &d,
+        repo: "repo",
+        last_applied: Some(&last),
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+        interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::from([("quadlet:app.container".to_string(), msg.to_string())]),
+    });
+    let a = action(&p, "quadlet:app.container");
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Blocked, Cause::InvalidQuadlet)
+    );
+    assert!(a.reason.ends_with(msg), "{}", a.reason);
+    assert_eq!(a.unit.as_deref(), Some("app.service"));
+    assert!(p.is_blocked());
+    assert_eq!(p.summary.get("blocked"), Some(&1));
 }
 
 #[test]

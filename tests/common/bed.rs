@@ -101,6 +101,60 @@ impl Bed {
     }
 }
 
+/// The real Quadlet generator (and, unless `CORE_OPS_TESTBED_CONTAINERS=0`, podman) in a bed,
+/// as `scripts/quadlet-bed.sh` reports it.
+#[derive(Debug)]
+pub struct QuadletBed {
+    /// Host path the bed sees as `/etc/containers/systemd` (core-ops' Quadlet dir in tests).
+    pub quadlet_dir: PathBuf,
+    /// Host path of the same quadlet binary, for core-ops' dry-run validation on the host.
+    pub generator: PathBuf,
+    /// Whether podman can run containers in the bed.
+    pub containers: bool,
+    /// The locally imported image (`localhost/core-ops-mini:1`), when containers run.
+    pub image: Option<String>,
+}
+
+impl Bed {
+    /// Set the bed up for Quadlet (idempotent: under `scripts/test.sh` it was done already and
+    /// this only checks) and say where things are.
+    ///
+    /// Why: a test binary run on its own (`cargo test --test quadlet_bed`) boots its own bed,
+    /// which has no generator until this runs; and the script is the one place that knows how.
+    pub fn quadlet(&self) -> &QuadletBed {
+        static Q: OnceLock<QuadletBed> = OnceLock::new();
+        Q.get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/quadlet-bed.sh");
+            let out = Command::new(&script)
+                .arg(&self.dir)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            assert!(
+                out.status.success(),
+                "scripts/quadlet-bed.sh {} failed:\n{}",
+                self.dir.display(),
+                text(&out)
+            );
+            eprint!("{}", String::from_utf8_lossy(&out.stderr));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let kv: HashMap<&str, &str> =
+                stdout.lines().filter_map(|l| l.split_once('=')).collect();
+            let get = |k: &str| {
+                kv.get(k)
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| panic!("quadlet-bed.sh printed no {k}:\n{}", text(&out)))
+            };
+            QuadletBed {
+                quadlet_dir: PathBuf::from(get("CORE_OPS_TESTBED_QUADLET_DIR")),
+                generator: PathBuf::from(get("CORE_OPS_TESTBED_QUADLET_GENERATOR")),
+                containers: get("CORE_OPS_TESTBED_CONTAINERS") == "1",
+                image: kv.get("CORE_OPS_TESTBED_IMAGE").map(|v| v.to_string()),
+            }
+        })
+    }
+}
+
 /// The project's test bed script (`scripts/systemd-testbed.sh`), found from the crate root so
 /// tests work from any working directory.
 pub fn script() -> PathBuf {

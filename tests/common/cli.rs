@@ -39,6 +39,9 @@ impl Scratch {
                 "CORE_OPS_QUADLET_DIR".into(),
                 root.join("quadlet").display().to_string(),
             ),
+            // the same plan on every machine, with or without podman installed; tests of the
+            // validation itself set a generator
+            ("CORE_OPS_QUADLET_GENERATOR".into(), "none".into()),
             (
                 "CORE_OPS_HOST_FILE_ROOTS".into(),
                 format!(
