@@ -161,7 +161,10 @@ pub fn plan_desired(
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let observed = observe_files(&plan::managed_paths(&desired, last));
-    let units = units_source.observe_units(&plan::managed_units(&desired, last));
+    let mut units = units_source.observe_units(&plan::managed_units(&desired, last));
+    if let UnitObservation::Known(map) = &mut units {
+        crate::observe::enablement_from_disk(&paths.unit_dir, map);
+    }
     let mut warnings: Vec<String> = warning.into_iter().collect();
     let interrupted = match crate::apply::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {

@@ -89,6 +89,7 @@ fn oneshot_done(effective: &str, st: &UnitStatus) -> bool {
 /// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
 /// flags units whose restart counter or invocation changed in between.
 ///
+/// `preread` is unit state already read (by the plan) when nothing was changed.
 /// `reported_only` are objects whose drift policy is `report` and that the plan left alone:
 /// they are not judged (their drift is a finding, not a failure).
 pub fn verify(
@@ -97,6 +98,7 @@ pub fn verify(
     systemd: &dyn Systemd,
     settle: Duration,
     reported_only: &BTreeSet<String>,
+    preread: Option<&BTreeMap<String, UnitStatus>>,
 ) -> Result<Verification, crate::systemd::SystemdError> {
     let mut diagnostics = Vec::new();
     for r in desired
@@ -139,24 +141,31 @@ pub fn verify(
     names.extend(removed.iter().filter_map(|r| r.unit.clone()));
     names.sort();
     names.dedup();
-    let first = systemd.unit_statuses(&names)?;
-    let states: BTreeMap<String, UnitStatus> =
-        if settle.is_zero() {
-            first.into_iter().map(|s| (s.name.clone(), s)).collect()
-        } else {
-            std::thread::sleep(settle);
-            let second = systemd.unit_statuses(&names)?;
-            for (a, b) in first.iter().zip(&second) {
-                let was_running = a.active_state == "active";
-                if was_running
-                    && (a.n_restarts != b.n_restarts || a.invocation_id != b.invocation_id)
-                    && desired
-                        .unit_resource(&a.name)
-                        .and_then(|r| r.unit.as_ref())
-                        .is_some_and(|u| u.start)
-                {
-                    diagnostics.push(Diagnostic {
-                    id: desired.unit_resource(&a.name).map(|r| r.id.clone()).unwrap_or_default(),
+    let states: BTreeMap<String, UnitStatus> = if let Some(pre) = preread {
+        // nothing was changed: the plan's own observation is the verification
+        names
+            .iter()
+            .filter_map(|n| pre.get(n).map(|s| (n.clone(), s.clone())))
+            .collect()
+    } else if settle.is_zero() {
+        let first = systemd.unit_statuses(&names)?;
+        first.into_iter().map(|s| (s.name.clone(), s)).collect()
+    } else {
+        let first = systemd.unit_statuses(&names)?;
+        std::thread::sleep(settle);
+        let second = systemd.unit_statuses(&names)?;
+        for (a, b) in first.iter().zip(&second) {
+            let Some(r) = desired.unit_resource(&a.name) else {
+                continue;
+            };
+            let started = r.unit.as_ref().is_some_and(|u| u.start);
+            if a.active_state == "active"
+                && started
+                && !reported_only.contains(&r.id)
+                && (a.n_restarts != b.n_restarts || a.invocation_id != b.invocation_id)
+            {
+                diagnostics.push(Diagnostic {
+                    id: r.id.clone(),
                     unit: Some(a.name.clone()),
                     problem: format!(
                         "unit is restarting (NRestarts {} -> {}) during the {} ms settle window",
@@ -165,12 +174,16 @@ pub fn verify(
                         settle.as_millis()
                     ),
                 });
-                }
             }
-            second.into_iter().map(|s| (s.name.clone(), s)).collect()
-        };
+        }
+        second.into_iter().map(|s| (s.name.clone(), s)).collect()
+    };
 
-    for r in desired.resources.values() {
+    for r in desired
+        .resources
+        .values()
+        .filter(|r| !reported_only.contains(&r.id))
+    {
         let Some(u) = &r.unit else { continue };
         let Some(st) = states.get(&u.name) else {
             continue;

@@ -234,7 +234,16 @@ pub fn apply(
         .filter(|a| a.action != Action::NoOp)
         .collect();
 
-    for dir in [&paths.unit_dir, &paths.quadlet_dir] {
+    // temp files a killed run left beside any object this plan touches
+    let mut dirs: BTreeSet<PathBuf> = [paths.unit_dir.clone(), paths.quadlet_dir.clone()].into();
+    dirs.extend(
+        plan.actions
+            .iter()
+            .filter(|a| a.action != Action::NoOp)
+            .filter_map(|a| a.path.as_ref())
+            .filter_map(|p| std::path::Path::new(p).parent().map(PathBuf::from)),
+    );
+    for dir in &dirs {
         fsutil::clean_temp_files(dir)?;
     }
 
@@ -377,33 +386,36 @@ pub fn apply(
     // write and remove files in plan order
     let mut unit_files_changed = false;
     let write_result: Result<()> = phases.run("write", || {
-        let mut written = 0;
         let mut removed = 0;
+        let to_write: Vec<&crate::render::Resource> = changed
+            .iter()
+            .filter(|a| matches!(a.action, Action::Create | Action::Update | Action::Replace))
+            .map(|a| desired.resources.get(&a.id).expect("desired object"))
+            .collect();
         let r = (|| -> Result<()> {
-            for a in &changed {
-                match a.action {
-                    Action::Create | Action::Update | Action::Replace => {
-                        let r = desired.resources.get(&a.id).expect("desired object");
-                        fsutil::write_atomic(&r.path, &r.content, Some(&r.meta))?;
-                        tracing::debug!(object = %a.id, path = %r.path.display(), "written");
-                        written += 1;
-                        failpoint_pause_after_writes(written);
-                        unit_files_changed |= r.kind.is_ini();
-                    }
-                    Action::Delete if stop_failed.contains(&a.id) => {}
-                    Action::Delete => {
-                        let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
-                        fsutil::remove_synced(&path)?;
-                        remove_empty_dropin_dir(&path);
-                        removed += 1;
-                        unit_files_changed |= a.kind.is_ini();
-                    }
-                    _ => {}
+            let items: Vec<fsutil::BatchItem<'_>> = to_write
+                .iter()
+                .map(|r| fsutil::BatchItem {
+                    path: &r.path,
+                    data: &r.content,
+                    meta: Some(&r.meta),
+                })
+                .collect();
+            fsutil::write_batch(&items, failpoint_pause_after_writes)?;
+            unit_files_changed |= to_write.iter().any(|r| r.kind.is_ini());
+            for a in changed.iter().filter(|a| a.action == Action::Delete) {
+                if stop_failed.contains(&a.id) {
+                    continue;
                 }
+                let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
+                fsutil::remove_synced(&path)?;
+                remove_empty_dropin_dir(&path);
+                removed += 1;
+                unit_files_changed |= a.kind.is_ini();
             }
             Ok(())
         })();
-        (r, format!("{written} written, {removed} removed"))
+        (r, format!("{} written, {removed} removed", to_write.len()))
     });
     write_result?;
 
@@ -522,7 +534,11 @@ pub fn apply(
         .map(|a| a.id.clone())
         .collect();
     let verification = phases.run("verify", || {
-        let r = verify::verify(desired, &removed, systemd, settle, &reported_only);
+        let preread = match (&planned.units, changed.is_empty()) {
+            (crate::observe::UnitObservation::Known(m), true) => Some(m),
+            _ => None,
+        };
+        let r = verify::verify(desired, &removed, systemd, settle, &reported_only, preread);
         (r, format!("settle {} ms", settle.as_millis()))
     })?;
     diagnostics.extend(verification.diagnostics);

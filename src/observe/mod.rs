@@ -113,6 +113,39 @@ pub trait UnitStateSource {
     fn observe_units(&self, names: &[String]) -> UnitObservation;
 }
 
+/// Enablement read from the unit dir, the way `systemctl is-enabled` finds it: a unit is
+/// enabled when a symlink with its name sits in some `*.wants/`, `*.requires/` or
+/// `*.upholds/` directory. Fills `unit_file_state` (`enabled`/`disabled`) of loaded units
+/// that systemd did not report one for; one directory scan instead of a D-Bus call per unit.
+pub fn enablement_from_disk(unit_dir: &Path, units: &mut BTreeMap<String, UnitStatus>) {
+    let mut linked: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    if let Ok(rd) = fs::read_dir(unit_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if [".wants", ".requires", ".upholds"]
+                .iter()
+                .any(|s| name.ends_with(s))
+                && let Ok(inner) = fs::read_dir(e.path())
+            {
+                linked.extend(
+                    inner
+                        .flatten()
+                        .map(|l| l.file_name().to_string_lossy().to_string()),
+                );
+            }
+        }
+    }
+    for (name, st) in units.iter_mut() {
+        if st.unit_file_state.is_empty() && st.load_state == "loaded" {
+            st.unit_file_state = if linked.contains(name) {
+                "enabled".into()
+            } else {
+                "disabled".into()
+            };
+        }
+    }
+}
+
 /// Used when no systemd answers: everything unknown, with the reason.
 #[derive(Debug, Clone)]
 pub struct NoSystemd {
@@ -133,7 +166,7 @@ impl<T: Systemd + ?Sized> UnitStateSource for T {
         if names.is_empty() {
             return UnitObservation::Known(BTreeMap::new());
         }
-        match self.unit_statuses(names) {
+        match self.unit_states_brief(names) {
             Ok(list) => {
                 UnitObservation::Known(list.into_iter().map(|s| (s.name.clone(), s)).collect())
             }

@@ -178,7 +178,11 @@ fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
         st.unit_file_state.as_str(),
         "enabled" | "enabled-runtime" | "static" | "generated" | "alias" | "indirect" | "linked"
     );
-    if u.enable && !enabled && !st.unit_file_state.is_empty() {
+    // enablement is judged by wants/requires links; an Alias=-only unit cannot be told apart
+    let linked_by_install = ["WantedBy=", "RequiredBy=", "UpheldBy="]
+        .iter()
+        .any(|k| u.effective.contains(k));
+    if u.enable && linked_by_install && !enabled && !st.unit_file_state.is_empty() {
         return Some((
             Action::Recover,
             format!("unit is not enabled (UnitFileState={})", st.unit_file_state),

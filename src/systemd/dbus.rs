@@ -309,6 +309,7 @@ impl DbusSystemd {
         &self,
         inner: &Inner,
         names: &[String],
+        brief: bool,
     ) -> Result<Vec<UnitStatus>, SystemdError> {
         let not_found = |asked: &str| UnitStatus {
             name: asked.to_string(),
@@ -351,7 +352,21 @@ impl DbusSystemd {
             let (id, load_state, active_state, sub_state, path) =
                 (row.0, row.2, row.3, row.4, row.6.as_str().to_string());
             let i = statuses.len();
-            if load_state != "not-found" {
+            if brief {
+                // only why a failed unit failed
+                if active_state == "failed"
+                    && let Some(iface) = result_interface(&id)
+                {
+                    gets.push((
+                        statuses.len(),
+                        Read::Property {
+                            path: path.clone(),
+                            iface,
+                            name: "Result",
+                        },
+                    ));
+                }
+            } else if load_state != "not-found" {
                 let prop = |iface, name| Read::Property {
                     path: path.clone(),
                     iface,
@@ -653,7 +668,15 @@ impl Systemd for DbusSystemd {
             return Ok(Vec::new());
         }
         let inner = self.inner();
-        self.rt.block_on(self.list_units(inner, names))
+        self.rt.block_on(self.list_units(inner, names, false))
+    }
+
+    fn unit_states_brief(&self, names: &[String]) -> Result<Vec<UnitStatus>, SystemdError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner();
+        self.rt.block_on(self.list_units(inner, names, true))
     }
 
     fn enable(&self, names: &[String]) -> Result<(), SystemdError> {

@@ -144,6 +144,12 @@ pub trait Systemd {
     /// Unit properties for each name, in the order given. Unknown units come back with
     /// `load_state = "not-found"`, never as an error.
     fn unit_statuses(&self, names: &[String]) -> Result<Vec<UnitStatus>, SystemdError>;
+    /// Load, active and sub state of each unit, plus `Result` of the failed ones: what the
+    /// planner reads on every run, in as few calls as possible (one `ListUnitsByNames` when
+    /// nothing failed). `unit_file_state`, `n_restarts` and `invocation_id` may be empty.
+    fn unit_states_brief(&self, names: &[String]) -> Result<Vec<UnitStatus>, SystemdError> {
+        self.unit_statuses(names)
+    }
     /// One `EnableUnitFiles(names, runtime=false, force=false)` call for all names.
     fn enable(&self, names: &[String]) -> Result<(), SystemdError>;
     /// One `DisableUnitFiles(names, runtime=false)` call for all names.
