@@ -66,17 +66,23 @@ def run(cmd, *, env=None, cwd=None, check=True, what=None) -> subprocess.Complet
     return p
 
 
+GNU_TIME = "/usr/bin/time"
+
+
 def timed(cmd, env, scratch: Path):
-    """Run cmd, reap it with wait4: (wall ms, max RSS KiB, exit code, stdout, stderr)."""
-    out_p, err_p = scratch / "child.out", scratch / "child.err"
+    """Run cmd: (wall ms, max RSS KiB, exit code, stdout, stderr).
+
+    The max RSS comes from GNU time (`%M`), not from wait4 in this process: a child forked
+    from Python carries Python's own resident set (~14 MiB) in its ru_maxrss until it execs,
+    which would be counted as core-ops' memory. GNU time forks from a ~1 MiB process."""
+    out_p, err_p, rss_p = scratch / "child.out", scratch / "child.err", scratch / "child.rss"
     with open(out_p, "wb") as out, open(err_p, "wb") as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.run([GNU_TIME, "-f", "%M", "-o", str(rss_p), *map(str, cmd)], env=env,
+                           stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         t1 = time.perf_counter()
-    code = os.waitstatus_to_exitcode(status)
-    p.returncode = code  # already reaped; keep Popen from waiting again
-    return (t1 - t0) * 1000.0, ru.ru_maxrss, code, out_p.read_text(), err_p.read_text()
+    rss = int(rss_p.read_text().split()[-1])
+    return (t1 - t0) * 1000.0, rss, p.returncode, out_p.read_text(), err_p.read_text()
 
 
 def stats(xs):

@@ -229,20 +229,29 @@ pub struct BatchItem<'a> {
 const SYNCFS_THRESHOLD: usize = 8;
 
 /// Write many files atomically with the durability of [`write_atomic`] but far fewer
-/// flushes: every temp file is written, then made durable (one `fsync` each for small batches,
-/// one `syncfs` per file system for large ones), then renamed into place (`after_rename(n)`
-/// is called after the n-th rename), then each directory is fsynced once. A crash leaves each
-/// target either old or new; leftover temp files carry the dead writer's pid and are removed
-/// by [`clean_temp_files`].
+/// flushes. Small batches: each temp file is fsynced, renamed, and each directory fsynced
+/// once. Large batches (8+ files): all temp files are written, one `syncfs` per file system
+/// makes their data durable, all are renamed, and a second `syncfs` makes the renames (and
+/// any directories created) durable: two flushes instead of two per file and one per new
+/// directory. `after_rename(n)` is called after the n-th rename. A crash leaves each target
+/// either old or new; leftover temp files carry the dead writer's pid and are removed by
+/// [`clean_temp_files`].
 pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize)) -> Result<()> {
     let mut temps: Vec<PathBuf> = Vec::with_capacity(items.len());
+    let large = items.len() >= SYNCFS_THRESHOLD;
     let result = (|| -> Result<()> {
         let mut files: Vec<File> = Vec::with_capacity(items.len());
         for it in items {
             let dir = it.path.parent().ok_or_else(|| {
                 Error::Config(format!("{} has no parent directory", it.path.display()))
             })?;
-            create_dir_all_synced(dir)?;
+            if large {
+                // made durable by the final syncfs
+                fs::create_dir_all(dir)
+                    .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
+            } else {
+                create_dir_all_synced(dir)?;
+            }
             let name = it
                 .path
                 .file_name()
@@ -272,14 +281,20 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
             .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
             files.push(f);
         }
-        if items.len() >= SYNCFS_THRESHOLD {
-            let mut devices: HashMap<u64, &File> = HashMap::new();
-            for f in &files {
+        // one open file per file system, for syncfs
+        let mut devices: HashMap<u64, File> = HashMap::new();
+        if large {
+            for (f, tmp) in files.iter().zip(&temps) {
                 let dev = f
                     .metadata()
-                    .map_err(|e| Error::io("stat temp file".to_string(), e))?
+                    .map_err(|e| Error::io(format!("stat {}", tmp.display()), e))?
                     .dev();
-                devices.entry(dev).or_insert(f);
+                if let std::collections::hash_map::Entry::Vacant(v) = devices.entry(dev) {
+                    v.insert(
+                        f.try_clone()
+                            .map_err(|e| Error::io(format!("dup {}", tmp.display()), e))?,
+                    );
+                }
             }
             for f in devices.values() {
                 nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
@@ -305,8 +320,14 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
             }
             after_rename(i + 1);
         }
-        for d in dirs {
-            sync_dir(d)?;
+        if large {
+            for f in devices.values() {
+                nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
+            }
+        } else {
+            for d in dirs {
+                sync_dir(d)?;
+            }
         }
         Ok(())
     })();
