@@ -5,6 +5,7 @@
 #   1. installs the apt packages the build and the systemd test bed need (only missing ones),
 #   2. checks the Rust toolchain (rust-version of Cargo.toml, with clippy + rustfmt),
 #   3. runs cargo fmt --check, cargo clippy --all-targets -D warnings, cargo build --all-targets,
+#      core-ops-release validate (release fragments, changelog, version policy),
 #   4. boots ONE systemd test bed (scripts/systemd-testbed.sh) that every test binary shares
 #      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR), and puts the
 #      real Quadlet generator and podman into it (scripts/quadlet-bed.sh: CORE_OPS_TESTBED_QUADLET_*;
@@ -13,7 +14,8 @@
 # Exits non-zero on any failure. Not root is a failure, not a skip: the integration tests need
 # the bed, and the bed needs root (namespaces, mounts).
 #
-# Env: CORE_OPS_TEST_THREADS (default: nproc) threads per test binary; tests that share the bed
+# Env: CORE_OPS_RELEASE_BASE (default: the newest vX.Y.Z tag) the base of the version policy.
+#      CORE_OPS_TEST_THREADS (default: nproc) threads per test binary; tests that share the bed
 #      use their own unit-name prefixes, so they may run in parallel.
 #      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
 #      CORE_OPS_TESTBED_CONTAINERS=0 installs only the Quadlet generator (no podman stack).
@@ -39,6 +41,11 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 step "cargo build --all-targets"
 cargo build --all-targets
+# release governance (DEVELOPMENT.md, "Release flow"): fragments, changelog, version policy
+# against the newest vX.Y.Z tag, or against CORE_OPS_RELEASE_BASE (e.g. the target branch of
+# the change under review) when set
+step "core-ops-release validate${CORE_OPS_RELEASE_BASE:+ --base $CORE_OPS_RELEASE_BASE}"
+cargo run --quiet --bin core-ops-release -- validate ${CORE_OPS_RELEASE_BASE:+--base "$CORE_OPS_RELEASE_BASE"}
 
 # ------------------------------------------------------------------ 4. test bed
 BED=/tmp/core-ops-bed-$$

@@ -30,5 +30,8 @@ pub mod systemd;
 pub mod cli;
 pub mod explain;
 
+// maintainer tooling (the core-ops-release binary)
+pub mod release;
+
 #[doc(hidden)]
 pub mod testkit;
