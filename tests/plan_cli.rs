@@ -31,13 +31,18 @@ fn scratch() -> Scratch {
 }
 
 /// Replace what differs between machines and builds: the scratch root, the build revision,
-/// and the checksum (which covers the build revision; it is verified separately).
+/// the compiler, and the checksum (which covers the build revision; it is verified separately).
 fn normalize(s: &Scratch, text: &str) -> String {
     let mut out = text.replace(&s.root().display().to_string(), "<ROOT>");
-    let build = core_ops::provenance::Provenance::current().build_revision;
+    let provenance = core_ops::provenance::Provenance::current();
+    let build = provenance.build_revision;
     out = out.replace(
         &format!("\"build_revision\": \"{build}\""),
         "\"build_revision\": \"<BUILD>\"",
+    );
+    out = out.replace(
+        &format!("\"rustc\": \"{}\"", provenance.rustc),
+        "\"rustc\": \"<RUSTC>\"",
     );
     let version = env!("CARGO_PKG_VERSION");
     out = out.replace(
