@@ -141,6 +141,18 @@ pub enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: super::surface::Shell,
+    },
+    /// Write the man pages of core-ops and every subcommand into DIR (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// Repository, revision and host selection shared by plan, apply and explain.

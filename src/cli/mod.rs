@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod output;
+pub mod surface;
 
 use std::io::Write;
 use std::path::Path;
@@ -514,6 +515,16 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                 print_json(&e);
             } else {
                 print_text(&output::explain_text(&e));
+            }
+            Ok(ExitStatus::Ok)
+        }
+        Command::Completions { shell } => {
+            surface::completions(*shell, &mut std::io::stdout().lock());
+            Ok(ExitStatus::Ok)
+        }
+        Command::Manpages { dir } => {
+            for page in surface::manpages(dir)? {
+                print_text(&format!("{}\n", page.display()));
             }
             Ok(ExitStatus::Ok)
         }
