@@ -519,8 +519,13 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             Ok(ExitStatus::Ok)
         }
         Command::Completions { shell } => {
-            surface::completions(*shell, &mut std::io::stdout().lock());
-            Ok(ExitStatus::Ok)
+            let script = surface::completions(*shell);
+            match std::io::stdout().lock().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(Error::io("write the completion script to stdout", e))
+                }
+                _ => Ok(ExitStatus::Ok),
+            }
         }
         Command::Manpages { dir } => {
             for page in surface::manpages(dir)? {

@@ -6,7 +6,6 @@
 //! flags the shipped binary accepts, and nothing has to compile the CLI a second time in a
 //! build script.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, ValueEnum};
@@ -28,17 +27,47 @@ pub enum Shell {
     Fish,
 }
 
-/// Write the completion script for `shell` to `out`.
+/// The completion script for `shell`.
 ///
-/// Why a writer: the command prints to stdout; tests and packaging capture it.
-pub fn completions(shell: Shell, out: &mut dyn Write) {
-    let mut cmd = Cli::command();
+/// Why a buffer: clap_complete panics when its writer fails (a closed pipe); the caller writes
+/// the bytes and handles the error.
+pub fn completions(shell: Shell) -> Vec<u8> {
+    let mut cmd = visible(&Cli::command());
     let name = cmd.get_name().to_string();
-    match shell {
-        Shell::Bash => clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, name, out),
-        Shell::Zsh => clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, name, out),
-        Shell::Fish => clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, name, out),
+    let mut out = Vec::new();
+    let shell = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut cmd, name, &mut out);
+    if shell == clap_complete::Shell::Bash {
+        // clap_complete (<= 4.6.11) spells the case labels of a hyphenated binary's
+        // subcommands `core__subcmd__ops__subcmd__apply` while its dispatch loop computes
+        // `core__ops__subcmd__apply`, so no subcommand flag ever completes
+        // (clap-rs/clap#6421). Use the loop's spelling; a no-op once that is fixed.
+        let text = String::from_utf8_lossy(&out).replace("core__subcmd__ops", "core__ops");
+        return text.into_bytes();
     }
+    out
+}
+
+/// A copy of `cmd` without hidden arguments and subcommands.
+///
+/// Why: clap_complete offers hidden subcommands too, and `manpages` is for packaging only.
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new(cmd.get_name().to_string())
+        .args(cmd.get_arguments().filter(|a| !a.is_hide_set()).cloned());
+    if let Some(about) = cmd.get_about() {
+        out = out.about(about.clone());
+    }
+    if let Some(version) = cmd.get_version() {
+        out = out.version(version.to_string());
+    }
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        out = out.subcommand(visible(sub));
+    }
+    out
 }
 
 /// Write `core-ops.1` and one `core-ops-<subcommand>[-<subcommand>].1` per visible
