@@ -9,8 +9,11 @@ die() { echo "scripts/prereqs.sh: $*" >&2; exit 1; }
 
 # systemd + dbus + util-linux + mount: the test bed; pkg-config, zlib1g-dev, gcc, libc6-dev,
 # make: building git2's vendored libgit2; git: scripts and tests that make repositories;
-# util-linux also provides flock(1), used by the lock test; time: max RSS in the benches.
-PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc libc6-dev make git time)
+# util-linux also provides flock(1), used by the lock test; time: max RSS in the benches;
+# dpkg-dev (dpkg-shlibdeps) and lintian: the Debian package (scripts/build-deb.sh) and its
+# checks; groff-base: the man page test renders every page.
+PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc libc6-dev make git time
+    dpkg-dev lintian groff-base)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

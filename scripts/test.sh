@@ -5,7 +5,8 @@
 #   1. installs the apt packages the build and the systemd test bed need (only missing ones),
 #   2. checks the Rust toolchain (rust-version of Cargo.toml, with clippy + rustfmt),
 #   3. runs cargo fmt --check, cargo clippy --all-targets -D warnings, cargo build --all-targets,
-#      core-ops-release validate (release fragments, changelog, version policy),
+#      core-ops-release validate (release fragments, changelog, version policy), and builds
+#      the Debian package (scripts/build-deb.sh, exported as CORE_OPS_DEB),
 #   4. boots ONE systemd test bed (scripts/systemd-testbed.sh) that every test binary shares
 #      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR), and puts the
 #      real Quadlet generator and podman into it (scripts/quadlet-bed.sh: CORE_OPS_TESTBED_QUADLET_*;
@@ -17,6 +18,7 @@
 # Env: CORE_OPS_RELEASE_BASE (default: the newest vX.Y.Z tag) the base of the version policy.
 #      CORE_OPS_TEST_THREADS (default: nproc) threads per test binary; tests that share the bed
 #      use their own unit-name prefixes, so they may run in parallel.
+#      CORE_OPS_BUILD_DEB=auto|1|0 (default auto: when all tests or deb_package are selected).
 #      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
 #      CORE_OPS_TESTBED_CONTAINERS=0 installs only the Quadlet generator (no podman stack).
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh --test systemd_dbus`).
@@ -46,6 +48,15 @@ cargo build --all-targets
 # the change under review) when set
 step "core-ops-release validate${CORE_OPS_RELEASE_BASE:+ --base $CORE_OPS_RELEASE_BASE}"
 cargo run --quiet --bin core-ops-release -- validate ${CORE_OPS_RELEASE_BASE:+--base "$CORE_OPS_RELEASE_BASE"}
+
+# the Debian package, built once for tests/deb_package.rs (contents, lintian, install in the
+# bed); skipped when the selected tests cannot include it
+if [ "${CORE_OPS_BUILD_DEB:-auto}" = 1 ] ||
+    { [ "${CORE_OPS_BUILD_DEB:-auto}" = auto ] && { [ $# -eq 0 ] || [[ " $* " == *deb_package* ]]; }; }; then
+    step "scripts/build-deb.sh"
+    CORE_OPS_DEB=$(scripts/build-deb.sh) || die "building the Debian package failed (see above)"
+    export CORE_OPS_DEB
+fi
 
 # ------------------------------------------------------------------ 4. test bed
 BED=/tmp/core-ops-bed-$$
