@@ -59,6 +59,70 @@ pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result
     result
 }
 
+/// A file written in place of a temp name and renamed to its final path only when
+/// [`AtomicFile::commit`] is called (after fsync); dropped uncommitted, the temp file is
+/// removed.
+///
+/// Why: streamed content (a 100 MB artifact) cannot go through [`write_atomic`], which takes
+/// the bytes in memory, and its final name may only be known at the end (a content digest).
+#[derive(Debug)]
+pub struct AtomicFile {
+    file: File,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl AtomicFile {
+    /// Create a temp file (mode 0644) in `dir`, creating the directory if needed.
+    pub fn create(dir: &Path, label: &str) -> Result<AtomicFile> {
+        create_dir_all_synced(dir)?;
+        let tmp = dir.join(format!("{TEMP_PREFIX}{label}-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)
+            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        Ok(AtomicFile {
+            file,
+            tmp,
+            committed: false,
+        })
+    }
+
+    /// The open temp file, to write into.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// fsync, rename onto `path` (same filesystem), fsync the directory.
+    pub fn commit(mut self, path: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("fsync {}", self.tmp.display()), e))?;
+        fs::rename(&self.tmp, path).map_err(|e| {
+            Error::io(
+                format!("rename {} -> {}", self.tmp.display(), path.display()),
+                e,
+            )
+        })?;
+        self.committed = true;
+        match path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// Remove a file and fsync its directory; a missing file is not an error.
 pub fn remove_synced(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
@@ -68,6 +132,66 @@ pub fn remove_synced(path: &Path) -> Result<()> {
     }
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Rename a file or directory (same filesystem) and fsync the directories involved, so a
+/// tree built in a staging directory appears whole or not at all.
+pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
+    if let Some(dir) = to.parent() {
+        create_dir_all_synced(dir)?;
+    }
+    fs::rename(from, to)
+        .map_err(|e| Error::io(format!("rename {} -> {}", from.display(), to.display()), e))?;
+    if let Some(dir) = to.parent() {
+        sync_dir(dir)?;
+    }
+    if let Some(dir) = from.parent()
+        && Some(dir) != to.parent()
+    {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Point the symlink `link` at `target` atomically: a new symlink beside it, renamed over
+/// it, directory fsynced. Readers see the old target or the new one, never no link.
+pub fn symlink_atomic(target: &Path, link: &Path) -> Result<()> {
+    let dir = link
+        .parent()
+        .ok_or_else(|| Error::Config(format!("{} has no parent directory", link.display())))?;
+    create_dir_all_synced(dir)?;
+    let name = link
+        .file_name()
+        .ok_or_else(|| Error::Config(format!("{} has no file name", link.display())))?;
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .map_err(|e| Error::io(format!("symlink {}", tmp.display()), e))?;
+    if let Err(e) = fs::rename(&tmp, link) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(
+            format!("rename {} -> {}", tmp.display(), link.display()),
+            e,
+        ));
+    }
+    sync_dir(dir)
+}
+
+/// Remove a directory tree and fsync its parent; a missing tree is not an error.
+pub fn remove_dir_all_synced(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("remove {}", dir.display()), e)),
+    }
+    if let Some(p) = dir.parent() {
+        sync_dir(p)?;
     }
     Ok(())
 }
@@ -411,6 +535,16 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("c.txt")]);
+    }
+
+    #[test]
+    fn symlink_is_replaced_atomically() {
+        let d = tempfile::tempdir().unwrap();
+        let link = d.path().join("current");
+        symlink_atomic(Path::new("1.0"), &link).unwrap();
+        symlink_atomic(Path::new("2.0"), &link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("2.0"));
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

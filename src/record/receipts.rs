@@ -104,9 +104,19 @@ pub fn append_document(
     kind: &str,
     build: impl FnOnce(u64, Option<String>) -> serde_json::Value,
 ) -> Result<(PathBuf, serde_json::Value)> {
+    try_append_document(state_dir, kind, |sequence, prev| Ok(build(sequence, prev)))
+}
+
+/// [`append_document`] with a builder that may refuse (e.g. a document that fails schema
+/// validation): nothing is written when it returns an error.
+pub fn try_append_document(
+    state_dir: &Path,
+    kind: &str,
+    build: impl FnOnce(u64, Option<String>) -> Result<serde_json::Value>,
+) -> Result<(PathBuf, serde_json::Value)> {
     let (last, prev) = last_link(state_dir)?;
     let sequence = last + 1;
-    let doc = build(sequence, prev);
+    let doc = build(sequence, prev)?;
     let path = receipts_dir(state_dir).join(format!("{sequence:08}-{kind}.json"));
     let mut bytes = serde_json::to_vec_pretty(&doc).expect("receipt serializes");
     bytes.push(b'\n');
