@@ -41,6 +41,10 @@ pub struct Explanation {
     pub required_by: Vec<String>,
     /// Units it restarts when it changes.
     pub restarts: Vec<String>,
+    /// For `runtime:<name>`: versions on the host and the transaction history (filled by
+    /// the caller, which knows the state dir).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::runtime::history::RuntimeHistory>,
 }
 
 /// Find an object by id, unit name, file name or host path.
@@ -93,13 +97,18 @@ pub fn explain(planned: &Planned, object: &str) -> Result<Explanation> {
         host: planned.target.host.clone(),
         revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
-        service: resource.map(|r| r.service.clone()),
+        service: resource
+            .map(|r| r.service.clone())
+            .filter(|s| !s.is_empty()),
         path: action.path.clone(),
         unit: action.unit.clone(),
         layers: resource.map(|r| r.layers.clone()).unwrap_or_default(),
         digest: resource.map(|r| r.digest.clone()),
         normalized: resource.map(|r| match &r.unit {
             Some(u) => u.effective.clone(),
+            None if r.kind == crate::normalize::Kind::Runtime => {
+                String::from_utf8_lossy(&r.content).into_owned()
+            }
             None if r.kind.is_ini() => crate::render::unit_file::UnitFile::parse(
                 &r.id,
                 &String::from_utf8_lossy(&r.content),
@@ -111,6 +120,7 @@ pub fn explain(planned: &Planned, object: &str) -> Result<Explanation> {
         depends_on: action.depends_on.clone(),
         required_by,
         restarts: action.restarts.clone(),
+        runtime: None,
         action,
     })
 }

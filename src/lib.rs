@@ -14,6 +14,7 @@ pub mod quadlet_check;
 pub mod reconcile;
 pub mod record;
 pub mod render;
+pub mod runtime;
 pub mod source;
 pub mod verify;
 

@@ -26,6 +26,8 @@ pub enum Kind {
     Automount,
     /// A rendered host file.
     File,
+    /// A runtime (`runtime:<name>`): material is name, version and artifact digests.
+    Runtime,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
             Kind::Mount => "mount",
             Kind::Automount => "automount",
             Kind::File => "file",
+            Kind::Runtime => "runtime",
         }
     }
 
@@ -50,6 +53,7 @@ impl Kind {
             "mount" => Kind::Mount,
             "automount" => Kind::Automount,
             "file" => Kind::File,
+            "runtime" => Kind::Runtime,
             _ => return None,
         })
     }
@@ -62,7 +66,7 @@ impl Kind {
 
     /// Whether content is unit-file syntax and normalized as such.
     pub fn is_ini(self) -> bool {
-        !matches!(self, Kind::File)
+        !matches!(self, Kind::File | Kind::Runtime)
     }
 }
 

@@ -166,6 +166,7 @@ pub fn plan_desired(
         crate::observe::enablement_from_disk(&paths.unit_dir, map);
     }
     let mut warnings: Vec<String> = warning.into_iter().collect();
+    warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
     let interrupted = match crate::apply::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {
             warnings.push(format!(

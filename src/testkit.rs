@@ -308,6 +308,29 @@ fn read_dir_node(dir: &Path) -> Result<Node> {
     Ok(Node::Dir(children))
 }
 
+/// A `.tar.gz` of regular files `(path, content, mode)`, built in memory with a fixed mtime.
+///
+/// Why: runtime tests build their artifacts at test time (no binaries in the repository),
+/// byte-identical on every run so their digests can be pinned.
+pub fn targz(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(FIXTURE_START as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, path, *data).expect("tar entry");
+    }
+    b.into_inner()
+        .expect("tar finishes")
+        .finish()
+        .expect("gzip finishes")
+}
+
 /// Copy the directory tree `src` into `dst` (created if missing): files with their permission
 /// bits, symlinks as symlinks (targets unchanged), directories recursively.
 ///

@@ -106,6 +106,16 @@ pub fn verify(
         .values()
         .filter(|r| !reported_only.contains(&r.id))
     {
+        if r.kind == Kind::Runtime {
+            if let Some(problem) = crate::runtime::resource::verify_problem(r) {
+                diagnostics.push(Diagnostic {
+                    id: r.id.clone(),
+                    unit: None,
+                    problem,
+                });
+            }
+            continue;
+        }
         match observe_file(r.kind, &r.path) {
             ObservedFile::File { digest, .. } if digest == r.digest => {}
             other => diagnostics.push(Diagnostic {

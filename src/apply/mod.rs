@@ -3,7 +3,8 @@
 //! Phases (each visible in the results document with its duration):
 //! `stop` (removed units, mounts being replaced) -> `disable` -> `prepare` (mountpoints) ->
 //! `write` (atomic writes and removals) -> `reload` (ONE `Reload()`, only if unit files
-//! changed) -> `enable` -> `start` (jobs, each waited for through `JobRemoved`) -> `verify`.
+//! changed) -> `enable` -> `runtimes` (one install transaction per runtime action, see
+//! `crate::runtime`) -> `start` (jobs, each waited for through `JobRemoved`) -> `verify`.
 //! `last_applied` advances only when verification says converged.
 
 pub mod journal;
@@ -389,6 +390,8 @@ pub fn apply(
         let mut removed = 0;
         let to_write: Vec<&crate::render::Resource> = changed
             .iter()
+            // runtimes are not files: the runtimes phase owns them
+            .filter(|a| a.kind != Kind::Runtime)
             .filter(|a| matches!(a.action, Action::Create | Action::Update | Action::Replace))
             .map(|a| desired.resources.get(&a.id).expect("desired object"))
             .collect();
@@ -404,7 +407,7 @@ pub fn apply(
             fsutil::write_batch(&items, failpoint_pause_after_writes)?;
             unit_files_changed |= to_write.iter().any(|r| r.kind.is_ini());
             for a in changed.iter().filter(|a| a.action == Action::Delete) {
-                if stop_failed.contains(&a.id) {
+                if stop_failed.contains(&a.id) || a.kind == Kind::Runtime {
                     continue;
                 }
                 let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
@@ -443,6 +446,25 @@ pub fn apply(
         })?;
     }
 
+    // runtimes: install / switch / remove, each a persisted transaction with receipts
+    let mut runtime_restarted: BTreeSet<String> = BTreeSet::new();
+    if changed.iter().any(|a| a.kind == Kind::Runtime) {
+        let res = phases.run("runtimes", || {
+            let r = crate::runtime::phase::run(
+                &changed,
+                desired,
+                systemd,
+                &paths.state_dir,
+                opts.job_timeout,
+                opts.settle,
+            );
+            let detail = r.as_ref().map(|r| r.detail()).unwrap_or_default();
+            (r, detail)
+        })?;
+        diagnostics.extend(res.diagnostics);
+        runtime_restarted = res.restarted;
+    }
+
     // start / restart jobs in plan order
     let mut start_jobs: Vec<(JobKind, String, String)> = Vec::new();
     let mut recover_units: Vec<String> = Vec::new();
@@ -464,6 +486,9 @@ pub fn apply(
             }
             _ => continue,
         };
+        if kind == JobKind::Restart && runtime_restarted.contains(&unit) {
+            continue; // restarted by its runtime's transaction, after the reload
+        }
         start_jobs.push((kind, unit, a.id.clone()));
     }
     // generated (Quadlet) units must be loaded before they are started
@@ -688,6 +713,7 @@ fn record(
             intent_checksum: result.intent_checksum.clone(),
             diagnostics,
         });
+        snap.runtimes = crate::runtime::status_entries(&paths.state_dir);
         if result.last_applied_advanced {
             snap.last_applied = Some(status::last_applied_from(desired, &result.finished_at));
             if snap.history.last().map(|h| &h.revision) != Some(&desired.revision.commit) {

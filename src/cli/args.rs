@@ -133,9 +133,10 @@ pub enum Command {
     },
     /// Show the persisted status snapshot (or why there is none).
     Status,
-    /// Explain one object: its layers, digest, planned action and dependencies.
+    /// Explain one object: its layers, digest, planned action and dependencies
+    /// (`runtime:<name>` adds its versions and transaction history).
     Explain {
-        /// Resource id (`unit:web.service`), unit name (`web.service`) or host path.
+        /// Resource id (`unit:web.service`, `runtime:hello`), unit name or host path.
         object: String,
         /// Where desired state comes from (default: the deployed revision).
         #[command(flatten)]
@@ -152,6 +153,30 @@ pub enum Command {
     Manpages {
         /// Output directory (created if missing).
         dir: PathBuf,
+    },
+    /// Evidence bundles: the full detail behind runtime receipts.
+    Evidence {
+        /// What to do.
+        #[command(subcommand)]
+        command: EvidenceCommand,
+    },
+    /// sha256 of a file through the runtime store's streaming hasher (for
+    /// scripts/bench-runtime.py; prints digest, bytes and milliseconds as JSON).
+    #[command(name = "store-hash", hide = true)]
+    StoreHash {
+        /// File to hash.
+        file: PathBuf,
+    },
+}
+
+/// `core-ops evidence ...`.
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Re-hash a bundle (`evidence:sha256-<hex>` from a receipt's evidenceRefs): exit 0 when
+    /// intact, 1 when a file changed, went missing or was added.
+    Verify {
+        /// Bundle id.
+        id: String,
     },
 }
 

@@ -8,7 +8,7 @@ pub mod surface;
 use std::io::Write;
 use std::path::Path;
 
-use args::{ApplyTuning, Cli, Command, TargetArgs};
+use args::{ApplyTuning, Cli, Command, EvidenceCommand, TargetArgs};
 
 use std::time::Duration;
 
@@ -101,6 +101,30 @@ fn connect_systemd(cli: &Cli) -> Result<DbusSystemd, Error> {
             "{e}; apply needs a running systemd (set CORE_OPS_SYSTEMD_ADDRESS for a non-default bus)"
         ))
     })
+}
+
+/// Start-up recovery of runtime transactions a killed run left, before anything is planned
+/// (the plan must see the host as recovery left it).
+fn recover_runtimes(
+    paths: &Paths,
+    systemd: &DbusSystemd,
+    tuning: &ApplyTuning,
+) -> Result<(), Error> {
+    for o in crate::runtime::phase::recover(
+        &paths.state_dir,
+        systemd,
+        Duration::from_secs(tuning.job_timeout),
+        Duration::from_millis(tuning.settle_ms),
+    )? {
+        tracing::warn!(
+            runtime = %o.name,
+            version = %o.version,
+            state = o.state.as_str(),
+            receipt = %o.receipt,
+            "recovered an interrupted runtime transaction"
+        );
+    }
+    Ok(())
 }
 
 fn f_display(p: &Option<std::path::PathBuf>) -> String {
@@ -328,6 +352,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let t0 = std::time::Instant::now();
             let report = (|| {
                 let systemd = connect_systemd(cli)?;
+                recover_runtimes(&paths, &systemd, tuning)?;
                 let mut opts = target_opts(target);
                 let saved = match plan_file {
                     Some(f) => {
@@ -388,6 +413,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let t0 = std::time::Instant::now();
             let report = (|| {
                 let systemd = connect_systemd(cli)?;
+                recover_runtimes(&paths, &systemd, tuning)?;
                 let t = pipeline::resolve_target(&paths, &target_opts(target))?;
                 reconcile::run(
                     &paths,
@@ -510,7 +536,10 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let t = pipeline::resolve_target(&paths, &opts)?;
             let units = unit_source(cli);
             let planned = pipeline::plan_revision(&paths, &t, units.as_ref())?;
-            let e = explain::explain(&planned, object)?;
+            let mut e = explain::explain(&planned, object)?;
+            if let Some(name) = crate::runtime::resource::name_of(&e.id) {
+                e.runtime = Some(crate::runtime::history::of(&paths.state_dir, name)?);
+            }
             if cli.json {
                 print_json(&e);
             } else {
@@ -531,6 +560,33 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             for page in surface::manpages(dir)? {
                 print_text(&format!("{}\n", page.display()));
             }
+            Ok(ExitStatus::Ok)
+        }
+        Command::Evidence {
+            command: EvidenceCommand::Verify { id },
+        } => {
+            let v = crate::runtime::evidence::verify(&paths.state_dir, id)?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                print_text(&output::evidence_text(&v));
+            }
+            Ok(if v.ok {
+                ExitStatus::Ok
+            } else {
+                ExitStatus::Error
+            })
+        }
+        Command::StoreHash { file } => {
+            let t0 = std::time::Instant::now();
+            let (digest, bytes) = crate::runtime::store::hash_file(file)
+                .map_err(|e| Error::io(format!("read {}", file.display()), e))?;
+            print_json(&serde_json::json!({
+                "file": file.display().to_string(),
+                "digest": digest,
+                "bytes": bytes,
+                "ms": t0.elapsed().as_secs_f64() * 1000.0,
+            }));
             Ok(ExitStatus::Ok)
         }
     }

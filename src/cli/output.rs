@@ -215,7 +215,47 @@ pub fn status_text(
                     let _ = writeln!(o, "  - {d}");
                 }
             }
+            for (name, rt) in &s.runtimes {
+                let _ = writeln!(
+                    o,
+                    "runtime    {name}: current {}, previous {}",
+                    rt.current.as_deref().unwrap_or("none"),
+                    rt.previous.as_deref().unwrap_or("none")
+                );
+                if let Some(r) = &rt.last_receipt {
+                    let _ = writeln!(
+                        o,
+                        "             last receipt {} ({} {}, {})",
+                        r.id, r.install_state, r.version, r.recorded_at
+                    );
+                }
+            }
         }
+    }
+    o
+}
+
+/// Text of `evidence verify`.
+pub fn evidence_text(v: &crate::runtime::evidence::Verification) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} {}",
+        v.id,
+        if v.ok { "verifies" } else { "DOES NOT VERIFY" }
+    );
+    let _ = writeln!(o, "  path  {}", v.path);
+    for f in &v.files {
+        let _ = writeln!(
+            o,
+            "  {} {}  {}",
+            if f.ok { "ok " } else { "BAD" },
+            f.name,
+            f.recorded
+        );
+    }
+    for p in &v.problems {
+        let _ = writeln!(o, "  - {p}");
     }
     o
 }
@@ -274,6 +314,40 @@ pub fn explain_text(e: &Explanation) -> String {
         let _ = writeln!(o, "  normalized content:");
         for line in n.lines() {
             let _ = writeln!(o, "    {line}");
+        }
+    }
+    if let Some(h) = &e.runtime {
+        let _ = writeln!(
+            o,
+            "  runtime   current {}, previous {}, on disk: {}",
+            h.current.as_deref().unwrap_or("none"),
+            h.previous.as_deref().unwrap_or("none"),
+            if h.installed.is_empty() {
+                "-".to_string()
+            } else {
+                h.installed.join(", ")
+            }
+        );
+        if let Some(t) = &h.in_flight {
+            let _ = writeln!(o, "  in flight {t} (the next apply resolves it)");
+        }
+        let _ = writeln!(o, "  transactions ({}):", h.transactions.len());
+        for t in &h.transactions {
+            let states: Vec<&str> = t.steps.iter().map(|s| s.state.as_str()).collect();
+            let _ = writeln!(
+                o,
+                "    {} {}: {}{}",
+                t.steps.first().map(|s| s.at.as_str()).unwrap_or(""),
+                t.version,
+                states.join(" -> "),
+                if t.recovered { " (recovered)" } else { "" }
+            );
+            if let Some(r) = &t.failure_reason {
+                let _ = writeln!(o, "      reason: {r}");
+            }
+            if let Some(last) = t.steps.last() {
+                let _ = writeln!(o, "      receipt {}  {}", last.receipt, last.evidence);
+            }
         }
     }
     o

@@ -50,6 +50,10 @@ impl ObservedFile {
 
 /// Read one managed path.
 pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
+    if kind == Kind::Runtime {
+        // `current` and the install record of the version it points at
+        return crate::runtime::resource::observe(path);
+    }
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(_) => return ObservedFile::Absent,

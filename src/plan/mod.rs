@@ -136,6 +136,10 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
             }
         }
     }
+    // a runtime goes before the units that use it, after the runtimes it depends on
+    for (id, first) in crate::runtime::resource::dependency_edges(desired) {
+        deps.entry(id).or_default().insert(first);
+    }
     deps
 }
 
@@ -220,6 +224,44 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             last_applied: last_digest.clone(),
             observed: Some(observed_label(observed)),
         };
+        if r.kind == Kind::Runtime {
+            // a runtime has its own transaction and start-up recovery: no interrupted-apply
+            // override, no unmanaged conflict (its directory is core-ops' own state)
+            let (action, cause, reason) = crate::runtime::resource::plan_action(
+                r,
+                crate::runtime::resource::name_of(&r.id)
+                    .and_then(|n| desired.runtimes.by_name.get(n)),
+                &desired.runtimes.policy,
+                observed,
+                last_digest.as_deref(),
+            );
+            if cause == Cause::Drift {
+                findings.push(Finding {
+                    kind: "drift".into(),
+                    id: r.id.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            actions.insert(
+                r.id.clone(),
+                PlannedAction {
+                    order: 0,
+                    id: r.id.clone(),
+                    kind: r.kind,
+                    action,
+                    cause,
+                    reason,
+                    path: Some(r.path.display().to_string()),
+                    unit: None,
+                    enable: None,
+                    start: None,
+                    restarts: Vec::new(),
+                    depends_on: Vec::new(),
+                    digests: sides,
+                },
+            );
+            continue;
+        }
         let (action, cause, reason) = match observed {
             None | Some(ObservedFile::Absent) => match &last_digest {
                 None => (

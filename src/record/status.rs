@@ -38,6 +38,37 @@ pub struct StatusSnapshot {
     /// Revisions that converged, oldest first (for rollback).
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Installed runtimes by name (absent in snapshots written before runtimes existed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub runtimes: BTreeMap<String, RuntimeStatus>,
+}
+
+/// One runtime as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeStatus {
+    /// Version `current` points at.
+    pub current: Option<String>,
+    /// Version current before the last switch.
+    pub previous: Option<String>,
+    /// The last `RuntimeInstallReceipt` written for it.
+    pub last_receipt: Option<RuntimeReceiptRef>,
+}
+
+/// A `RuntimeInstallReceipt` by id, with what an operator wants at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeReceiptRef {
+    /// Receipt id (`urn:srcos:receipt:runtime-install:<host>:<sequence>`).
+    pub id: String,
+    /// `installState`.
+    pub install_state: String,
+    /// Version of the transaction.
+    pub version: String,
+    /// Transaction id.
+    pub transaction: String,
+    /// `capturedAt`.
+    pub recorded_at: String,
 }
 
 /// Where desired state came from.
@@ -242,6 +273,7 @@ impl StatusSnapshot {
             last_applied: None,
             last_run: None,
             history: Vec::new(),
+            runtimes: BTreeMap::new(),
         }
     }
 }
@@ -306,6 +338,19 @@ mod tests {
         assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
         std::fs::write(&p, b"[1,2]").unwrap();
         assert!(matches!(load(&p), Err(Absent::Invalid { .. })));
+        // a snapshot written before runtimes existed still loads
+        std::fs::write(
+            &p,
+            serde_json::to_vec(&serde_json::json!({
+                "schema_version": 1, "kind": "CoreOpsStatus",
+                "core_ops": {"version": "0.1.0", "build_revision": "x"},
+                "host": "h", "source": null, "last_applied": null, "last_run": null,
+                "history": []
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(load(&p).unwrap().runtimes.is_empty());
         std::fs::write(&p, b"{\"schema_version\": 99}").unwrap();
         let e = load(&p).unwrap_err();
         assert_eq!(

@@ -116,6 +116,8 @@ pub struct DesiredState {
     pub host_yaml: HostYaml,
     /// Resources by id (sorted).
     pub resources: BTreeMap<String, Resource>,
+    /// Selected runtimes (their resources are `runtime:<name>` in `resources`) and policy.
+    pub runtimes: crate::runtime::resource::DesiredRuntimes,
 }
 
 impl DesiredState {
@@ -248,11 +250,26 @@ pub fn render(
         }
     }
 
+    // runtimes: manifests of this commit, in `depends:` order (DESIGN section 5)
+    let (runtimes, runtime_resources) = crate::runtime::resource::render(
+        &host_yaml,
+        &host_file,
+        &host_text_str,
+        files,
+        &|p: &str| repo.read(p),
+        &paths.state_dir,
+        &repo.short(),
+    )?;
+    for r in runtime_resources {
+        resources.insert(r.id.clone(), r);
+    }
+
     Ok(DesiredState {
         host: host.to_string(),
         revision: revision.clone(),
         host_yaml,
         resources,
+        runtimes,
     })
 }
 

@@ -1,0 +1,234 @@
+//! Runtimes (DESIGN section 5): versioned artifact sets installed side by side under
+//! `<state dir>/runtimes/<name>/<version>/` and switched atomically through a `current`
+//! symlink, with a persisted install transaction and a SourceOS `RuntimeInstallReceipt` per
+//! lifecycle transition.
+//!
+//! One concept per file:
+//! - [`manifest`]: `runtimes/<name>/<version>.yaml`, read strictly, `depends:` ordered;
+//! - [`policy`]: the host's policy (publishers, unverified local artifacts, windows, disk);
+//! - [`resource`]: the runtime as a pipeline resource (desired, observed, planned, verified);
+//! - [`store`]: the content-addressed artifact store, sha256 verified while streaming;
+//! - [`unpack`]: tar.gz into a staging directory, path traversal refused;
+//! - [`health`]: restart a runtime's units over D-Bus and judge their health;
+//! - [`transaction`]: the install state machine, persisted at every state, recovered at start;
+//! - [`receipt`], [`evidence`], [`schema`]: what is recorded and how it is checked;
+//! - [`history`]: the operator view (status entries, `explain runtime:<name>`);
+//! - [`phase`]: the `runtimes` phase of apply.
+//!
+//! On-disk layout under the state dir:
+//! ```text
+//! store/sha256/<hex>                       artifacts by content
+//! runtimes/<name>/<version>/               unpacked trees
+//! runtimes/<name>/current -> <version>     the switch (relative symlink)
+//! runtimes/<name>/.meta/<version>.json     what each installed version is (material digest)
+//! runtimes/<name>/.runtime.json            previous version, last receipt
+//! runtimes/<name>/.transaction.json        the in-flight install (only while one runs)
+//! runtimes/<name>/.staging-*               unpack in progress (removed on recovery)
+//! evidence/sha256-<hex>/                   evidence bundles
+//! ```
+
+pub mod evidence;
+pub mod health;
+pub mod history;
+pub mod manifest;
+pub mod phase;
+pub mod policy;
+pub mod receipt;
+pub mod resource;
+pub mod schema;
+pub mod store;
+pub mod transaction;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::fsutil;
+
+/// How many versions of a runtime stay on disk (the current one included).
+///
+/// Why 3: current, the one to roll back to, and one more for an operator's manual switch;
+/// older trees and their store objects are removed after a successful install.
+pub const KEEP_VERSIONS: usize = 3;
+
+/// Paths of one runtime under the state dir.
+///
+/// Why one type: every step of the transaction and every reader (observe, status, explain)
+/// must agree on where things are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// `<state dir>/runtimes/<name>`.
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    /// The layout of runtime `name` under `state_dir`.
+    pub fn new(state_dir: &Path, name: &str) -> Layout {
+        Layout {
+            dir: runtimes_dir(state_dir).join(name),
+        }
+    }
+
+    /// The `current` symlink.
+    pub fn current(&self) -> PathBuf {
+        self.dir.join("current")
+    }
+
+    /// The tree of one version.
+    pub fn version_dir(&self, version: &str) -> PathBuf {
+        self.dir.join(version)
+    }
+
+    /// The install record of one version.
+    pub fn meta(&self, version: &str) -> PathBuf {
+        self.dir.join(".meta").join(format!("{version}.json"))
+    }
+
+    /// The per-runtime record (previous version, last receipt).
+    pub fn record(&self) -> PathBuf {
+        self.dir.join(".runtime.json")
+    }
+
+    /// The in-flight transaction.
+    pub fn transaction(&self) -> PathBuf {
+        self.dir.join(".transaction.json")
+    }
+
+    /// A staging directory for one unpack.
+    pub fn staging(&self, version: &str) -> PathBuf {
+        self.dir
+            .join(format!(".staging-{version}-{}", std::process::id()))
+    }
+
+    /// The version `current` points at, if it is a symlink to a plain name.
+    pub fn current_version(&self) -> Option<String> {
+        let target = std::fs::read_link(self.current()).ok()?;
+        let s = target.to_str()?;
+        (manifest::valid_version(s)).then(|| s.to_string())
+    }
+
+    /// The install record of a version, if present and readable.
+    pub fn installed(&self, version: &str) -> Option<InstalledVersion> {
+        let bytes = std::fs::read(self.meta(version)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The per-runtime record (default when missing or unreadable).
+    pub fn load_record(&self) -> RuntimeRecord {
+        std::fs::read(self.record())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Write the per-runtime record atomically.
+    pub fn save_record(&self, r: &RuntimeRecord) -> Result<()> {
+        write_json(&self.record(), r)
+    }
+}
+
+/// `<state dir>/runtimes`.
+pub fn runtimes_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("runtimes")
+}
+
+/// What one installed version is, written after its tree was renamed into place.
+///
+/// Why beside the tree, not in it: the runtime's files stay exactly what the artifact held;
+/// observation compares this record's material digest with the desired one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledVersion {
+    /// Schema version (1).
+    pub schema_version: u32,
+    /// Runtime name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Material digest (name, version, artifact digests), as the desired side computes it.
+    pub material_digest: String,
+    /// sha256 of the manifest it was installed from.
+    pub manifest_digest: String,
+    /// Store digests of the artifacts unpacked (`sha256:<hex>`), in manifest order.
+    pub artifacts: Vec<String>,
+    /// RFC 3339 install time.
+    pub installed_at: String,
+    /// Transaction that installed it.
+    pub transaction: String,
+}
+
+/// Per-runtime record: what `status` shows besides `current`.
+///
+/// Why persisted: "previous" is history (the version current before the last switch), which
+/// the directory tree alone cannot tell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RuntimeRecord {
+    /// Version current before the last switch.
+    #[serde(default)]
+    pub previous: Option<String>,
+    /// The last receipt written for this runtime.
+    #[serde(default)]
+    pub last_receipt: Option<crate::record::status::RuntimeReceiptRef>,
+}
+
+/// Serialize as pretty JSON and write atomically (newline-terminated).
+pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let mut b = serde_json::to_vec_pretty(v).expect("record serializes");
+    b.push(b'\n');
+    fsutil::write_atomic(path, &b, None)
+}
+
+/// Names of runtimes with a directory under the state dir, sorted.
+pub fn known_runtimes(state_dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(runtimes_dir(state_dir)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| manifest::valid_name(n))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Status entries of every runtime on disk, for `status.json`.
+pub fn status_entries(
+    state_dir: &Path,
+) -> std::collections::BTreeMap<String, crate::record::status::RuntimeStatus> {
+    known_runtimes(state_dir)
+        .into_iter()
+        .map(|name| {
+            let l = Layout::new(state_dir, &name);
+            let rec = l.load_record();
+            (
+                name,
+                crate::record::status::RuntimeStatus {
+                    current: l.current_version(),
+                    previous: rec.previous,
+                    last_receipt: rec.last_receipt,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Warnings for `plan`: transactions a killed run left behind (the next apply resolves them).
+pub fn inflight_warnings(state_dir: &Path) -> Vec<String> {
+    known_runtimes(state_dir)
+        .into_iter()
+        .filter_map(|name| {
+            let t = transaction::Transaction::load(&Layout::new(state_dir, &name)).ok()??;
+            Some(format!(
+                "runtime {name}: transaction {} was interrupted in state '{}'; the next apply resumes or rolls it back",
+                t.id,
+                t.state.name()
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
