@@ -136,6 +136,60 @@ mod tests {
         assert!(validate(Schema::RuntimeInstallReceipt, &bad).is_err());
     }
 
+    /// The vendored copy cannot drift silently: every file's sha256 is the one UPSTREAM.md
+    /// recorded at the pinned commit, and no file is there that the table does not list.
+    #[test]
+    fn vendored_files_match_the_upstream_sha256_table() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/runtime/sourceos");
+        let upstream = std::fs::read_to_string(root.join("UPSTREAM.md")).unwrap();
+        assert!(upstream.contains("5e3ba19d54ba479c03088a6d504948f48f8dcb52"));
+        let mut table = std::collections::BTreeMap::new();
+        for line in upstream.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() == 4
+                && let (Some(path), Some(sha)) = (
+                    cells[1].strip_prefix('`').and_then(|c| c.strip_suffix('`')),
+                    cells[2].strip_prefix('`').and_then(|c| c.strip_suffix('`')),
+                )
+                && sha.len() == 64
+            {
+                table.insert(path.to_string(), sha.to_string());
+            }
+        }
+        assert_eq!(table.len(), 34, "rows in the UPSTREAM.md table");
+        for (path, sha) in &table {
+            let bytes = std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(
+                crate::normalize::sha256_hex(&bytes),
+                format!("sha256:{sha}"),
+                "{path} differs from upstream"
+            );
+        }
+        fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), root, out);
+                } else {
+                    out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut on_disk = Vec::new();
+        walk(&root, &root, &mut on_disk);
+        on_disk.retain(|p| p != "UPSTREAM.md");
+        on_disk.sort();
+        assert_eq!(on_disk, table.keys().cloned().collect::<Vec<_>>());
+        // and the binary embeds exactly these bytes
+        assert_eq!(
+            RUNTIME_INSTALL_RECEIPT.as_bytes(),
+            std::fs::read(root.join("schemas/RuntimeInstallReceipt.json")).unwrap()
+        );
+        assert_eq!(
+            EVIDENCE_BUNDLE.as_bytes(),
+            std::fs::read(root.join("schemas/EvidenceBundle.json")).unwrap()
+        );
+    }
+
     #[test]
     fn unresolvable_ref_fails_offline() {
         let schema = serde_json::json!({"$ref": "https://schemas.srcos.ai/v2/Nope.json"});
