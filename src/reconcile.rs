@@ -227,10 +227,18 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     } else {
         RunOutcome::NotConverged
     };
+    // what failed is only runtimes deferred by policy (maintenance window, free disk): "not
+    // now" is no failed attempt and no reason to roll back; the next run asks again
+    let only_deferred = !result.outcome.is_converged()
+        && !result.deferred.is_empty()
+        && result
+            .diagnostics
+            .iter()
+            .all(|d| result.deferred.contains(&d.id));
 
     // count the attempt: failures, and drift that had to be repaired (oscillation)
     let mut new_quarantine = None;
-    if *mode == Mode::Forward {
+    if *mode == Mode::Forward && !only_deferred {
         if !result.outcome.is_converged() {
             new_quarantine = ctl.record(
                 &desired_rev.commit,
@@ -260,6 +268,7 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
 
     // health-gated automatic rollback to the last converged revision
     if !result.outcome.is_converged()
+        && !only_deferred
         && *mode == Mode::Forward
         && policy.auto_rollback
         && opts.record_status

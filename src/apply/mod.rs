@@ -130,6 +130,11 @@ pub struct ApplyResult {
     /// The quarantine this run caused or ran into (set by the reconcile run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<crate::record::control::Quarantine>,
+    /// Runtimes whose install policy deferred (outside the maintenance windows, free disk
+    /// short): "not now", so the reconcile run counts no failed attempt and does not roll
+    /// back for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
 }
 
 /// What an automatic rollback did.
@@ -448,6 +453,7 @@ pub fn apply(
 
     // runtimes: install / switch / remove, each a persisted transaction with receipts
     let mut runtime_restarted: BTreeSet<String> = BTreeSet::new();
+    let mut runtime_deferred: Vec<String> = Vec::new();
     if changed.iter().any(|a| a.kind == Kind::Runtime) {
         let res = phases.run("runtimes", || {
             let r = crate::runtime::phase::run(
@@ -463,6 +469,7 @@ pub fn apply(
         })?;
         diagnostics.extend(res.diagnostics);
         runtime_restarted = res.restarted;
+        runtime_deferred = res.deferred;
     }
 
     // start / restart jobs in plan order
@@ -618,6 +625,7 @@ pub fn apply(
         results_path: None,
         rollback: None,
         quarantine: None,
+        deferred: runtime_deferred,
     };
     record(planned, paths, opts, &mut result)?;
     Ok(result)

@@ -29,6 +29,8 @@ pub struct PhaseResult {
     pub restarted: BTreeSet<String>,
     /// Transactions that ran, in order.
     pub outcomes: Vec<Outcome>,
+    /// Runtime ids deferred by policy (this run, or still deferred since the last receipt).
+    pub deferred: Vec<String>,
     /// Runtimes removed.
     pub removed: Vec<String>,
 }
@@ -77,6 +79,15 @@ pub fn run(
                 let Some(rt) = desired.runtimes.by_name.get(name) else {
                     continue;
                 };
+                if let Some(still) = still_deferred(state_dir, desired, rt) {
+                    res.deferred.push(a.id.clone());
+                    res.diagnostics.push(Diagnostic {
+                        id: a.id.clone(),
+                        unit: None,
+                        problem: still,
+                    });
+                    continue;
+                }
                 let dependencies = check_dependencies(state_dir, desired, &rt.manifest.depends);
                 let out = engine.install(
                     rt,
@@ -89,6 +100,9 @@ pub fn run(
                     },
                 )?;
                 res.restarted.extend(out.restarted.iter().cloned());
+                if out.state == InstallState::Deferred {
+                    res.deferred.push(a.id.clone());
+                }
                 if out.state != InstallState::Installed {
                     res.diagnostics.push(Diagnostic {
                         id: a.id.clone(),
@@ -121,6 +135,29 @@ pub fn run(
         }
     }
     Ok(res)
+}
+
+/// A runtime whose last receipt already deferred this version, and which policy defers
+/// again now: the state has not changed, so no new transaction (and no receipts) is made;
+/// the diagnostic names the receipt that recorded the deferral.
+fn still_deferred(
+    state_dir: &Path,
+    desired: &DesiredState,
+    rt: &super::manifest::ResolvedRuntime,
+) -> Option<String> {
+    let m = &rt.manifest;
+    let last = Layout::new(state_dir, &m.name).load_record().last_receipt?;
+    if last.version != m.version || last.install_state != InstallState::Deferred.as_str() {
+        return None;
+    }
+    let inputs = super::policy::Inputs::now(state_dir, m);
+    match super::policy::decide(&desired.runtimes.policy, m, &inputs) {
+        super::policy::Decision::Defer { reason } => Some(format!(
+            "runtime {} {}: still deferred: {reason} (recorded in receipt {})",
+            m.name, m.version, last.id
+        )),
+        _ => None,
+    }
 }
 
 /// `Err(why)` unless every dependency is current at its desired version.

@@ -173,6 +173,30 @@ pub struct Inputs {
     pub artifact_bytes: u64,
 }
 
+impl Inputs {
+    /// The host now: the clock, free space on the state dir, and the artifacts' sizes where
+    /// they can be known without fetching (repository blobs, local files).
+    pub fn now(state_dir: &std::path::Path, m: &Manifest) -> Inputs {
+        use super::manifest::ArtifactSource;
+        Inputs {
+            now_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            free_bytes: free_bytes(state_dir),
+            artifact_bytes: m
+                .artifacts
+                .iter()
+                .filter_map(|a| match &a.source {
+                    ArtifactSource::Repo { data, .. } => Some(data.0.len() as u64),
+                    ArtifactSource::Local { path } => std::fs::metadata(path).ok().map(|m| m.len()),
+                    ArtifactSource::Https { .. } => None,
+                })
+                .sum(),
+        }
+    }
+}
+
 /// The decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]

@@ -43,7 +43,7 @@ fn scratch() -> Scratch {
 struct Fx {
     version: &'static str,
     publisher: &'static str,
-    policy: &'static str,
+    policy: String,
     wrong_digest: bool,
     with_unit: bool,
 }
@@ -53,7 +53,7 @@ impl Fx {
         Fx {
             version,
             publisher: "example",
-            policy: "  allowed_publishers: [example]\n",
+            policy: "  allowed_publishers: [example]\n".into(),
             wrong_digest: false,
             with_unit: true,
         }
@@ -68,7 +68,7 @@ fn artifact(version: &str) -> Vec<u8> {
     )])
 }
 
-fn desired(s: &Scratch, fx: &Fx) -> crate::render::DesiredState {
+fn files(fx: &Fx) -> BTreeMap<String, RepoEntry> {
     let v = fx.version;
     let art = artifact(v);
     let digest = if fx.wrong_digest {
@@ -109,6 +109,12 @@ fn desired(s: &Scratch, fx: &Fx) -> crate::render::DesiredState {
             executable: false,
         },
     );
+    files
+}
+
+fn desired(s: &Scratch, fx: &Fx) -> crate::render::DesiredState {
+    let v = fx.version;
+    let files = files(fx);
     let rev = Revision {
         commit: format!("{:0>40}", v.replace('.', "")),
         requested_ref: "main".into(),
@@ -266,7 +272,7 @@ fn denied_deferred_and_failed_change_nothing() {
     );
 
     let mut fx = Fx::new("1.0");
-    fx.policy = "  allowed_publishers: [example]\n  min_free_disk: 1000000TiB\n";
+    fx.policy = "  allowed_publishers: [example]\n  min_free_disk: 1000000TiB\n".into();
     run(&s, &sd, &fx).unwrap();
     assert_eq!(
         runtime_states(&s)[3..],
@@ -445,4 +451,84 @@ fn plan_orders_runtime_before_its_units_and_says_what_policy_will_do() {
     assert_eq!(a.action, crate::plan::Action::Create);
     assert!(a.reason.contains("policy will deny it"), "{}", a.reason);
     assert!(a.reason.contains("restarts app.service"), "{}", a.reason);
+}
+
+#[test]
+fn a_deferral_is_not_a_failure_and_is_recorded_once() {
+    use crate::reconcile::{self, Mode, Request, RunOutcome};
+    let s = scratch();
+    let sd = fake();
+    let repo_dir = s._dir.path().join("repo");
+    let mut repo = crate::testkit::RepoBuilder::init(&repo_dir).unwrap();
+    let mut commit = |fx: &Fx| {
+        let owned: Vec<(String, Vec<u8>)> = files(fx)
+            .into_iter()
+            .map(|(p, e)| match e {
+                RepoEntry::File { data, .. } => (p, data),
+                RepoEntry::Symlink { .. } => unreachable!(),
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = owned
+            .iter()
+            .map(|(p, d)| (p.as_str(), d.as_slice()))
+            .collect();
+        repo.commit_files(&refs, fx.version).unwrap()
+    };
+    let run_rev = |rev: &str| {
+        let t = ResolvedTarget {
+            repo: repo_dir.display().to_string(),
+            requested_ref: rev.to_string(),
+            host: "h".into(),
+        };
+        reconcile::run(
+            &s.paths,
+            Request {
+                target: &t,
+                mode: Mode::Forward,
+                opts: opts(),
+                agent: false,
+                plan_only: false,
+                check: &|_| Ok(()),
+            },
+            &sd,
+        )
+        .unwrap()
+    };
+    let v1 = commit(&Fx::new("1.0"));
+    assert_eq!(run_rev(&v1).outcome, RunOutcome::Converged);
+
+    // a window two days from now (UTC): never now
+    let days = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let day = days[((now / 86_400 + 3 + 2) % 7) as usize];
+    let mut fx = Fx::new("2.0");
+    fx.policy = format!(
+        "  allowed_publishers: [example]\n  maintenance_windows: [\"{day} 03:00-03:01\"]\n"
+    );
+    let v2 = commit(&fx);
+    // more runs than max_attempts (3): never quarantined, never rolled back
+    for i in 0..4 {
+        let r = run_rev(&v2);
+        assert_eq!(r.outcome, RunOutcome::NotConverged, "run {i}");
+        assert!(r.quarantine.is_none(), "run {i}");
+        let res = r.result.unwrap();
+        assert!(res.rollback.is_none(), "run {i}");
+        assert_eq!(res.deferred, vec!["runtime:hello".to_string()], "run {i}");
+        if i > 0 {
+            assert!(
+                res.diagnostics[0].problem.contains("still deferred"),
+                "{:?}",
+                res.diagnostics
+            );
+        }
+    }
+    assert_eq!(current(&s).as_deref(), Some("1.0"));
+    // one deferral, one set of receipts
+    assert_eq!(
+        runtime_states(&s)[5..],
+        ["requested", "manifest_resolved", "deferred"]
+    );
 }

@@ -380,14 +380,7 @@ impl Engine<'_> {
         }
 
         // policy decides before anything changes
-        let inputs = policy::Inputs {
-            now_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            free_bytes: policy::free_bytes(self.state_dir),
-            artifact_bytes: tx.artifacts.iter().filter_map(|a| a.size).sum(),
-        };
+        let inputs = policy::Inputs::now(self.state_dir, m);
         let decision = policy::decide(req.policy, m, &inputs);
         tx.policy = Some(json!({ "policy": req.policy, "inputs": inputs, "decision": decision }));
         match decision {
