@@ -1,7 +1,7 @@
 //! Unpack `.tar.gz` artifacts into a staging directory, refusing anything that could write
 //! outside it: absolute paths, `..`, symlinks or hard links pointing out of the tree, device
-//! files and FIFOs. The caller renames the finished staging directory into place, so a
-//! runtime tree appears whole or not at all.
+//! files and FIFOs, and dropping setuid/setgid/sticky bits. The caller renames the finished
+//! staging directory into place, so a runtime tree appears whole or not at all.
 
 use std::path::{Component, Path};
 
@@ -62,7 +62,9 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, String> {
         1 << 20,
         f,
     )));
-    ar.set_preserve_permissions(true);
+    // rwx bits as archived; setuid, setgid and sticky bits are dropped (core-ops unpacks as
+    // root, and a runtime has no business shipping setuid binaries)
+    ar.set_preserve_permissions(false);
     ar.set_preserve_mtime(true);
     ar.set_overwrite(true);
     let mut stats = Unpacked::default();
@@ -187,14 +189,17 @@ mod tests {
     fn unpacks_files_with_modes_and_inner_links() {
         let (d, r) = run(targz(|b| {
             file(b, "bin/hello", b"#!/bin/sh\necho hi\n", 0o755);
+            file(b, "bin/suid", b"x", 0o4755);
             link(b, "bin/hi", "hello");
             link(b, "lib/up", "../bin/hello");
         }));
         let st = r.unwrap();
-        assert_eq!(st.entries, 3);
+        assert_eq!(st.entries, 4);
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(d.path().join("out/bin/hello")).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o755);
+        let suid = std::fs::metadata(d.path().join("out/bin/suid")).unwrap();
+        assert_eq!(suid.permissions().mode() & 0o7777, 0o755, "setuid dropped");
         assert_eq!(
             std::fs::read(d.path().join("out/bin/hi")).unwrap(),
             b"#!/bin/sh\necho hi\n"
