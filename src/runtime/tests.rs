@@ -532,3 +532,77 @@ fn a_deferral_is_not_a_failure_and_is_recorded_once() {
         ["requested", "manifest_resolved", "deferred"]
     );
 }
+
+#[test]
+fn a_runtime_whose_dependency_did_not_install_fails_without_changes() {
+    let s = scratch();
+    let sd = fake();
+    let base = targz(&[("lib/base", b"base", 0o644)]);
+    let app = artifact("1.0");
+    let digest = |b: &[u8]| crate::normalize::sha256_hex(b);
+    let files: BTreeMap<String, RepoEntry> = [
+        (
+            "hosts/h/host.yaml",
+            "services: []\nruntimes: { app: \"1.0\", base: \"1\" }\npolicy:\n  allowed_publishers: [example]\n".as_bytes().to_vec(),
+        ),
+        (
+            "runtimes/base/1.yaml",
+            format!(
+                "name: base\nversion: \"1\"\npublisher: stranger\nartifacts:\n  - name: base.tar.gz\n    source: artifacts/base.tar.gz\n    digest: {}\n",
+                digest(&base)
+            )
+            .into_bytes(),
+        ),
+        (
+            "runtimes/app/1.0.yaml",
+            format!(
+                "name: app\nversion: \"1.0\"\npublisher: example\nartifacts:\n  - name: app.tar.gz\n    source: artifacts/app.tar.gz\n    digest: {}\ndepends: [base]\n",
+                digest(&app)
+            )
+            .into_bytes(),
+        ),
+        ("artifacts/base.tar.gz", base.clone()),
+        ("artifacts/app.tar.gz", app.clone()),
+    ]
+    .into_iter()
+    .map(|(p, c)| (p.to_string(), RepoEntry::File { data: c, executable: false }))
+    .collect();
+    let rev = Revision {
+        commit: "d".repeat(40),
+        requested_ref: "main".into(),
+    };
+    let desired = render(&files, &rev, "h", &s.paths).unwrap();
+    let planned = plan_desired(&s.paths, &target(), "repo", desired, &sd).unwrap();
+    let ids: Vec<&str> = planned.plan.actions.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["runtime:base", "runtime:app"], "dependencies first");
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    assert!(!r.outcome.is_converged());
+    let receipts = super::receipt::list(&s.paths.state_dir).unwrap();
+    let states: Vec<(String, String)> = receipts
+        .iter()
+        .map(|(_, v)| {
+            (
+                v["runtimeName"].as_str().unwrap().to_string(),
+                v["installState"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("base", "requested"),
+        ("base", "manifest_resolved"),
+        ("base", "denied"),
+        ("app", "requested"),
+        ("app", "manifest_resolved"),
+        ("app", "failed"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(states, want);
+    let why = receipts[5].1["failureReason"].as_str().unwrap();
+    assert!(
+        why.contains("dependencies are not installed: base 1"),
+        "{why}"
+    );
+    assert!(!s.paths.state_dir.join("runtimes/app/current").exists());
+}

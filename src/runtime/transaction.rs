@@ -288,6 +288,9 @@ impl Engine<'_> {
     pub fn install(&self, rt: &ResolvedRuntime, req: &InstallRequest<'_>) -> Result<Outcome> {
         let m = &rt.manifest;
         let layout = Layout::new(self.state_dir, &m.name);
+        // no receipt could be written on a platform the schema does not know: refuse before
+        // anything (a transaction file included) exists
+        receipt::platform()?;
         if let Some(tx) = Transaction::load(&layout)? {
             return Err(Error::Config(format!(
                 "runtime {}: transaction {} is still in flight; start-up recovery must resolve it first",
