@@ -511,3 +511,54 @@ fn every_run_writes_prometheus_metrics_that_promtool_accepts() {
     assert!(!file.exists());
     w.teardown();
 }
+
+#[test]
+fn publication_requests_are_disabled_by_default_and_go_to_the_outbox_when_enabled() {
+    let Some(mut w) = world("publication") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let id = w.receipts()[0]["id"].as_str().unwrap().to_string();
+    let o = w.run(&["evidence", "publish-request", &id]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("publication:\n      enabled: true"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        !w.s.path("state/outbox").exists(),
+        "disabled writes nothing"
+    );
+
+    let mut fx = w.fx();
+    fx.host_extra =
+        "policy:\n  publication:\n    enabled: true\n    authority: urn:srcos:authority:test\n";
+    let v2 = w.commit(fx);
+    assert_eq!(w.apply(&v2, &[]).0, 0);
+    let id = w.receipts().last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = w.run(&["--json", "evidence", "publish-request", &id]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = out["path"].as_str().unwrap();
+    assert!(path.starts_with(&w.s.path("state/outbox").display().to_string()));
+    let request: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(request["subject"]["id"], id.as_str());
+    assert_eq!(request["authorityRef"], "urn:srcos:authority:test");
+    // the draft entry validates against the vendored schema file itself
+    let schema_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src/runtime/sourceos/schemas/CatalogEntry.json");
+    let schema: Value = serde_json::from_slice(&std::fs::read(schema_path).unwrap()).unwrap();
+    let validator =
+        core_ops::runtime::schema::build_validator(&schema, std::slice::from_ref(&schema)).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&request["catalogEntry"])
+        .map(|e| e.to_string())
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    w.teardown();
+}

@@ -178,6 +178,16 @@ pub enum EvidenceCommand {
         /// Bundle id.
         id: String,
     },
+    /// Write a catalog publication request for a receipt (or evidence bundle) into the state
+    /// dir's outbox/ for human review. Disabled by default (host policy `publication:`);
+    /// nothing is ever sent.
+    PublishRequest {
+        /// Receipt id (`urn:srcos:receipt:...`) or evidence bundle id.
+        id: String,
+        /// Where the host policy comes from (default: the deployed revision).
+        #[command(flatten)]
+        target: TargetArgs,
+    },
 }
 
 /// Repository, revision and host selection shared by plan, apply and explain.

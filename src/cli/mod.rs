@@ -202,14 +202,24 @@ fn emit_metrics(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
+    let snapshot = status::load(&paths.state_file).ok();
     let mut m = metrics::RunMetrics {
         finished_unix,
         duration_seconds: t0.elapsed().as_secs_f64(),
         outcome,
-        last_applied: status::load(&paths.state_file)
-            .ok()
-            .and_then(|s| s.last_applied)
-            .map(|l| (l.revision, l.requested_ref)),
+        last_applied: snapshot
+            .as_ref()
+            .and_then(|s| s.last_applied.as_ref())
+            .map(|l| (l.revision.clone(), l.requested_ref.clone())),
+        runtimes: snapshot
+            .as_ref()
+            .map(|s| {
+                s.runtimes
+                    .iter()
+                    .filter_map(|(n, r)| r.current.clone().map(|v| (n.clone(), v)))
+                    .collect()
+            })
+            .unwrap_or_default(),
         quarantined: control::load(&paths.state_dir)
             .map(|c| c.quarantine.is_some())
             .unwrap_or(false),
@@ -576,6 +586,50 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             } else {
                 ExitStatus::Error
             })
+        }
+        Command::Evidence {
+            command: EvidenceCommand::PublishRequest { id, target },
+        } => {
+            // the host policy of the deployed revision (or of the target when none is)
+            let mut opts = target_opts(target);
+            if opts.repo.is_none() && opts.rev.is_none() {
+                let (snap, _) = pipeline::load_status(&paths);
+                if let Some(l) = snap.as_ref().and_then(|s| s.last_applied.as_ref()) {
+                    opts.rev = Some(l.revision.clone());
+                    if let Some(src) = snap.as_ref().and_then(|s| s.source.as_ref()) {
+                        opts.repo = Some(src.repo.clone());
+                    }
+                }
+            }
+            let t = pipeline::resolve_target(&paths, &opts)?;
+            let (_, revision, snapshot) =
+                pipeline::read_revision(&paths, &t.repo, &t.requested_ref)?;
+            let desired = crate::render::render(&snapshot.files, &revision, &t.host, &paths)?;
+            let out = crate::record::publication::publish_request(
+                &paths.state_dir,
+                &t.host,
+                &desired.host_yaml.policy.publication,
+                id,
+            )?;
+            if cli.json {
+                print_json(&out);
+            }
+            match out {
+                crate::record::publication::Outcome::Disabled { how_to_enable } => {
+                    if !cli.json {
+                        print_text(&format!("nothing written: {how_to_enable}\n"));
+                    }
+                    Ok(ExitStatus::Error)
+                }
+                crate::record::publication::Outcome::Written { path, .. } => {
+                    if !cli.json {
+                        print_text(&format!(
+                            "publication request written for review: {path}\n(core-ops never sends it)\n"
+                        ));
+                    }
+                    Ok(ExitStatus::Ok)
+                }
+            }
         }
         Command::StoreHash { file } => {
             let t0 = std::time::Instant::now();

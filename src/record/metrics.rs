@@ -212,6 +212,10 @@ mod tests {
         );
         assert!(t.contains("core_ops_drift_objects 2\n"));
         assert!(t.ends_with("core_ops_quarantined 0\n"));
+        m.runtimes.insert("hello".into(), "1.2.0".into());
+        assert!(
+            render(&m).ends_with("core_ops_runtime_info{runtime=\"hello\",version=\"1.2.0\"} 1\n")
+        );
     }
 
     #[test]

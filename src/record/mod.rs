@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod metrics;
+pub mod publication;
 pub mod receipts;
 pub mod status;
 pub mod target;

@@ -46,6 +46,24 @@ pub struct Policy {
     /// Same failure this many times -> quarantine.
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
+    /// Catalog publication requests (disabled by default).
+    #[serde(default)]
+    pub publication: Publication,
+}
+
+/// Host policy for evidence publication requests. core-ops never sends anything: an enabled
+/// policy only lets `core-ops evidence publish-request` write a request into an outbox for
+/// human review. No credentials belong here.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Publication {
+    /// Whether publication requests may be written at all (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Ref of the catalog authority the request is addressed to (e.g.
+    /// `urn:srcos:authority:example`); recorded in the request, never contacted.
+    #[serde(default)]
+    pub authority: Option<String>,
 }
 
 impl Default for Policy {
@@ -57,6 +75,7 @@ impl Default for Policy {
             min_free_disk: None,
             auto_rollback: true,
             max_attempts: 3,
+            publication: Publication::default(),
         }
     }
 }

@@ -16,9 +16,12 @@ pub const RUNTIME_INSTALL_RECEIPT_ID: &str =
     "https://schemas.srcos.ai/v2/RuntimeInstallReceipt.json";
 /// `$id` of `EvidenceBundle.json`.
 pub const EVIDENCE_BUNDLE_ID: &str = "https://schemas.srcos.ai/v2/EvidenceBundle.json";
+/// `$id` of `CatalogEntry.json`.
+pub const CATALOG_ENTRY_ID: &str = "https://schemas.srcos.ai/v2/CatalogEntry.json";
 
 const RUNTIME_INSTALL_RECEIPT: &str = include_str!("sourceos/schemas/RuntimeInstallReceipt.json");
 const EVIDENCE_BUNDLE: &str = include_str!("sourceos/schemas/EvidenceBundle.json");
+const CATALOG_ENTRY: &str = include_str!("sourceos/schemas/CatalogEntry.json");
 
 /// A vendored schema core-ops validates its documents against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub enum Schema {
     RuntimeInstallReceipt,
     /// `schemas/EvidenceBundle.json`.
     EvidenceBundle,
+    /// `schemas/CatalogEntry.json` (publication requests carry a draft entry).
+    CatalogEntry,
 }
 
 impl Schema {
@@ -35,6 +40,7 @@ impl Schema {
         match self {
             Schema::RuntimeInstallReceipt => RUNTIME_INSTALL_RECEIPT_ID,
             Schema::EvidenceBundle => EVIDENCE_BUNDLE_ID,
+            Schema::CatalogEntry => CATALOG_ENTRY_ID,
         }
     }
 
@@ -42,6 +48,7 @@ impl Schema {
         match self {
             Schema::RuntimeInstallReceipt => RUNTIME_INSTALL_RECEIPT,
             Schema::EvidenceBundle => EVIDENCE_BUNDLE,
+            Schema::CatalogEntry => CATALOG_ENTRY,
         }
     }
 }
@@ -76,9 +83,11 @@ pub fn build_validator(schema: &Value, registry_docs: &[Value]) -> Result<Valida
 fn compiled(which: Schema) -> &'static Result<Validator, String> {
     static RECEIPT: OnceLock<Result<Validator, String>> = OnceLock::new();
     static BUNDLE: OnceLock<Result<Validator, String>> = OnceLock::new();
+    static CATALOG: OnceLock<Result<Validator, String>> = OnceLock::new();
     let cell = match which {
         Schema::RuntimeInstallReceipt => &RECEIPT,
         Schema::EvidenceBundle => &BUNDLE,
+        Schema::CatalogEntry => &CATALOG,
     };
     cell.get_or_init(|| {
         let doc: Value = serde_json::from_str(which.text())
