@@ -18,11 +18,18 @@ use crate::normalize::FileMeta;
 pub const TEMP_PREFIX: &str = ".core-ops-tmp-";
 
 /// Write `data` to `path` atomically with mode and owner; creates parent dirs (0755).
+/// One file through [`write_batch`]: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result<()> {
+    write_batch(&[BatchItem { path, data, meta }], |_| {})
+}
+
+/// The directory of `path` and the temp name beside it that this process writes first
+/// (`.core-ops-tmp-<name>-<pid>`: recognisable, and tied to its writer for
+/// [`clean_temp_files`]).
+fn temp_beside(path: &Path) -> Result<(&Path, PathBuf)> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
-    create_dir_all_synced(dir)?;
     let name = path
         .file_name()
         .ok_or_else(|| Error::Config(format!("{} has no file name", path.display())))?;
@@ -31,32 +38,7 @@ pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result
         name.to_string_lossy(),
         std::process::id()
     ));
-    let mode = meta.map(|m| m.mode).unwrap_or(0o644);
-    let result = (|| -> Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-        f.write_all(data)
-            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        if let Some(m) = meta {
-            chown_by_name(&tmp, &m.owner, &m.group)?;
-        }
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
-        f.sync_all()
-            .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
-        fs::rename(&tmp, path)
-            .map_err(|e| Error::io(format!("rename {} -> {}", tmp.display(), path.display()), e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    Ok((dir, tmp))
 }
 
 /// A file written in place of a temp name and renamed to its final path only when
@@ -158,18 +140,8 @@ pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
 /// Point the symlink `link` at `target` atomically: a new symlink beside it, renamed over
 /// it, directory fsynced. Readers see the old target or the new one, never no link.
 pub fn symlink_atomic(target: &Path, link: &Path) -> Result<()> {
-    let dir = link
-        .parent()
-        .ok_or_else(|| Error::Config(format!("{} has no parent directory", link.display())))?;
+    let (dir, tmp) = temp_beside(link)?;
     create_dir_all_synced(dir)?;
-    let name = link
-        .file_name()
-        .ok_or_else(|| Error::Config(format!("{} has no file name", link.display())))?;
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)
         .map_err(|e| Error::io(format!("symlink {}", tmp.display()), e))?;
@@ -366,9 +338,7 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
     let result = (|| -> Result<()> {
         let mut files: Vec<File> = Vec::with_capacity(items.len());
         for it in items {
-            let dir = it.path.parent().ok_or_else(|| {
-                Error::Config(format!("{} has no parent directory", it.path.display()))
-            })?;
+            let (dir, tmp) = temp_beside(it.path)?;
             if large {
                 // made durable by the final syncfs
                 fs::create_dir_all(dir)
@@ -376,15 +346,6 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
             } else {
                 create_dir_all_synced(dir)?;
             }
-            let name = it
-                .path
-                .file_name()
-                .ok_or_else(|| Error::Config(format!("{} has no file name", it.path.display())))?;
-            let tmp = dir.join(format!(
-                "{TEMP_PREFIX}{}-{}",
-                name.to_string_lossy(),
-                std::process::id()
-            ));
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
