@@ -43,7 +43,10 @@ cp -a fixtures/example/. "$work/"
 )
 
 inbed() { scripts/systemd-testbed.sh exec "$BED" "$@"; }
-inbed install -m 0755 "$BIN" /usr/local/bin/core-ops
+# through the bed's shared dir: the bed has a private /tmp, so a checkout under /tmp is
+# invisible inside it
+cp "$BIN" "$BED/core-ops"
+inbed install -m 0755 "$BED/core-ops" /usr/local/bin/core-ops
 
 run() { printf '\n$ %s\n' "$*"; inbed "$@"; }
 run core-ops init "$work" v1

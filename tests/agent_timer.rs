@@ -34,12 +34,15 @@ fn timer_runs_the_agent_under_systemd() {
         )
         .unwrap();
 
-    // the binary under test, where the unit expects it
+    // the binary under test, where the unit expects it. It goes through the bed's shared
+    // dir: the bed has a private /tmp, so a checkout under /tmp is invisible inside.
+    let staged = work.path().join("core-ops");
+    std::fs::copy(env!("CARGO_BIN_EXE_core-ops"), &staged).unwrap();
     bed.exec_ok([
         "install",
         "-m",
         "0755",
-        env!("CARGO_BIN_EXE_core-ops"),
+        staged.to_str().unwrap(),
         "/usr/bin/core-ops",
     ]);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
