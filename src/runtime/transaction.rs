@@ -527,20 +527,7 @@ impl Engine<'_> {
             tx.advance(layout, TxState::Restarted)?;
             failpoint(TxState::Restarted)?;
         }
-        let restarted: Vec<String> = jobs
-            .iter()
-            .filter(|j| j.outcome.is_success())
-            .map(|j| j.unit.clone())
-            .collect();
-        let oneshot: BTreeSet<String> = tx.oneshot_units.iter().cloned().collect();
-        let report = health::check(
-            self.systemd,
-            &tx.units,
-            &oneshot,
-            jobs,
-            self.settle,
-            Duration::from_millis(tx.health_timeout_ms),
-        )?;
+        let (restarted, report) = self.judge(&tx, jobs)?;
         tx.timings_ms.insert("health".into(), report.waited_ms);
         let healthy = report.healthy;
         let problems = report.problems.join("; ");
@@ -566,18 +553,13 @@ impl Engine<'_> {
         Ok(out)
     }
 
-    /// Switch back to the version current before the transaction, restart its units.
-    fn roll_back(&self, layout: &Layout, mut tx: Transaction) -> Result<Outcome> {
-        let t0 = Instant::now();
-        let prev = tx
-            .rollback_version()
-            .expect("rolling back needs a previous version")
-            .to_string();
-        fsutil::symlink_atomic(Path::new(&prev), &layout.current())?;
-        let mut rec = layout.load_record();
-        rec.previous = tx.prior_previous.clone();
-        layout.save_record(&rec)?;
-        let jobs = health::restart(self.systemd, &tx.units, self.job_timeout)?;
+    /// The units whose restart succeeded, and the health of all of the transaction's units
+    /// after those restart jobs (shared by the forward switch and the switch back).
+    fn judge(
+        &self,
+        tx: &Transaction,
+        jobs: Vec<crate::systemd::JobResult>,
+    ) -> Result<(Vec<String>, health::HealthReport)> {
         let restarted: Vec<String> = jobs
             .iter()
             .filter(|j| j.outcome.is_success())
@@ -592,6 +574,22 @@ impl Engine<'_> {
             self.settle,
             Duration::from_millis(tx.health_timeout_ms),
         )?;
+        Ok((restarted, report))
+    }
+
+    /// Switch back to the version current before the transaction, restart its units.
+    fn roll_back(&self, layout: &Layout, mut tx: Transaction) -> Result<Outcome> {
+        let t0 = Instant::now();
+        let prev = tx
+            .rollback_version()
+            .expect("rolling back needs a previous version")
+            .to_string();
+        fsutil::symlink_atomic(Path::new(&prev), &layout.current())?;
+        let mut rec = layout.load_record();
+        rec.previous = tx.prior_previous.clone();
+        layout.save_record(&rec)?;
+        let jobs = health::restart(self.systemd, &tx.units, self.job_timeout)?;
+        let (restarted, report) = self.judge(&tx, jobs)?;
         tx.timings_ms
             .insert("rollback".into(), t0.elapsed().as_millis() as u64);
         let mut why = format!(
