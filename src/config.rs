@@ -107,6 +107,32 @@ pub fn parse_roots(s: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A scratch root for unit tests: unit dir, Quadlet dir, state dir and the host-file roots
+/// `etc/` and `srv/` under one temp dir, removed when dropped.
+#[cfg(test)]
+pub(crate) struct Scratch {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+    /// Paths rooted in it.
+    pub paths: Paths,
+}
+
+/// A fresh [`Scratch`].
+#[cfg(test)]
+pub(crate) fn scratch() -> Scratch {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let roots = format!("{}/etc:{}/srv", root.display(), root.display());
+    let paths = Paths::new(
+        Some(root.join("units")),
+        Some(root.join("quadlet")),
+        Some(root.join("state")),
+        None,
+        Some(&roots),
+    );
+    Scratch { dir, paths }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::bed::{Bed, bed, prefix};
+use common::bed::{Bed, prefix};
 use common::cli::{Scratch, stderr, stdout};
+use common::world::bed_scratch;
 use core_ops::testkit::{RepoBuilder, targz};
 use serde_json::Value;
 
@@ -31,21 +32,7 @@ struct World {
 }
 
 fn world(test: &str) -> Option<World> {
-    let bed = bed()?;
-    let dir = tempfile::Builder::new()
-        .prefix("rt-")
-        .tempdir_in(&bed.dir)
-        .expect("scratch under the bed dir");
-    let mut s = Scratch::in_dir(dir);
-    for (k, v) in s.env.iter_mut() {
-        if k == "CORE_OPS_SYSTEMD_UNIT_DIR" {
-            *v = bed.unit_dir.display().to_string();
-        }
-    }
-    s.env
-        .push(("CORE_OPS_SYSTEMD_ADDRESS".into(), bed.address.clone()));
-    s.env.push(("CORE_OPS_SETTLE_MS".into(), "300".into()));
-    s.env.push(("CORE_OPS_JOB_TIMEOUT".into(), "30".into()));
+    let (bed, s) = bed_scratch("rt-")?;
     let repo = RepoBuilder::init(&s.path("repo")).expect("repo");
     Some(World {
         bed,

@@ -1,6 +1,7 @@
 //! Apply engine against the in-memory fake: phase order, one reload, outcomes. The same
 //! behaviours run against the real systemd in `tests/apply_bed.rs`.
 
+use crate::config::{Scratch, scratch};
 use std::collections::BTreeMap;
 
 use super::*;
@@ -8,25 +9,6 @@ use crate::pipeline::{ResolvedTarget, plan_desired};
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use crate::systemd::fake::FakeSystemd;
-
-struct Scratch {
-    _dir: tempfile::TempDir,
-    paths: Paths,
-}
-
-fn scratch() -> Scratch {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let roots = format!("{}/etc", root.display());
-    let paths = Paths::new(
-        Some(root.join("units")),
-        Some(root.join("quadlet")),
-        Some(root.join("state")),
-        None,
-        Some(&roots),
-    );
-    Scratch { _dir: dir, paths }
-}
 
 fn desired(s: &Scratch, web_level: &str) -> crate::render::DesiredState {
     let etc = s.paths.host_file_roots[0].display().to_string();

@@ -1,31 +1,12 @@
 //! Planner behaviour on a scratch root: each cause, ordering, determinism.
 
 use super::*;
-use crate::config::Paths;
+use crate::config::{Scratch, scratch};
 use crate::observe::observe_files;
 use crate::record::status::last_applied_from;
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use proptest::prelude::*;
-
-struct Scratch {
-    _dir: tempfile::TempDir,
-    paths: Paths,
-}
-
-fn scratch() -> Scratch {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let roots = format!("{}/etc:{}/srv", root.display(), root.display());
-    let paths = Paths::new(
-        Some(root.join("units")),
-        Some(root.join("quadlet")),
-        Some(root.join("state")),
-        None,
-        Some(&roots),
-    );
-    Scratch { _dir: dir, paths }
-}
 
 fn rev(c: char) -> Revision {
     Revision {

@@ -2,28 +2,15 @@
 //! stand-in script, and the real generator when one is at hand.
 
 use super::*;
+use crate::config::Scratch;
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use std::os::unix::fs::PermissionsExt;
 
-struct Scratch {
-    dir: tempfile::TempDir,
-    paths: Paths,
-}
-
 fn scratch(generator: QuadletGenerator) -> Scratch {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let roots = format!("{}/etc", root.display());
-    let mut paths = Paths::new(
-        Some(root.join("units")),
-        Some(root.join("quadlet")),
-        Some(root.join("state")),
-        None,
-        Some(&roots),
-    );
-    paths.quadlet_generator = generator;
-    Scratch { dir, paths }
+    let mut s = crate::config::scratch();
+    s.paths.quadlet_generator = generator;
+    s
 }
 
 const WEB: &str = "[Container]\nImage=localhost/mini:1\nExec=/bin/sh\nNetwork=none\n[Install]\nWantedBy=multi-user.target\n";

@@ -212,32 +212,9 @@ pub fn publish_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::receipts::{RECEIPT_SCHEMA_VERSION, ReconcileReceipt};
 
     fn receipt(state: &Path) -> String {
-        let (_, r) = receipts::append(
-            state,
-            ReconcileReceipt {
-                schema_version: RECEIPT_SCHEMA_VERSION,
-                kind: "CoreOpsReconcileReceipt".into(),
-                id: String::new(),
-                sequence: 0,
-                transition: "applied".into(),
-                host: "h".into(),
-                from_revision: None,
-                to_revision: "b".repeat(40),
-                requested_ref: "main".into(),
-                outcome: "converged".into(),
-                intent_checksum: "sha256:x".into(),
-                results_digest: "sha256:y".into(),
-                diagnostics: 0,
-                core_ops: Provenance::current(),
-                recorded_at: "2026-01-01T00:00:00Z".into(),
-                previous_receipt_digest: None,
-                reason: None,
-            },
-        )
-        .unwrap();
+        let (_, r) = receipts::append(state, receipts::sample_receipt("h")).unwrap();
         r.id
     }
 

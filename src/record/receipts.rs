@@ -175,40 +175,43 @@ pub fn verify_chain(state_dir: &Path) -> Result<usize> {
     Ok(files.len())
 }
 
+/// A converged `applied` receipt for tests (sequence, id and chain link are filled by
+/// [`append`]).
+#[cfg(test)]
+pub(crate) fn sample_receipt(host: &str) -> ReconcileReceipt {
+    ReconcileReceipt {
+        schema_version: RECEIPT_SCHEMA_VERSION,
+        kind: "CoreOpsReconcileReceipt".into(),
+        id: String::new(),
+        sequence: 0,
+        transition: "applied".into(),
+        host: host.into(),
+        from_revision: None,
+        to_revision: "b".repeat(40),
+        requested_ref: "main".into(),
+        outcome: "converged".into(),
+        intent_checksum: "sha256:x".into(),
+        results_digest: "sha256:y".into(),
+        diagnostics: 0,
+        core_ops: Provenance::current(),
+        recorded_at: "2026-01-01T00:00:00Z".into(),
+        previous_receipt_digest: None,
+        reason: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn r(host: &str) -> ReconcileReceipt {
-        ReconcileReceipt {
-            schema_version: RECEIPT_SCHEMA_VERSION,
-            kind: "CoreOpsReconcileReceipt".into(),
-            id: String::new(),
-            sequence: 0,
-            transition: "applied".into(),
-            host: host.into(),
-            from_revision: None,
-            to_revision: "b".repeat(40),
-            requested_ref: "main".into(),
-            outcome: "converged".into(),
-            intent_checksum: "sha256:x".into(),
-            results_digest: "sha256:y".into(),
-            diagnostics: 0,
-            core_ops: Provenance::current(),
-            recorded_at: "2026-01-01T00:00:00Z".into(),
-            previous_receipt_digest: None,
-            reason: None,
-        }
-    }
-
     #[test]
     fn receipts_chain_and_tampering_is_detected() {
         let d = tempfile::tempdir().unwrap();
-        let (p1, first) = append(d.path(), r("h")).unwrap();
+        let (p1, first) = append(d.path(), sample_receipt("h")).unwrap();
         assert_eq!(first.sequence, 1);
         assert_eq!(first.id, "urn:srcos:receipt:reconcile:h:1");
         assert!(first.previous_receipt_digest.is_none());
-        let (_, second) = append(d.path(), r("h")).unwrap();
+        let (_, second) = append(d.path(), sample_receipt("h")).unwrap();
         assert_eq!(
             second.previous_receipt_digest,
             Some(sha256_hex(&std::fs::read(&p1).unwrap()))

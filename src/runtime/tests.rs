@@ -3,6 +3,7 @@
 //! from a stop right after each persisted state. The same cases run against a real systemd
 //! in `tests/runtime_bed.rs`.
 
+use crate::config::{Scratch, scratch};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,31 +14,11 @@ use super::schema::{Schema, validate};
 use super::transaction::{TxState, tests_stop_at};
 use super::{Layout, evidence};
 use crate::apply::{ApplyOptions, ApplyResult, apply};
-use crate::config::Paths;
 use crate::pipeline::{ResolvedTarget, plan_desired};
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use crate::systemd::fake::FakeSystemd;
 use crate::testkit::targz;
-
-struct Scratch {
-    _dir: tempfile::TempDir,
-    paths: Paths,
-}
-
-fn scratch() -> Scratch {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let roots = format!("{}/etc", root.display());
-    let paths = Paths::new(
-        Some(root.join("units")),
-        Some(root.join("quadlet")),
-        Some(root.join("state")),
-        None,
-        Some(&roots),
-    );
-    Scratch { _dir: dir, paths }
-}
 
 /// What one revision of the test repository selects.
 struct Fx {
@@ -458,7 +439,7 @@ fn a_deferral_is_not_a_failure_and_is_recorded_once() {
     use crate::reconcile::{self, Mode, Request, RunOutcome};
     let s = scratch();
     let sd = fake();
-    let repo_dir = s._dir.path().join("repo");
+    let repo_dir = s.dir.path().join("repo");
     let mut repo = crate::testkit::RepoBuilder::init(&repo_dir).unwrap();
     let mut commit = |fx: &Fx| {
         let owned: Vec<(String, Vec<u8>)> = files(fx)

@@ -20,10 +20,13 @@ pub struct World {
     pub repo: RepoBuilder,
 }
 
-pub fn world(test: &str) -> Option<World> {
+/// The shared bed and a scratch root under its directory (`<dir_prefix>XXXX`), with the
+/// environment that points the binary at that bed: its unit dir, its bus, a short settle
+/// window and job timeout.
+pub fn bed_scratch(dir_prefix: &str) -> Option<(&'static Bed, Scratch)> {
     let bed = bed()?;
     let dir = tempfile::Builder::new()
-        .prefix("t-")
+        .prefix(dir_prefix)
         .tempdir_in(&bed.dir)
         .expect("scratch under the bed dir");
     let mut s = Scratch::in_dir(dir);
@@ -36,6 +39,11 @@ pub fn world(test: &str) -> Option<World> {
         .push(("CORE_OPS_SYSTEMD_ADDRESS".into(), bed.address.clone()));
     s.env.push(("CORE_OPS_SETTLE_MS".into(), "300".into()));
     s.env.push(("CORE_OPS_JOB_TIMEOUT".into(), "30".into()));
+    Some((bed, s))
+}
+
+pub fn world(test: &str) -> Option<World> {
+    let (bed, s) = bed_scratch("t-")?;
     let repo = RepoBuilder::init(&s.path("repo")).expect("repo");
     Some(World {
         bed,
