@@ -33,6 +33,8 @@ pub mod explain;
 
 // maintainer tooling (the core-ops-release binary)
 pub mod release;
+// the VM-backed verification harness (core-ops-verify; not shipped)
+pub mod verification;
 
 #[doc(hidden)]
 pub mod testkit;

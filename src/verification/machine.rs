@@ -1,0 +1,154 @@
+//! Where a scenario runs: a machine the harness can run shell scripts on and share files with.
+//!
+//! Why a trait: the product path is a disposable VM ([`super::vm`]); the hidden synthetic mode
+//! backs the same runner with the namespace test bed ([`super::synthetic`]) so the harness's
+//! own contract tests are fast. Steps and assertions never know which one they run on.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::guest::Accel;
+
+/// Which backend and driver ran (recorded in the verification_run document).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// `vm` (product path) or `synthetic` (harness self-tests only).
+    pub backend: String,
+    /// `qemu`, `libvirt` or `testbed`.
+    pub driver: String,
+    /// VM acceleration.
+    pub accel: Option<Accel>,
+    /// libvirt connection URI, when libvirt ran the guest.
+    pub libvirt_uri: Option<String>,
+}
+
+/// A running machine.
+pub trait Machine {
+    /// Backend, driver, acceleration.
+    fn info(&self) -> MachineInfo;
+    /// The shared directory on the host.
+    fn host_share(&self) -> &Path;
+    /// The same directory as the machine sees it.
+    fn guest_share(&self) -> String;
+    /// Run `bash <script>` (a machine path) with stdout/stderr into machine paths.
+    fn run_script(
+        &mut self,
+        script: &str,
+        stdout: &str,
+        stderr: &str,
+        timeout: Duration,
+    ) -> Result<i32>;
+    /// How to reach it when it is kept (`--debug`).
+    fn keep_hint(&self) -> String;
+    /// Stop it and remove what it used (idempotent).
+    fn teardown(&mut self) -> Result<()>;
+}
+
+/// What a command printed and returned.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    /// Exit status.
+    pub code: i32,
+    /// stdout bytes.
+    pub stdout: Vec<u8>,
+    /// stderr bytes.
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    /// stdout as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// stderr as text.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Runs shell snippets on a machine through script files on the share.
+///
+/// Why files: the control port is one byte stream; scripts and outputs on the share keep
+/// stdout, stderr and binary output apart and unmangled.
+pub struct Shell<'m> {
+    machine: &'m mut dyn Machine,
+    counter: u32,
+}
+
+impl<'m> Shell<'m> {
+    /// Wrap a machine.
+    pub fn new(machine: &'m mut dyn Machine) -> Shell<'m> {
+        Shell {
+            machine,
+            counter: 0,
+        }
+    }
+
+    /// The machine.
+    pub fn machine(&mut self) -> &mut dyn Machine {
+        self.machine
+    }
+
+    /// Where the share is on the machine.
+    pub fn guest_share(&self) -> String {
+        self.machine.guest_share()
+    }
+
+    /// Host path of a share-relative path.
+    pub fn host_path(&self, rel: &str) -> PathBuf {
+        self.machine.host_share().join(rel)
+    }
+
+    /// Run a shell snippet; `tag` names its files under the share's `cmd/`.
+    pub fn exec(&mut self, tag: &str, script: &str, timeout: Duration) -> Result<Output> {
+        self.counter += 1;
+        let base = format!("cmd/{:04}-{}", self.counter, sanitize(tag));
+        let host_dir = self.machine.host_share().join("cmd");
+        std::fs::create_dir_all(&host_dir)?;
+        let host_script = self.machine.host_share().join(format!("{base}.sh"));
+        std::fs::write(&host_script, format!("set -u\n{script}\n"))
+            .with_context(|| format!("writing {}", host_script.display()))?;
+        let g = self.machine.guest_share();
+        let code = self.machine.run_script(
+            &format!("{g}/{base}.sh"),
+            &format!("{g}/{base}.out"),
+            &format!("{g}/{base}.err"),
+            timeout,
+        )?;
+        let read = |ext: &str| {
+            std::fs::read(self.machine.host_share().join(format!("{base}.{ext}")))
+                .unwrap_or_default()
+        };
+        Ok(Output {
+            code,
+            stdout: read("out"),
+            stderr: read("err"),
+        })
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect()
+}
+
+/// Single-quote a string for the shell.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(quote("a'b"), r"'a'\''b'");
+        assert_eq!(sanitize("apply v1/x"), "apply-v1-x");
+    }
+}
