@@ -45,6 +45,9 @@ pub trait Machine {
     fn keep_hint(&self) -> String;
     /// Stop it and remove what it used (idempotent).
     fn teardown(&mut self) -> Result<()>;
+    /// Leave it running when dropped (`--debug`); otherwise dropping tears it down, so an
+    /// error anywhere in a run never leaks a machine.
+    fn keep(&mut self);
 }
 
 /// What a command printed and returned.
@@ -109,7 +112,12 @@ impl<'m> Shell<'m> {
         let host_dir = self.machine.host_share().join("cmd");
         std::fs::create_dir_all(&host_dir)?;
         let host_script = self.machine.host_share().join(format!("{base}.sh"));
-        std::fs::write(&host_script, format!("set -u\n{script}\n"))
+        // nothing of the harness's own environment reaches core-ops (the synthetic backend's
+        // exec inherits it): every step states what it sets
+        std::fs::write(
+            &host_script,
+            format!("for v in $(compgen -e | grep '^CORE_OPS_'); do unset \"$v\"; done\nset -u\n{script}\n"),
+        )
             .with_context(|| format!("writing {}", host_script.display()))?;
         let g = self.machine.guest_share();
         let code = self.machine.run_script(

@@ -19,6 +19,10 @@ use super::report::{ScenarioResult, StepRecord, Summary};
 use super::scenario::LoadedScenario;
 use super::{fixture, steps, synthetic, vm};
 
+/// Where machines keep their overlay, sockets, serial logs and share while they run (removed
+/// after the run unless `--debug`).
+pub const MACHINE_ROOT: &str = "/var/tmp/core-ops-verify";
+
 /// Which backend runs scenarios.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -172,7 +176,13 @@ fn execute(
     let s = &loaded.scenario;
     let env = s.environment_profile();
     let policy = s.policy_profile();
-    let machine_dir = dir.join("machine");
+    // sockets live here: a short path whatever the bundle path (sun_path holds 107 bytes)
+    let machine_dir = Path::new(MACHINE_ROOT).join(super::report::random_hex(4));
+    log.line(format!("machine directory {}", machine_dir.display()));
+    let _cleanup = RemoveOnDrop {
+        path: machine_dir.clone(),
+        keep: opts.debug,
+    };
     let share = machine_dir.join("share");
     std::fs::create_dir_all(share.join("bin"))?;
     std::fs::create_dir_all(share.join("units"))?;
@@ -230,7 +240,7 @@ fn execute(
             if env.containers {
                 bail!("the synthetic backend has no containers profile; use the VM backend");
             }
-            let (m, ev) = synthetic::start(&machine_dir, &dir.join("machine/console.log"))?;
+            let (m, ev) = synthetic::start(&machine_dir, &machine_dir.join("console.log"))?;
             (Some(Box::new(m) as Box<dyn Machine>), ev)
         }
     };
@@ -281,9 +291,6 @@ fn execute(
     copy_logs(&machine_dir, dir);
     finish(machine.as_mut(), opts, log)?;
     copy_logs(&machine_dir, dir);
-    if !opts.debug {
-        let _ = std::fs::remove_dir_all(&machine_dir);
-    }
     body?;
     result.outcome = if failed { "failed" } else { "passed" }.into();
     if failed {
@@ -474,6 +481,7 @@ fn finish(machine: &mut dyn Machine, opts: &RunOptions, log: &mut Log) -> Result
         let _ = std::io::stdin().read_line(&mut line);
     }
     if opts.debug {
+        machine.keep();
         log.line(format!("--debug: machine kept: {}", machine.keep_hint()));
         eprintln!("core-ops-verify: {}", machine.keep_hint());
         return Ok(());
@@ -495,6 +503,21 @@ fn copy_logs(machine_dir: &Path, dir: &Path) {
         let src = machine_dir.join(from);
         if src.exists() {
             let _ = std::fs::copy(&src, dir.join(to));
+        }
+    }
+}
+
+/// Removes the machine directory when the scenario is done, however it ended (declared before
+/// the machine, so it drops after the machine has stopped).
+struct RemoveOnDrop {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
         }
     }
 }

@@ -25,6 +25,15 @@ pub struct Bed {
     dir: PathBuf,
     share: PathBuf,
     up: bool,
+    kept: bool,
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = self.teardown();
+        }
+    }
 }
 
 /// Boot a bed in `dir` (its `share/` is the shared directory, at the same path inside) and
@@ -49,6 +58,7 @@ pub fn start(dir: &Path, console: &Path) -> Result<(Bed, ReadinessEvidence)> {
         dir,
         share,
         up: true,
+        kept: false,
     };
     let nonce = super::report::random_hex(8);
     let script = format!(
@@ -116,6 +126,10 @@ impl Machine for Bed {
             testbed_script().display(),
             self.dir.display()
         )
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
     }
 
     fn teardown(&mut self) -> Result<()> {

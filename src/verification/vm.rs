@@ -42,6 +42,15 @@ pub struct Vm {
     control: Option<Control>,
     run_dir: PathBuf,
     stopped: bool,
+    kept: bool,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = self.teardown();
+        }
+    }
 }
 
 /// Settings of a VM launch.
@@ -110,6 +119,7 @@ pub fn start(
         control: None,
         run_dir,
         stopped: false,
+        kept: false,
     };
     if evidence.state != ReadinessState::Accepted {
         vm.teardown()?;
@@ -166,6 +176,10 @@ impl Machine for Vm {
 
     fn keep_hint(&self) -> String {
         self.driver.keep_hint(&self.spec)
+    }
+
+    fn keep(&mut self) {
+        self.kept = true;
     }
 
     fn teardown(&mut self) -> Result<()> {

@@ -1,0 +1,366 @@
+//! core-ops-verify's own contract: bad scenarios are refused with file:line; a false assertion
+//! fails the run with a bundle holding the failure files; a guest that never announces
+//! readiness is reported as timed out; the verification_run document matches its schema; and
+//! a real scenario passes on the VM backend.
+//!
+//! The synthetic (test-bed) cases run where the project's test bed runs (scripts/test.sh sets
+//! CORE_OPS_TESTBED_DIR); the VM cases need the guest image (scripts/test.sh builds it and sets
+//! CORE_OPS_VERIFY_IMAGE).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn verify_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_core-ops-verify")
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(verify_bin())
+        .args(args)
+        // scripts/test.sh points it at the release build (smaller, faster under TCG)
+        .env(
+            "CORE_OPS_VERIFY_CORE_OPS_BIN",
+            std::env::var("CORE_OPS_VERIFY_CORE_OPS_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_core-ops").into()),
+        )
+        .output()
+        .expect("core-ops-verify runs")
+}
+
+/// A scratch `verification/` tree with one fixture repository (two revisions).
+fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let v = t.path().join("verification");
+    for (path, body) in [
+        (
+            "repos/one/v1/hosts/core-ops-guest/host.yaml",
+            "services: [hello]\n",
+        ),
+        (
+            "repos/one/v1/services/hello/verify-hello.service",
+            "[Service]\nExecStart=/bin/sleep infinity\n\n[Install]\nWantedBy=multi-user.target\n",
+        ),
+    ] {
+        let p = v.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+    std::fs::create_dir_all(v.join("scenarios")).unwrap();
+    (t, v)
+}
+
+const SCENARIO: &str = "id: harness-self-test
+title: The harness reports what it sees
+claim: A first apply starts the service.
+classes: [install]
+policy: quick-settle
+fixtures:
+  repository: one/v1
+steps:
+  - apply: v1
+    expect_exit: 0
+  - assert:
+      - unit: verify-hello.service
+        active_state: active
+      - status: /last_applied/revision
+        revision: v1
+      - receipts: [applied]
+";
+
+fn validate_run(doc: &Value) {
+    let schema: Value = serde_json::from_str(core_ops::verification::report::RUN_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "schema errors: {errors:#?}\n{doc:#}");
+}
+
+fn json_stdout(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn scenario_schema_errors_name_file_and_line_and_run_nothing() {
+    let (_t, v) = scratch();
+    let p = v.join("scenarios/bad.yaml");
+    std::fs::write(
+        &p,
+        SCENARIO.replace("    expect_exit: 0\n", "    expect_exit: 0\n    wait: 5\n"),
+    )
+    .unwrap();
+    for args in [
+        vec!["check", p.to_str().unwrap()],
+        vec!["run", "--scenario", p.to_str().unwrap(), "--synthetic"],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{}:11: ", p.display())) && err.contains("unknown field `wait`"),
+            "{args:?}: {err}"
+        );
+    }
+    // nothing ran, so no bundle was started
+    assert!(!v.join("target").exists());
+}
+
+#[test]
+fn the_shipped_corpus_passes_the_check() {
+    let out = run(&[
+        "check",
+        root()
+            .join("tests/fixtures/verification/scenarios")
+            .to_str()
+            .unwrap(),
+        root()
+            .join("tests/fixtures/verification/generated_candidates")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A false assertion in an accepted scenario: exit 1, outcome failed, and the bundle holds
+/// the failure files, the diagnostics and a schema-valid run document.
+#[test]
+fn a_false_assertion_fails_with_the_failure_files() {
+    if std::env::var_os("CORE_OPS_TESTBED_DIR").is_none() {
+        eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
+        return;
+    }
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(
+        &p,
+        SCENARIO.replace(
+            "[applied]",
+            "[applied]\n      - unit: verify-hello.service\n        active_state: failed",
+        ),
+    )
+    .unwrap();
+    let bundles = t.path().join("bundles");
+    let out = run(&[
+        "run",
+        "--scenario",
+        p.to_str().unwrap(),
+        "--synthetic",
+        "--json",
+        "--bundle-dir",
+        bundles.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let doc = json_stdout(&out);
+    validate_run(&doc);
+    assert_eq!(doc["backend"], "synthetic");
+    assert_eq!(doc["outcome"], "failed");
+    let s = &doc["scenarios"][0];
+    assert_eq!(s["outcome"], "failed");
+    assert_eq!(s["accepted"], true);
+    assert_eq!(s["assertions"]["failed"], 1, "{s:#}");
+    // the true checks before it passed: the failure is the false one, not a broken harness
+    assert_eq!(s["assertions"]["passed"], 4, "{s:#}");
+    let bundle = PathBuf::from(s["bundle"].as_str().unwrap());
+    for f in [
+        "scenario.yaml",
+        "harness.log",
+        "console-log.txt",
+        "readiness-evidence.json",
+        "assertions.json",
+        "steps/00-apply/stdout.txt",
+        "steps/00-apply/output.json",
+        "failure-summary.txt",
+        "regression-summary.txt",
+        "promotion-status.txt",
+        "diagnostics/journal.txt",
+        "diagnostics/status.json",
+        "diagnostics/receipts.txt",
+    ] {
+        assert!(
+            bundle.join(f).is_file(),
+            "{f} missing in {}",
+            bundle.display()
+        );
+    }
+    let summary = std::fs::read_to_string(bundle.join("failure-summary.txt")).unwrap();
+    assert!(
+        summary.contains("unit verify-hello.service active_state")
+            && summary.contains("expected: \"failed\"")
+            && summary.contains("actual:   \"active\""),
+        "{summary}"
+    );
+    let assertions: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("assertions.json")).unwrap()).unwrap();
+    assert_eq!(assertions["passed"], false);
+    let promotion = std::fs::read_to_string(bundle.join("promotion-status.txt")).unwrap();
+    assert!(promotion.contains("BLOCKED"), "{promotion}");
+    // the machine is gone: no overlay, share or binary copy left behind
+    let log = std::fs::read_to_string(bundle.join("harness.log")).unwrap();
+    let machine_dir = log
+        .lines()
+        .find_map(|l| l.split("machine directory ").nth(1))
+        .expect("harness.log names the machine directory");
+    assert!(
+        !Path::new(machine_dir.trim()).exists(),
+        "{machine_dir} left behind"
+    );
+}
+
+/// The same scenario, true this time, on the synthetic backend: passes, no failure files.
+#[test]
+fn a_true_scenario_passes_without_failure_files() {
+    if std::env::var_os("CORE_OPS_TESTBED_DIR").is_none() {
+        eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
+        return;
+    }
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(&p, SCENARIO).unwrap();
+    let bundles = t.path().join("bundles");
+    let out = run(&[
+        "run",
+        "--scenario",
+        p.to_str().unwrap(),
+        "--synthetic",
+        "--json",
+        "--bundle-dir",
+        bundles.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = json_stdout(&out);
+    validate_run(&doc);
+    let bundle = PathBuf::from(doc["scenarios"][0]["bundle"].as_str().unwrap());
+    assert!(bundle.join("assertions.json").is_file());
+    assert!(!bundle.join("failure-summary.txt").exists());
+}
+
+fn image() -> Option<String> {
+    let img = std::env::var("CORE_OPS_VERIFY_IMAGE").ok();
+    if img.is_none() {
+        eprintln!(
+            "skipped: needs the guest image (scripts/test.sh builds it and sets CORE_OPS_VERIFY_IMAGE)"
+        );
+    }
+    img
+}
+
+/// A guest that cannot announce readiness in time: the run says `timed_out`, keeps the
+/// console and the evidence, and tears the VM down.
+#[test]
+fn readiness_timeout_is_reported_as_such() {
+    let Some(_) = image() else { return };
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(&p, SCENARIO).unwrap();
+    let bundles = t.path().join("bundles");
+    let out = run(&[
+        "run",
+        "--scenario",
+        p.to_str().unwrap(),
+        "--driver",
+        "qemu",
+        "--ready-timeout",
+        "3",
+        "--json",
+        "--bundle-dir",
+        bundles.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let doc = json_stdout(&out);
+    validate_run(&doc);
+    let s = &doc["scenarios"][0];
+    assert_eq!(s["outcome"], "error", "{s:#}");
+    assert_eq!(s["readiness"], "timed_out", "{s:#}");
+    assert!(
+        s["failure"]
+            .as_str()
+            .unwrap()
+            .contains("readiness timed_out"),
+        "{s:#}"
+    );
+    let bundle = PathBuf::from(s["bundle"].as_str().unwrap());
+    let ev: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("readiness-evidence.json")).unwrap())
+            .unwrap();
+    assert_eq!(ev["state"], "timed_out");
+    assert_eq!(ev["timeout_ms"], 3000);
+    assert!(ev["waited_ms"].as_u64().unwrap() >= 3000);
+    // the kernel had started printing: the console is kept, and it has no READY record
+    let console = std::fs::read_to_string(bundle.join("console-log.txt")).unwrap();
+    assert!(!console.contains("CORE_OPS_VERIFY_READY"), "{console}");
+    assert!(bundle.join("failure-summary.txt").is_file());
+    // nothing of this run's machine is left (qemu's pid file lived there)
+    let log = std::fs::read_to_string(bundle.join("harness.log")).unwrap();
+    let machine_dir = log
+        .lines()
+        .find_map(|l| l.split("machine directory ").nth(1))
+        .expect("harness.log names the machine directory");
+    assert!(
+        !Path::new(machine_dir.trim()).exists(),
+        "{machine_dir} left behind"
+    );
+}
+
+/// One real scenario on the VM backend through the qemu driver: the product path, end to end.
+#[test]
+fn a_scenario_passes_in_a_vm_via_qemu() {
+    let Some(_) = image() else { return };
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(&p, SCENARIO).unwrap();
+    let bundles = t.path().join("bundles");
+    let out = run(&[
+        "run",
+        "--scenario",
+        p.to_str().unwrap(),
+        "--driver",
+        "qemu",
+        "--json",
+        "--bundle-dir",
+        bundles.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let doc = json_stdout(&out);
+    validate_run(&doc);
+    assert_eq!(doc["backend"], "vm");
+    let s = &doc["scenarios"][0];
+    assert_eq!(s["machine"]["driver"], "qemu");
+    assert_eq!(s["readiness"], "accepted");
+    assert!(
+        doc["image"]["kernel"].is_string() || doc["image"].is_object(),
+        "{doc:#}"
+    );
+    let bundle = PathBuf::from(s["bundle"].as_str().unwrap());
+    let console = std::fs::read_to_string(bundle.join("console-log.txt")).unwrap();
+    assert!(console.contains("CORE_OPS_VERIFY_READY run="), "{console}");
+    // core-ops ran in the guest against the guest's systemd: its status names the guest host
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("steps/00-apply/output.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["host"], "core-ops-guest", "{status:#}");
+}
