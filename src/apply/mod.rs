@@ -632,7 +632,8 @@ pub fn apply(
 }
 
 /// Write the results document, the receipt (for a transition) and status.json, then drop
-/// the in-flight journal.
+/// the in-flight journal. A transition is a run that changed objects or moved `last_applied`
+/// to another revision (a new revision whose objects already match is still a transition).
 fn record(
     planned: &Planned,
     paths: &Paths,
@@ -640,7 +641,7 @@ fn record(
     result: &mut ApplyResult,
 ) -> Result<()> {
     let desired = &planned.desired;
-    if result.changed_objects > 0 {
+    if result.changed_objects > 0 || result.last_applied_advanced {
         let hex = result.intent_checksum.trim_start_matches("sha256:");
         let stamp = result.finished_at.replace([':', '-'], "");
         let path = paths

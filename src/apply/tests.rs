@@ -109,6 +109,31 @@ fn noop_apply_makes_no_mutating_call_and_no_receipt() {
     assert!(!r.last_applied_advanced);
 }
 
+/// A new revision whose objects already match moves `last_applied`: that is a transition,
+/// so it gets a receipt (one receipt per transition), though nothing on the host changes.
+#[test]
+fn new_revision_with_identical_content_is_a_receipted_transition() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let before = sd.mutating_calls().len();
+    let mut same = desired(&s, "1");
+    same.revision.commit = "3".repeat(40);
+    let planned = plan_desired(&s.paths, &target(), "repo", same, &sd).unwrap();
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    assert_eq!(r.changed_objects, 0);
+    assert_eq!(sd.mutating_calls().len(), before);
+    assert!(r.last_applied_advanced);
+    assert!(r.receipt.is_some(), "a receipt for the transition");
+    let file = s.paths.state_dir.join("receipts/00000002-reconcile.json");
+    let receipt: receipts::ReconcileReceipt =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(receipt.transition, "applied");
+    assert_eq!(receipt.from_revision.as_deref(), Some("1".repeat(40).as_str()));
+    assert_eq!(receipt.to_revision, "3".repeat(40));
+    assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 2);
+}
+
 #[test]
 fn dropin_change_restarts_only_its_unit() {
     let s = scratch();
