@@ -46,3 +46,55 @@ if [ ! -x "$PROMTOOL" ]; then
     dpkg -x "$tmp"/prometheus_*.deb /var/cache/core-ops-test/prometheus
     rm -rf "$tmp"
 fi
+
+# ------------------------------------------------------------------ VM verification harness
+# What scripts/verify-image.sh (guest image) and core-ops-verify (guests
+# under QEMU TCG) need; see ../shared/docs/vm-testbed.md. qemu-system-x86 must come from
+# bookworm-backports, matching the machine's qemu-utils 1:10.0.2 (bookworm's 7.2 would remove
+# it). That suite is read through a private sources file and apt state under the project cache;
+# /etc/apt is left as it is. The other packages come from plain bookworm: mmdebstrap (guest
+# tree), socat (control channel, also in the guest), busybox-static (initramfs), e2fsprogs
+# (mkfs.ext4 -d, debugfs), libvirt-dev + pkg-config (client library and headers for the Rust
+# `virt` crate only: no libvirt daemon, and it leaves qemu-utils alone; checked with apt-get -s).
+VM_APT=${CORE_OPS_TEST_CACHE:-/var/cache/core-ops-test}/vm-apt
+VM_PKGS=(mmdebstrap socat busybox-static e2fsprogs libvirt-dev pkg-config)
+vm_missing=()
+vm_ready() {
+    vm_missing=()
+    local p
+    for p in "${VM_PKGS[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || vm_missing+=("$p")
+    done
+    ((${#vm_missing[@]} == 0)) && command -v qemu-system-x86_64 >/dev/null && command -v qemu-img >/dev/null &&
+        [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null)" = \
+          "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)" ]
+}
+if ! vm_ready; then
+    src=/etc/apt/sources.list.d/debian.sources
+    [ -f "$src" ] || die "$src not found: cannot tell which Debian mirror to use"
+    echo "==> installing the VM harness packages (qemu-system-x86 from bookworm-backports)" >&2
+    mkdir -p "$VM_APT/lists/partial"
+    # the machine's own stanzas (mirror, keyring); bookworm-backports added next to bookworm
+    awk '$1 == "Suites:" && / bookworm( |$)/ && !/bookworm-backports/ { print $0 " bookworm-backports"; next }
+         { print }' "$src" > "$VM_APT/bookworm+bpo.sources"
+    grep -q bookworm-backports "$VM_APT/bookworm+bpo.sources" || die "no bookworm stanza in $src"
+    VM_APTGET=(apt-get -q -o "Dir::Etc::sourcelist=$VM_APT/bookworm+bpo.sources"
+               -o Dir::Etc::sourceparts=/nonexistent -o "Dir::State::Lists=$VM_APT/lists"
+               -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
+               -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
+               -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
+               -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false)
+    export DEBIAN_FRONTEND=noninteractive
+    "${VM_APTGET[@]}" update >&2 || die "apt-get update (bookworm + backports) failed"
+    # qemu-utils in the same transaction: if backports has moved past the preinstalled 10.0.2,
+    # both move together and stay matched
+    "${VM_APTGET[@]}" install -y -qq --no-install-recommends -t bookworm-backports \
+        qemu-system-x86 qemu-utils >&2 || die "installing qemu-system-x86 from bookworm-backports failed"
+    # only what is missing, without -t: bookworm's own versions (with -t, apt would take
+    # backports' mmdebstrap, socat, e2fsprogs and libvirt 11 too)
+    if ((${#vm_missing[@]})); then
+        "${VM_APTGET[@]}" install -y -qq --no-install-recommends "${vm_missing[@]}" >&2 ||
+            die "installing ${vm_missing[*]} failed"
+    fi
+    vm_ready || die "VM harness packages still incomplete (qemu-system-x86 and qemu-utils must have the same version)"
+fi

@@ -3,6 +3,10 @@
 # containers) into a running systemd test bed (scripts/systemd-testbed.sh up DIR).
 #
 #   scripts/quadlet-bed.sh DIR     DIR: a running bed; idempotent; prints KEY=VALUE lines (eval-able)
+#   scripts/quadlet-bed.sh --fetch-only
+#                                  only fill the package cache below (no bed needed) and print
+#                                  CORE_OPS_QUADLET_CACHE=...; scripts/verify-image.sh stages the
+#                                  same stack into the VM guest image from it
 #
 # What ends up in the bed (its overlay only; the host's /usr and /etc are never touched):
 #   /usr/libexec/podman/quadlet                         quadlet 5.4.2 of Debian 13 (podman 5.4.2)
@@ -39,15 +43,19 @@ log() { echo "$PROG: $*" >&2; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 [ "$(id -u)" = 0 ] || die "must run as root"
-[ -n "${1:-}" ] || die "usage: $0 DIR   (DIR: a running scripts/systemd-testbed.sh bed)"
-DIR=$(realpath -m -- "$1")
+[ -n "${1:-}" ] || die "usage: $0 DIR | --fetch-only   (DIR: a running scripts/systemd-testbed.sh bed)"
+FETCH_ONLY=0
+[ "$1" = --fetch-only ] && FETCH_ONLY=1
 CONTAINERS=${CORE_OPS_TESTBED_CONTAINERS:-1}
 IMAGE=localhost/core-ops-mini:1
 CACHE=${CORE_OPS_TEST_CACHE:-/var/cache/core-ops-test}/quadlet
 
-bed_env=$("$TESTBED" status "$DIR") || die "no running test bed in $DIR (scripts/systemd-testbed.sh up $DIR)"
-PID=$(sed -n 's/^SYSTEMD_TESTBED_PID=//p' <<<"$bed_env")
-BROOT=/proc/$PID/root                 # the bed's / (its overlay) as seen from the host
+if [ "$FETCH_ONLY" = 0 ]; then
+    DIR=$(realpath -m -- "$1")
+    bed_env=$("$TESTBED" status "$DIR") || die "no running test bed in $DIR (scripts/systemd-testbed.sh up $DIR)"
+    PID=$(sed -n 's/^SYSTEMD_TESTBED_PID=//p' <<<"$bed_env")
+    BROOT=/proc/$PID/root                 # the bed's / (its overlay) as seen from the host
+fi
 inbed() { "$TESTBED" exec "$DIR" "$@"; }
 
 # ------------------------------------------------------------------ 1. packages (cached)
@@ -102,6 +110,10 @@ else
 fi
 QUADLET_HOST=$CACHE/root/usr/libexec/podman/quadlet
 [ -x "$QUADLET_HOST" ] || die "$QUADLET_HOST missing: remove $CACHE and run again"
+if [ "$FETCH_ONLY" = 1 ]; then
+    echo "CORE_OPS_QUADLET_CACHE=$CACHE"
+    exit 0
+fi
 
 # ------------------------------------------------------------------ 2. into the bed
 MARK=$BROOT/run/core-ops-quadlet-bed     # in the bed's /run: gone at `down`, like the overlay

@@ -11,7 +11,15 @@
 #      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR), and puts the
 #      real Quadlet generator and podman into it (scripts/quadlet-bed.sh: CORE_OPS_TESTBED_QUADLET_*;
 #      the packages are fetched from Debian's mirror once and cached in /var/cache/core-ops-test),
-#   5. runs cargo test, and always stops the bed (trap), whatever happened.
+#   5. builds the guest image of the VM verification harness (core-ops-verify image build: from
+#      Debian packages, cached by recipe digest; exported as CORE_OPS_VERIFY_IMAGE),
+#   6. installs and starts libvirt's daemons (scripts/libvirt.sh; stopped again at the end),
+#      so qemu:///system answers and the VM harness uses its default driver, libvirt,
+#   7. runs cargo test (the harness's own tests force the qemu driver),
+#   8. runs the whole accepted verification corpus on the VM backend, one disposable VM per
+#      scenario (core-ops-verify run --accepted-dir tests/fixtures/verification/scenarios --ci;
+#      bundles and the verification_run document under target/verify/),
+#   and always stops the bed (trap), whatever happened.
 # Exits non-zero on any failure. Not root is a failure, not a skip: the integration tests need
 # the bed, and the bed needs root (namespaces, mounts).
 #
@@ -21,6 +29,8 @@
 #      CORE_OPS_BUILD_DEB=auto|1|0 (default auto: when all tests or deb_package are selected).
 #      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
 #      CORE_OPS_TESTBED_CONTAINERS=0 installs only the Quadlet generator (no podman stack).
+#      CORE_OPS_VERIFY_CORPUS=auto|1|0 (default auto: when no extra arguments are given) runs the
+#      accepted verification corpus after cargo test.
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh --test systemd_dbus`).
 set -euo pipefail
 
@@ -65,6 +75,10 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     [ "$status" = 0 ] || status=$rc
+    if [ -n "${LIBVIRT_STARTED:-}" ]; then
+        step "stopping libvirt (scripts/libvirt.sh down)"
+        scripts/libvirt.sh down >/dev/null || echo "scripts/test.sh: warning: could not stop libvirt" >&2
+    fi
     if [ -d "$BED" ]; then
         step "stopping the test bed $BED"
         scripts/systemd-testbed.sh down "$BED" >/dev/null || echo "scripts/test.sh: warning: could not stop the bed in $BED" >&2
@@ -95,6 +109,30 @@ export CORE_OPS_TESTBED_QUADLET_DIR CORE_OPS_TESTBED_QUADLET_GENERATOR CORE_OPS_
 [ -z "${CORE_OPS_TESTBED_IMAGE:-}" ] || export CORE_OPS_TESTBED_IMAGE
 
 # ------------------------------------------------------------------ 5. tests
+# the binary under test in the VMs: the release build (15 MB stripped; the debug build is ~190 MB,
+# and unoptimised code under TCG emulation is several times slower). build-deb.sh built it
+# already when the package was built; otherwise this builds it.
+step "cargo build --release --bin core-ops (the binary the VM scenarios run)"
+cargo build --release --bin core-ops
+export CORE_OPS_VERIFY_CORE_OPS_BIN=$ROOT/target/release/core-ops
+
+step "the guest image of the VM verification harness: core-ops-verify image build"
+CORE_OPS_VERIFY_IMAGE=$(target/debug/core-ops-verify image build) || die "building the guest image failed (see above)"
+export CORE_OPS_VERIFY_IMAGE
+
+step "libvirt daemons for the VM harness (plain daemons, no systemd): scripts/libvirt.sh up"
+scripts/libvirt.sh install || die "installing libvirt failed (see above)"
+LIBVIRT_STARTED=1
+libvirt_env=$(scripts/libvirt.sh up) || die "libvirtd did not start (see above)"
+eval "$libvirt_env"
+
 step "cargo test"
 cargo test --no-fail-fast "$@" -- --test-threads="${CORE_OPS_TEST_THREADS:-$(nproc)}"
+
+if [ "${CORE_OPS_VERIFY_CORPUS:-auto}" = 1 ] || { [ "${CORE_OPS_VERIFY_CORPUS:-auto}" = auto ] && [ $# -eq 0 ]; }; then
+    step "the accepted verification corpus on the VM backend: core-ops-verify run --ci"
+    mkdir -p target/verify
+    target/debug/core-ops-verify run --accepted-dir tests/fixtures/verification/scenarios --ci --json \
+        > target/verify/ci-run.json || die "the accepted verification corpus failed: see target/verify/ci-run.json and the bundles it names"
+fi
 status=0

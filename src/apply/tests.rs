@@ -129,7 +129,10 @@ fn new_revision_with_identical_content_is_a_receipted_transition() {
     let receipt: receipts::ReconcileReceipt =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(receipt.transition, "applied");
-    assert_eq!(receipt.from_revision.as_deref(), Some("1".repeat(40).as_str()));
+    assert_eq!(
+        receipt.from_revision.as_deref(),
+        Some("1".repeat(40).as_str())
+    );
     assert_eq!(receipt.to_revision, "3".repeat(40));
     assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 2);
 }

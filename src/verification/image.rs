@@ -46,12 +46,16 @@ impl Image {
         Ok(img)
     }
 
-    /// The manifest as JSON (for the run document).
+    /// The manifest as JSON, with the image directory added (for the run document).
     pub fn manifest_json(&self) -> serde_json::Value {
-        std::fs::read(&self.manifest)
+        let mut v = std::fs::read(&self.manifest)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
+            .unwrap_or_else(|| serde_json::json!({}));
+        if let Some(o) = v.as_object_mut() {
+            o.insert("dir".into(), self.dir.display().to_string().into());
+        }
+        v
     }
 }
 
@@ -90,6 +94,8 @@ pub fn build(dir: &Path, force: bool) -> Result<(Image, f64)> {
     let status = Command::new("bash")
         .arg(recipe())
         .arg(dir)
+        // its KEY=VALUE lines and progress are for people; stdout stays the image path
+        .stdout(std::io::stderr())
         .status()
         .with_context(|| format!("running {}", recipe().display()))?;
     if !status.success() {
