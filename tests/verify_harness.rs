@@ -364,3 +364,50 @@ fn a_scenario_passes_in_a_vm_via_qemu() {
             .unwrap();
     assert_eq!(status["host"], "core-ops-guest", "{status:#}");
 }
+
+/// `promote` runs a candidate in a VM and moves it into the accepted scenarios only after it
+/// passed; a failing candidate stays where it was.
+#[test]
+fn promote_moves_only_a_passing_candidate() {
+    let Some(_) = image() else { return };
+    let (t, v) = scratch();
+    std::fs::create_dir_all(v.join("generated_candidates")).unwrap();
+    let good = v.join("generated_candidates/harness-self-test.yaml");
+    std::fs::write(&good, SCENARIO).unwrap();
+    let bad = v.join("generated_candidates/harness-false-claim.yaml");
+    std::fs::write(
+        &bad,
+        SCENARIO
+            .replace("id: harness-self-test", "id: harness-false-claim")
+            .replace("[applied]", "[applied, applied]"),
+    )
+    .unwrap();
+    let bundles = t.path().join("bundles");
+    for (candidate, code) in [(&bad, 1), (&good, 0)] {
+        let out = run(&[
+            "promote",
+            candidate.to_str().unwrap(),
+            "--driver",
+            "qemu",
+            "--bundle-dir",
+            bundles.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}: {err}",
+            candidate.display()
+        );
+    }
+    assert!(bad.exists(), "a failing candidate stays a candidate");
+    assert!(!v.join("scenarios/harness-false-claim.yaml").exists());
+    assert!(
+        !good.exists(),
+        "the passing candidate left generated_candidates/"
+    );
+    assert_eq!(
+        std::fs::read_to_string(v.join("scenarios/harness-self-test.yaml")).unwrap(),
+        SCENARIO
+    );
+}
