@@ -131,26 +131,11 @@ else
         cp -a "$QUADLET_HOST" "$BROOT/usr/libexec/podman/quadlet"
         what="quadlet generator only"
     fi
-    # A generator's stderr is /dev/null and the bed has no /dev/kmsg, so quadlet's own messages
-    # would be lost; this wrapper keeps them in /run/quadlet-generator.log and the journal
-    # (journalctl -t quadlet-generator). In -dryrun mode it is transparent, so core-ops' validation
-    # (which runs this path by default) reads quadlet's messages itself.
+    # the generator: scripts/quadlet-generator (a wrapper that keeps quadlet's messages; why: see it)
     gen=$BROOT/usr/lib/systemd/system-generators/podman-system-generator
     mkdir -p "$(dirname "$gen")"
     rm -f "$gen"
-    cat > "$gen" <<'EOS'
-#!/bin/sh
-# core-ops test bed: quadlet as the system generator, messages kept (scripts/quadlet-bed.sh)
-Q=/usr/libexec/podman/quadlet
-case " $* " in *" -dryrun "*) exec "$Q" "$@";; esac
-"$Q" -no-kmsg-log "$@" 2>/run/quadlet-generator.last
-rc=$?
-cat /run/quadlet-generator.last >> /run/quadlet-generator.log
-sed 's/^quadlet-generator\[[0-9]*\]: //' /run/quadlet-generator.last |
-    systemd-cat -t quadlet-generator -p err 2>/dev/null || true
-exit $rc
-EOS
-    chmod 0755 "$gen"
+    install -m 0755 "$ROOT/scripts/quadlet-generator" "$gen"
     # the Quadlet dir: DIR/quadlet on the host, /etc/containers/systemd in the bed
     mkdir -p "$DIR/quadlet" "$BROOT/etc/containers/systemd"
     inbed sh -c 'mountpoint -q /etc/containers/systemd || mount --bind "$1" /etc/containers/systemd' _ "$DIR/quadlet"

@@ -368,28 +368,11 @@ step_start "podman: staging Debian 13's podman stack, quadlet generator, $IMAGE"
 # the whole stack, Debian 13 libc included (as scripts/quadlet-bed.sh does for the bed; systemd
 # 252's tools keep working on it)
 cp -a --remove-destination "$QCACHE/root/usr" "$QCACHE/root/etc" "$TREE/"
-# The generator: the wrapper of scripts/quadlet-bed.sh rather than Debian's plain symlink. Seen
-# here: with the symlink, quadlet's error for a broken .container (written to /dev/kmsg) was
-# missing from dmesg and the journal after the first daemon-reload of a boot, present after the
-# second; the journal only said "podman-system-generator failed with exit status 1". The wrapper
-# keeps the text in /run/quadlet-generator.log and the journal (journalctl -t quadlet-generator).
+# the generator: scripts/quadlet-generator (a wrapper that keeps quadlet's messages; why: see it)
 gen=$TREE/usr/lib/systemd/system-generators/podman-system-generator
 mkdir -p "$(dirname "$gen")"
 rm -f "$gen"
-cat > "$gen" <<'EOS'
-#!/bin/sh
-# core-ops-verify guest: quadlet as the system generator, messages kept (scripts/verify-image.sh,
-# same wrapper as scripts/quadlet-bed.sh)
-Q=/usr/libexec/podman/quadlet
-case " $* " in *" -dryrun "*) exec "$Q" "$@";; esac
-"$Q" -no-kmsg-log "$@" 2>/run/quadlet-generator.last
-rc=$?
-cat /run/quadlet-generator.last >> /run/quadlet-generator.log
-sed 's/^quadlet-generator\[[0-9]*\]: //' /run/quadlet-generator.last |
-    systemd-cat -t quadlet-generator -p err 2>/dev/null || true
-exit $rc
-EOS
-chmod 0755 "$gen"
+install -m 0755 "$ROOT/scripts/quadlet-generator" "$gen"
 mkdir -p "$TREE/etc/containers/systemd" "$TREE/usr/share/core-ops-verify"
 cat > "$TREE/etc/containers/storage.conf" <<'EOF'
 # core-ops-verify guest (scripts/verify-image.sh): vfs, like the namespace bed; the store holds

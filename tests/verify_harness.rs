@@ -93,6 +93,38 @@ fn json_stdout(out: &Output) -> Value {
     })
 }
 
+/// Write `text` as an accepted scenario of a scratch tree and `run` it with `backend` flags,
+/// `--json` and a scratch bundle dir. Returns the scratch dir (keep it alive), the exit code,
+/// the run document (already validated against the schema) and stderr.
+fn run_scenario(text: &str, backend: &[&str]) -> (tempfile::TempDir, Option<i32>, Value, String) {
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(&p, text).unwrap();
+    let bundles = t.path().join("bundles");
+    let mut args = vec!["run", "--scenario", p.to_str().unwrap()];
+    args.extend_from_slice(backend);
+    args.extend(["--json", "--bundle-dir", bundles.to_str().unwrap()]);
+    let out = run(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc = json_stdout(&out);
+    validate_run(&doc);
+    (t, out.status.code(), doc, err)
+}
+
+/// The machine directory named in harness.log is gone: no overlay, sockets, share or binary
+/// copy left behind.
+fn assert_machine_gone(bundle: &Path) {
+    let log = std::fs::read_to_string(bundle.join("harness.log")).unwrap();
+    let machine_dir = log
+        .lines()
+        .find_map(|l| l.split("machine directory ").nth(1))
+        .expect("harness.log names the machine directory");
+    assert!(
+        !Path::new(machine_dir.trim()).exists(),
+        "{machine_dir} left behind"
+    );
+}
+
 #[test]
 fn scenario_schema_errors_name_file_and_line_and_run_nothing() {
     let (_t, v) = scratch();
@@ -146,30 +178,12 @@ fn a_false_assertion_fails_with_the_failure_files() {
         eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
         return;
     }
-    let (t, v) = scratch();
-    let p = v.join("scenarios/harness-self-test.yaml");
-    std::fs::write(
-        &p,
-        SCENARIO.replace(
-            "[applied]",
-            "[applied]\n      - unit: verify-hello.service\n        active_state: failed",
-        ),
-    )
-    .unwrap();
-    let bundles = t.path().join("bundles");
-    let out = run(&[
-        "run",
-        "--scenario",
-        p.to_str().unwrap(),
-        "--synthetic",
-        "--json",
-        "--bundle-dir",
-        bundles.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let doc = json_stdout(&out);
-    validate_run(&doc);
+    let text = SCENARIO.replace(
+        "[applied]",
+        "[applied]\n      - unit: verify-hello.service\n        active_state: failed",
+    );
+    let (_t, code, doc, err) = run_scenario(&text, &["--synthetic"]);
+    assert_eq!(code, Some(1), "{err}");
     assert_eq!(doc["backend"], "synthetic");
     assert_eq!(doc["outcome"], "failed");
     let s = &doc["scenarios"][0];
@@ -212,16 +226,7 @@ fn a_false_assertion_fails_with_the_failure_files() {
     assert_eq!(assertions["passed"], false);
     let promotion = std::fs::read_to_string(bundle.join("promotion-status.txt")).unwrap();
     assert!(promotion.contains("BLOCKED"), "{promotion}");
-    // the machine is gone: no overlay, share or binary copy left behind
-    let log = std::fs::read_to_string(bundle.join("harness.log")).unwrap();
-    let machine_dir = log
-        .lines()
-        .find_map(|l| l.split("machine directory ").nth(1))
-        .expect("harness.log names the machine directory");
-    assert!(
-        !Path::new(machine_dir.trim()).exists(),
-        "{machine_dir} left behind"
-    );
+    assert_machine_gone(&bundle);
 }
 
 /// The same scenario, true this time, on the synthetic backend: passes, no failure files.
@@ -231,27 +236,8 @@ fn a_true_scenario_passes_without_failure_files() {
         eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
         return;
     }
-    let (t, v) = scratch();
-    let p = v.join("scenarios/harness-self-test.yaml");
-    std::fs::write(&p, SCENARIO).unwrap();
-    let bundles = t.path().join("bundles");
-    let out = run(&[
-        "run",
-        "--scenario",
-        p.to_str().unwrap(),
-        "--synthetic",
-        "--json",
-        "--bundle-dir",
-        bundles.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc = json_stdout(&out);
-    validate_run(&doc);
+    let (_t, code, doc, err) = run_scenario(SCENARIO, &["--synthetic"]);
+    assert_eq!(code, Some(0), "{err}");
     let bundle = PathBuf::from(doc["scenarios"][0]["bundle"].as_str().unwrap());
     assert!(bundle.join("assertions.json").is_file());
     assert!(!bundle.join("failure-summary.txt").exists());
@@ -272,26 +258,9 @@ fn image() -> Option<String> {
 #[test]
 fn readiness_timeout_is_reported_as_such() {
     let Some(_) = image() else { return };
-    let (t, v) = scratch();
-    let p = v.join("scenarios/harness-self-test.yaml");
-    std::fs::write(&p, SCENARIO).unwrap();
-    let bundles = t.path().join("bundles");
-    let out = run(&[
-        "run",
-        "--scenario",
-        p.to_str().unwrap(),
-        "--driver",
-        "qemu",
-        "--ready-timeout",
-        "3",
-        "--json",
-        "--bundle-dir",
-        bundles.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let doc = json_stdout(&out);
-    validate_run(&doc);
+    let (_t, code, doc, err) =
+        run_scenario(SCENARIO, &["--driver", "qemu", "--ready-timeout", "3"]);
+    assert_eq!(code, Some(1), "{err}");
     let s = &doc["scenarios"][0];
     assert_eq!(s["outcome"], "error", "{s:#}");
     assert_eq!(s["readiness"], "timed_out", "{s:#}");
@@ -313,40 +282,15 @@ fn readiness_timeout_is_reported_as_such() {
     let console = std::fs::read_to_string(bundle.join("console-log.txt")).unwrap();
     assert!(!console.contains("CORE_OPS_VERIFY_READY"), "{console}");
     assert!(bundle.join("failure-summary.txt").is_file());
-    // nothing of this run's machine is left (qemu's pid file lived there)
-    let log = std::fs::read_to_string(bundle.join("harness.log")).unwrap();
-    let machine_dir = log
-        .lines()
-        .find_map(|l| l.split("machine directory ").nth(1))
-        .expect("harness.log names the machine directory");
-    assert!(
-        !Path::new(machine_dir.trim()).exists(),
-        "{machine_dir} left behind"
-    );
+    assert_machine_gone(&bundle);
 }
 
 /// One real scenario on the VM backend through the qemu driver: the product path, end to end.
 #[test]
 fn a_scenario_passes_in_a_vm_via_qemu() {
     let Some(_) = image() else { return };
-    let (t, v) = scratch();
-    let p = v.join("scenarios/harness-self-test.yaml");
-    std::fs::write(&p, SCENARIO).unwrap();
-    let bundles = t.path().join("bundles");
-    let out = run(&[
-        "run",
-        "--scenario",
-        p.to_str().unwrap(),
-        "--driver",
-        "qemu",
-        "--json",
-        "--bundle-dir",
-        bundles.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
-    let doc = json_stdout(&out);
-    validate_run(&doc);
+    let (_t, code, doc, err) = run_scenario(SCENARIO, &["--driver", "qemu"]);
+    assert_eq!(code, Some(0), "{err}");
     assert_eq!(doc["backend"], "vm");
     let s = &doc["scenarios"][0];
     assert_eq!(s["machine"]["driver"], "qemu");

@@ -72,15 +72,28 @@ fn cache_root() -> PathBuf {
         .join("verify-image")
 }
 
+/// The scripts whose content defines the image: the recipe, the podman stack it stages
+/// (`quadlet-bed.sh --fetch-only`) and the generator wrapper it installs.
+const INPUTS: &[&str] = &[
+    "scripts/verify-image.sh",
+    "scripts/quadlet-bed.sh",
+    "scripts/quadlet-generator",
+];
+
 /// The default image directory: `CORE_OPS_VERIFY_IMAGE`, else the cache entry of the current
-/// recipe (`<cache>/verify-image/<first 16 hex of sha256(recipe)>`).
+/// inputs (`<cache>/verify-image/<first 16 hex of sha256 over the INPUTS files>`).
 pub fn default_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("CORE_OPS_VERIFY_IMAGE") {
         return Ok(PathBuf::from(d));
     }
-    let script = std::fs::read(recipe())
-        .with_context(|| format!("reading the image recipe {}", recipe().display()))?;
-    let key = crate::normalize::sha256_hex(&script)[7..23].to_string();
+    let mut all = Vec::new();
+    for rel in INPUTS {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        let bytes = std::fs::read(&p)
+            .with_context(|| format!("reading the image input {}", p.display()))?;
+        all.extend_from_slice(crate::normalize::sha256_hex(&bytes).as_bytes());
+    }
+    let key = crate::normalize::sha256_hex(&all)[7..23].to_string();
     Ok(cache_root().join(key))
 }
 
