@@ -22,6 +22,9 @@ use super::scenario::{self, CLASSES, LoadedScenario};
 /// binary), CORE_OPS_VERIFY_LIBVIRT_URI, CORE_OPS_VERIFY_VM_HOST (-> qemu+ssh://core@HOST/system),
 /// CORE_OPS_VERIFY_ALLOW_ARP_FALLBACK (true/false), CORE_OPS_VERIFY_IMAGE (image directory),
 /// CORE_OPS_VERIFY_ACCEL (kvm/tcg), CORE_OPS_VERIFY_QEMU (qemu binary).
+///
+/// Exit status: 0 every scenario passed (promote: promoted), 1 a scenario failed or could not
+/// run (promote: not promoted), 2 bad input (invalid scenario, no image, usage).
 #[derive(Debug, Parser)]
 #[command(name = "core-ops-verify", version = crate::provenance::long_version())]
 pub struct Cli {
