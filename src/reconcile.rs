@@ -182,6 +182,7 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     {
         let q = q.clone();
         tracing::warn!(revision = %q.revision, reason = %q.reason, "desired revision is quarantined; not applying");
+        record_quarantined_run(&planned, paths, &q)?;
         return Ok(RunReport {
             outcome: RunOutcome::Quarantined,
             planned,
@@ -319,6 +320,34 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         quarantine: new_quarantine,
         lifted,
     })
+}
+
+/// A run refused by the quarantine is still the host's last run: status.json says so (outcome
+/// `quarantined`, the reason as diagnostic), so `status` and metrics readers do not keep
+/// showing the previous run's outcome. Nothing else changes; there is no receipt (no
+/// transition happened).
+fn record_quarantined_run(planned: &Planned, paths: &Paths, q: &Quarantine) -> Result<()> {
+    use crate::record::status::{self, RunRecord};
+    let Some(mut snap) = planned.status.clone() else {
+        return Ok(());
+    };
+    let now = now_rfc3339();
+    snap.last_run = Some(RunRecord {
+        started_at: now.clone(),
+        finished_at: now,
+        outcome: "quarantined".into(),
+        desired_revision: planned.desired.revision.commit.clone(),
+        requested_ref: planned.desired.revision.requested_ref.clone(),
+        intent_checksum: planned.plan.checksum.clone(),
+        diagnostics: vec![format!(
+            "quarantined since {} ({} after {} attempts; objects: {}); run core-ops resume after review",
+            q.since,
+            q.reason,
+            q.attempts,
+            q.objects.join(", ")
+        )],
+    });
+    status::save(&paths.state_file, &snap)
 }
 
 #[cfg(test)]

@@ -163,6 +163,10 @@ fn same_failure_quarantines_the_revision_until_resume_or_a_new_revision() {
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("quarantined"), "{out}");
     assert_eq!(w.receipts().len(), n, "a quarantined run changes nothing");
+    // ... but it is the host's last run, and status.json says so
+    let st = w.status();
+    assert_eq!(st["last_run"]["outcome"], "quarantined", "{st:#}");
+    assert_eq!(st["last_run"]["desired_revision"], v2.as_str());
     let text = stdout(&w.s.run(&["status"]));
     assert!(text.contains("non_converging"), "{text}");
 
@@ -179,9 +183,11 @@ fn same_failure_quarantines_the_revision_until_resume_or_a_new_revision() {
     good.level = "4";
     good.host_extra = "policy:\n  max_attempts: 2\n";
     w.commit(good);
-    let (code, out) = agent(&w);
-    assert_eq!(code, 2, "{out}");
-    assert!(out.contains("lifted"), "{out}");
+    let o = w.run(&["--json", "agent"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(doc["quarantine_lifted"]["revision"], v2.as_str(), "{doc:#}");
+    assert_eq!(doc["quarantine_lifted"]["reason"], "non_converging");
     assert_eq!(control(&w)["convergence"], "ok");
     w.teardown();
 }

@@ -240,7 +240,9 @@ fn print_run(cli: &Cli, report: &reconcile::RunReport) {
     match (&report.result, report.outcome) {
         (Some(result), _) => {
             if cli.json {
-                print_json(result);
+                let mut v = serde_json::to_value(result).expect("results serialize");
+                v["quarantine_lifted"] = serde_json::to_value(&report.lifted).expect("serializes");
+                print_json(&v);
             } else {
                 print_text(&output::apply_text(plan, result, cli.verbose > 0));
             }
@@ -261,6 +263,7 @@ fn print_run(cli: &Cli, report: &reconcile::RunReport) {
                     "requested_ref": rev.requested_ref,
                     "intent_checksum": plan.checksum,
                     "quarantine": report.quarantine,
+                    "quarantine_lifted": report.lifted,
                 }));
             } else if let Some(q) = &report.quarantine {
                 print_text(&format!(
