@@ -52,9 +52,7 @@ pub fn load(state_dir: &Path) -> Result<Option<Inflight>> {
 
 /// Write the journal atomically.
 pub fn save(state_dir: &Path, j: &Inflight) -> Result<()> {
-    let mut b = serde_json::to_vec_pretty(j).expect("journal serializes");
-    b.push(b'\n');
-    fsutil::write_atomic(&path(state_dir), &b, None)
+    fsutil::write_json(&path(state_dir), j)
 }
 
 /// Remove the journal once the run has been recorded.

@@ -649,8 +649,7 @@ fn record(
             .join("results")
             .join(format!("{stamp}-{}.json", &hex[..12.min(hex.len())]));
         result.results_path = Some(path.display().to_string());
-        let mut bytes = serde_json::to_vec_pretty(result).expect("results serialize");
-        bytes.push(b'\n');
+        let bytes = fsutil::json_bytes(result);
         let results_digest = sha256_hex(&bytes);
         fsutil::write_atomic(&path, &bytes, None)?;
         let transition = match (&opts.kind, result.outcome.is_converged()) {

@@ -23,6 +23,22 @@ pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result
     write_batch(&[BatchItem { path, data, meta }], |_| {})
 }
 
+/// Pretty JSON, newline-terminated: the one byte form of every JSON document core-ops writes
+/// (state, receipts, plans, evidence, bundles), so digests taken of those bytes agree.
+///
+/// Panics only if `v` cannot be represented as JSON (a map with non-string keys), which no
+/// record type has.
+pub fn json_bytes<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).expect("records serialize to JSON");
+    b.push(b'\n');
+    b
+}
+
+/// [`json_bytes`] of `v`, written with [`write_atomic`] (no mode or owner change).
+pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, v: &T) -> Result<()> {
+    write_atomic(path, &json_bytes(v), None)
+}
+
 /// The directory of `path` and the temp name beside it that this process writes first
 /// (`.core-ops-tmp-<name>-<pid>`: recognisable, and tied to its writer for
 /// [`clean_temp_files`]).

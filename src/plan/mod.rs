@@ -721,10 +721,9 @@ pub fn checksum(plan: &Plan) -> String {
 /// The bytes of a plan as written by `plan --out` and `--json`: canonical (sorted keys),
 /// pretty, newline-terminated.
 pub fn to_json_bytes(plan: &Plan) -> Vec<u8> {
+    // through a Value: its maps are sorted, whatever the struct's field order
     let v = serde_json::to_value(plan).expect("plan serializes");
-    let mut b = serde_json::to_vec_pretty(&v).expect("value serializes");
-    b.push(b'\n');
-    b
+    crate::fsutil::json_bytes(&v)
 }
 
 /// Read a saved plan and check its embedded checksum.

@@ -110,9 +110,7 @@ pub fn load(state_dir: &Path) -> Result<Control> {
 
 /// Save atomically.
 pub fn save(state_dir: &Path, c: &Control) -> Result<()> {
-    let mut b = serde_json::to_vec_pretty(c).expect("control serializes");
-    b.push(b'\n');
-    fsutil::write_atomic(&path(state_dir), &b, None)
+    fsutil::write_json(&path(state_dir), c)
 }
 
 impl Control {

@@ -200,9 +200,7 @@ pub fn publish_request(
         "core_ops": Provenance::current(),
     });
     let path = outbox_dir(state_dir).join(format!("publication-request-{local}.json"));
-    let mut bytes = serde_json::to_vec_pretty(&request).expect("request serializes");
-    bytes.push(b'\n');
-    fsutil::write_atomic(&path, &bytes, None)?;
+    fsutil::write_json(&path, &request)?;
     Ok(Outcome::Written {
         path: path.display().to_string(),
         request,

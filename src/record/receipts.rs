@@ -118,9 +118,7 @@ pub fn try_append_document(
     let sequence = last + 1;
     let doc = build(sequence, prev)?;
     let path = receipts_dir(state_dir).join(format!("{sequence:08}-{kind}.json"));
-    let mut bytes = serde_json::to_vec_pretty(&doc).expect("receipt serializes");
-    bytes.push(b'\n');
-    fsutil::write_atomic(&path, &bytes, None)?;
+    fsutil::write_json(&path, &doc)?;
     Ok((path, doc))
 }
 

@@ -256,9 +256,7 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
 
 /// Write the snapshot atomically.
 pub fn save(path: &Path, snapshot: &StatusSnapshot) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(snapshot).expect("status serializes");
-    bytes.push(b'\n');
-    fsutil::write_atomic(path, &bytes, None)
+    fsutil::write_json(path, snapshot)
 }
 
 impl StatusSnapshot {

@@ -53,9 +53,7 @@ pub fn save(path: &Path, repo: &str, requested_ref: &str) -> Result<Target> {
         repo: repo.to_string(),
         requested_ref: requested_ref.to_string(),
     };
-    let mut b = serde_json::to_vec_pretty(&t).expect("target serializes");
-    b.push(b'\n');
-    fsutil::write_atomic(path, &b, None)?;
+    fsutil::write_json(path, &t)?;
     Ok(t)
 }
 

@@ -87,7 +87,7 @@ pub fn write(
             errs.join("; ")
         ))
     })?;
-    all.insert("bundle.json".into(), pretty(&bundle));
+    all.insert("bundle.json".into(), fsutil::json_bytes(&bundle));
     for name in all.keys() {
         if !plain_name(name) || name == "index.json" {
             return Err(Error::Config(format!(
@@ -103,7 +103,7 @@ pub fn write(
             .map(|(n, b)| (n.clone(), sha256_hex(b)))
             .collect(),
     };
-    let index_bytes = pretty(&index);
+    let index_bytes = fsutil::json_bytes(&index);
     let hex = sha256_hex(&index_bytes)
         .trim_start_matches("sha256:")
         .to_string();
@@ -123,12 +123,6 @@ pub fn write(
         fsutil::rename_synced(&staging, &target)?;
     }
     Ok(format!("{REF_PREFIX}sha256-{hex}"))
-}
-
-fn pretty<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut b = serde_json::to_vec_pretty(v).expect("evidence serializes");
-    b.push(b'\n');
-    b
 }
 
 fn plain_name(n: &str) -> bool {

@@ -125,7 +125,7 @@ impl Layout {
 
     /// Write the per-runtime record atomically.
     pub fn save_record(&self, r: &RuntimeRecord) -> Result<()> {
-        write_json(&self.record(), r)
+        fsutil::write_json(&self.record(), r)
     }
 }
 
@@ -170,13 +170,6 @@ pub struct RuntimeRecord {
     /// The last receipt written for this runtime.
     #[serde(default)]
     pub last_receipt: Option<crate::record::status::RuntimeReceiptRef>,
-}
-
-/// Serialize as pretty JSON and write atomically (newline-terminated).
-pub(crate) fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let mut b = serde_json::to_vec_pretty(v).expect("record serializes");
-    b.push(b'\n');
-    fsutil::write_atomic(path, &b, None)
 }
 
 /// Names of runtimes with a directory under the state dir, sorted.

@@ -180,7 +180,7 @@ impl Transaction {
     }
 
     fn save(&self, layout: &Layout) -> Result<()> {
-        super::write_json(&layout.transaction(), self)
+        fsutil::write_json(&layout.transaction(), self)
     }
 
     /// Move to `next`, checking the transition is allowed, and persist.
@@ -476,7 +476,7 @@ impl Engine<'_> {
                 return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
             }
             fsutil::rename_synced(&staging, &vdir)?;
-            super::write_json(
+            fsutil::write_json(
                 &layout.meta(&tx.version),
                 &InstalledVersion {
                     schema_version: 1,
@@ -681,14 +681,16 @@ impl Engine<'_> {
             "timings_ms": tx.timings_ms,
             "recovered": tx.recovered,
         });
-        files.insert("transaction.json".into(), pretty(&view));
+        files.insert("transaction.json".into(), fsutil::json_bytes(&view));
         if let Some(p) = &tx.policy {
-            files.insert("policy.json".into(), pretty(p));
+            files.insert("policy.json".into(), fsutil::json_bytes(p));
         }
         if tx.health.is_some() || tx.rollback_health.is_some() {
             files.insert(
                 "health.json".into(),
-                pretty(&json!({ "after_switch": tx.health, "after_rollback": tx.rollback_health })),
+                fsutil::json_bytes(
+                    &json!({ "after_switch": tx.health, "after_rollback": tx.rollback_health }),
+                ),
             );
         }
         let mut artifact_refs = vec![receipt::manifest_ref(&tx.name, &tx.version)];
@@ -834,12 +836,6 @@ impl Engine<'_> {
         }
         Ok(out)
     }
-}
-
-fn pretty(v: &serde_json::Value) -> Vec<u8> {
-    let mut b = serde_json::to_vec_pretty(v).expect("evidence serializes");
-    b.push(b'\n');
-    b
 }
 
 /// Remove staging directories (unpacks a killed run left behind).

@@ -8,7 +8,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
 
 use super::assertions::AssertionResult;
 use super::machine::Output;
@@ -17,24 +16,17 @@ use super::runner::RunOptions;
 use super::scenario::LoadedScenario;
 use crate::fsutil;
 
-/// Pretty JSON, atomically.
-pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(value)?;
-    bytes.push(b'\n');
-    fsutil::write_atomic(path, &bytes, None)?;
-    Ok(())
-}
-
 /// `assertions.json`.
 pub fn write_assertions(dir: &Path, id: &str, checks: &[AssertionResult]) -> Result<()> {
-    write_json(
+    fsutil::write_json(
         &dir.join("assertions.json"),
         &AssertionsDoc {
             scenario: id,
             passed: !checks.is_empty() && checks.iter().all(|c| c.passed),
             results: checks,
         },
-    )
+    )?;
+    Ok(())
 }
 
 /// One step's directory: `command.sh`, `stdout.txt`, `stderr.txt`, `exit-code.txt`, and
@@ -46,7 +38,7 @@ pub fn write_step(dir: &Path, script: &str, out: &Output, json: bool) -> Result<
     std::fs::write(dir.join("stderr.txt"), &out.stderr)?;
     std::fs::write(dir.join("exit-code.txt"), format!("{}\n", out.code))?;
     if json && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-        write_json(&dir.join("output.json"), &v)?;
+        fsutil::write_json(&dir.join("output.json"), &v)?;
     }
     Ok(())
 }

@@ -380,7 +380,7 @@ fn execute(
         summary: summary.clone(),
         outcome: outcome.into(),
     };
-    super::bundle::write_json(&bundle_root.join("verification-run.json"), &doc)?;
+    crate::fsutil::write_json(&bundle_root.join("verification-run.json"), &doc)?;
     eprintln!(
         "core-ops-verify: {outcome}: {} passed, {} failed, {} errors of {} in {:.1} s; {}",
         summary.passed,

@@ -160,7 +160,7 @@ pub fn run_scenario(
     if result.outcome != "passed" {
         bundle::write_failure_files(&dir, loaded, &result, &checks, opts)?;
     }
-    bundle::write_json(&dir.join("result.json"), &result)?;
+    crate::fsutil::write_json(&dir.join("result.json"), &result)?;
     Ok(result)
 }
 
@@ -246,7 +246,7 @@ fn execute(
     };
     result.readiness = evidence.state;
     result.ready_ms = evidence.waited_ms;
-    bundle::write_json(&dir.join("readiness-evidence.json"), &evidence)?;
+    crate::fsutil::write_json(&dir.join("readiness-evidence.json"), &evidence)?;
     copy_logs(&machine_dir, dir);
     if evidence.state != ReadinessState::Accepted {
         log.line(format!(
