@@ -91,7 +91,7 @@ pub fn evaluate(
             }
         }
     } else if let Some(path) = &a.file {
-        let rel = format!("out/file-{step}-{}", out_len_tag(path));
+        let rel = format!("out/file-{step}-{}", path_tag(path));
         let g = sh.guest_share();
         let o = sh.exec(
             "assert-file",
@@ -208,7 +208,8 @@ fn receipt_label(file: &str, doc: &Value) -> String {
     }
 }
 
-fn out_len_tag(path: &str) -> String {
+/// A short, file-name-safe tag of a guest path (its copy on the share is named by it).
+fn path_tag(path: &str) -> String {
     crate::normalize::sha256_hex(path.as_bytes())[7..19].to_string()
 }
 

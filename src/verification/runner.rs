@@ -288,6 +288,8 @@ fn execute(
     if failed {
         collect_diagnostics(machine.as_mut(), dir, log);
     }
+    // before finish: a run paused before teardown already has its logs in the bundle; after:
+    // the final console and journal
     copy_logs(&machine_dir, dir);
     finish(machine.as_mut(), opts, log)?;
     copy_logs(&machine_dir, dir);

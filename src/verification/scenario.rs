@@ -249,8 +249,18 @@ impl Assertion {
 impl Step {
     /// The action's name and argument (`("apply", "v1")`); validation guarantees exactly one.
     pub fn action(&self) -> (&'static str, String) {
+        self.actions()
+            .into_iter()
+            .next()
+            .unwrap_or(("none", String::new()))
+    }
+
+    /// Every action the step names, with its argument, `assert` last. Validation requires
+    /// exactly one; listing them all once is what makes "no action" and "two actions"
+    /// checkable from the same table that names them.
+    fn actions(&self) -> Vec<(&'static str, String)> {
         let b = |v: &Option<bool>| v.map(|x| x.to_string());
-        let candidates: [(&'static str, Option<String>); 16] = [
+        let named: [(&'static str, Option<String>); 17] = [
             ("apply", self.apply.clone()),
             ("plan", self.plan.clone()),
             ("explain", self.explain.clone()),
@@ -267,38 +277,15 @@ impl Step {
             ("fill_disk", self.fill_disk.map(|m| format!("{m} MiB free"))),
             ("free_disk", b(&self.free_disk)),
             ("run", self.run.clone()),
+            (
+                "assert",
+                self.assert.as_ref().map(|a| format!("{} checks", a.len())),
+            ),
         ];
-        let mut found = candidates
+        named
             .into_iter()
-            .filter_map(|(n, v)| v.map(|v| (n, v)));
-        match (found.next(), &self.assert) {
-            (Some(x), _) => x,
-            (None, Some(a)) => ("assert", format!("{} checks", a.len())),
-            (None, None) => ("none", String::new()),
-        }
-    }
-
-    fn action_count(&self) -> usize {
-        let named = [
-            self.apply.is_some(),
-            self.plan.is_some(),
-            self.explain.is_some(),
-            self.rollback_to.is_some(),
-            self.agent_tick.is_some(),
-            self.status.is_some(),
-            self.resume.is_some(),
-            self.timer_run.is_some(),
-            self.edit_file.is_some(),
-            self.remove_file.is_some(),
-            self.stop_unit.is_some(),
-            self.kill_unit.is_some(),
-            self.kill_apply.is_some(),
-            self.fill_disk.is_some(),
-            self.free_disk.is_some(),
-            self.run.is_some(),
-            self.assert.is_some(),
-        ];
-        named.iter().filter(|x| **x).count()
+            .filter_map(|(n, v)| v.map(|v| (n, v)))
+            .collect()
     }
 
     /// The fixture revision the action names, if it names one.
@@ -566,7 +553,7 @@ fn validate(s: &Scenario, file: &str, text: &str, repos: &Path) -> Result<(), In
             .unwrap_or_else(|| line_of(text, "steps:"));
         let err =
             |msg: String| InputError::new(Location::line(file, line), format!("steps[{i}]: {msg}"));
-        match step.action_count() {
+        match step.actions().len() {
             1 => {}
             0 => return Err(err("no action (e.g. `apply: v1` or `assert: [...]`)".into())),
             n => return Err(err(format!("{n} actions in one step; use one per step"))),
