@@ -70,20 +70,16 @@ vm_ready() {
           "$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null)" ]
 }
 if ! vm_ready; then
-    src=/etc/apt/sources.list.d/debian.sources
-    [ -f "$src" ] || die "$src not found: cannot tell which Debian mirror to use"
+    . scripts/lib/private-apt.sh
+    src=$(debian_sources)
     echo "==> installing the VM harness packages (qemu-system-x86 from bookworm-backports)" >&2
-    mkdir -p "$VM_APT/lists/partial"
+    mkdir -p "$VM_APT"
     # the machine's own stanzas (mirror, keyring); bookworm-backports added next to bookworm
     awk '$1 == "Suites:" && / bookworm( |$)/ && !/bookworm-backports/ { print $0 " bookworm-backports"; next }
          { print }' "$src" > "$VM_APT/bookworm+bpo.sources"
     grep -q bookworm-backports "$VM_APT/bookworm+bpo.sources" || die "no bookworm stanza in $src"
-    VM_APTGET=(apt-get -q -o "Dir::Etc::sourcelist=$VM_APT/bookworm+bpo.sources"
-               -o Dir::Etc::sourceparts=/nonexistent -o "Dir::State::Lists=$VM_APT/lists"
-               -o Acquire::Languages=none -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-               -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-               -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-               -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false)
+    private_apt "$VM_APT" "$VM_APT/bookworm+bpo.sources"
+    VM_APTGET=("${APT[@]}")
     export DEBIAN_FRONTEND=noninteractive
     "${VM_APTGET[@]}" update >&2 || die "apt-get update (bookworm + backports) failed"
     # qemu-utils in the same transaction: if backports has moved past the preinstalled 10.0.2,

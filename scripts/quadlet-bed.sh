@@ -41,6 +41,7 @@ PROG=quadlet-bed
 die() { echo "$PROG: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+. "$ROOT/scripts/lib/private-apt.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 [ -n "${1:-}" ] || die "usage: $0 DIR | --fetch-only   (DIR: a running scripts/systemd-testbed.sh bed)"
@@ -70,20 +71,12 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want_stamp" ]; then
     t0=$(date +%s%N)
     log "fetching ${#PKGS[@]} Debian 13 (trixie) packages into $CACHE (once)"
     rm -rf "$CACHE/debs" "$CACHE/root" "$CACHE/mini.tar"
-    mkdir -p "$CACHE/apt/lists/partial" "$CACHE/apt/cache/archives/partial" "$CACHE/debs"
-    src=/etc/apt/sources.list.d/debian.sources
-    [ -f "$src" ] || die "$src not found: cannot tell which Debian mirror to use"
+    mkdir -p "$CACHE/apt" "$CACHE/debs"
+    src=$(debian_sources)
     # the first stanza of the machine's sources (its mirror and keyring), suite set to trixie
     awk '/^[[:space:]]*$/ { if (seen) exit; next } { seen = 1 }
          $1 == "Suites:" { print "Suites: trixie"; next } { print }' "$src" > "$CACHE/apt/trixie.sources"
-    APT=(apt-get -q -o "Dir::Etc::sourcelist=$CACHE/apt/trixie.sources" -o Dir::Etc::sourceparts=/nonexistent
-         -o "Dir::State::Lists=$CACHE/apt/lists" -o "Dir::Cache=$CACHE/apt/cache"
-         -o Dir::State::status=/dev/null -o Acquire::Languages=none
-         -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-         -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-         -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-         -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false
-         -o APT::Sandbox::User=root)
+    private_apt "$CACHE/apt" "$CACHE/apt/trixie.sources" fetch
     "${APT[@]}" update >&2 || die "apt-get update (trixie) failed"
     (cd "$CACHE/debs" && "${APT[@]}" download "${PKGS[@]}" >&2) || die "apt-get download (trixie) failed"
     mkdir -p "$CACHE/root.tmp"

@@ -59,6 +59,7 @@ die() { echo "$PROG: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 now_ns() { date +%s%N; }
 ms() { echo $(( ($(now_ns) - $1) / 1000000 )); }
+. "$ROOT/scripts/lib/private-apt.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, chroot)"
 [ $# = 1 ] && [ -n "$1" ] || die "usage: $0 OUT_DIR"
@@ -134,24 +135,16 @@ inchroot() {
 
 # ------------------------------------------------------------------ 1. apt state (bookworm)
 step_start "apt: package lists for $SUITE (own state in $VCACHE/apt)"
-src=/etc/apt/sources.list.d/debian.sources
-[ -f "$src" ] || die "$src not found: cannot tell which Debian mirror to use"
+src=$(debian_sources)
 # the machine's stanzas (mirror, keyring); suites set to bookworm + updates, resp. -security
-mkdir -p "$VCACHE/apt/lists/partial" "$VCACHE/apt/cache/archives/partial"
+mkdir -p "$VCACHE/apt"
 awk -v s="$SUITE" '$1 == "Suites:" { print ($0 ~ /-security/) ? "Suites: " s "-security" : "Suites: " s " " s "-updates"; next }
      { print }' "$src" > "$VCACHE/apt/$SUITE.sources"
 MIRROR=$(awk '$1 == "URIs:" && !done { print $2; done = 1 }' "$src")
 SEC_MIRROR=$(awk '$1 == "URIs:" { u = $2 } $1 == "Suites:" && /-security/ { print u; exit }' "$src")
 [ -n "$MIRROR" ] || die "no URIs: in $src"
 [ -n "$SEC_MIRROR" ] || SEC_MIRROR=${MIRROR%/debian}/debian-security
-APT=(apt-get -q -o "Dir::Etc::sourcelist=$VCACHE/apt/$SUITE.sources" -o Dir::Etc::sourceparts=/nonexistent
-     -o "Dir::State::Lists=$VCACHE/apt/lists" -o "Dir::Cache=$VCACHE/apt/cache"
-     -o Dir::State::status=/dev/null -o Acquire::Languages=none
-     -o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false
-     -o Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false
-     -o Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false
-     -o Acquire::IndexTargets::deb::CNF::DefaultEnabled=false
-     -o APT::Sandbox::User=root)
+private_apt "$VCACHE/apt" "$VCACHE/apt/$SUITE.sources" fetch
 APTC=(apt-cache "${APT[@]:1}")
 if ! "${APT[@]}" update >"$TMP/apt-update.log" 2>&1; then
     compgen -G "$VCACHE/apt/lists/*_Packages" >/dev/null ||

@@ -73,11 +73,13 @@ fn cache_root() -> PathBuf {
 }
 
 /// The scripts whose content defines the image: the recipe, the podman stack it stages
-/// (`quadlet-bed.sh --fetch-only`) and the generator wrapper it installs.
+/// (`quadlet-bed.sh --fetch-only`), the generator wrapper it installs and the apt set-up both
+/// fetch with.
 const INPUTS: &[&str] = &[
     "scripts/verify-image.sh",
     "scripts/quadlet-bed.sh",
     "scripts/quadlet-generator",
+    "scripts/lib/private-apt.sh",
 ];
 
 /// The default image directory: `CORE_OPS_VERIFY_IMAGE`, else the cache entry of the current
