@@ -47,8 +47,13 @@ fn main() -> ExitCode {
     match cli::run(&cli) {
         Ok(status) => ExitCode::from(status as u8),
         Err(err) => {
+            let code = cli::exit_for(&err) as u8;
             eprintln!("core-ops: error: {err}");
-            ExitCode::from(cli::exit_for(&err) as u8)
+            if cli.json {
+                // the JSON contract holds for failures too: one document on stdout
+                cli::print_error_json(&err, code);
+            }
+            ExitCode::from(code)
         }
     }
 }

@@ -2,13 +2,15 @@
 //! plan. `plan`, `explain`, `apply` and `agent` all start here, so they can never disagree
 //! about what the desired state or the host looks like.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::observe::{ObservedFile, UnitObservation, UnitStateSource, observe_files};
 use crate::plan::{self, Plan, PlanInput};
 use crate::quadlet_check;
+use crate::record::ledger::{self, Ledger};
 use crate::record::status::{self, StatusSnapshot};
 use crate::record::target;
 use crate::render::{self, DesiredState};
@@ -23,6 +25,8 @@ pub struct ResolvedTarget {
     pub requested_ref: String,
     /// Host name.
     pub host: String,
+    /// Pre-existing host paths the operator asked core-ops to take over (`--adopt`).
+    pub adopt: BTreeSet<PathBuf>,
 }
 
 /// Options as the operator gave them (all optional).
@@ -34,6 +38,8 @@ pub struct TargetOptions {
     pub rev: Option<String>,
     /// `--host`.
     pub host: Option<String>,
+    /// `--adopt PATH` (repeatable).
+    pub adopt: Vec<PathBuf>,
 }
 
 /// Host name from `/etc/hostname` (or the kernel's), trimmed.
@@ -79,6 +85,7 @@ pub fn resolve_target(paths: &Paths, opts: &TargetOptions) -> Result<ResolvedTar
         repo,
         requested_ref,
         host,
+        adopt: opts.adopt.iter().cloned().collect(),
     })
 }
 
@@ -108,6 +115,8 @@ pub struct Planned {
     pub observed: BTreeMap<String, ObservedFile>,
     /// Observed units.
     pub units: UnitObservation,
+    /// What core-ops owns on the host (the ownership ledger the plan was based on).
+    pub ledger: Ledger,
     /// The plan.
     pub plan: Plan,
 }
@@ -160,12 +169,13 @@ pub fn plan_desired(
 ) -> Result<Planned> {
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
-    let observed = observe_files(&plan::managed_paths(&desired, last));
-    let mut units = units_source.observe_units(&plan::managed_units(&desired, last));
+    let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
+    let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects));
+    let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);
     }
-    let mut warnings: Vec<String> = warning.into_iter().collect();
+    let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
     let interrupted = match crate::apply::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {
@@ -188,6 +198,8 @@ pub fn plan_desired(
         desired: &desired,
         repo: repo_display,
         last_applied: last,
+        owned: &ledger.objects,
+        adopt: &target.adopt,
         observed: &observed,
         units: &units,
         warnings,
@@ -200,6 +212,7 @@ pub fn plan_desired(
         status,
         observed,
         units,
+        ledger,
         plan,
     })
 }

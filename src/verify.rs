@@ -79,11 +79,55 @@ pub struct Verification {
     pub units: BTreeMap<String, UnitStatus>,
 }
 
-fn oneshot_done(effective: &str, st: &UnitStatus) -> bool {
-    effective.contains("Type=oneshot")
-        && !effective.contains("RemainAfterExit=yes")
-        && st.result == "success"
-        && st.active_state == "inactive"
+/// What is wrong with one runtime unit of a desired unit role, as (unit, problem): it must be
+/// loaded (with systemd's reason when not), running, or finished what it was asked to do (a
+/// oneshot that exited successfully, a start skipped by its conditions), and enabled when
+/// it should be.
+fn unit_problems(u: &crate::render::UnitRole, st: &UnitStatus) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if (u.start || u.enable) && st.load_state != "loaded" {
+        let why = if st.load_error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", st.load_error)
+        };
+        problems.push(format!(
+            "unit is not loaded (LoadState={}){why}",
+            st.load_state
+        ));
+    } else if u.start {
+        let healthy = (st.active_state == "active" && st.sub_state != "auto-restart")
+            || st.finished_cleanly(u.exits_when_done());
+        if !healthy {
+            let result = if st.result.is_empty() || st.result == "success" {
+                String::new()
+            } else {
+                format!(", Result={}", st.result)
+            };
+            problems.push(format!(
+                "unit is {}/{}{result}",
+                st.active_state, st.sub_state
+            ));
+        }
+    }
+    if u.enable
+        && !matches!(
+            st.unit_file_state.as_str(),
+            "enabled"
+                | "enabled-runtime"
+                | "static"
+                | "generated"
+                | "alias"
+                | "indirect"
+                | "linked"
+        )
+    {
+        problems.push(format!(
+            "unit is not enabled (UnitFileState={})",
+            st.unit_file_state
+        ));
+    }
+    problems.into_iter().map(|p| (st.name.clone(), p)).collect()
 }
 
 /// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
@@ -146,7 +190,8 @@ pub fn verify(
     let mut names: Vec<String> = desired
         .resources
         .values()
-        .filter_map(|r| r.unit.as_ref().map(|u| u.name.clone()))
+        .filter_map(|r| r.unit.as_ref())
+        .flat_map(|u| u.runtime_units())
         .collect();
     names.extend(removed.iter().filter_map(|r| r.unit.clone()));
     names.sort();
@@ -165,7 +210,7 @@ pub fn verify(
         std::thread::sleep(settle);
         let second = systemd.unit_statuses(&names)?;
         for (a, b) in first.iter().zip(&second) {
-            let Some(r) = desired.unit_resource(&a.name) else {
+            let Some(r) = desired.runtime_unit_resource(&a.name) else {
                 continue;
             };
             let started = r.unit.as_ref().is_some_and(|u| u.start);
@@ -195,48 +240,14 @@ pub fn verify(
         .filter(|r| !reported_only.contains(&r.id))
     {
         let Some(u) = &r.unit else { continue };
-        let Some(st) = states.get(&u.name) else {
-            continue;
-        };
         let mut problems = Vec::new();
-        if (u.start || u.enable) && st.load_state != "loaded" {
-            problems.push(format!("unit is not loaded (LoadState={})", st.load_state));
-        } else if u.start {
-            let healthy = (st.active_state == "active" && st.sub_state != "auto-restart")
-                || oneshot_done(&u.effective, st);
-            if !healthy {
-                let result = if st.result.is_empty() || st.result == "success" {
-                    String::new()
-                } else {
-                    format!(", Result={}", st.result)
-                };
-                problems.push(format!(
-                    "unit is {}/{}{result}",
-                    st.active_state, st.sub_state
-                ));
-            }
+        for st in u.runtime_units().iter().filter_map(|n| states.get(n)) {
+            problems.extend(unit_problems(u, st));
         }
-        if u.enable
-            && !matches!(
-                st.unit_file_state.as_str(),
-                "enabled"
-                    | "enabled-runtime"
-                    | "static"
-                    | "generated"
-                    | "alias"
-                    | "indirect"
-                    | "linked"
-            )
-        {
-            problems.push(format!(
-                "unit is not enabled (UnitFileState={})",
-                st.unit_file_state
-            ));
-        }
-        for p in problems {
+        for (unit, p) in problems {
             diagnostics.push(Diagnostic {
                 id: r.id.clone(),
-                unit: Some(u.name.clone()),
+                unit: Some(unit),
                 problem: p,
             });
         }

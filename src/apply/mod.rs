@@ -10,7 +10,7 @@
 pub mod journal;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,11 @@ use crate::normalize::{Kind, sha256_hex};
 use crate::pipeline::Planned;
 use crate::plan::{Action, PlannedAction};
 use crate::provenance::Provenance;
+use crate::record::ledger::{self, Ledger};
 use crate::record::receipts::{self, RECEIPT_SCHEMA_VERSION, ReconcileReceipt};
 use crate::record::status::{self, HistoryEntry, RunRecord, SourceRecord, StatusSnapshot};
 use crate::record::time::now_rfc3339;
+use crate::render::{DesiredState, Resource, runtime_units};
 use crate::systemd::{CallCounts, JobKind, JobResult, Systemd};
 use crate::verify::{self, Diagnostic, Outcome, Removed};
 
@@ -182,14 +184,96 @@ fn diag(id: &str, unit: Option<&str>, problem: String) -> Diagnostic {
     }
 }
 
-/// Remove `<unit>.d` when the last managed drop-in left it empty.
-fn remove_empty_dropin_dir(path: &Path) {
-    if let Some(dir) = path.parent()
-        && dir.extension().is_some_and(|e| e == "d")
-        && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
-    {
-        let _ = std::fs::remove_dir(dir);
+/// Record in the ledger that core-ops is about to write these objects (and the directories
+/// the writes will create); an adopted object stays marked as adopted.
+fn claim(
+    ledger: &mut Ledger,
+    to_write: &[&Resource],
+    changed: &[&PlannedAction],
+    desired: &DesiredState,
+) {
+    let deps = crate::plan::desired_dependencies(desired);
+    for r in to_write {
+        let mut rec = status::applied_record(r, &deps);
+        rec.adopted = ledger.objects.get(&r.id).is_some_and(|o| o.adopted)
+            || changed
+                .iter()
+                .any(|a| a.id == r.id && a.action == Action::Adopt);
+        ledger.claim(&r.id, rec, &ledger::missing_parents(&r.path));
     }
+}
+
+/// After the run: owned objects that are still desired get their current role (enabled,
+/// started, instances, order) while keeping the digest core-ops last wrote; owned objects
+/// that left the desired state and are gone from the host are forgotten.
+fn settle_ledger(ledger: &mut Ledger, desired: &DesiredState, converged: bool) {
+    let deps = crate::plan::desired_dependencies(desired);
+    // runtimes are installed by their own transaction, not the write phase: owned once there
+    for r in desired.resources.values() {
+        if r.kind == Kind::Runtime
+            && !ledger.objects.contains_key(&r.id)
+            && std::fs::symlink_metadata(&r.path).is_ok()
+        {
+            ledger.claim(&r.id, status::applied_record(r, &deps), &[]);
+        }
+    }
+    let ids: Vec<String> = ledger.objects.keys().cloned().collect();
+    for id in ids {
+        match desired.resources.get(&id) {
+            Some(r) => {
+                let old = &ledger.objects[&id];
+                let mut rec = status::applied_record(r, &deps);
+                rec.digest = old.digest.clone();
+                rec.adopted = old.adopted;
+                ledger.objects.insert(id, rec);
+            }
+            None => {
+                // converged: verification proved every removal; otherwise only what is gone
+                let gone = converged
+                    || (ledger.objects[&id].kind != Kind::Runtime
+                        && std::fs::symlink_metadata(&ledger.objects[&id].path).is_err());
+                if gone {
+                    let path = ledger.objects[&id].path.clone();
+                    ledger.release(&id);
+                    ledger.prune_dirs_above(&path);
+                }
+            }
+        }
+    }
+}
+
+/// Why a unit is not loaded after the reload, in systemd's words (`LoadError`), and for a
+/// Quadlet file the generator's own message from a dry run of the written set.
+fn not_loaded_reason(
+    id: &str,
+    st: &crate::systemd::UnitStatus,
+    desired: &DesiredState,
+    paths: &Paths,
+) -> String {
+    let systemd_says = if st.load_error.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", st.load_error)
+    };
+    let mut reason = format!(
+        "unit is not loaded after reload (LoadState={}){systemd_says}",
+        st.load_state
+    );
+    if id.starts_with("quadlet:") {
+        let check = crate::quadlet_check::check(desired, paths);
+        match (check.rejected.get(id), &check.generator) {
+            (Some(msg), _) => reason.push_str(&format!("; the Quadlet generator says: {msg}")),
+            (None, None) => reason.push_str(&format!(
+                "; no Quadlet generator could be run to say why ({})",
+                check.warnings.join("; ")
+            )),
+            (None, Some(g)) => reason.push_str(&format!(
+                "; {} accepts the file, so systemd's generator run differs (see journalctl -b for podman-system-generator)",
+                g.display()
+            )),
+        }
+    }
+    reason
 }
 
 /// Test hook for crash-safety tests: with `CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES=N`, the
@@ -230,6 +314,8 @@ pub fn apply(
         .status
         .as_ref()
         .and_then(|s| s.last_applied.as_ref());
+    let mut ledger = planned.ledger.clone();
+    let owned = &planned.ledger.objects;
     let counts_before = systemd.counts();
     let mut phases = Phases { list: Vec::new() };
     let mut diagnostics: Vec<Diagnostic> = Vec::new();
@@ -278,12 +364,12 @@ pub fn apply(
         .iter()
         .filter(|a| {
             (a.action == Action::Delete
-                && last
-                    .and_then(|l| l.resources.get(&a.id))
+                && owned
+                    .get(&a.id)
                     .is_some_and(|r| r.started || r.kind == Kind::Mount))
                 || (a.action == Action::Replace && matches!(a.kind, Kind::Mount | Kind::Automount))
         })
-        .filter_map(|a| a.unit.clone().map(|u| (JobKind::Stop, u)))
+        .flat_map(|a| a.runtime_units().into_iter().map(|u| (JobKind::Stop, u)))
         .collect();
     if !stop_jobs.is_empty() {
         let results = phases.run("stop", || {
@@ -295,7 +381,7 @@ pub fn apply(
             if !res.outcome.is_success() {
                 let id = changed
                     .iter()
-                    .find(|a| a.unit.as_deref() == Some(&job.1))
+                    .find(|a| a.runtime_units().contains(&job.1))
                     .map(|a| a.id.clone())
                     .unwrap_or_default();
                 let what = if job.1.ends_with(".mount") {
@@ -316,23 +402,24 @@ pub fn apply(
     let to_disable: Vec<String> = deletes
         .iter()
         .filter(|a| !stop_failed.contains(&a.id))
-        .filter(|a| {
-            last.and_then(|l| l.resources.get(&a.id))
-                .is_some_and(|r| r.enabled)
-        })
-        .filter_map(|a| a.unit.clone())
+        .filter(|a| owned.get(&a.id).is_some_and(|r| r.enabled))
+        .flat_map(|a| a.runtime_units())
         .chain(
-            // units still desired but no longer to be enabled
-            desired
-                .resources
-                .values()
-                .filter(|r| {
-                    r.unit.as_ref().is_some_and(|u| !u.enable)
-                        && last
-                            .and_then(|l| l.resources.get(&r.id))
-                            .is_some_and(|a| a.enabled)
-                })
-                .filter_map(|r| r.unit.as_ref().map(|u| u.name.clone())),
+            // units (or template instances) still desired but no longer to be enabled
+            desired.resources.values().flat_map(|r| {
+                let was = owned
+                    .get(&r.id)
+                    .filter(|a| a.enabled)
+                    .and_then(|a| a.unit.as_ref().map(|u| runtime_units(u, &a.instances)))
+                    .unwrap_or_default();
+                let now: Vec<String> = r
+                    .unit
+                    .as_ref()
+                    .filter(|u| u.enable)
+                    .map(|u| u.runtime_units())
+                    .unwrap_or_default();
+                was.into_iter().filter(move |u| !now.contains(u))
+            }),
         )
         .collect();
     if !to_disable.is_empty() {
@@ -397,10 +484,18 @@ pub fn apply(
             .iter()
             // runtimes are not files: the runtimes phase owns them
             .filter(|a| a.kind != Kind::Runtime)
-            .filter(|a| matches!(a.action, Action::Create | Action::Update | Action::Replace))
+            .filter(|a| {
+                matches!(
+                    a.action,
+                    Action::Create | Action::Update | Action::Replace | Action::Adopt
+                )
+            })
             .map(|a| desired.resources.get(&a.id).expect("desired object"))
             .collect();
         let r = (|| -> Result<()> {
+            // ownership first: recorded before the host changes, kept whatever happens next
+            claim(&mut ledger, &to_write, &changed, desired);
+            ledger::save(&paths.state_dir, &ledger)?;
             let items: Vec<fsutil::BatchItem<'_>> = to_write
                 .iter()
                 .map(|r| fsutil::BatchItem {
@@ -416,8 +511,17 @@ pub fn apply(
                     continue;
                 }
                 let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
-                fsutil::remove_synced(&path)?;
-                remove_empty_dropin_dir(&path);
+                // one object that cannot be removed fails that object, not the run
+                if let Err(e) = fsutil::remove_synced(&path) {
+                    diagnostics.push(diag(
+                        &a.id,
+                        a.unit.as_deref(),
+                        format!("cannot remove: {e}"),
+                    ));
+                    continue;
+                }
+                ledger.release(&a.id);
+                ledger.prune_dirs_above(&path);
                 removed += 1;
                 unit_files_changed |= a.kind.is_ini();
             }
@@ -439,10 +543,14 @@ pub fn apply(
             a.enable == Some(true)
                 && matches!(
                     a.action,
-                    Action::Create | Action::Update | Action::Replace | Action::Recover
+                    Action::Create
+                        | Action::Update
+                        | Action::Replace
+                        | Action::Recover
+                        | Action::Adopt
                 )
         })
-        .filter_map(|a| a.unit.clone())
+        .flat_map(|a| a.runtime_units())
         .collect();
     if !to_enable.is_empty() {
         phases.run("enable", || {
@@ -472,55 +580,57 @@ pub fn apply(
         runtime_deferred = res.deferred;
     }
 
-    // start / restart jobs in plan order
+    // start / restart jobs in plan order (a template's instances in its place)
     let mut start_jobs: Vec<(JobKind, String, String)> = Vec::new();
     let mut recover_units: Vec<String> = Vec::new();
     for a in &changed {
         if skip_start.contains(&a.id) {
             continue;
         }
-        let Some(unit) = a.unit.clone() else { continue };
         let started = a
             .start
             .unwrap_or(a.kind == Kind::Unit && a.action == Action::Restart);
+        let content_changed = a.digests.observed != a.digests.desired;
         let kind = match a.action {
             Action::Create | Action::Replace if started => JobKind::Start,
-            Action::Update if started => JobKind::Restart,
+            Action::Adopt if started && !content_changed => JobKind::Start,
+            Action::Update | Action::Adopt if started => JobKind::Restart,
             Action::Restart => JobKind::Restart,
-            Action::Recover if started => {
-                recover_units.push(unit.clone());
-                JobKind::Restart
-            }
+            Action::Recover if started => JobKind::Restart,
             _ => continue,
         };
-        if kind == JobKind::Restart && runtime_restarted.contains(&unit) {
-            continue; // restarted by its runtime's transaction, after the reload
+        for unit in a.runtime_units() {
+            if kind == JobKind::Restart && runtime_restarted.contains(&unit) {
+                continue; // restarted by its runtime's transaction, after the reload
+            }
+            if a.action == Action::Recover {
+                recover_units.push(unit.clone());
+            }
+            start_jobs.push((kind, unit, a.id.clone()));
         }
-        start_jobs.push((kind, unit, a.id.clone()));
     }
-    // generated (Quadlet) units must be loaded before they are started
-    let quadlet_units: Vec<String> = start_jobs
-        .iter()
-        .filter(|(_, _, id)| id.starts_with("quadlet:"))
-        .map(|(_, u, _)| u.clone())
-        .collect();
-    if !quadlet_units.is_empty() {
-        let statuses = systemd.unit_statuses(&quadlet_units)?;
+    // a unit systemd could not load is never started: it fails with systemd's own reason
+    // (generated units: the Quadlet generator's); a unit core-ops does not manage that
+    // systemd does not have is simply not restarted
+    if !start_jobs.is_empty() {
+        let names: Vec<String> = start_jobs.iter().map(|(_, u, _)| u.clone()).collect();
+        let statuses = systemd.unit_states_brief(&names)?;
         for st in statuses.iter().filter(|s| s.load_state != "loaded") {
             let id = start_jobs
                 .iter()
                 .find(|(_, u, _)| *u == st.name)
                 .map(|(_, _, id)| id.clone())
                 .unwrap_or_default();
-            diagnostics.push(diag(
-                &id,
-                Some(&st.name),
-                format!(
-                    "generated unit is not loaded after reload (LoadState={}); is the Quadlet generator installed?",
-                    st.load_state
-                ),
-            ));
             start_jobs.retain(|(_, u, _)| *u != st.name);
+            if desired.resources.contains_key(&id) {
+                diagnostics.push(diag(
+                    &id,
+                    Some(&st.name),
+                    not_loaded_reason(&id, st, desired, paths),
+                ));
+            } else {
+                tracing::warn!(unit = %st.name, load_state = %st.load_state, "not restarted: systemd has no loaded unit of that name");
+            }
         }
     }
     if !recover_units.is_empty() {
@@ -627,6 +737,8 @@ pub fn apply(
         quarantine: None,
         deferred: runtime_deferred,
     };
+    settle_ledger(&mut ledger, desired, outcome.is_converged());
+    ledger::save(&paths.state_dir, &ledger)?;
     record(planned, paths, opts, &mut result)?;
     Ok(result)
 }

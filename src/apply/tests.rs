@@ -43,6 +43,7 @@ fn target() -> ResolvedTarget {
         repo: "repo".into(),
         requested_ref: "main".into(),
         host: "h".into(),
+        adopt: Default::default(),
     }
 }
 

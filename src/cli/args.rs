@@ -90,9 +90,13 @@ pub enum Command {
         /// Also write the plan JSON to FILE (atomically).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Exit 0 when nothing would change, 2 when changes are present, 1 on error.
+        /// Exit 0 when nothing would change, 2 when changes are present, 1 on error or when
+        /// an action is blocked (a blocked plan exits 1 with or without this flag).
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Plan taking over this pre-existing file (repeatable; see `apply --adopt`).
+        #[arg(long, value_name = "PATH")]
+        adopt: Vec<PathBuf>,
     },
     /// Plan, then apply through systemd, verify convergence and record the outcome.
     Apply {
@@ -112,6 +116,11 @@ pub enum Command {
         /// With --rollback-to: print the rollback plan and change nothing.
         #[arg(long, requires = "rollback_to")]
         rollback_plan_only: bool,
+        /// Take over this pre-existing file of the desired state (repeatable): core-ops
+        /// records it as its own and writes the desired content; without it, a file that
+        /// exists and differs blocks the plan.
+        #[arg(long, value_name = "PATH", conflicts_with = "plan")]
+        adopt: Vec<PathBuf>,
         /// Seconds to wait for each systemd job.
         #[command(flatten)]
         tuning: ApplyTuning,

@@ -74,6 +74,7 @@ fn target_opts(t: &TargetArgs) -> TargetOptions {
         repo: t.repo.clone(),
         rev: t.rev.clone(),
         host: t.host.clone(),
+        adopt: Vec::new(),
     }
 }
 
@@ -289,6 +290,36 @@ fn print_run(cli: &Cli, report: &reconcile::RunReport) {
     }
 }
 
+/// `--json` on a failed command: the error as one JSON document on stdout (the text stays on
+/// stderr), so a caller that parses stdout never has to parse prose.
+pub fn print_error_json(err: &Error, exit_code: u8) {
+    let kind = match err {
+        Error::Input(_) => "input",
+        Error::Source(_) => "source",
+        Error::Config(_) => "configuration",
+        Error::Locked(_) => "locked",
+        Error::StalePlan(_) => "stale_plan",
+        Error::Systemd(_) => "systemd",
+        Error::Io { .. } => "io",
+    };
+    let (file, line) = match err {
+        Error::Input(e) => (Some(e.location.file.clone()), e.location.line),
+        _ => (None, None),
+    };
+    print_json(&serde_json::json!({
+        "schema_version": 1,
+        "kind": "CoreOpsError",
+        "core_ops": crate::provenance::Provenance::current(),
+        "error": {
+            "kind": kind,
+            "message": err.to_string(),
+            "file": file,
+            "line": line,
+        },
+        "exit_code": exit_code,
+    }));
+}
+
 fn print_json<T: serde::Serialize>(v: &T) {
     let value = serde_json::to_value(v).expect("view model serializes");
     let mut out = std::io::stdout().lock();
@@ -334,8 +365,11 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             target,
             out,
             detailed_exitcode,
+            adopt,
         } => {
-            let t = pipeline::resolve_target(&paths, &target_opts(target))?;
+            let mut opts = target_opts(target);
+            opts.adopt = adopt.clone();
+            let t = pipeline::resolve_target(&paths, &opts)?;
             let units = unit_source(cli);
             let planned = pipeline::plan_revision(&paths, &t, units.as_ref())?;
             let bytes = plan::to_json_bytes(&planned.plan);
@@ -347,7 +381,10 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             } else {
                 print_text(&output::plan_text(&planned.plan, cli.verbose > 0));
             }
-            Ok(if *detailed_exitcode && planned.plan.has_changes() {
+            // a blocked plan cannot be applied as it stands: that is an error, not "changes"
+            Ok(if planned.plan.is_blocked() {
+                ExitStatus::Error
+            } else if *detailed_exitcode && planned.plan.has_changes() {
                 ExitStatus::Changes
             } else {
                 ExitStatus::Ok
@@ -359,6 +396,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             force_no_state,
             rollback_to,
             rollback_plan_only,
+            adopt,
             tuning,
         } => {
             let _lock = StateLock::acquire(&paths.state_dir)?;
@@ -367,6 +405,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                 let systemd = connect_systemd(cli)?;
                 recover_runtimes(&paths, &systemd, tuning)?;
                 let mut opts = target_opts(target);
+                opts.adopt = adopt.clone();
                 let saved = match plan_file {
                     Some(f) => {
                         let bytes = std::fs::read(f)

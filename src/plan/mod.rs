@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::normalize::{Kind, sha256_hex};
 use crate::observe::{ObservedFile, UnitObservation};
 use crate::provenance::Provenance;
-use crate::record::status::LastApplied;
+use crate::record::status::{AppliedResource, LastApplied};
 use crate::render::{DesiredState, Resource};
 use crate::systemd::UnitStatus;
 pub use model::*;
@@ -25,8 +25,13 @@ pub struct PlanInput<'a> {
     pub desired: &'a DesiredState,
     /// Repository as shown to the operator.
     pub repo: &'a str,
-    /// What converged last, if anything.
+    /// What converged last, if anything (the base revision of the plan).
     pub last_applied: Option<&'a LastApplied>,
+    /// What core-ops owns on the host (the ownership ledger): what it wrote, whatever the
+    /// outcome of the run that wrote it, until it removes it.
+    pub owned: &'a BTreeMap<String, AppliedResource>,
+    /// Host paths the operator asked to adopt (`--adopt PATH`).
+    pub adopt: &'a BTreeSet<PathBuf>,
     /// Observed managed files by id (see [`managed_paths`]).
     pub observed: &'a BTreeMap<String, ObservedFile>,
     /// Observed unit runtime state.
@@ -41,16 +46,14 @@ pub struct PlanInput<'a> {
 }
 
 /// The paths the planner needs observed: every desired resource and every resource
-/// recorded as last applied (so removals are seen).
+/// core-ops owns (so removals are seen).
 pub fn managed_paths(
     desired: &DesiredState,
-    last: Option<&LastApplied>,
+    owned: &BTreeMap<String, AppliedResource>,
 ) -> BTreeMap<String, (Kind, PathBuf)> {
     let mut m: BTreeMap<String, (Kind, PathBuf)> = BTreeMap::new();
-    if let Some(l) = last {
-        for (id, r) in &l.resources {
-            m.insert(id.clone(), (r.kind, r.path.clone()));
-        }
+    for (id, r) in owned {
+        m.insert(id.clone(), (r.kind, r.path.clone()));
     }
     for (id, r) in &desired.resources {
         m.insert(id.clone(), (r.kind, r.path.clone()));
@@ -58,17 +61,23 @@ pub fn managed_paths(
     m
 }
 
-/// Unit names whose runtime state the plan looks at: desired units, units restarted by a
-/// drop-in or file, and units of removed resources.
-pub fn managed_units(desired: &DesiredState, last: Option<&LastApplied>) -> Vec<String> {
+/// Unit names whose runtime state the plan looks at: desired units (a template's
+/// instances), units restarted by a drop-in or file, and units of owned resources.
+pub fn managed_units(
+    desired: &DesiredState,
+    owned: &BTreeMap<String, AppliedResource>,
+) -> Vec<String> {
     let mut s: BTreeSet<String> = BTreeSet::new();
     for r in desired.resources.values() {
         if let Some(u) = &r.unit {
-            s.insert(u.name.clone());
+            s.extend(u.runtime_units());
         }
+        s.extend(r.restarts.iter().cloned());
     }
-    if let Some(l) = last {
-        s.extend(l.resources.values().filter_map(|r| r.unit.clone()));
+    for r in owned.values() {
+        if let Some(u) = &r.unit {
+            s.extend(crate::render::runtime_units(u, &r.instances));
+        }
     }
     s.into_iter().collect()
 }
@@ -143,9 +152,18 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
     deps
 }
 
-/// Whether a unit is healthy enough that the plan need not act, or what is wrong.
-fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
+/// Whether a unit (or one of a template's instances) is healthy enough that the plan need
+/// not act, or what is wrong.
+fn unit_drift(r: &Resource, states: &BTreeMap<String, UnitStatus>) -> Option<(Action, String)> {
     let u = r.unit.as_ref()?;
+    u.runtime_units()
+        .iter()
+        .filter_map(|name| states.get(name))
+        .find_map(|st| runtime_unit_drift(u, st))
+}
+
+/// Drift of one runtime unit against its role.
+fn runtime_unit_drift(u: &crate::render::UnitRole, st: &UnitStatus) -> Option<(Action, String)> {
     if st.load_state == "not-found" || st.load_state.is_empty() {
         if u.start || u.enable {
             return Some((
@@ -156,9 +174,14 @@ fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
         return None;
     }
     if st.load_state != "loaded" {
+        let why = if st.load_error.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", st.load_error)
+        };
         return Some((
             Action::Recover,
-            format!("unit load state is '{}'", st.load_state),
+            format!("unit load state is '{}'{why}", st.load_state),
         ));
     }
     if u.start && st.active_state == "failed" {
@@ -169,10 +192,10 @@ fn unit_drift(r: &Resource, st: &UnitStatus) -> Option<(Action, String)> {
         };
         return Some((Action::Recover, format!("unit has failed{why}")));
     }
-    let oneshot_done = u.effective.contains("Type=oneshot")
-        && !u.effective.contains("RemainAfterExit=yes")
-        && st.result == "success";
-    if u.start && matches!(st.active_state.as_str(), "inactive" | "deactivating") && !oneshot_done {
+    if u.start
+        && matches!(st.active_state.as_str(), "inactive" | "deactivating")
+        && !st.finished_cleanly(u.exits_when_done())
+    {
         return Some((
             Action::Restart,
             format!("unit is stopped ({})", st.active_state),
@@ -216,9 +239,8 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     // 1. every desired resource
     for r in desired.resources.values() {
         let observed = input.observed.get(&r.id);
-        let last_digest = last
-            .and_then(|l| l.resources.get(&r.id))
-            .map(|a| a.digest.clone());
+        let last_digest = input.owned.get(&r.id).map(|a| a.digest.clone());
+        let adopt = r.adopt || input.adopt.contains(&r.path);
         let sides = Sides {
             desired: Some(r.digest.clone()),
             last_applied: last_digest.clone(),
@@ -255,6 +277,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     unit: None,
                     enable: None,
                     start: None,
+                    instances: Vec::new(),
                     restarts: Vec::new(),
                     depends_on: Vec::new(),
                     digests: sides,
@@ -311,7 +334,25 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 raw_digest,
                 meta,
             }) => {
-                if *digest == r.digest {
+                if *digest == r.digest && last_digest.is_none() && adopt {
+                    (
+                        Action::Adopt,
+                        Cause::Adoption,
+                        format!(
+                            "{} exists and matches the desired state; core-ops takes it over",
+                            r.path.display()
+                        ),
+                    )
+                } else if *digest == r.digest && last_digest.is_none() {
+                    (
+                        Action::NoOp,
+                        Cause::Unchanged,
+                        format!(
+                            "{} matches the desired state but existed before core-ops (not adopted): core-ops will not remove it",
+                            r.path.display()
+                        ),
+                    )
+                } else if *digest == r.digest {
                     if *raw_digest != r.raw_digest && r.kind.is_ini() {
                         findings.push(Finding {
                             kind: "runtime_variance".into(),
@@ -348,11 +389,20 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                         "content differs".to_string()
                     };
                     match &last_digest {
+                        None if adopt => (
+                            Action::Adopt,
+                            Cause::Adoption,
+                            format!(
+                                "{} exists and is not managed by core-ops ({what}); core-ops takes it over and writes the desired content",
+                                r.path.display()
+                            ),
+                        ),
                         None => (
                             Action::Blocked,
                             Cause::UnmanagedConflict,
                             format!(
-                                "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove or adopt it by hand",
+                                "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove it, or adopt it (adopt: true in service.yaml, or --adopt {})",
+                                r.path.display(),
                                 r.path.display()
                             ),
                         ),
@@ -432,6 +482,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 unit: r.unit.as_ref().map(|u| u.name.clone()),
                 enable: r.unit.as_ref().map(|u| u.enable),
                 start: r.unit.as_ref().map(|u| u.start),
+                instances: r
+                    .unit
+                    .as_ref()
+                    .map(|u| u.instances.clone())
+                    .unwrap_or_default(),
                 restarts: r.restarts.clone(),
                 depends_on: Vec::new(),
                 digests: sides,
@@ -442,15 +497,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     // 2. unit runtime drift on objects whose files are unchanged
     if let Some(states) = unit_states {
         for r in desired.resources.values() {
-            let Some(u) = &r.unit else { continue };
+            if r.unit.is_none() {
+                continue;
+            }
             let a = actions.get_mut(&r.id).expect("inserted above");
             if a.action != Action::NoOp {
                 continue;
             }
-            let Some(st) = states.get(&u.name) else {
-                continue;
-            };
-            if let Some((action, why)) = unit_drift(r, st) {
+            if let Some((action, why)) = unit_drift(r, states) {
                 findings.push(Finding {
                     kind: "drift".into(),
                     id: r.id.clone(),
@@ -521,6 +575,23 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     );
                 }
             }
+            None if unit_states
+                .and_then(|m| m.get(unit))
+                .is_some_and(|st| st.load_state != "loaded") =>
+            {
+                // systemd has no such unit (or cannot load it): there is nothing to restart
+                let st = &unit_states.expect("checked")[unit];
+                for cause in causes {
+                    findings.push(Finding {
+                        kind: "warning".into(),
+                        id: cause.clone(),
+                        reason: format!(
+                            "{unit} is not restarted: systemd has no loaded unit of that name (LoadState={}); the change takes effect when it is installed",
+                            st.load_state
+                        ),
+                    });
+                }
+            }
             None => {
                 // a drop-in for a unit core-ops does not own (e.g. a distro unit)
                 let id = format!("unit:{unit}");
@@ -540,6 +611,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                         unit: Some(unit.clone()),
                         enable: None,
                         start: None,
+                        instances: Vec::new(),
                         restarts: Vec::new(),
                         depends_on: causes.iter().cloned().collect(),
                         digests: Sides::default(),
@@ -549,10 +621,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         }
     }
 
-    // 4. removals: applied before, no longer desired
+    // 4. removals: owned by core-ops (written by any earlier run, converged or not), no
+    // longer desired
     let mut removed_deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    if let Some(l) = last {
-        for (id, rec) in &l.resources {
+    {
+        for (id, rec) in input.owned {
             if desired.resources.contains_key(id) {
                 continue;
             }
@@ -595,6 +668,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                     unit: rec.unit.clone(),
                     enable: rec.unit.as_ref().map(|_| false),
                     start: rec.unit.as_ref().map(|_| false),
+                    instances: rec.instances.clone(),
                     restarts: Vec::new(),
                     depends_on: Vec::new(),
                     digests: Sides {

@@ -27,6 +27,9 @@ pub enum Action {
     Restart,
     /// Bring a failed, disabled or not-loaded unit back (reset-failed, reload, enable, start).
     Recover,
+    /// Take over a file that existed before core-ops managed it (`adopt: true`,
+    /// `--adopt`): record it as owned, and write the desired content if it differs.
+    Adopt,
     /// Nothing to do.
     NoOp,
     /// Cannot proceed safely; the reason says what the operator must do.
@@ -43,6 +46,7 @@ impl Action {
             Action::Delete => "delete",
             Action::Restart => "restart",
             Action::Recover => "recover",
+            Action::Adopt => "adopt",
             Action::NoOp => "no_op",
             Action::Blocked => "blocked",
         }
@@ -73,6 +77,9 @@ pub enum Cause {
     /// The Quadlet generator rejects the file (dry run before anything is written); the
     /// reason carries the generator's own message. Always with `blocked`.
     InvalidQuadlet,
+    /// The operator asked core-ops to take over a pre-existing file (`adopt: true` in
+    /// service.yaml, or `--adopt PATH`).
+    Adoption,
 }
 
 /// Digests of the three sides for one object.
@@ -109,6 +116,9 @@ pub struct PlannedAction {
     pub enable: Option<bool>,
     /// Whether the unit should be kept started (unit-like objects).
     pub start: Option<bool>,
+    /// For a template unit: the instances enabled and started in its place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
     /// Units restarted because of this change (explicit restart semantics).
     pub restarts: Vec<String>,
     /// Resource ids ordered before this one.
@@ -167,6 +177,16 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// `sha256:<hex>` over the canonical JSON of this document without this field.
     pub checksum: String,
+}
+
+impl PlannedAction {
+    /// The units systemd runs for this object: its unit, or a template's instances.
+    pub fn runtime_units(&self) -> Vec<String> {
+        match &self.unit {
+            Some(u) => crate::render::runtime_units(u, &self.instances),
+            None => Vec::new(),
+        }
+    }
 }
 
 impl Plan {

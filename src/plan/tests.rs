@@ -62,11 +62,14 @@ fn desired(s: &Scratch, f: &BTreeMap<String, RepoEntry>, c: char) -> DesiredStat
 }
 
 fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
-    let observed = observe_files(&managed_paths(d, last));
+    let owned = crate::record::ledger::Ledger::seeded(last).objects;
+    let observed = observe_files(&managed_paths(d, &owned));
     plan(PlanInput {
         desired: d,
         repo: "repo",
         last_applied: last,
+        owned: &owned,
+        adopt: &BTreeSet::new(),
         observed: &observed,
         units: &UnitObservation::Unknown {
             reason: "test".into(),
@@ -288,12 +291,15 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
     );
     let d = desired(&s, &f, 'a');
     let last = converge(&d);
-    let observed = observe_files(&managed_paths(&d, Some(&last)));
+    let owned = crate::record::ledger::Ledger::seeded(Some(&last)).objects;
+    let observed = observe_files(&managed_paths(&d, &owned));
     let msg = "converting \"app.container\": no Image or Rootfs key specified";
     let p = plan(PlanInput {
         desired: &d,
         repo: "repo",
         last_applied: Some(&last),
+        owned: &owned,
+        adopt: &BTreeSet::new(),
         observed: &observed,
         units: &UnitObservation::Unknown {
             reason: "test".into(),

@@ -2,6 +2,7 @@
 //! written atomically and each carrying `schema_version` (DESIGN section 6).
 
 pub mod control;
+pub mod ledger;
 pub mod metrics;
 pub mod publication;
 pub mod receipts;

@@ -122,6 +122,13 @@ pub struct AppliedResource {
     /// Mount `Where=`, for mounts.
     #[serde(default)]
     pub mount_where: Option<String>,
+    /// Instances of a template unit that were enabled/started (`foo@a.service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// The file existed before core-ops and was adopted explicitly (`adopt: true`,
+    /// `--adopt`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 /// How a run ended.
@@ -282,34 +289,44 @@ pub fn last_applied_from(desired: &crate::render::DesiredState, applied_at: &str
     let resources = desired
         .resources
         .values()
-        .map(|r| {
-            (
-                r.id.clone(),
-                AppliedResource {
-                    kind: r.kind,
-                    path: r.path.clone(),
-                    digest: r.digest.clone(),
-                    unit: r.unit.as_ref().map(|u| u.name.clone()),
-                    enabled: r.unit.as_ref().is_some_and(|u| u.enable),
-                    started: r.unit.as_ref().is_some_and(|u| u.start),
-                    depends_on: deps
-                        .get(&r.id)
-                        .map(|s| s.iter().cloned().collect())
-                        .unwrap_or_default(),
-                    mount_where: r
-                        .unit
-                        .as_ref()
-                        .and_then(|u| u.mount.as_ref())
-                        .map(|m| m.where_.clone()),
-                },
-            )
-        })
+        .map(|r| (r.id.clone(), applied_record(r, &deps)))
         .collect();
     LastApplied {
         revision: desired.revision.commit.clone(),
         requested_ref: desired.revision.requested_ref.clone(),
         applied_at: applied_at.to_string(),
         resources,
+    }
+}
+
+/// What is recorded of one desired resource once it is on the host (in `last_applied` and
+/// in the ownership ledger): enough to judge drift and to remove it in reverse order later.
+pub fn applied_record(
+    r: &crate::render::Resource,
+    deps: &BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> AppliedResource {
+    AppliedResource {
+        kind: r.kind,
+        path: r.path.clone(),
+        digest: r.digest.clone(),
+        unit: r.unit.as_ref().map(|u| u.name.clone()),
+        enabled: r.unit.as_ref().is_some_and(|u| u.enable),
+        started: r.unit.as_ref().is_some_and(|u| u.start),
+        depends_on: deps
+            .get(&r.id)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default(),
+        mount_where: r
+            .unit
+            .as_ref()
+            .and_then(|u| u.mount.as_ref())
+            .map(|m| m.where_.clone()),
+        instances: r
+            .unit
+            .as_ref()
+            .map(|u| u.instances.clone())
+            .unwrap_or_default(),
+        adopted: false,
     }
 }
 

@@ -54,6 +54,68 @@ pub struct UnitRole {
     pub mount: Option<MountView>,
     /// Canonical effective content after all drop-ins (what systemd will see).
     pub effective: String,
+    /// For a template (`foo@.service`): the instances enabled and started in its place
+    /// (`foo@a.service`), from service.yaml `instances:` or `DefaultInstance=`. Empty for
+    /// other units.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+}
+
+impl UnitRole {
+    /// The units systemd runs for this object: the unit itself, or a template's instances
+    /// (a template itself is never started, enabled or judged by its runtime state).
+    pub fn runtime_units(&self) -> Vec<String> {
+        runtime_units(&self.name, &self.instances)
+    }
+
+    /// The effective value of `key` in `[section]` (the last assignment; an empty one resets).
+    pub fn value(&self, section: &str, key: &str) -> Option<&str> {
+        let mut current = "";
+        let mut found = None;
+        for line in self.effective.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                current = name;
+            } else if current == section
+                && let Some((k, v)) = line.split_once('=')
+                && k == key
+            {
+                found = (!v.is_empty()).then_some(v);
+            }
+        }
+        found
+    }
+
+    /// Whether the unit runs and exits (`Type=oneshot` without `RemainAfterExit=yes`): for
+    /// such a unit, inactive after a successful run is its converged state, not a stop.
+    pub fn exits_when_done(&self) -> bool {
+        self.value("Service", "Type") == Some("oneshot")
+            && !self
+                .value("Service", "RemainAfterExit")
+                .is_some_and(|v| matches!(v, "yes" | "true" | "on" | "1" | "y" | "t"))
+    }
+}
+
+/// Whether a unit name is a template (`foo@.service`), which systemd can load but never run.
+pub fn is_template(unit: &str) -> bool {
+    unit.split_once('@')
+        .is_some_and(|(_, rest)| rest.starts_with('.'))
+}
+
+/// The units systemd runs for `unit`: itself, or for a template the given instances.
+pub fn runtime_units(unit: &str, instances: &[String]) -> Vec<String> {
+    if is_template(unit) {
+        instances.to_vec()
+    } else {
+        vec![unit.to_string()]
+    }
+}
+
+/// `foo@.service` + `a` -> `foo@a.service`.
+pub fn instance_name(template: &str, instance: &str) -> String {
+    match template.split_once("@.") {
+        Some((stem, suffix)) => format!("{stem}@{instance}.{suffix}"),
+        None => template.to_string(),
+    }
 }
 
 /// Serializable mount facts.
@@ -103,6 +165,9 @@ pub struct Resource {
     pub restarts: Vec<String>,
     /// Repair or only report drift (service.yaml `drift:`).
     pub drift: DriftPolicy,
+    /// Adopt a pre-existing file on the host (service.yaml `adopt: true`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// Everything this host should have at one revision.
@@ -126,6 +191,16 @@ impl DesiredState {
         self.resources
             .values()
             .find(|r| r.unit.as_ref().is_some_and(|u| u.name == unit))
+    }
+
+    /// The resource that runs as this unit: the unit itself, or the template one of whose
+    /// instances it is.
+    pub fn runtime_unit_resource(&self, unit: &str) -> Option<&Resource> {
+        self.resources.values().find(|r| {
+            r.unit
+                .as_ref()
+                .is_some_and(|u| u.runtime_units().iter().any(|n| n == unit))
+        })
     }
 }
 
@@ -583,13 +658,16 @@ fn render_service(
         let (enable_default, start_default) = match draft.kind {
             // the generator turns [Install] into wants links itself
             Kind::Quadlet => (false, wanted),
-            Kind::Mount => {
-                let stem = draft.name.trim_end_matches(".mount");
-                (
-                    has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
-                    !automount_stems.contains(stem),
-                )
+            // a mount behind an automount is activated by its automount only: enabled or
+            // started itself it would be mounted at boot directly (the hang the automount
+            // exists to avoid)
+            Kind::Mount if automount_stems.contains(draft.name.trim_end_matches(".mount")) => {
+                (false, false)
             }
+            Kind::Mount => (
+                has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
+                true,
+            ),
             Kind::Automount => (
                 has_install(&["WantedBy", "RequiredBy", "Alias", "Also"]),
                 true,
@@ -599,8 +677,25 @@ fn render_service(
                 wanted,
             ),
         };
+        let instances = template_instances(&systemd_name, &effective, &spec, draft, svc)?;
+        let (enable_default, start_default) = if is_template(&systemd_name) {
+            // a template runs only as instances
+            let any = !instances.is_empty();
+            (enable_default && any, start_default && any)
+        } else {
+            (enable_default, start_default)
+        };
         let enable = spec.enable.unwrap_or(enable_default);
         let start = spec.start.unwrap_or(start_default);
+        if is_template(&systemd_name) && (enable || start) && instances.is_empty() {
+            return Err(InputError::new(
+                Location::file(&service_yaml_path),
+                format!(
+                    "units: {}: a template is never enabled or started itself; name its instances (instances: [..]) or set DefaultInstance= in its [Install] section",
+                    draft.name
+                ),
+            ));
+        }
         if start && systemd_name.ends_with(".service") {
             started_services.push(systemd_name.clone());
         }
@@ -637,9 +732,11 @@ fn render_service(
                 requires_mounts_for: rmf.into_iter().collect(),
                 mount: mount_view,
                 effective: effective.canonical_text(),
+                instances,
             }),
             restarts: Vec::new(),
             drift: spec.drift,
+            adopt: spec.adopt,
         });
     }
 
@@ -687,6 +784,7 @@ fn render_service(
             unit: None,
             restarts: vec![target_unit],
             drift: DriftPolicy::Repair,
+            adopt: false,
         });
     }
 
@@ -754,8 +852,63 @@ fn render_service(
                 .clone()
                 .unwrap_or_else(|| started_services.clone()),
             drift: spec.drift,
+            adopt: spec.adopt,
         });
     }
+    Ok(out)
+}
+
+/// The instances of a template unit: service.yaml `instances:` wins, else the template's
+/// `DefaultInstance=`; empty for a unit that is not a template (where `instances:` is an
+/// error).
+fn template_instances(
+    systemd_name: &str,
+    effective: &Effective,
+    spec: &yaml::UnitSpec,
+    draft: &UnitDraft,
+    svc: &str,
+) -> Result<Vec<String>, InputError> {
+    let yaml_file = format!("services/{svc}/service.yaml");
+    if !is_template(systemd_name) {
+        if spec.instances.is_some() {
+            return Err(InputError::new(
+                Location::file(&yaml_file),
+                format!(
+                    "units: {}: instances: only a template unit (name@.suffix) has instances",
+                    draft.name
+                ),
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    let names: Vec<String> = match &spec.instances {
+        Some(list) => list.clone(),
+        None => effective
+            .words("Install", "DefaultInstance")
+            .last()
+            .cloned()
+            .into_iter()
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for i in names {
+        if i.is_empty()
+            || !i
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":-_.\\".contains(c))
+        {
+            return Err(InputError::new(
+                Location::file(&yaml_file),
+                format!(
+                    "units: {}: '{i}' is not a valid instance name (escape it as systemd-escape does)",
+                    draft.name
+                ),
+            ));
+        }
+        out.push(instance_name(systemd_name, &i));
+    }
+    out.sort();
+    out.dedup();
     Ok(out)
 }
 

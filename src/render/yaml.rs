@@ -119,6 +119,10 @@ pub struct FileSpec {
     /// What to do when the file drifts on the host (default `repair`).
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// Take over a file that exists on the host before core-ops manages it (default false:
+    /// a pre-existing file that differs blocks the plan).
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 /// What core-ops does when an object no longer matches what it applied.
@@ -146,6 +150,14 @@ pub struct UnitSpec {
     /// What to do when the unit file or its runtime state drifts (default `repair`).
     #[serde(default)]
     pub drift: DriftPolicy,
+    /// Instances of a template unit (`foo@.service`) to enable and start, e.g. `[a, b]` for
+    /// `foo@a.service` and `foo@b.service` (default: its `DefaultInstance=`, else none: a
+    /// template is installed, never started itself).
+    #[serde(default)]
+    pub instances: Option<Vec<String>>,
+    /// Take over a unit file that exists on the host before core-ops manages it.
+    #[serde(default)]
+    pub adopt: bool,
 }
 
 /// Parse a YAML document strictly, turning serde's error into `file:line: message`.

@@ -70,6 +70,7 @@ pub fn render(
             restarts: Vec::new(),
             // a runtime that is not what was installed is always put back
             drift: crate::render::yaml::DriftPolicy::Repair,
+            adopt: false,
         });
         by_name.insert(name, rt);
     }

@@ -108,6 +108,7 @@ fn target() -> ResolvedTarget {
         repo: "repo".into(),
         requested_ref: "main".into(),
         host: "h".into(),
+        adopt: Default::default(),
     }
 }
 
@@ -460,6 +461,7 @@ fn a_deferral_is_not_a_failure_and_is_recorded_once() {
             repo: repo_dir.display().to_string(),
             requested_ref: rev.to_string(),
             host: "h".into(),
+            adopt: Default::default(),
         };
         reconcile::run(
             &s.paths,

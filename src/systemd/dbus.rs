@@ -352,6 +352,26 @@ impl DbusSystemd {
             let (id, load_state, active_state, sub_state, path) =
                 (row.0, row.2, row.3, row.4, row.6.as_str().to_string());
             let i = statuses.len();
+            let prop = |iface, name| Read::Property {
+                path: path.clone(),
+                iface,
+                name,
+            };
+            if load_state != "loaded" {
+                // systemd's own reason (bad setting, not found, masked...)
+                gets.push((i, prop(UNIT_IFACE, "LoadError")));
+            } else if active_state == "inactive" {
+                // inactive can mean stopped, finished (a oneshot) or skipped by a condition:
+                // these tell them apart, in both modes
+                gets.push((i, prop(UNIT_IFACE, "ConditionResult")));
+                gets.push((i, prop(UNIT_IFACE, "ConditionTimestampMonotonic")));
+                if brief {
+                    gets.push((i, prop(UNIT_IFACE, "InvocationID")));
+                    if let Some(iface) = result_interface(&id) {
+                        gets.push((i, prop(iface, "Result")));
+                    }
+                }
+            }
             if brief {
                 // only why a failed unit failed
                 if active_state == "failed"
@@ -367,11 +387,6 @@ impl DbusSystemd {
                     ));
                 }
             } else if load_state != "not-found" {
-                let prop = |iface, name| Read::Property {
-                    path: path.clone(),
-                    iface,
-                    name,
-                };
                 gets.push((
                     i,
                     if fresh_file_state {
@@ -417,6 +432,8 @@ impl DbusSystemd {
             .buffer_unordered(MAX_IN_FLIGHT)
             .collect()
             .await;
+        let mut condition_ok: Vec<Option<bool>> = vec![None; statuses.len()];
+        let mut condition_checked: Vec<bool> = vec![false; statuses.len()];
         for v in values {
             let (i, prop, value) = v?;
             let Some(value) = value else { continue };
@@ -432,8 +449,19 @@ impl DbusSystemd {
                 "InvocationID" => {
                     s.invocation_id = invocation_hex(&Vec::<u8>::try_from(value).map_err(bad)?)
                 }
+                "ConditionResult" => condition_ok[i] = Some(bool::try_from(value).map_err(bad)?),
+                "ConditionTimestampMonotonic" => {
+                    condition_checked[i] = u64::try_from(value).map_err(bad)? > 0
+                }
+                "LoadError" => {
+                    let (name, message) = <(String, String)>::try_from(value).map_err(bad)?;
+                    s.load_error = if message.is_empty() { name } else { message };
+                }
                 _ => {}
             }
+        }
+        for (i, s) in statuses.iter_mut().enumerate() {
+            s.skipped_by_condition = condition_checked[i] && condition_ok[i] == Some(false);
         }
         Ok(statuses)
     }

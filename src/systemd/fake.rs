@@ -196,6 +196,12 @@ impl FakeSystemd {
             result,
             n_restarts: name.ends_with(".service").then_some(u.n_restarts),
             invocation_id: u.invocation_id.clone(),
+            skipped_by_condition: false,
+            load_error: if u.file {
+                String::new()
+            } else {
+                format!("Unit {name} not found.")
+            },
         }
     }
 

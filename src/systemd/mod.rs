@@ -34,6 +34,25 @@ pub struct UnitStatus {
     pub n_restarts: Option<u32>,
     /// Hex invocation id of the current/last run, empty if never run.
     pub invocation_id: String,
+    /// The last start was skipped because a `Condition*=` did not hold
+    /// (`ConditionResult=no` after a condition check): systemd did what the unit asked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped_by_condition: bool,
+    /// Why systemd could not load the unit (`LoadError`), when `load_state` is not `loaded`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub load_error: String,
+}
+
+impl UnitStatus {
+    /// Whether the unit is inactive because it finished what it was asked to do, not
+    /// because it was stopped: its last start was skipped by a condition, or it is a unit
+    /// that exits when done (`exits_when_done`: a oneshot without `RemainAfterExit=`) whose
+    /// last run ended successfully.
+    pub fn finished_cleanly(&self, exits_when_done: bool) -> bool {
+        self.active_state == "inactive"
+            && (self.skipped_by_condition
+                || (exits_when_done && self.result == "success" && !self.invocation_id.is_empty()))
+    }
 }
 
 /// What a job should do to a unit.
