@@ -352,7 +352,7 @@ fn summary(o: &Output) -> String {
         let err = stderr(o);
         let err = err.trim();
         if !err.is_empty() {
-            let tail: String = err.chars().take(700).collect();
+            let tail: String = err.chars().take(1200).collect();
             let _ = write!(out, "; stderr: {tail}");
         }
         if v.is_null() {
@@ -435,7 +435,8 @@ pub fn run_repo(repo: &str) -> Vec<Row> {
     for host in &ex.hosts {
         let mut run = prepare(repo, host, &ex);
         let subst = Subst::new(&run.p, run.s.root(), "");
-        let mut at: Option<(String, String)> = None; // the revision the host should be at
+        // the last revision this host converged to (what a rejected or rolled-back one keeps)
+        let mut at: Option<(String, String)> = None;
         for r in &ex.revisions {
             let sha = run.shas[&r.rev].clone();
             let want = r.expect[host].clone();
@@ -447,15 +448,17 @@ pub fn run_repo(repo: &str) -> Vec<Row> {
                 Expect::Converged => {
                     if code(&o) != 0 || v["outcome"] != "converged" {
                         problems.push("did not converge".to_string());
+                        // later steps cannot check "the host stayed at the previous revision"
+                        at = None;
                     } else {
                         problems.extend(stays_converged(&run, &sha));
+                        at = Some((r.rev.clone(), sha.clone()));
                     }
                     problems.extend(checks(
                         &run,
                         &subst,
                         r.checks.get(host).map(Vec::as_slice).unwrap_or(&[]),
                     ));
-                    at = Some((r.rev.clone(), sha.clone()));
                 }
                 Expect::RejectedAtPlan(msg) => {
                     let text = format!("{}{}", stdout(&o), stderr(&o));
