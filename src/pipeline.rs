@@ -205,6 +205,7 @@ pub fn plan_desired(
         warnings,
         interrupted,
         invalid_quadlet: quadlet.rejected,
+        foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
     });
     Ok(Planned {
         target: target.clone(),

@@ -119,7 +119,17 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     let opts = &opts;
     let mut ctl = control::load(&paths.state_dir)?;
     let planned = match mode {
-        Mode::Forward => pipeline::plan_revision(paths, target, &systemd)?,
+        Mode::Forward => match pipeline::plan_revision(paths, target, &systemd) {
+            Ok(p) => p,
+            Err(e) => {
+                // a revision refused before anything was touched is still the host's last
+                // run: status says so (nothing else changes, no receipt: no transition)
+                if opts.record_status && !plan_only {
+                    record_refused_run(paths, target, &e.to_string(), None);
+                }
+                return Err(e);
+            }
+        },
         Mode::RollbackTo(rev) => {
             let (status, why) = pipeline::load_status(paths);
             let history = status.map(|s| s.history).unwrap_or_default();
@@ -162,6 +172,21 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     };
     check(&planned.plan)?;
     let desired_rev = planned.desired.revision.clone();
+    if planned.plan.is_blocked() && !plan_only && opts.record_status {
+        let blocked: Vec<String> = planned
+            .plan
+            .actions
+            .iter()
+            .filter(|a| a.action == Action::Blocked)
+            .map(|a| format!("{}: {}", a.id, a.reason))
+            .collect();
+        record_refused_run(
+            paths,
+            target,
+            &format!("the plan has blocked actions: {}", blocked.join("; ")),
+            Some(&planned),
+        );
+    }
     if plan_only {
         return Ok(RunReport {
             outcome: RunOutcome::PlanOnly,
@@ -194,9 +219,17 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     if lifted.is_some() {
         control::save(&paths.state_dir, &ctl)?;
     }
-    if agent && !planned.plan.has_changes() {
+    // a new desired revision whose objects already match is still a transition: apply
+    // records it and advances last_applied, so only the same revision is skipped
+    let same_revision = planned
+        .status
+        .as_ref()
+        .and_then(|s| s.last_applied.as_ref())
+        .is_some_and(|l| l.revision == desired_rev.commit);
+    if agent && !planned.plan.has_changes() && same_revision {
         ctl.record_clean();
         control::save(&paths.state_dir, &ctl)?;
+        record_reported_drift(&planned, paths)?;
         return Ok(RunReport {
             outcome: RunOutcome::NoChanges,
             planned,
@@ -320,6 +353,78 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         quarantine: new_quarantine,
         lifted,
     })
+}
+
+/// A run with nothing to change still shows drift it only reports in status.json (an agent
+/// tick that skips the apply would otherwise leave `status` silent about it). Written only
+/// when what is reported changed, so a quiet host is not rewritten on every tick.
+fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
+    use crate::record::status::{self, RunRecord};
+    let Some(mut snap) = planned.status.clone() else {
+        return Ok(());
+    };
+    let drift = planned.plan.reported_drift();
+    let shown: Vec<String> = snap
+        .last_run
+        .as_ref()
+        .map(|r| {
+            r.diagnostics
+                .iter()
+                .filter(|d| d.starts_with("drift reported"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    if drift == shown {
+        return Ok(());
+    }
+    let now = now_rfc3339();
+    snap.last_run = Some(RunRecord {
+        started_at: now.clone(),
+        finished_at: now,
+        outcome: "no_changes".into(),
+        desired_revision: planned.desired.revision.commit.clone(),
+        requested_ref: planned.desired.revision.requested_ref.clone(),
+        intent_checksum: planned.plan.checksum.clone(),
+        diagnostics: drift,
+    });
+    status::save(&paths.state_file, &snap)
+}
+
+/// A run refused at plan (an input error, a blocked action) is still the host's last run:
+/// status.json's `last_run` says `refused` and why, so `status` never keeps showing an older
+/// run's outcome. Best effort: failing to record it must not hide the refusal itself.
+fn record_refused_run(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    why: &str,
+    planned: Option<&Planned>,
+) {
+    use crate::record::status::{self, RunRecord, StatusSnapshot};
+    let mut snap = match status::load(&paths.state_file) {
+        Ok(s) => s,
+        Err(status::Absent::Missing { .. }) => StatusSnapshot::new(&target.host),
+        // a snapshot that cannot be read is not overwritten here
+        Err(_) => return,
+    };
+    let now = now_rfc3339();
+    snap.last_run = Some(RunRecord {
+        started_at: now.clone(),
+        finished_at: now,
+        outcome: "refused".into(),
+        desired_revision: planned
+            .map(|p| p.desired.revision.commit.clone())
+            .unwrap_or_default(),
+        requested_ref: target.requested_ref.clone(),
+        intent_checksum: planned.map(|p| p.plan.checksum.clone()).unwrap_or_default(),
+        diagnostics: vec![why.to_string()],
+    });
+    if let Err(e) = status::save(&paths.state_file, &snap) {
+        tracing::warn!(
+            "cannot record the refused run in {}: {e}",
+            paths.state_file.display()
+        );
+    }
 }
 
 /// A run refused by the quarantine is still the host's last run: status.json says so (outcome

@@ -137,6 +137,10 @@ pub struct ApplyResult {
     /// back for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deferred: Vec<String>,
+    /// The earlier run this one completes: it was killed mid-apply (its in-flight journal
+    /// was found), so its transition is recorded by this run's receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completes_interrupted: Option<String>,
 }
 
 /// What an automatic rollback did.
@@ -184,6 +188,20 @@ fn diag(id: &str, unit: Option<&str>, problem: String) -> Diagnostic {
     }
 }
 
+/// Whether the plan saw `unit` running: a removed unit that runs is stopped even when
+/// core-ops never started it itself (a Quadlet `.volume` pulled in by its container).
+fn observed_running(planned: &Planned, unit: &str) -> bool {
+    match &planned.units {
+        crate::observe::UnitObservation::Known(m) => m.get(unit).is_some_and(|st| {
+            matches!(
+                st.active_state.as_str(),
+                "active" | "activating" | "reloading"
+            )
+        }),
+        crate::observe::UnitObservation::Unknown { .. } => false,
+    }
+}
+
 /// Record in the ledger that core-ops is about to write these objects (and the directories
 /// the writes will create); an adopted object stays marked as adopted.
 fn claim(
@@ -191,15 +209,26 @@ fn claim(
     to_write: &[&Resource],
     changed: &[&PlannedAction],
     desired: &DesiredState,
+    paths: &Paths,
 ) {
     let deps = crate::plan::desired_dependencies(desired);
+    // the configured directories themselves are never core-ops' to remove, even when it
+    // had to create them
+    let roots: Vec<&std::path::Path> = [paths.unit_dir.as_path(), paths.quadlet_dir.as_path()]
+        .into_iter()
+        .chain(paths.host_file_roots.iter().map(PathBuf::as_path))
+        .collect();
     for r in to_write {
         let mut rec = status::applied_record(r, &deps);
         rec.adopted = ledger.objects.get(&r.id).is_some_and(|o| o.adopted)
             || changed
                 .iter()
                 .any(|a| a.id == r.id && a.action == Action::Adopt);
-        ledger.claim(&r.id, rec, &ledger::missing_parents(&r.path));
+        let made: Vec<PathBuf> = ledger::missing_parents(&r.path)
+            .into_iter()
+            .filter(|d| !roots.iter().any(|root| root.starts_with(d)))
+            .collect();
+        ledger.claim(&r.id, rec, &made);
     }
 }
 
@@ -339,6 +368,12 @@ pub fn apply(
         fsutil::clean_temp_files(dir)?;
     }
 
+    let completes_interrupted = journal::load(&paths.state_dir).ok().flatten().map(|j| {
+        format!(
+            "completes the run of plan {} (revision {}) interrupted after {}",
+            j.intent_checksum, j.desired_revision, j.started_at
+        )
+    });
     if !changed.is_empty() {
         journal::save(
             &paths.state_dir,
@@ -364,9 +399,12 @@ pub fn apply(
         .iter()
         .filter(|a| {
             (a.action == Action::Delete
-                && owned
+                && (owned
                     .get(&a.id)
-                    .is_some_and(|r| r.started || r.kind == Kind::Mount))
+                    .is_some_and(|r| r.started || r.kind == Kind::Mount)
+                    || a.runtime_units()
+                        .iter()
+                        .any(|u| observed_running(planned, u))))
                 || (a.action == Action::Replace && matches!(a.kind, Kind::Mount | Kind::Automount))
         })
         .flat_map(|a| a.runtime_units().into_iter().map(|u| (JobKind::Stop, u)))
@@ -494,7 +532,7 @@ pub fn apply(
             .collect();
         let r = (|| -> Result<()> {
             // ownership first: recorded before the host changes, kept whatever happens next
-            claim(&mut ledger, &to_write, &changed, desired);
+            claim(&mut ledger, &to_write, &changed, desired, paths);
             ledger::save(&paths.state_dir, &ledger)?;
             let items: Vec<fsutil::BatchItem<'_>> = to_write
                 .iter()
@@ -736,6 +774,7 @@ pub fn apply(
         rollback: None,
         quarantine: None,
         deferred: runtime_deferred,
+        completes_interrupted,
     };
     settle_ledger(&mut ledger, desired, outcome.is_converged());
     ledger::save(&paths.state_dir, &ledger)?;
@@ -771,8 +810,9 @@ fn record(
             (_, false) if result.outcome == Outcome::PartiallyApplied => "partial",
             (_, false) => "failed",
         };
-        let reason = match &opts.kind {
-            ApplyKind::AutoRollback { reason } => Some(reason.clone()),
+        let reason = match (&opts.kind, &result.completes_interrupted) {
+            (ApplyKind::AutoRollback { reason }, _) => Some(reason.clone()),
+            (_, Some(resumed)) => Some(resumed.clone()),
             _ => None,
         };
         let (_, receipt) = receipts::append(
@@ -824,6 +864,7 @@ fn record(
                 .iter()
                 .map(|d| format!("{}: {}", d.id, d.problem)),
         );
+        diagnostics.extend(planned.plan.reported_drift());
         snap.last_run = Some(RunRecord {
             started_at: result.started_at.clone(),
             finished_at: result.finished_at.clone(),

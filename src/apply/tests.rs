@@ -277,3 +277,126 @@ fn automount_backed_mount_is_activated_through_its_automount() {
         .collect();
     assert_eq!(starts, vec![format!("start {stem}.automount")], "{r:#?}");
 }
+
+/// The desired state of `desired(s, "1")` plus extra repository files, at `commit`.
+fn desired_plus(s: &Scratch, extra: &[(&str, &str)], commit: char) -> crate::render::DesiredState {
+    let mut d = desired(s, "1");
+    let mut files: BTreeMap<String, RepoEntry> = BTreeMap::new();
+    for r in d.resources.values() {
+        files.insert(
+            r.layers[0].file.clone(),
+            RepoEntry::File {
+                data: r.content.clone(),
+                executable: false,
+            },
+        );
+    }
+    files.insert(
+        "hosts/h/host.yaml".into(),
+        RepoEntry::File {
+            data: b"services: [web, db]\n".to_vec(),
+            executable: false,
+        },
+    );
+    for (p, c) in extra {
+        files.insert(
+            p.to_string(),
+            RepoEntry::File {
+                data: c.as_bytes().to_vec(),
+                executable: false,
+            },
+        );
+    }
+    d.revision.commit = commit.to_string().repeat(40);
+    render(&files, &d.revision, "h", &s.paths).unwrap()
+}
+
+#[test]
+fn what_a_failed_run_wrote_stays_owned_and_the_next_revision_removes_it() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    sd.install_unit("bad.service");
+    sd.fail_on_start("bad.service");
+    let bad = "[Service]\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n";
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    let conf = format!("services/db/files{etc}/bad.d/new/x.conf");
+    let d2 = desired_plus(&s, &[("services/db/bad.service", bad), (&conf, "x\n")], 'b');
+    let planned = plan_desired(&s.paths, &target(), "repo", d2, &sd).unwrap();
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    assert!(!r.outcome.is_converged(), "{r:#?}");
+    let unit_path = s.paths.unit_dir.join("bad.service");
+    let conf_path = std::path::PathBuf::from(format!("{etc}/bad.d/new/x.conf"));
+    assert!(unit_path.exists() && conf_path.exists());
+    let (ledger, _) = ledger::load(&s.paths.state_dir, None);
+    assert!(ledger.objects.contains_key("unit:bad.service"));
+    assert!(
+        ledger
+            .dirs
+            .contains(&std::path::PathBuf::from(format!("{etc}/bad.d")))
+    );
+
+    // revision 1 again (what an automatic rollback plans): the failed revision's objects go,
+    // with the directories core-ops created for them, and nothing else
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "1"), &sd).unwrap();
+    let a = planned
+        .plan
+        .actions
+        .iter()
+        .find(|a| a.id == "unit:bad.service")
+        .unwrap();
+    assert_eq!(a.action, Action::Delete);
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    assert!(r.outcome.is_converged(), "{r:#?}");
+    assert!(!unit_path.exists() && !conf_path.exists());
+    assert!(!std::path::Path::new(&format!("{etc}/bad.d")).exists());
+    assert!(std::path::Path::new(&etc).is_dir());
+    let (ledger, _) = ledger::load(&s.paths.state_dir, None);
+    assert!(!ledger.objects.contains_key("unit:bad.service"));
+    // only what core-ops created beneath the configured roots is its to remove
+    assert_eq!(
+        ledger.dirs,
+        [s.paths.unit_dir.join("web.service.d")].into(),
+        "{:?}",
+        ledger.dirs
+    );
+}
+
+#[test]
+fn a_template_is_written_but_only_its_instances_are_enabled_and_started() {
+    let s = scratch();
+    let sd = fake();
+    sd.install_unit("worker@a.service");
+    sd.install_unit("worker@b.service");
+    let tpl = "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
+    let d = desired_plus(
+        &s,
+        &[
+            ("services/db/worker@.service", tpl),
+            (
+                "services/db/service.yaml",
+                "units:\n  worker@.service:\n    instances: [a, b]\n",
+            ),
+        ],
+        'c',
+    );
+    let planned = plan_desired(&s.paths, &target(), "repo", d, &sd).unwrap();
+    let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+    assert_eq!(r.outcome, Outcome::Converged, "{r:#?}");
+    assert!(s.paths.unit_dir.join("worker@.service").exists());
+    let calls = sd.mutating_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("enable") && c.contains("worker@a.service worker@b.service")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"start worker@a.service".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("worker@.service")),
+        "{calls:?}"
+    );
+}

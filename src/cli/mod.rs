@@ -576,13 +576,21 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
         Command::Explain { object, target } => {
             let mut opts = target_opts(target);
             // with no --repo/--rev: the deployed revision (immutable), else the init target
-            if opts.repo.is_none() && opts.rev.is_none() {
-                let (snap, _) = pipeline::load_status(&paths);
-                if let Some(l) = snap.as_ref().and_then(|s| s.last_applied.as_ref()) {
-                    opts.rev = Some(l.revision.clone());
-                    if let Some(src) = snap.as_ref().and_then(|s| s.source.as_ref()) {
-                        opts.repo = Some(src.repo.clone());
-                    }
+            let (snap, _) = pipeline::load_status(&paths);
+            // with no --host: the host this machine last applied (status.json), not only
+            // /etc/hostname
+            if opts.host.is_none()
+                && let Some(s) = snap.as_ref().filter(|s| s.last_applied.is_some())
+            {
+                opts.host = Some(s.host.clone());
+            }
+            if opts.repo.is_none()
+                && opts.rev.is_none()
+                && let Some(l) = snap.as_ref().and_then(|s| s.last_applied.as_ref())
+            {
+                opts.rev = Some(l.revision.clone());
+                if let Some(src) = snap.as_ref().and_then(|s| s.source.as_ref()) {
+                    opts.repo = Some(src.repo.clone());
                 }
             }
             let t = pipeline::resolve_target(&paths, &opts)?;

@@ -164,6 +164,32 @@ pub fn apply_text(plan: &Plan, r: &crate::apply::ApplyResult, verbose: bool) -> 
     if let Some(id) = &r.receipt {
         let _ = writeln!(o, "receipt {id}");
     }
+    if let Some(rb) = &r.rollback {
+        let _ = writeln!(
+            o,
+            "{} to {} ({}, {} ms){}",
+            if rb.outcome.is_converged() {
+                "rolled back"
+            } else {
+                "automatic rollback FAILED going back"
+            },
+            &rb.to_revision[..8.min(rb.to_revision.len())],
+            rb.outcome.as_str(),
+            rb.duration_ms,
+            rb.receipt
+                .as_ref()
+                .map(|id| format!("; receipt {id}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(q) = &r.quarantine {
+        let _ = writeln!(
+            o,
+            "revision {} quarantined ({}); run core-ops resume after review",
+            &q.revision[..8.min(q.revision.len())],
+            q.reason
+        );
+    }
     o
 }
 

@@ -117,6 +117,40 @@ pub trait UnitStateSource {
     fn observe_units(&self, names: &[String]) -> UnitObservation;
 }
 
+/// Drop-ins on the host that change a managed unit but are not in the desired state:
+/// `<unit dir>/<unit>.d/*.conf` files core-ops did not declare, by resource id (sorted).
+///
+/// Why: systemd merges every drop-in it finds, so a hand-made one changes the unit as surely
+/// as an edit of the unit file; the plan reports it as drift (core-ops never removes a file it
+/// did not write).
+pub fn foreign_dropins(
+    desired: &crate::render::DesiredState,
+    unit_dir: &Path,
+) -> BTreeMap<String, Vec<PathBuf>> {
+    let declared: std::collections::BTreeSet<&Path> = desired
+        .resources
+        .values()
+        .map(|r| r.path.as_path())
+        .collect();
+    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for r in desired.resources.values() {
+        let Some(u) = &r.unit else { continue };
+        let mut found: Vec<PathBuf> = fs::read_dir(unit_dir.join(format!("{}.d", u.name)))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .filter(|p| !declared.contains(p.as_path()))
+            .collect();
+        if !found.is_empty() {
+            found.sort();
+            out.insert(r.id.clone(), found);
+        }
+    }
+    out
+}
+
 /// Enablement read from the unit dir, the way `systemctl is-enabled` finds it: a unit is
 /// enabled when a symlink with its name sits in some `*.wants/`, `*.requires/` or
 /// `*.upholds/` directory. Fills `unit_file_state` (`enabled`/`disabled`) of loaded units

@@ -43,6 +43,9 @@ pub struct PlanInput<'a> {
     /// Objects the Quadlet generator rejects, with its message (see `quadlet_check`); each
     /// becomes a blocked action.
     pub invalid_quadlet: BTreeMap<String, String>,
+    /// Drop-ins on the host that change a managed unit but are not in the desired state
+    /// (see `observe::foreign_dropins`); each is a drift finding.
+    pub foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// The paths the planner needs observed: every desired resource and every resource
@@ -128,16 +131,22 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
                 }
             }
         }
-        // a drop-in goes after the unit it extends; a host file goes before the units that use it
-        if r.kind == Kind::Dropin {
-            for u in &r.restarts {
-                if let Some(id) = by_unit.get(u.as_str()) {
-                    d.insert(id.to_string());
+        // a Quadlet file goes after the Quadlet files it names (Network=, Pod=, Volume=,
+        // Image=): the generator makes its unit require theirs
+        if r.kind == Kind::Quadlet
+            && let Some(u) = &r.unit
+        {
+            for f in crate::render::quadlet::linked_files(&u.effective) {
+                let id = format!("quadlet:{f}");
+                if desired.resources.contains_key(&id) && id != r.id {
+                    d.insert(id);
                 }
             }
         }
         deps.entry(r.id.clone()).or_default().extend(d);
-        if r.kind == Kind::File {
+        // drop-ins and host files go before the units they change, so the restart they cause
+        // comes after them
+        if matches!(r.kind, Kind::File | Kind::Dropin) {
             for u in &r.restarts {
                 if let Some(id) = by_unit.get(u.as_str()) {
                     deps.entry(id.to_string()).or_default().insert(r.id.clone());
@@ -514,6 +523,21 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 a.cause = Cause::Drift;
                 a.reason = why;
             }
+        }
+    }
+
+    // 2a. hand-made drop-ins change managed units: drift core-ops reports (it never removes
+    // a file it did not write)
+    for (id, paths) in &input.foreign_dropins {
+        for p in paths {
+            findings.push(Finding {
+                kind: "drift".into(),
+                id: id.clone(),
+                reason: format!(
+                    "drop-in {} on the host is not in the desired state and changes this unit; remove it by hand or add it to the repository",
+                    p.display()
+                ),
+            });
         }
     }
 

@@ -199,4 +199,20 @@ impl Plan {
     pub fn is_blocked(&self) -> bool {
         self.actions.iter().any(|a| a.action == Action::Blocked)
     }
+
+    /// Drift the plan reports but does not repair (`drift: report`, hand-made drop-ins), as
+    /// lines for status.json.
+    pub fn reported_drift(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.kind == "drift")
+            .filter(|f| {
+                self.actions
+                    .iter()
+                    .find(|a| a.id == f.id)
+                    .is_none_or(|a| a.action == Action::NoOp)
+            })
+            .map(|f| format!("drift reported, not repaired: {}: {}", f.id, f.reason))
+            .collect()
+    }
 }

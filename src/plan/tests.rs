@@ -77,6 +77,7 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
         warnings: vec![],
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::new(),
+        foreign_dropins: BTreeMap::new(),
     })
 }
 
@@ -110,12 +111,13 @@ fn fresh_host_creates_everything_in_dependency_order() {
     );
     assert!(pos(&p, "unit:db.service") < pos(&p, "unit:web.service"));
     assert!(pos(&p, "mount:srv-data.mount") < pos(&p, "unit:web.service"));
-    assert!(pos(&p, "unit:web.service") < pos(&p, "dropin:web.service.d/10-env.conf"));
+    assert!(pos(&p, "dropin:web.service.d/10-env.conf") < pos(&p, "unit:web.service"));
     let file_id = format!("file:{}/web/app.env", s.paths.host_file_roots[0].display());
     assert!(pos(&p, &file_id) < pos(&p, "unit:web.service"));
     assert_eq!(
         action(&p, "unit:web.service").depends_on,
         vec![
+            "dropin:web.service.d/10-env.conf".to_string(),
             file_id,
             "mount:srv-data.mount".to_string(),
             "unit:db.service".to_string()
@@ -235,6 +237,8 @@ fn changed_dropin_updates_it_and_restarts_its_unit() {
         (Action::Restart, Cause::DependencyChange)
     );
     assert_eq!(action(&p, "unit:db.service").action, Action::NoOp);
+    // the restart comes after the change that causes it
+    assert!(pos(&p, "dropin:web.service.d/10-env.conf") < pos(&p, "unit:web.service"));
 }
 
 #[test]
@@ -253,8 +257,8 @@ fn removed_objects_are_deleted_in_reverse_dependency_order() {
     ] {
         assert_eq!(action(&p, id).action, Action::Delete, "{id}");
     }
-    // the service that needs the mount goes first, its drop-in before it, the mount last
-    assert!(pos(&p, "dropin:web.service.d/10-env.conf") < pos(&p, "unit:web.service"));
+    // the service that needs the mount goes first, its drop-in after it, the mount last
+    assert!(pos(&p, "unit:web.service") < pos(&p, "dropin:web.service.d/10-env.conf"));
     assert!(pos(&p, "unit:web.service") < pos(&p, "mount:srv-data.mount"));
     assert_eq!(action(&p, "unit:db.service").action, Action::NoOp);
     assert!(pos(&p, "unit:db.service") < pos(&p, "unit:web.service"));
@@ -307,6 +311,7 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
         warnings: vec![],
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::from([("quadlet:app.container".to_string(), msg.to_string())]),
+        foreign_dropins: BTreeMap::new(),
     });
     let a = action(&p, "quadlet:app.container");
     assert_eq!(
@@ -419,4 +424,112 @@ fn missing_mountpoint_with_create_mountpoint_false_blocks() {
         a.reason,
         "mountpoint missing and CreateMountpoint=false: /srv/data"
     );
+}
+
+fn plan_owned(
+    d: &DesiredState,
+    last: Option<&LastApplied>,
+    owned: &BTreeMap<String, AppliedResource>,
+    adopt: &BTreeSet<PathBuf>,
+) -> Plan {
+    let observed = observe_files(&managed_paths(d, owned));
+    plan(PlanInput {
+        desired: d,
+        repo: "repo",
+        last_applied: last,
+        owned,
+        adopt,
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+        interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
+        foreign_dropins: BTreeMap::new(),
+    })
+}
+
+#[test]
+fn objects_of_a_failed_run_stay_owned_so_the_fix_updates_and_a_rollback_removes_them() {
+    let s = scratch();
+    let d1 = desired(&s, &files(&s, &[]), 'a');
+    let last = converge(&d1);
+    // revision b adds a unit; its run writes it (claimed in the ledger) and fails to converge
+    let broken = "[Service]\nExecStart=/bin/false\n[Install]\nWantedBy=multi-user.target\n";
+    let d2 = desired(&s, &files(&s, &[("services/db/new.service", broken)]), 'b');
+    let mut ledger = crate::record::ledger::Ledger::seeded(Some(&last));
+    let new = &d2.resources["unit:new.service"];
+    crate::fsutil::write_atomic(&new.path, &new.content, Some(&new.meta)).unwrap();
+    ledger.claim(
+        "unit:new.service",
+        crate::record::status::applied_record(new, &BTreeMap::new()),
+        &[],
+    );
+    // the fix commit c changes it: an update, not an unmanaged conflict
+    let fixed = "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
+    let d3 = desired(&s, &files(&s, &[("services/db/new.service", fixed)]), 'c');
+    let p = plan_owned(&d3, Some(&last), &ledger.objects, &BTreeSet::new());
+    let a = action(&p, "unit:new.service");
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Update, Cause::DesiredChange),
+        "{a:?}"
+    );
+    assert!(!p.is_blocked());
+    // a rollback to revision a removes it
+    let p = plan_owned(&d1, Some(&last), &ledger.objects, &BTreeSet::new());
+    let a = action(&p, "unit:new.service");
+    assert_eq!(a.action, Action::Delete, "{a:?}");
+    // without the ledger (ownership decided by convergence) it would be a conflict
+    let p = do_plan(&s, &d3, Some(&last));
+    assert_eq!(action(&p, "unit:new.service").action, Action::Blocked);
+}
+
+#[test]
+fn pre_existing_files_are_adopted_only_when_asked() {
+    let s = scratch();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let db = &d.resources["unit:db.service"];
+    // an identical file that core-ops did not write: left alone, never owned
+    crate::fsutil::write_atomic(&db.path, &db.content, Some(&db.meta)).unwrap();
+    let web = &d.resources["unit:web.service"];
+    crate::fsutil::write_atomic(&web.path, b"[Service]\nExecStart=/bin/old\n", None).unwrap();
+    let none = BTreeMap::new();
+    let p = plan_owned(&d, None, &none, &BTreeSet::new());
+    let a = action(&p, "unit:db.service");
+    assert_eq!(a.action, Action::NoOp);
+    assert!(a.reason.contains("will not remove it"), "{}", a.reason);
+    let a = action(&p, "unit:web.service");
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Blocked, Cause::UnmanagedConflict)
+    );
+    assert!(a.reason.contains("--adopt"), "{}", a.reason);
+    // --adopt PATH takes both over
+    let adopt = BTreeSet::from([db.path.clone(), web.path.clone()]);
+    let p = plan_owned(&d, None, &none, &adopt);
+    for id in ["unit:db.service", "unit:web.service"] {
+        let a = action(&p, id);
+        assert_eq!(
+            (a.action, a.cause),
+            (Action::Adopt, Cause::Adoption),
+            "{id}"
+        );
+    }
+    assert!(!p.is_blocked());
+    // so does adopt: true in service.yaml
+    let d = desired(
+        &s,
+        &files(
+            &s,
+            &[(
+                "services/web/service.yaml",
+                "units:\n  web.service:\n    adopt: true\n",
+            )],
+        ),
+        'a',
+    );
+    let p = plan_owned(&d, None, &none, &BTreeSet::new());
+    assert_eq!(action(&p, "unit:web.service").action, Action::Adopt);
 }

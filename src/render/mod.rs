@@ -325,6 +325,8 @@ pub fn render(
         }
     }
 
+    link_quadlet_restarts(&mut resources);
+
     // runtimes: manifests of this commit, in `depends:` order (DESIGN section 5)
     let (runtimes, runtime_resources) = crate::runtime::resource::render(
         &host_yaml,
@@ -346,6 +348,29 @@ pub fn render(
         resources,
         runtimes,
     })
+}
+
+/// A changed `.network`, `.volume`, `.pod`, `.image` or `.build` restarts the started Quadlet
+/// units that name it (`Network=`, `Volume=`, ...): they only pick the change up when they
+/// are re-created. Explicit in the plan like every other restart.
+fn link_quadlet_restarts(resources: &mut BTreeMap<String, Resource>) {
+    let mut links: Vec<(String, String)> = Vec::new(); // (linked id, unit to restart)
+    for r in resources.values().filter(|r| r.kind == Kind::Quadlet) {
+        let Some(u) = r.unit.as_ref().filter(|u| u.start) else {
+            continue;
+        };
+        for f in quadlet::linked_files(&u.effective) {
+            links.push((format!("quadlet:{f}"), u.name.clone()));
+        }
+    }
+    for (id, unit) in links {
+        if let Some(target) = resources.get_mut(&id)
+            && !target.restarts.contains(&unit)
+        {
+            target.restarts.push(unit);
+            target.restarts.sort();
+        }
+    }
 }
 
 /// Read access to the commit's files with the repository's symlink rules applied.

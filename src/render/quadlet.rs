@@ -59,6 +59,43 @@ pub fn generated_unit(name: &str, file: &UnitFile) -> String {
     }
 }
 
+/// The other Quadlet files a Quadlet file names, from its canonical (effective) text:
+/// `Network=db.network`, `Pod=app.pod`, `Volume=data.volume:/srv`, `Image=base.image` or
+/// `.build`, `Mount=type=volume,source=data.volume,...`. Sorted, without duplicates.
+///
+/// Why: the generator turns each into `Requires=`/`After=` on the named file's unit, so the
+/// plan orders them first and restarts the users of a changed one.
+pub fn linked_files(effective: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in effective.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let candidates: Vec<&str> = match key {
+            // NAME[:options]
+            "Network" | "Volume" | "Pod" | "Image" => vec![value.split(':').next().unwrap_or("")],
+            "Mount" => value
+                .split(',')
+                .filter_map(|kv| {
+                    kv.strip_prefix("source=")
+                        .or_else(|| kv.strip_prefix("src="))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        out.extend(
+            candidates
+                .into_iter()
+                .map(str::trim)
+                .filter(|n| is_quadlet(n) && !n.contains('/'))
+                .map(str::to_string),
+        );
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +111,21 @@ mod tests {
         assert_eq!(generated_unit("web.container", &f), "custom.service");
         assert!(is_quadlet("web.container"));
         assert!(!is_quadlet("web.service"));
+    }
+
+    #[test]
+    fn links_to_other_quadlet_files_are_found() {
+        let text = "[Container]\nImage=base.build\nMount=type=volume,source=cache.volume,destination=/c\nNetwork=host\nNetwork=db.network:ip=10.0.0.2\nPod=app.pod\nVolume=/srv:/srv\nVolume=data.volume:/data:Z\n";
+        assert_eq!(
+            linked_files(text),
+            vec![
+                "app.pod",
+                "base.build",
+                "cache.volume",
+                "data.volume",
+                "db.network"
+            ]
+        );
+        assert!(linked_files("[Container]\nImage=docker.io/library/nginx:1\n").is_empty());
     }
 }

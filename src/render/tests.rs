@@ -403,3 +403,184 @@ fn dependencies_are_collected_from_effective_content() {
     assert_eq!(u.requires_mounts_for, vec!["/srv/data"]);
     assert!(!u.start && !u.enable);
 }
+
+#[test]
+fn automount_backed_mount_is_not_enabled_even_with_an_install_section() {
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [m]\n"),
+            (
+                "services/m/srv-nfs.mount",
+                "[Mount]\nWhat=server:/x\nWhere=/srv/nfs\nType=nfs\n[Install]\nWantedBy=multi-user.target\n",
+            ),
+            (
+                "services/m/srv-nfs.automount",
+                "[Automount]\nWhere=/srv/nfs\n[Install]\nWantedBy=multi-user.target\n",
+            ),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    let mount = d.resources["mount:srv-nfs.mount"].unit.as_ref().unwrap();
+    assert!(!mount.enable && !mount.start, "{mount:?}");
+    let auto = d.resources["automount:srv-nfs.automount"]
+        .unit
+        .as_ref()
+        .unwrap();
+    assert!(auto.enable && auto.start);
+}
+
+const TEMPLATE: &str = "[Unit]\nDescription=worker %i\n[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n";
+
+#[test]
+fn templates_are_installed_and_their_instances_run() {
+    // no instance: installed only
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [w]\n"),
+            ("services/w/worker@.service", TEMPLATE),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    let u = d.resources["unit:worker@.service"].unit.as_ref().unwrap();
+    assert!(
+        !u.enable && !u.start && u.runtime_units().is_empty(),
+        "{u:?}"
+    );
+
+    // DefaultInstance= names the instance
+    let with_default = format!("{TEMPLATE}DefaultInstance=main\n");
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [w]\n"),
+            ("services/w/worker@.service", &with_default),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    let u = d.resources["unit:worker@.service"].unit.as_ref().unwrap();
+    assert!(u.enable && u.start);
+    assert_eq!(u.runtime_units(), vec!["worker@main.service"]);
+
+    // service.yaml instances win
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [w]\n"),
+            ("services/w/worker@.service", &with_default),
+            (
+                "services/w/service.yaml",
+                "units:\n  worker@.service:\n    instances: [b, a]\n",
+            ),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    let u = d.resources["unit:worker@.service"].unit.as_ref().unwrap();
+    assert_eq!(
+        u.runtime_units(),
+        vec!["worker@a.service", "worker@b.service"]
+    );
+    assert!(
+        d.runtime_unit_resource("worker@b.service").is_some()
+            && d.runtime_unit_resource("worker@.service").is_none()
+    );
+
+    // asking to start a template without instances is an input error naming service.yaml
+    let e = err(&[
+        ("hosts/h/host.yaml", "services: [w]\n"),
+        ("services/w/worker@.service", TEMPLATE),
+        (
+            "services/w/service.yaml",
+            "units:\n  worker@.service:\n    start: true\n",
+        ),
+    ]);
+    assert_eq!(e.location.file, "services/w/service.yaml");
+    assert!(e.message.contains("never enabled or started itself"), "{e}");
+    let e = err(&[
+        ("hosts/h/host.yaml", "services: [w]\n"),
+        ("services/w/w.service", WEB),
+        (
+            "services/w/service.yaml",
+            "units:\n  w.service:\n    instances: [a]\n",
+        ),
+    ]);
+    assert!(e.message.contains("only a template unit"), "{e}");
+}
+
+#[test]
+fn oneshot_without_remain_after_exit_exits_when_done() {
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [o]\n"),
+            (
+                "services/o/a.service",
+                "[Service]\nType=oneshot\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+            ),
+            (
+                "services/o/b.service",
+                "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/true\n",
+            ),
+            (
+                "services/o/b.service.d/10-no.conf",
+                "[Service]\nRemainAfterExit=no\n",
+            ),
+            (
+                "services/o/c.service",
+                "[Service]\nType=oneshot\nRemainAfterExit=true\nExecStart=/bin/true\n",
+            ),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    let exits = |id: &str| d.resources[id].unit.as_ref().unwrap().exits_when_done();
+    assert!(exits("unit:a.service"));
+    // the drop-in's later assignment wins
+    assert!(exits("unit:b.service"));
+    assert!(!exits("unit:c.service"));
+}
+
+#[test]
+fn a_changed_network_restarts_the_containers_that_name_it() {
+    let d = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [app]\n"),
+            (
+                "services/app/web.container",
+                "[Container]\nImage=localhost/x:1\nNetwork=app.network\nVolume=data.volume:/d\n[Install]\nWantedBy=multi-user.target\n",
+            ),
+            ("services/app/app.network", "[Network]\n"),
+            ("services/app/data.volume", "[Volume]\n"),
+        ]),
+        &rev(),
+        "h",
+        &paths(),
+    )
+    .unwrap();
+    assert_eq!(
+        d.resources["quadlet:app.network"].restarts,
+        vec!["web.service"]
+    );
+    assert_eq!(
+        d.resources["quadlet:data.volume"].restarts,
+        vec!["web.service"]
+    );
+    let deps = crate::plan::desired_dependencies(&d);
+    assert_eq!(
+        deps["quadlet:web.container"],
+        BTreeSet::from([
+            "quadlet:app.network".to_string(),
+            "quadlet:data.volume".to_string()
+        ])
+    );
+}
