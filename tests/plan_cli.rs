@@ -467,10 +467,15 @@ fn explain_shows_layers_digest_action_and_edges() {
     assert_eq!(v["action"]["action"], "create");
     assert_eq!(
         v["depends_on"],
-        serde_json::json!(["file:/etc/web/app.env"])
+        serde_json::json!([
+            "dropin:web.service.d/10-limits.conf",
+            "dropin:web.service.d/50-alpha.conf",
+            "file:/etc/web/app.env"
+        ])
     );
+    // the unit comes after its drop-ins (their change restarts it), not before them
     assert!(
-        v["required_by"]
+        !v["required_by"]
             .as_array()
             .unwrap()
             .iter()

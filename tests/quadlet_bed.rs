@@ -330,7 +330,20 @@ fn a_file_the_generator_rejects_changes_nothing() {
             "yes",
             "{what}: reloaded"
         );
-        assert!(!w.s.path("state/status.json").exists(), "{what}");
+        // the refusal is the host's last run (status says why), but no transition happened:
+        // nothing applied, no receipt
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(w.s.path("state/status.json")).unwrap())
+                .unwrap();
+        assert_eq!(st["last_run"]["outcome"], "refused", "{what}: {st:#}");
+        assert!(
+            st["last_run"]["diagnostics"][0]
+                .as_str()
+                .unwrap()
+                .contains(&message),
+            "{what}: {st:#}"
+        );
+        assert!(st["last_applied"].is_null(), "{what}");
         assert!(tree(&w.s.path("state/receipts")).is_empty(), "{what}");
         assert_eq!(
             w.show(&format!("{p}-good.service"), "LoadState"),
