@@ -73,6 +73,10 @@ pub enum Cause {
     /// The Quadlet generator rejects the file (dry run before anything is written); the
     /// reason carries the generator's own message. Always with `blocked`.
     InvalidQuadlet,
+    /// systemd refuses the unit once its layers are merged, or would drop part of it
+    /// (`systemd-analyze verify` and core-ops' own checks, see `unit_check`); the reason says
+    /// `file:line`. Always with `blocked`.
+    InvalidUnit,
 }
 
 /// Digests of the three sides for one object.
@@ -120,7 +124,7 @@ pub struct PlannedAction {
 /// A difference worth reporting that is not itself an action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// `drift` or `runtime_variance`.
+    /// `drift`, `runtime_variance` or `warning` (unit validation: what systemd ignores).
     pub kind: String,
     /// Resource id.
     pub id: String,

@@ -74,6 +74,8 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
         warnings: vec![],
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::new(),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
     })
 }
 
@@ -301,6 +303,8 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
         warnings: vec![],
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::from([("quadlet:app.container".to_string(), msg.to_string())]),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
     });
     let a = action(&p, "quadlet:app.container");
     assert_eq!(
@@ -413,4 +417,45 @@ fn missing_mountpoint_with_create_mountpoint_false_blocks() {
         a.reason,
         "mountpoint missing and CreateMountpoint=false: /srv/data"
     );
+}
+
+#[test]
+fn a_unit_systemd_rejects_is_blocked_and_validation_findings_are_kept() {
+    let s = scratch();
+    let f = files(&s, &[]);
+    let d = desired(&s, &f, 'a');
+    let id = d
+        .resources
+        .keys()
+        .find(|id| id.starts_with("unit:"))
+        .expect("a unit")
+        .clone();
+    let observed = observe_files(&managed_paths(&d, None));
+    let msg = "services/web/web.service:7: Unknown key 'ExecStrat' in section [Service], ignoring.";
+    let warning = Finding {
+        kind: "warning".into(),
+        id: id.clone(),
+        reason: "services/web/web.service:3: web.service: Wants=nothere.service names a unit this host neither selects nor has; systemd ignores it".into(),
+    };
+    let p = plan(PlanInput {
+        desired: &d,
+        repo: "repo",
+        last_applied: None,
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+        interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
+        invalid_units: BTreeMap::from([(id.clone(), msg.to_string())]),
+        findings: vec![warning.clone()],
+    });
+    let a = action(&p, &id);
+    assert_eq!((a.action, a.cause), (Action::Blocked, Cause::InvalidUnit));
+    assert_eq!(a.reason, format!("systemd rejects it: {msg}"));
+    assert!(p.is_blocked());
+    assert!(p.findings.contains(&warning), "{:#?}", p.findings);
+    let json = String::from_utf8(to_json_bytes(&p)).unwrap();
+    assert!(json.contains("\"invalid_unit\""), "{json}");
 }
