@@ -771,13 +771,12 @@ impl TempDir {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // `nobody` must reach it: TMPDIR may be a private dir
-        let base = std::env::temp_dir();
-        let base = if world_traversable(&base) {
-            base
-        } else {
-            PathBuf::from("/tmp")
-        };
+        // RAM first: this runs at every plan, and a loaded disk makes 200 small files cost
+        // half a second; `nobody` must reach it, and TMPDIR may be a private dir
+        let base = [PathBuf::from("/dev/shm"), std::env::temp_dir()]
+            .into_iter()
+            .find(|d| world_traversable(d))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         let p = base.join(format!(
             "core-ops-units-{}-{n}-{nanos:08x}",
             std::process::id()
