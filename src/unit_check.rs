@@ -556,6 +556,17 @@ fn own_checks(
             }
             triggers(name, main, &p, &provided, &mut v);
         }
+        if unit.main.is_none() && !provided(name) {
+            for d in &unit.dropins {
+                v.find(
+                    d.id,
+                    format!(
+                        "{}: drop-in for {name}, which this host neither selects nor has; systemd ignores it",
+                        at(d, None)
+                    ),
+                );
+            }
+        }
         dependencies(name, &p, &provided, known, &mut v);
     }
     v

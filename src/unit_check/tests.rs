@@ -443,6 +443,33 @@ fn a_dependency_nothing_provides_is_a_warning_finding_with_file_and_line() {
 }
 
 #[test]
+fn a_drop_in_for_a_unit_nothing_provides_is_a_finding() {
+    let s = crate::config::scratch();
+    let d = desired(
+        &s,
+        &[
+            ("web.service", OK),
+            (
+                "hosts/h/overrides/app/gone.service.d/50-h.conf",
+                "[Service]\nNice=1\n",
+            ),
+            (
+                "hosts/h/overrides/app/network-online.target.d/50-h.conf",
+                "[Unit]\nDescription=x\n",
+            ),
+        ],
+    );
+    let c = own(&s, &d);
+    assert_eq!(
+        c.findings,
+        vec![(
+            "dropin:gone.service.d/50-h.conf".to_string(),
+            "hosts/h/overrides/app/gone.service.d/50-h.conf: drop-in for gone.service, which this host neither selects nor has; systemd ignores it".to_string()
+        )]
+    );
+}
+
+#[test]
 fn an_empty_assignment_in_a_drop_in_clears_the_dependency_it_would_report() {
     let s = crate::config::scratch();
     let d = desired(
