@@ -545,7 +545,8 @@ fn units_systemd_refuses_are_blocked_with_file_and_line() {
         "--host",
         "beta",
     ]);
-    let plan: serde_json::Value = serde_json::from_str(&stdout(&o)).expect(&stderr(&o));
+    let plan: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).unwrap_or_else(|_| panic!("{}", stderr(&o)));
     let action = |id: &str| {
         plan["actions"]
             .as_array()
