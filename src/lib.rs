@@ -16,6 +16,7 @@ pub mod record;
 pub mod render;
 pub mod runtime;
 pub mod source;
+pub mod unit_check;
 pub mod verify;
 
 // what the stages share

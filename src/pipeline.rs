@@ -15,6 +15,7 @@ use crate::record::status::{self, StatusSnapshot};
 use crate::record::target;
 use crate::render::{self, DesiredState};
 use crate::source::{Revision, Source};
+use crate::unit_check;
 
 /// Where desired state should come from, after flags, environment and `init` were consulted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +194,10 @@ pub fn plan_desired(
     };
     // the real generator judges the Quadlet set before anything is written
     let quadlet = quadlet_check::check(&desired, paths);
+    // and systemd's own parser the merged unit set, the generator's output included
+    let units_check = unit_check::check(&desired, paths, &quadlet);
     warnings.extend(quadlet.warnings);
+    warnings.extend(units_check.warnings);
     let plan = plan::plan(PlanInput {
         desired: &desired,
         repo: repo_display,
@@ -206,6 +210,16 @@ pub fn plan_desired(
         interrupted,
         invalid_quadlet: quadlet.rejected,
         foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
+        invalid_units: units_check.rejected,
+        findings: units_check
+            .findings
+            .into_iter()
+            .map(|(id, reason)| plan::Finding {
+                kind: "warning".into(),
+                id,
+                reason,
+            })
+            .collect(),
     });
     Ok(Planned {
         target: target.clone(),

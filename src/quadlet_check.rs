@@ -43,6 +43,9 @@ pub struct QuadletCheck {
     pub warnings: Vec<String>,
     /// The generator that ran, if one did.
     pub generator: Option<PathBuf>,
+    /// The units it generated (name -> text, the temp dir shown as the Quadlet dir), for
+    /// `unit_check` to verify together with the plain units.
+    pub generated: BTreeMap<String, String>,
 }
 
 /// The generator to run, or why there is none.
@@ -370,7 +373,27 @@ fn interpret(
             .collect(),
         warnings,
         generator: None,
+        generated: generated_units(&shown(&run.stdout)),
     }
+}
+
+/// The dry run's stdout split into units: each starts after a `---name---` line.
+fn generated_units(stdout: &str) -> BTreeMap<String, String> {
+    let mut units: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: Option<&mut String> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("---").and_then(|l| l.strip_suffix("---"))
+            && !name.is_empty()
+        {
+            current = Some(units.entry(name.to_string()).or_default());
+            continue;
+        }
+        if let Some(text) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    units
 }
 
 fn set_has(set: &[(&str, PathBuf, &[u8])], id: &str) -> bool {

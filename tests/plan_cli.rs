@@ -508,3 +508,97 @@ fn explain_shows_layers_digest_action_and_edges() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("no object 'nope.service'"));
 }
+
+/// Units systemd would refuse or misread are blocked at plan with `file:line` (issue 13); what
+/// systemd silently drops is a warning finding. Nothing is written.
+#[test]
+fn units_systemd_refuses_are_blocked_with_file_and_line() {
+    let s = scratch();
+    let src = s.path("src");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example"),
+        &src,
+    )
+    .unwrap();
+    for (p, c) in [
+        // valid alone, refused once merged over backup.service (Type=oneshot)
+        (
+            "hosts/beta/overrides/backup/backup.service.d/60-restart.conf",
+            "[Service]\nRestart=always\n",
+        ),
+        (
+            "services/web/web.service.d/20-typo.conf",
+            "[Service]\nExecStrat=/bin/true\n",
+        ),
+        ("services/web/empty.service", ""),
+        (
+            "services/media/media-indexer.service",
+            "[Unit]\nWants=nothere.service\n[Service]\nExecStart=/bin/true\n",
+        ),
+    ] {
+        let path = src.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, c).unwrap();
+    }
+    let repo = s.path("repo");
+    repo_from_dirs(&repo, &[&src], &[]);
+    let o = s.run(&[
+        "--json",
+        "plan",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--host",
+        "beta",
+    ]);
+    let plan: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+    let action = |id: &str| {
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .unwrap_or_else(|| panic!("no action {id}"))
+            .clone()
+    };
+    for (id, reason) in [
+        (
+            "unit:backup.service",
+            "systemd rejects it: hosts/beta/overrides/backup/backup.service.d/60-restart.conf:2: backup.service: Service has Restart= set to either always or on-success, which isn't allowed for Type=oneshot services. Refusing.",
+        ),
+        (
+            "dropin:web.service.d/20-typo.conf",
+            "systemd rejects it: services/web/web.service.d/20-typo.conf:2: Unknown key 'ExecStrat' in section [Service], ignoring.",
+        ),
+        (
+            "unit:empty.service",
+            "systemd rejects it: services/web/empty.service: empty unit file: systemd treats it as masked",
+        ),
+    ] {
+        let a = action(id);
+        assert_eq!(a["action"], "blocked", "{id}: {a}");
+        assert_eq!(a["cause"], "invalid_unit", "{id}: {a}");
+        assert_eq!(a["reason"], reason, "{id}");
+    }
+    let warning = serde_json::json!({
+        "kind": "warning",
+        "id": "unit:media-indexer.service",
+        "reason": "services/media/media-indexer.service:2: media-indexer.service: Wants=nothere.service names a unit this host neither selects nor has; systemd ignores it",
+    });
+    assert!(
+        plan["findings"].as_array().unwrap().contains(&warning),
+        "{:#}",
+        plan["findings"]
+    );
+    assert!(
+        plan["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| { !w.as_str().unwrap().starts_with("units not validated") })
+    );
+    // a plan with blocked actions changes nothing (DESIGN section 10 also wants exit 1 here;
+    // `plan` decides its exit code in src/cli)
+    assert!(tree(&s.path("units")).is_empty());
+    assert!(!s.path("state/status.json").exists());
+}

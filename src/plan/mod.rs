@@ -46,6 +46,11 @@ pub struct PlanInput<'a> {
     /// Drop-ins on the host that change a managed unit but are not in the desired state
     /// (see `observe::foreign_dropins`); each is a drift finding.
     pub foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
+    /// Objects systemd rejects once merged, with `file:line: message` (see `unit_check`);
+    /// each becomes a blocked action.
+    pub invalid_units: BTreeMap<String, String>,
+    /// Findings made before planning (unit validation warnings).
+    pub findings: Vec<Finding>,
 }
 
 /// The paths the planner needs observed: every desired resource and every resource
@@ -232,7 +237,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     let desired = input.desired;
     let last = input.last_applied;
     let mut warnings = input.warnings.clone();
-    let mut findings: Vec<Finding> = Vec::new();
+    let mut findings: Vec<Finding> = input.findings.clone();
     let mut actions: BTreeMap<String, PlannedAction> = BTreeMap::new();
 
     let unit_states = match input.units {
@@ -461,6 +466,14 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
                 Action::Blocked,
                 Cause::InvalidQuadlet,
                 format!("the Quadlet generator rejects it: {msg}"),
+            ),
+            None => (action, cause, reason),
+        };
+        let (action, cause, reason) = match input.invalid_units.get(&r.id) {
+            Some(msg) => (
+                Action::Blocked,
+                Cause::InvalidUnit,
+                format!("systemd rejects it: {msg}"),
             ),
             None => (action, cause, reason),
         };

@@ -25,7 +25,7 @@ pub enum Action {
     Delete,
     /// Restart a unit because something it uses changed, or start a stopped one.
     Restart,
-    /// Bring a failed, disabled or not-loaded unit back (reset-failed, reload, enable, start).
+    /// Bring a failed, disabled or not-loaded unit back (enable, reload, reset-failed, start).
     Recover,
     /// Take over a file that existed before core-ops managed it (`adopt: true`,
     /// `--adopt`): record it as owned, and write the desired content if it differs.
@@ -80,6 +80,10 @@ pub enum Cause {
     /// The operator asked core-ops to take over a pre-existing file (`adopt: true` in
     /// service.yaml, or `--adopt PATH`).
     Adoption,
+    /// systemd refuses the unit once its layers are merged, or would drop part of it
+    /// (`systemd-analyze verify` and core-ops' own checks, see `unit_check`); the reason says
+    /// `file:line`. Always with `blocked`.
+    InvalidUnit,
 }
 
 /// Digests of the three sides for one object.
@@ -130,7 +134,7 @@ pub struct PlannedAction {
 /// A difference worth reporting that is not itself an action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// `drift` or `runtime_variance`.
+    /// `drift`, `runtime_variance` or `warning` (unit validation: what systemd ignores).
     pub kind: String,
     /// Resource id.
     pub id: String,

@@ -78,6 +78,8 @@ fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::new(),
         foreign_dropins: BTreeMap::new(),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
     })
 }
 
@@ -312,6 +314,8 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::from([("quadlet:app.container".to_string(), msg.to_string())]),
         foreign_dropins: BTreeMap::new(),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
     });
     let a = action(&p, "quadlet:app.container");
     assert_eq!(
@@ -447,6 +451,8 @@ fn plan_owned(
         interrupted: BTreeSet::new(),
         invalid_quadlet: BTreeMap::new(),
         foreign_dropins: BTreeMap::new(),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
     })
 }
 
@@ -532,4 +538,48 @@ fn pre_existing_files_are_adopted_only_when_asked() {
     );
     let p = plan_owned(&d, None, &none, &BTreeSet::new());
     assert_eq!(action(&p, "unit:web.service").action, Action::Adopt);
+}
+
+#[test]
+fn a_unit_systemd_rejects_is_blocked_and_validation_findings_are_kept() {
+    let s = scratch();
+    let f = files(&s, &[]);
+    let d = desired(&s, &f, 'a');
+    let id = d
+        .resources
+        .keys()
+        .find(|id| id.starts_with("unit:"))
+        .expect("a unit")
+        .clone();
+    let observed = observe_files(&managed_paths(&d, &BTreeMap::new()));
+    let msg = "services/web/web.service:7: Unknown key 'ExecStrat' in section [Service], ignoring.";
+    let warning = Finding {
+        kind: "warning".into(),
+        id: id.clone(),
+        reason: "services/web/web.service:3: web.service: Wants=nothere.service names a unit this host neither selects nor has; systemd ignores it".into(),
+    };
+    let p = plan(PlanInput {
+        desired: &d,
+        repo: "repo",
+        last_applied: None,
+        owned: &BTreeMap::new(),
+        adopt: &BTreeSet::new(),
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+        interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
+        foreign_dropins: BTreeMap::new(),
+        invalid_units: BTreeMap::from([(id.clone(), msg.to_string())]),
+        findings: vec![warning.clone()],
+    });
+    let a = action(&p, &id);
+    assert_eq!((a.action, a.cause), (Action::Blocked, Cause::InvalidUnit));
+    assert_eq!(a.reason, format!("systemd rejects it: {msg}"));
+    assert!(p.is_blocked());
+    assert!(p.findings.contains(&warning), "{:#?}", p.findings);
+    let json = String::from_utf8(to_json_bytes(&p)).unwrap();
+    assert!(json.contains("\"invalid_unit\""), "{json}");
 }

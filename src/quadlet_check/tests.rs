@@ -351,3 +351,23 @@ fn only_references_outside_the_managed_set_block_nothing() {
     assert_eq!(c.warnings.len(), 1, "{c:#?}");
     assert!(c.warnings[0].contains("it refers to other.network"));
 }
+
+#[test]
+fn generated_units_are_split_by_their_marker_lines() {
+    let out =
+        "---data-volume.service---\n[Unit]\nA=1\n\n---web.service---\n[Service]\nExecStart=/x\n";
+    assert_eq!(
+        generated_units(out),
+        BTreeMap::from([
+            (
+                "data-volume.service".to_string(),
+                "[Unit]\nA=1\n\n".to_string()
+            ),
+            (
+                "web.service".to_string(),
+                "[Service]\nExecStart=/x\n".to_string()
+            ),
+        ])
+    );
+    assert!(generated_units("").is_empty());
+}

@@ -42,6 +42,8 @@ pub struct UnitFile {
 impl UnitFile {
     /// Parse unit-file text. `file` names the source in errors.
     pub fn parse(file: &str, text: &str) -> Result<UnitFile, InputError> {
+        // systemd skips a leading UTF-8 byte order mark (editors on other systems write one)
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut sections: Vec<Section> = Vec::new();
         let mut lines = text.lines().enumerate().peekable();
         while let Some((idx, raw)) = lines.next() {
@@ -247,6 +249,13 @@ mod tests {
         assert_eq!(f.sections[0].entries[0].value, "Web");
         assert_eq!(f.sections[1].entries[0].value, "/bin/sh -c 'exec sleep 1'");
         assert_eq!(f.sections[1].entries[0].line, 6);
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_accepted_as_systemd_does() {
+        let f = UnitFile::parse("x.service", "\u{feff}[Unit]\nDescription=bom\n").unwrap();
+        assert_eq!(f.sections[0].name, "Unit");
+        assert_eq!(f.sections[0].entries[0].line, 2);
     }
 
     #[test]
