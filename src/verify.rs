@@ -83,7 +83,11 @@ pub struct Verification {
 /// loaded (with systemd's reason when not), running, or finished what it was asked to do (a
 /// oneshot that exited successfully, a start skipped by its conditions), and enabled when
 /// it should be.
-fn unit_problems(u: &crate::render::UnitRole, st: &UnitStatus) -> Vec<(String, String)> {
+fn unit_problems(
+    u: &crate::render::UnitRole,
+    st: &UnitStatus,
+    started_ok: bool,
+) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     if (u.start || u.enable) && st.load_state != "loaded" {
         let why = if st.load_error.is_empty() {
@@ -97,7 +101,8 @@ fn unit_problems(u: &crate::render::UnitRole, st: &UnitStatus) -> Vec<(String, S
         ));
     } else if u.start {
         let healthy = (st.active_state == "active" && st.sub_state != "auto-restart")
-            || st.finished_cleanly(u.exits_when_done());
+            || st.finished_cleanly(u.exits_when_done())
+            || (started_ok && st.active_state == "inactive" && st.result == "success");
         if !healthy {
             let result = if st.result.is_empty() || st.result == "success" {
                 String::new()
@@ -134,6 +139,9 @@ fn unit_problems(u: &crate::render::UnitRole, st: &UnitStatus) -> Vec<(String, S
 /// flags units whose restart counter or invocation changed in between.
 ///
 /// `preread` is unit state already read (by the plan) when nothing was changed.
+/// `started_ok` are units whose start or restart job of this run ended `done`: such a unit
+/// found inactive with `Result=success` finished what it was asked (it ran and exited, or
+/// its conditions skipped it) even when systemd has since unloaded it and forgot how.
 /// `reported_only` are objects whose drift policy is `report` and that the plan left alone:
 /// they are not judged (their drift is a finding, not a failure).
 pub fn verify(
@@ -143,6 +151,7 @@ pub fn verify(
     settle: Duration,
     reported_only: &BTreeSet<String>,
     preread: Option<&BTreeMap<String, UnitStatus>>,
+    started_ok: &BTreeSet<String>,
 ) -> Result<Verification, crate::systemd::SystemdError> {
     let mut diagnostics = Vec::new();
     for r in desired
@@ -242,7 +251,7 @@ pub fn verify(
         let Some(u) = &r.unit else { continue };
         let mut problems = Vec::new();
         for st in u.runtime_units().iter().filter_map(|n| states.get(n)) {
-            problems.extend(unit_problems(u, st));
+            problems.extend(unit_problems(u, st, started_ok.contains(&st.name)));
         }
         for (unit, p) in problems {
             diagnostics.push(Diagnostic {

@@ -333,8 +333,7 @@ fn a_file_the_generator_rejects_changes_nothing() {
         // the refusal is the host's last run (status says why), but no transition happened:
         // nothing applied, no receipt
         let st: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(w.s.path("state/status.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(w.s.path("state/status.json")).unwrap()).unwrap();
         assert_eq!(st["last_run"]["outcome"], "refused", "{what}: {st:#}");
         assert!(
             st["last_run"]["diagnostics"][0]

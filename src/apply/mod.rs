@@ -2,9 +2,11 @@
 //!
 //! Phases (each visible in the results document with its duration):
 //! `stop` (removed units, mounts being replaced) -> `disable` -> `prepare` (mountpoints) ->
-//! `write` (atomic writes and removals) -> `reload` (ONE `Reload()`, only if unit files
-//! changed) -> `enable` -> `runtimes` (one install transaction per runtime action, see
-//! `crate::runtime`) -> `start` (jobs, each waited for through `JobRemoved`) -> `verify`.
+//! `write` (atomic writes and removals; ownership is recorded in the ledger first) ->
+//! `enable` (links only) -> `reload` (ONE `Reload()`, only if unit files changed; it loads the
+//! units together with the wants that reference them) -> `runtimes` (one install transaction
+//! per runtime action, see `crate::runtime`) -> `start` (jobs, each waited for through
+//! `JobRemoved`; a unit systemd could not load is never started) -> `verify`.
 //! `last_applied` advances only when verification says converged.
 
 pub mod journal;
@@ -569,12 +571,10 @@ pub fn apply(
     });
     write_result?;
 
-    let needs_reload = unit_files_changed || changed.iter().any(|a| a.action == Action::Recover);
-    if needs_reload {
-        phases.run("reload", || (systemd.reload(), "1 Reload()".to_string()))?;
-    }
-
-    // enable what should be enabled and is being (re)applied
+    // enable what should be enabled and is being (re)applied, *before* the reload: enabling
+    // only writes links, and the one reload then loads the units together with the wants
+    // that reference them (an unreferenced unit that finished - a oneshot, a start skipped
+    // by its conditions - would otherwise be unloaded and forget how it ended)
     let to_enable: Vec<String> = changed
         .iter()
         .filter(|a| {
@@ -595,6 +595,11 @@ pub fn apply(
             let r = systemd.enable(&to_enable);
             (r, format!("{} units", to_enable.len()))
         })?;
+    }
+
+    let needs_reload = unit_files_changed || changed.iter().any(|a| a.action == Action::Recover);
+    if needs_reload {
+        phases.run("reload", || (systemd.reload(), "1 Reload()".to_string()))?;
     }
 
     // runtimes: install / switch / remove, each a persisted transaction with receipts
@@ -718,7 +723,20 @@ pub fn apply(
             (crate::observe::UnitObservation::Known(m), true) => Some(m),
             _ => None,
         };
-        let r = verify::verify(desired, &removed, systemd, settle, &reported_only, preread);
+        let started_ok: BTreeSet<String> = jobs_done
+            .iter()
+            .filter(|j| j.kind != JobKind::Stop && j.outcome.is_success())
+            .map(|j| j.unit.clone())
+            .collect();
+        let r = verify::verify(
+            desired,
+            &removed,
+            systemd,
+            settle,
+            &reported_only,
+            preread,
+            &started_ok,
+        );
         (r, format!("settle {} ms", settle.as_millis()))
     })?;
     diagnostics.extend(verification.diagnostics);

@@ -67,7 +67,7 @@ fn fake() -> FakeSystemd {
 }
 
 #[test]
-fn fresh_apply_reloads_once_then_enables_then_starts_in_dependency_order() {
+fn fresh_apply_enables_then_reloads_once_then_starts_in_dependency_order() {
     let s = scratch();
     let sd = fake();
     let r = run(&s, &sd, "1");
@@ -76,8 +76,8 @@ fn fresh_apply_reloads_once_then_enables_then_starts_in_dependency_order() {
     assert_eq!(
         sd.mutating_calls(),
         vec![
-            "reload",
             "enable db.service web.service",
+            "reload",
             "start db.service",
             "start web.service"
         ]
@@ -87,7 +87,7 @@ fn fresh_apply_reloads_once_then_enables_then_starts_in_dependency_order() {
     let names: Vec<&str> = r.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["prepare", "write", "reload", "enable", "start", "verify"]
+        vec!["prepare", "write", "enable", "reload", "start", "verify"]
     );
     let st = status::load(&s.paths.state_file).unwrap();
     assert_eq!(st.last_applied.unwrap().revision, "1".repeat(40));

@@ -243,6 +243,9 @@ fn print_run(cli: &Cli, report: &reconcile::RunReport) {
             if cli.json {
                 let mut v = serde_json::to_value(result).expect("results serialize");
                 v["quarantine_lifted"] = serde_json::to_value(&report.lifted).expect("serializes");
+                // how the whole run ended (`rolled_back` after an automatic rollback), beside
+                // the outcome of the forward apply
+                v["run_outcome"] = serde_json::to_value(report.outcome).expect("serializes");
                 print_json(&v);
             } else {
                 print_text(&output::apply_text(plan, result, cli.verbose > 0));

@@ -48,10 +48,13 @@ impl UnitStatus {
     /// because it was stopped: its last start was skipped by a condition, or it is a unit
     /// that exits when done (`exits_when_done`: a oneshot without `RemainAfterExit=`) whose
     /// last run ended successfully.
+    ///
+    /// A oneshot that is not referenced by anything is unloaded by systemd once it finished
+    /// (and loaded again blank when asked about), so `Result=success` is all that is left of
+    /// a successful run; a failed one stays loaded as `failed`.
     pub fn finished_cleanly(&self, exits_when_done: bool) -> bool {
         self.active_state == "inactive"
-            && (self.skipped_by_condition
-                || (exits_when_done && self.result == "success" && !self.invocation_id.is_empty()))
+            && (self.skipped_by_condition || (exits_when_done && self.result == "success"))
     }
 }
 

@@ -338,6 +338,12 @@ fn summary(o: &Output) -> String {
     if let Some(outcome) = v["outcome"].as_str() {
         let _ = write!(out, ", outcome {outcome}");
     }
+    if let Some(run) = v["run_outcome"]
+        .as_str()
+        .filter(|r| Some(*r) != v["outcome"].as_str())
+    {
+        let _ = write!(out, ", run {run}");
+    }
     let diags: Vec<String> = v["diagnostics"]
         .as_array()
         .into_iter()
@@ -470,7 +476,7 @@ pub fn run_repo(repo: &str) -> Vec<Row> {
                     }
                 }
                 Expect::RolledBack => {
-                    if code(&o) != 3 || v["outcome"] != "rolled_back" {
+                    if code(&o) != 3 || v["run_outcome"] != "rolled_back" {
                         problems.push("want exit 3, outcome rolled_back".to_string());
                     }
                     if let Some((label, prev)) = &at {
