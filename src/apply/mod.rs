@@ -364,7 +364,7 @@ pub fn apply(
                 continue;
             }
             if m.create_mountpoint {
-                if let Err(e) = fsutil::create_dir_all_synced(&p) {
+                if let Err(e) = fsutil::beneath::create_dir_all(std::path::Path::new("/"), &p) {
                     diagnostics.push(diag(
                         &a.id,
                         a.unit.as_deref(),
@@ -407,6 +407,7 @@ pub fn apply(
                     path: &r.path,
                     data: &r.content,
                     meta: Some(&r.meta),
+                    beneath: (r.kind == Kind::File).then(|| paths.host_file_root(&r.path)),
                 })
                 .collect();
             fsutil::write_batch(&items, failpoint_pause_after_writes)?;
@@ -416,7 +417,8 @@ pub fn apply(
                     continue;
                 }
                 let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
-                fsutil::remove_synced(&path)?;
+                let beneath = (a.kind == Kind::File).then(|| paths.host_file_root(&path));
+                fsutil::remove_synced_beneath(beneath, &path)?;
                 remove_empty_dropin_dir(&path);
                 removed += 1;
                 unit_files_changed |= a.kind.is_ini();
