@@ -160,7 +160,7 @@ pub fn plan_desired(
 ) -> Result<Planned> {
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
-    let observed = observe_files(&plan::managed_paths(&desired, last));
+    let observed = observe_files(&plan::managed_paths(&desired, last), paths);
     let mut units = units_source.observe_units(&plan::managed_units(&desired, last));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);

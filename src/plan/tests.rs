@@ -61,8 +61,8 @@ fn desired(s: &Scratch, f: &BTreeMap<String, RepoEntry>, c: char) -> DesiredStat
     render(f, &rev(c), "h", &s.paths).unwrap()
 }
 
-fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
-    let observed = observe_files(&managed_paths(d, last));
+fn do_plan(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
+    let observed = observe_files(&managed_paths(d, last), &s.paths);
     plan(PlanInput {
         desired: d,
         repo: "repo",
@@ -181,6 +181,32 @@ fn hand_edit_is_drift_and_repaired() {
 }
 
 #[test]
+fn host_file_behind_a_symlinked_parent_is_blocked_not_read_through() {
+    let s = scratch();
+    let etc = &s.paths.host_file_roots[0];
+    let victim = s.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::create_dir_all(etc).unwrap();
+    // the victim holds exactly the desired content: read through the link it would look
+    // converged
+    std::fs::write(victim.join("app.env"), "A=1\n").unwrap();
+    std::os::unix::fs::symlink(&victim, etc.join("web")).unwrap();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let p = do_plan(&s, &d, None);
+    let a = action(&p, &format!("file:{}/web/app.env", etc.display()));
+    assert_eq!(a.action, Action::Blocked, "{a:#?}");
+    assert!(
+        a.reason.contains(&format!(
+            "component {}/web is a symlink; core-ops does not follow symlinks beneath {}",
+            etc.display(),
+            etc.display()
+        )),
+        "{}",
+        a.reason
+    );
+}
+
+#[test]
 fn mode_change_on_host_file_is_drift() {
     use std::os::unix::fs::PermissionsExt;
     let s = scratch();
@@ -288,7 +314,7 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
     );
     let d = desired(&s, &f, 'a');
     let last = converge(&d);
-    let observed = observe_files(&managed_paths(&d, Some(&last)));
+    let observed = observe_files(&managed_paths(&d, Some(&last)), &s.paths);
     let msg = "converting \"app.container\": no Image or Rootfs key specified";
     let p = plan(PlanInput {
         desired: &d,
