@@ -222,10 +222,11 @@ fn is_symlink(dir: BorrowedFd<'_>, name: &OsStr) -> bool {
         .is_ok_and(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK)
 }
 
-/// The plain names of `dir` below `root`, or `None` when `dir` is not `root` or beneath it
-/// with only plain components.
+/// The names of `dir` below `root`, or `None` when `dir` is not absolute, not `root` or
+/// beneath it, or has a `..` component. (`Path` drops `.` and empty components, which resolve
+/// to the same place; [`open_parent`] is stricter for host files.)
 fn relative<'a>(root: &Path, dir: &'a Path) -> Option<Vec<&'a OsStr>> {
-    if !crate::config::plain_absolute(dir) && dir != Path::new("/") {
+    if !dir.is_absolute() {
         return None;
     }
     let rel = dir.strip_prefix(root).ok()?;
@@ -465,8 +466,8 @@ mod tests {
         for dir in [
             d.path().join("etc"),
             root.join("../etc"),
-            root.join("./a"),
-            PathBuf::from(format!("{}//a", root.display())),
+            root.join("a/../../etc"),
+            PathBuf::from("srv/a"),
         ] {
             let e = refused(open_dir(&root, &dir, Create::Synced, &dir));
             assert!(
@@ -476,6 +477,27 @@ mod tests {
             );
         }
         assert!(!d.path().join("etc").exists());
+        assert!(!root.join("a").exists());
+        // `.`, doubled and trailing slashes name the same place (a mountpoint `Where=/srv/a/`)
+        for dir in [
+            root.join("./a"),
+            PathBuf::from(format!("{}//a/", root.display())),
+        ] {
+            let got = open_dir(&root, &dir, Create::Synced, &dir).unwrap();
+            assert_eq!(got.path(), root.join("a"));
+        }
+        // a host file's path must be plain
+        for path in [
+            root.join("./a/f"),
+            PathBuf::from(format!("{}//a/f", root.display())),
+        ] {
+            let e = open_parent(&root, &path, Create::No).expect_err("not plain");
+            assert!(
+                matches!(e, Refused::Outside { .. }),
+                "{}: {e}",
+                path.display()
+            );
+        }
     }
 
     #[test]
