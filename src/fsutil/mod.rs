@@ -499,7 +499,7 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
             f.write_all(it.data)
                 .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
             if let Some(m) = it.meta {
-                fchown_by_name(&f, &shown, &m.owner, &m.group)?;
+                fchown_by_name(&f, it.path, &m.owner, &m.group)?;
             }
             // after the chown, which clears set-id bits
             f.set_permissions(fs::Permissions::from_mode(
