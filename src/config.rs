@@ -86,16 +86,52 @@ impl Paths {
         }
     }
 
-    /// Whether an absolute host path lies under one of the allowed host-file roots.
+    /// Whether an absolute host path lies under one of the allowed host-file roots and names
+    /// each directory plainly (no `.`, `..` or empty component).
+    ///
+    /// Why the component rule: `Path::starts_with` compares components lexically, so
+    /// `/etc/../root/x` "starts with" `/etc`; the tree reader already refuses such names, and
+    /// this refuses them again where the roots are judged.
     pub fn host_file_allowed(&self, target: &Path) -> bool {
+        plain_absolute(target)
+            && self
+                .host_file_roots
+                .iter()
+                .any(|root| target.starts_with(root) && target != root)
+    }
+
+    /// The allowed root a host file is written beneath: the longest root that holds `target`,
+    /// else `/` (a file recorded under a root that is no longer configured).
+    ///
+    /// Why: writes, removals and mode changes resolve the path beneath this root without
+    /// following symlinks (`fsutil::beneath`); the root itself is the operator's choice and
+    /// may be a symlink.
+    pub fn host_file_root(&self, target: &Path) -> &Path {
         self.host_file_roots
             .iter()
-            .any(|root| target.starts_with(root) && target != root)
+            .filter(|root| target.starts_with(root) && target != *root)
+            .max_by_key(|root| root.as_os_str().len())
+            .map_or(Path::new("/"), PathBuf::as_path)
     }
 
     /// The persisted target written by `core-ops init`.
     pub fn target_file(&self) -> PathBuf {
         self.state_dir.join("target.json")
+    }
+}
+
+/// Whether `path` is absolute and every component after the leading `/` is a plain name:
+/// not empty (`a//b`, a trailing `/`), not `.`, not `..`.
+///
+/// Why on the bytes: `Path::components` silently drops `.` and empty components, which is
+/// exactly what must be seen here.
+pub fn plain_absolute(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    match path.as_os_str().as_bytes().strip_prefix(b"/") {
+        Some(rest) => rest
+            .split(|b| *b == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b".."),
+        None => false,
     }
 }
 
@@ -145,6 +181,38 @@ mod tests {
         assert!(!p.host_file_allowed(Path::new("/etc")));
         assert!(!p.host_file_allowed(Path::new("/usr/bin/x")));
         assert_eq!(p.state_file, PathBuf::from("/var/lib/core-ops/status.json"));
+    }
+
+    #[test]
+    fn host_file_targets_with_dot_dot_or_empty_components_are_refused() {
+        let p = Paths::new(None, None, None, None, Some("/etc:/srv"));
+        for bad in [
+            "/etc/../root/.ssh/authorized_keys",
+            "/etc/web/../../root/x",
+            "/etc/./web/app.env",
+            "/etc//web/app.env",
+            "/etc/web/",
+            "/srv/..",
+            "etc/web/app.env",
+        ] {
+            assert!(!p.host_file_allowed(Path::new(bad)), "{bad}");
+        }
+        assert!(p.host_file_allowed(Path::new("/etc/web/..env")));
+    }
+
+    #[test]
+    fn host_file_root_is_the_longest_root_holding_the_target() {
+        let p = Paths::new(None, None, None, None, Some("/srv:/srv/app:/etc"));
+        assert_eq!(
+            p.host_file_root(Path::new("/srv/app/x")),
+            Path::new("/srv/app")
+        );
+        assert_eq!(
+            p.host_file_root(Path::new("/srv/appx/y")),
+            Path::new("/srv")
+        );
+        assert_eq!(p.host_file_root(Path::new("/etc/a")), Path::new("/etc"));
+        assert_eq!(p.host_file_root(Path::new("/usr/a")), Path::new("/"));
     }
 
     #[test]

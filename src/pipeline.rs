@@ -171,7 +171,7 @@ pub fn plan_desired(
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
-    let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects));
+    let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects), paths);
     let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);

@@ -496,6 +496,7 @@ impl Source {
         out: &mut BTreeMap<String, RepoEntry>,
     ) -> Result<()> {
         for entry in tree.iter() {
+            check_entry_name(prefix, entry.name_bytes())?;
             let path = match entry.name() {
                 Ok(n) => format!("{prefix}{n}"),
                 Err(_) => {
@@ -552,6 +553,31 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// Refuse a tree entry name no checkout could produce: empty, `.`, `..`, `.git` (any case),
+/// or containing `/` or NUL.
+///
+/// Why: `git add` refuses these, but plumbing (`git mktree`, `hash-object --literally`) writes
+/// them, and a name like `..` turns `services/x/files/etc/../../root/x` into a host path
+/// outside every root. Checked where the tree is read, so nothing later ever sees such a path.
+fn check_entry_name(prefix: &str, name: &[u8]) -> Result<()> {
+    let bad = name.is_empty()
+        || name == b"."
+        || name == b".."
+        || name.eq_ignore_ascii_case(b".git")
+        || name.contains(&b'/')
+        || name.contains(&0);
+    if !bad {
+        return Ok(());
+    }
+    let shown = format!("{prefix}{}", String::from_utf8_lossy(name).escape_debug());
+    Err(InputError::new(
+        Location::file(shown),
+        "tree entry name is empty, '.', '..', '.git' or contains '/' or NUL: git plumbing can \
+         write it, a checkout never would, and core-ops refuses it",
+    )
+    .into())
 }
 
 /// Mirror directory name: first 16 hex digits of the sha256 of the redacted URL.
@@ -998,6 +1024,60 @@ mod tests {
                 .contains("vendor/lib: submodules are not supported"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn crafted_tree_entries_are_input_errors_naming_the_path() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("repo");
+        let mut b = RepoBuilder::init(&path).unwrap();
+        let base: &[(&str, &[u8])] = &[("hosts/h/host.yaml", b"services: [x]\n")];
+        let files = |name: &'static [u8]| -> Vec<&'static [u8]> {
+            vec![b"services", b"x", b"files", b"etc", name, b"f"]
+        };
+        let cases: Vec<(Vec<&[u8]>, &str)> = vec![
+            (
+                vec![
+                    b"services",
+                    b"x",
+                    b"files",
+                    b"etc",
+                    b"..",
+                    b"..",
+                    b"root",
+                    b".ssh",
+                    b"authorized_keys",
+                ],
+                "services/x/files/etc/..",
+            ),
+            (files(b"."), "services/x/files/etc/."),
+            (files(b".git"), "services/x/files/etc/.git"),
+            (files(b".GIT"), "services/x/files/etc/.GIT"),
+            (files(b"a/b"), "services/x/files/etc/a/b"),
+            (vec![b".Git", b"config"], ".Git"),
+        ];
+        for (raw, named) in cases {
+            let c = b
+                .commit_crafted(base, &raw, b"ssh-ed25519 AAAA\n", "crafted")
+                .unwrap();
+            let s = Source::open(path.to_str().unwrap(), t.path()).unwrap();
+            let e = s.snapshot(&s.resolve(&c).unwrap()).unwrap_err();
+            assert!(matches!(e, Error::Input(_)), "{named}: {e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("{named}: tree entry name is empty, '.', '..'")),
+                "{named}: {e}"
+            );
+        }
+        // a name libgit2 cannot even parse (empty) fails the snapshot too
+        let c = b
+            .commit_crafted(base, &[b"services", b"", b"f"], b"x", "crafted")
+            .unwrap();
+        let s = Source::open(path.to_str().unwrap(), t.path()).unwrap();
+        assert!(s.snapshot(&s.resolve(&c).unwrap()).is_err());
+        // and a plain tree still reads
+        let c = b.commit_files(base, "plain").unwrap();
+        assert!(s.snapshot(&s.resolve(&c).unwrap()).is_ok());
     }
 
     #[test]

@@ -182,8 +182,36 @@ impl RepoBuilder {
         .map_err(|e| git("signature", e))
     }
 
+    /// Commit `files` plus one file `data` at `raw_path` (path components as raw bytes, written
+    /// without any name check: `..`, `.git`, `a/b`, an empty name) as the whole new tree of
+    /// `main`. Returns the 40-hex commit id.
+    ///
+    /// Why: `git add` and libgit2's tree builder refuse such names, but git plumbing
+    /// (`git mktree`, `hash-object --literally`) writes them; the source must refuse a tree an
+    /// attacker crafted that way, and its tests need one.
+    pub fn commit_crafted(
+        &mut self,
+        files: &[(&str, &[u8])],
+        raw_path: &[&[u8]],
+        data: &[u8],
+        message: &str,
+    ) -> Result<String> {
+        let mut root = BTreeMap::new();
+        for (path, content) in files {
+            let parts: Vec<&[u8]> = path.split('/').map(str::as_bytes).collect();
+            raw_insert(&mut root, &parts, content);
+        }
+        raw_insert(&mut root, raw_path, data);
+        let tree_id = write_raw_dir(&self.repo, &root)?;
+        self.commit_tree(tree_id, message)
+    }
+
     fn commit_node(&mut self, root: Node, message: &str) -> Result<String> {
         let tree_id = write_node(&self.repo, &root)?;
+        self.commit_tree(tree_id, message)
+    }
+
+    fn commit_tree(&mut self, tree_id: Oid, message: &str) -> Result<String> {
         let tree = self
             .repo
             .find_tree(tree_id)
@@ -230,6 +258,59 @@ fn write_node(repo: &Repository, node: &Node) -> Result<Oid> {
             tb.write().map_err(|e| git("write tree", e))
         }
     }
+}
+
+/// A tree with names as raw bytes.
+enum Raw {
+    File(Vec<u8>),
+    Dir(BTreeMap<Vec<u8>, Raw>),
+}
+
+fn raw_insert(dir: &mut BTreeMap<Vec<u8>, Raw>, parts: &[&[u8]], data: &[u8]) {
+    let Some((first, rest)) = parts.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        dir.insert(first.to_vec(), Raw::File(data.to_vec()));
+        return;
+    }
+    let entry = dir
+        .entry(first.to_vec())
+        .or_insert_with(|| Raw::Dir(BTreeMap::new()));
+    if let Raw::File(_) = entry {
+        *entry = Raw::Dir(BTreeMap::new());
+    }
+    if let Raw::Dir(sub) = entry {
+        raw_insert(sub, rest, data);
+    }
+}
+
+/// Write a tree object byte for byte (`<mode> <name>\0<id>` per entry, in git's order), so no
+/// name check of libgit2 applies.
+fn write_raw_dir(repo: &Repository, dir: &BTreeMap<Vec<u8>, Raw>) -> Result<Oid> {
+    // (sort key, serialized entry); git sorts a tree's names as if directories ended in '/'
+    let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (name, node) in dir {
+        let (mode, id, key): (&[u8], Oid, Vec<u8>) = match node {
+            Raw::Dir(sub) => (
+                b"40000",
+                write_raw_dir(repo, sub)?,
+                [name, &b"/"[..]].concat(),
+            ),
+            Raw::File(data) => (
+                b"100644",
+                repo.blob(data).map_err(|e| git("write blob", e))?,
+                name.clone(),
+            ),
+        };
+        let entry = [mode, b" ", name, b"\0", id.as_bytes()].concat();
+        entries.push((key, entry));
+    }
+    entries.sort();
+    let buf: Vec<u8> = entries.into_iter().flat_map(|(_, e)| e).collect();
+    let odb = repo.odb().map_err(|e| git("open object database", e))?;
+    odb.write(git2::ObjectType::Tree, &buf)
+        .map_err(|e| git("write raw tree", e))
 }
 
 fn insert_path(

@@ -491,7 +491,7 @@ pub fn apply(
                 continue;
             }
             if m.create_mountpoint {
-                if let Err(e) = fsutil::create_dir_all_synced(&p) {
+                if let Err(e) = fsutil::beneath::create_dir_all(std::path::Path::new("/"), &p) {
                     diagnostics.push(diag(
                         &a.id,
                         a.unit.as_deref(),
@@ -542,6 +542,7 @@ pub fn apply(
                     path: &r.path,
                     data: &r.content,
                     meta: Some(&r.meta),
+                    beneath: (r.kind == Kind::File).then(|| paths.host_file_root(&r.path)),
                 })
                 .collect();
             fsutil::write_batch(&items, failpoint_pause_after_writes)?;
@@ -552,7 +553,8 @@ pub fn apply(
                 }
                 let path = PathBuf::from(a.path.as_deref().unwrap_or_default());
                 // one object that cannot be removed fails that object, not the run
-                if let Err(e) = fsutil::remove_synced(&path) {
+                let beneath = (a.kind == Kind::File).then(|| paths.host_file_root(&path));
+                if let Err(e) = fsutil::remove_synced_beneath(beneath, &path) {
                     diagnostics.push(diag(
                         &a.id,
                         a.unit.as_deref(),

@@ -3,24 +3,48 @@
 //!
 //! Why one module: "nothing half-written" is only true if every writer does all five steps;
 //! a crash at any point leaves either the old file or the new one, never a mix.
+//!
+//! Temp files are created exclusively (`O_CREAT | O_EXCL | O_NOFOLLOW`) under an unpredictable
+//! name, and owner and mode are set on the open descriptor: whoever else can write the
+//! directory cannot make core-ops write, chown or chmod anything but the file it created.
+//! Host files are reached beneath their root without following symlinks ([`beneath`]).
+
+pub mod beneath;
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
 use crate::error::{Error, Result};
 use crate::normalize::FileMeta;
+use beneath::{Create, DirFd};
 
-/// Prefix of temp files, so a crash leftover is recognisable and cleaned up.
+/// Prefix of temp files, so a crash leftover is recognisable and cleaned up. The full name is
+/// `<prefix><label>-<16 random hex digits>-<pid of the writer>`.
 pub const TEMP_PREFIX: &str = ".core-ops-tmp-";
 
 /// Write `data` to `path` atomically with mode and owner; creates parent dirs (0755).
 /// One file through [`write_batch`]: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, data: &[u8], meta: Option<&FileMeta>) -> Result<()> {
-    write_batch(&[BatchItem { path, data, meta }], |_| {})
+    write_batch(
+        &[BatchItem {
+            path,
+            data,
+            meta,
+            beneath: None,
+        }],
+        |_| {},
+    )
 }
 
 /// Pretty JSON, newline-terminated: the one byte form of every JSON document core-ops writes
@@ -39,22 +63,68 @@ pub fn write_json<T: serde::Serialize + ?Sized>(path: &Path, v: &T) -> Result<()
     write_atomic(path, &json_bytes(v), None)
 }
 
-/// The directory of `path` and the temp name beside it that this process writes first
-/// (`.core-ops-tmp-<name>-<pid>`: recognisable, and tied to its writer for
-/// [`clean_temp_files`]).
-fn temp_beside(path: &Path) -> Result<(&Path, PathBuf)> {
+/// The directory and file name of `path`.
+fn split(path: &Path) -> Result<(&Path, &OsStr)> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Config(format!("{} has no parent directory", path.display())))?;
     let name = path
         .file_name()
         .ok_or_else(|| Error::Config(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        name.to_string_lossy(),
+    Ok((dir, name))
+}
+
+/// A fresh temp name for `label` (`.core-ops-tmp-<label>-<random>-<pid>`): recognisable by
+/// its prefix, tied to its writer's pid for [`clean_temp_files`], and unpredictable, so no one
+/// can plant it in advance.
+fn temp_name(label: &OsStr) -> Result<OsString> {
+    let random = getrandom::u64().map_err(|e| {
+        Error::io(
+            "getrandom for a temp name".to_string(),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    // keep the name well under NAME_MAX whatever the label
+    let label: String = label.to_string_lossy().chars().take(64).collect();
+    Ok(OsString::from(format!(
+        "{TEMP_PREFIX}{label}-{random:016x}-{}",
         std::process::id()
-    ));
-    Ok((dir, tmp))
+    )))
+}
+
+/// Create a new temp file (mode 0600) for `label` in `dir`: `O_CREAT | O_EXCL | O_NOFOLLOW`,
+/// so an existing name (a planted symlink or file) is never opened, only skipped.
+fn create_temp(dir: &DirFd, label: &OsStr) -> Result<(OsString, File)> {
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut last = Errno::EEXIST;
+    for _ in 0..8 {
+        let name = temp_name(label)?;
+        match openat(
+            dir,
+            name.as_os_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => return Ok((name, File::from(fd))),
+            Err(Errno::EEXIST) => last = Errno::EEXIST,
+            Err(e) => {
+                return Err(Error::io(
+                    format!("create {}", dir.path().join(&name).display()),
+                    e.into(),
+                ));
+            }
+        }
+    }
+    Err(Error::io(
+        format!("create a temp file in {}", dir.path().display()),
+        last.into(),
+    ))
+}
+
+/// Remove a temp file this process created (best effort: used on error paths and drop).
+fn unlink_temp(dir: &DirFd, name: &OsStr) {
+    let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
 }
 
 /// A file written in place of a temp name and renamed to its final path only when
@@ -66,24 +136,25 @@ fn temp_beside(path: &Path) -> Result<(&Path, PathBuf)> {
 #[derive(Debug)]
 pub struct AtomicFile {
     file: File,
+    dir: DirFd,
+    name: OsString,
     tmp: PathBuf,
     committed: bool,
 }
 
 impl AtomicFile {
-    /// Create a temp file (mode 0644) in `dir`, creating the directory if needed.
+    /// Create a temp file (mode 0644) in `dir`, creating the directory if needed; created
+    /// exclusively under an unpredictable name (see [`TEMP_PREFIX`]).
     pub fn create(dir: &Path, label: &str) -> Result<AtomicFile> {
-        create_dir_all_synced(dir)?;
-        let tmp = dir.join(format!("{TEMP_PREFIX}{label}-{}", std::process::id()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
+        let dir = DirFd::open_owned(dir, true)?;
+        let (name, file) = create_temp(&dir, OsStr::new(label))?;
+        let tmp = dir.path().join(&name);
+        file.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
         Ok(AtomicFile {
             file,
+            dir,
+            name,
             tmp,
             committed: false,
         })
@@ -116,8 +187,19 @@ impl AtomicFile {
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
+            unlink_temp(&self.dir, &self.name);
         }
+    }
+}
+
+/// [`remove_synced`], or with `beneath: Some(root)` [`beneath::remove_file`] (the path is
+/// resolved beneath the root without following symlinks: host files).
+///
+/// Why one entry point: callers hold an optional root per object and need not branch.
+pub fn remove_synced_beneath(beneath: Option<&Path>, path: &Path) -> Result<()> {
+    match beneath {
+        Some(root) => beneath::remove_file(root, path),
+        None => remove_synced(path),
     }
 }
 
@@ -156,9 +238,10 @@ pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
 /// Point the symlink `link` at `target` atomically: a new symlink beside it, renamed over
 /// it, directory fsynced. Readers see the old target or the new one, never no link.
 pub fn symlink_atomic(target: &Path, link: &Path) -> Result<()> {
-    let (dir, tmp) = temp_beside(link)?;
+    let (dir, name) = split(link)?;
+    let tmp = dir.join(temp_name(name)?);
     create_dir_all_synced(dir)?;
-    let _ = fs::remove_file(&tmp);
+    // symlink(2) never replaces an existing name: creation is exclusive by itself
     std::os::unix::fs::symlink(target, &tmp)
         .map_err(|e| Error::io(format!("symlink {}", tmp.display()), e))?;
     if let Err(e) = fs::rename(&tmp, link) {
@@ -218,24 +301,46 @@ pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Remove temp files a killed run left in a directory: only ours (by prefix) and only those
-/// whose writer (the pid at the end of the name) is gone, so a concurrent writer sharing the
-/// directory is never disturbed.
+/// Remove temp files a killed run left in a directory: only ours (by prefix), only regular
+/// files (never a symlink, directory or device someone else put there under our prefix), and
+/// only those whose writer (the pid at the end of the name) is gone, so a concurrent writer
+/// sharing the directory is never disturbed. A directory that is itself a symlink is skipped.
 pub fn clean_temp_files(dir: &Path) -> Result<usize> {
-    let Ok(rd) = fs::read_dir(dir) else {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(mut d) = nix::dir::Dir::open(dir, flags, Mode::empty()) else {
         return Ok(0);
     };
+    let names: Vec<OsString> = d
+        .iter()
+        .flatten()
+        .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+        .filter(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+        .collect();
     let mut n = 0;
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let writer_alive = name
+    for name in names {
+        let text = name.to_string_lossy();
+        let writer_alive = text
             .rsplit_once('-')
             .and_then(|(_, pid)| pid.parse::<u32>().ok())
             .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if name.starts_with(TEMP_PREFIX) && !writer_alive {
-            fs::remove_file(e.path())
-                .map_err(|err| Error::io(format!("remove {}", e.path().display()), err))?;
-            n += 1;
+        if writer_alive {
+            continue;
+        }
+        let regular = fstatat(&d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+        });
+        if !regular {
+            continue;
+        }
+        match unlinkat(&d, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => n += 1,
+            Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("remove {}", dir.join(&name).display()),
+                    e.into(),
+                ));
+            }
         }
     }
     Ok(n)
@@ -287,7 +392,10 @@ pub fn owner_names(meta: &fs::Metadata) -> (String, String) {
     (user, group)
 }
 
-fn chown_by_name(path: &Path, owner: &str, group: &str) -> Result<()> {
+/// Give the open file `f` (written to `path`) this owner and group, by name or number.
+///
+/// Why on the descriptor: a chown by path follows whatever the path names at that moment.
+fn fchown_by_name(f: &File, path: &Path, owner: &str, group: &str) -> Result<()> {
     let (uid, gid) = {
         let mut n = names();
         let uid = *n.uids.entry(owner.to_string()).or_insert_with(|| {
@@ -312,17 +420,14 @@ fn chown_by_name(path: &Path, owner: &str, group: &str) -> Result<()> {
         uid.ok_or_else(|| Error::Config(format!("unknown user '{owner}' for {}", path.display())))?;
     let gid = gid
         .ok_or_else(|| Error::Config(format!("unknown group '{group}' for {}", path.display())))?;
-    let current =
-        fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+    let current = f
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
     if current.uid() == uid && current.gid() == gid {
         return Ok(());
     }
-    nix::unistd::chown(
-        path,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(|e| Error::io(format!("chown {}", path.display()), e.into()))
+    std::os::unix::fs::fchown(f, Some(uid), Some(gid))
+        .map_err(|e| Error::io(format!("chown {}", path.display()), e))
 }
 
 /// One file of a batch write.
@@ -334,6 +439,10 @@ pub struct BatchItem<'a> {
     pub data: &'a [u8],
     /// Mode and owner (default 0644, current owner).
     pub meta: Option<&'a FileMeta>,
+    /// The root `path` is resolved beneath without following symlinks (host files: see
+    /// [`beneath`]); `None`: the directory is opened by its path (directories core-ops owns:
+    /// unit dir, Quadlet dir, state dir).
+    pub beneath: Option<&'a Path>,
 }
 
 /// Batches at least this large flush with one `syncfs` per file system instead of one
@@ -348,52 +457,70 @@ const SYNCFS_THRESHOLD: usize = 8;
 /// directory. `after_rename(n)` is called after the n-th rename. A crash leaves each target
 /// either old or new; leftover temp files carry the dead writer's pid and are removed by
 /// [`clean_temp_files`].
+///
+/// Every temp file is created exclusively and gets its owner and mode on the descriptor;
+/// every directory is opened once (beneath its root for host files) and all work in it is
+/// relative to that descriptor. Any refusal (a symlinked parent) or error happens before the
+/// first rename, so a failed batch changes no target.
 pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize)) -> Result<()> {
-    let mut temps: Vec<PathBuf> = Vec::with_capacity(items.len());
     let large = items.len() >= SYNCFS_THRESHOLD;
+    let mut dirs: Vec<DirFd> = Vec::new();
+    // (dir index, temp name) per item written so far
+    let mut temps: Vec<(usize, OsString)> = Vec::with_capacity(items.len());
+    let mut renamed = 0;
     let result = (|| -> Result<()> {
+        let mut by_dir: HashMap<(Option<&Path>, &Path), usize> = HashMap::new();
         let mut files: Vec<File> = Vec::with_capacity(items.len());
         for it in items {
-            let (dir, tmp) = temp_beside(it.path)?;
-            if large {
-                // made durable by the final syncfs
-                fs::create_dir_all(dir)
-                    .map_err(|e| Error::io(format!("mkdir {}", dir.display()), e))?;
-            } else {
-                create_dir_all_synced(dir)?;
-            }
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-            temps.push(tmp.clone());
+            let (dir, name) = split(it.path)?;
+            let di = match by_dir.get(&(it.beneath, dir)) {
+                Some(i) => *i,
+                None => {
+                    let d = match it.beneath {
+                        Some(root) => {
+                            // made durable by the final syncfs when large
+                            let create = if large {
+                                Create::Unsynced
+                            } else {
+                                Create::Synced
+                            };
+                            beneath::open_dir(root, dir, create, it.path)?
+                        }
+                        None => DirFd::open_owned(dir, !large)?,
+                    };
+                    dirs.push(d);
+                    by_dir.insert((it.beneath, dir), dirs.len() - 1);
+                    dirs.len() - 1
+                }
+            };
+            let (tmp, mut f) = create_temp(&dirs[di], name)?;
+            temps.push((di, tmp));
+            let shown = dirs[di].path().join(&temps[temps.len() - 1].1);
             f.write_all(it.data)
-                .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
+                .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
             if let Some(m) = it.meta {
-                chown_by_name(&tmp, &m.owner, &m.group)?;
+                fchown_by_name(&f, it.path, &m.owner, &m.group)?;
             }
-            fs::set_permissions(
-                &tmp,
-                fs::Permissions::from_mode(it.meta.map(|m| m.mode).unwrap_or(0o644)),
-            )
-            .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
+            // after the chown, which clears set-id bits
+            f.set_permissions(fs::Permissions::from_mode(
+                it.meta.map(|m| m.mode).unwrap_or(0o644),
+            ))
+            .map_err(|e| Error::io(format!("chmod {}", shown.display()), e))?;
             files.push(f);
         }
         // one open file per file system, for syncfs
         let mut devices: HashMap<u64, File> = HashMap::new();
         if large {
-            for (f, tmp) in files.iter().zip(&temps) {
+            for (f, it) in files.iter().zip(items) {
                 let dev = f
                     .metadata()
-                    .map_err(|e| Error::io(format!("stat {}", tmp.display()), e))?
+                    .map_err(|e| Error::io(format!("stat temp of {}", it.path.display()), e))?
                     .dev();
                 if let std::collections::hash_map::Entry::Vacant(v) = devices.entry(dev) {
                     v.insert(
-                        f.try_clone()
-                            .map_err(|e| Error::io(format!("dup {}", tmp.display()), e))?,
+                        f.try_clone().map_err(|e| {
+                            Error::io(format!("dup temp of {}", it.path.display()), e)
+                        })?,
                     );
                 }
             }
@@ -401,24 +528,26 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
                 nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
             }
         } else {
-            for (f, tmp) in files.iter().zip(&temps) {
+            for (f, it) in files.iter().zip(items) {
                 f.sync_all()
-                    .map_err(|e| Error::io(format!("fsync {}", tmp.display()), e))?;
+                    .map_err(|e| Error::io(format!("fsync temp of {}", it.path.display()), e))?;
             }
         }
         drop(files);
-        let mut dirs: Vec<&Path> = Vec::new();
-        for (i, (it, tmp)) in items.iter().zip(&temps).enumerate() {
-            fs::rename(tmp, it.path).map_err(|e| {
+        for (i, (it, (di, tmp))) in items.iter().zip(&temps).enumerate() {
+            let d = &dirs[*di];
+            let name = it.path.file_name().expect("checked above");
+            renameat(d, tmp.as_os_str(), d, name).map_err(|e| {
                 Error::io(
-                    format!("rename {} -> {}", tmp.display(), it.path.display()),
-                    e,
+                    format!(
+                        "rename {} -> {}",
+                        d.path().join(tmp).display(),
+                        it.path.display()
+                    ),
+                    e.into(),
                 )
             })?;
-            let dir = it.path.parent().expect("checked above");
-            if !dirs.contains(&dir) {
-                dirs.push(dir);
-            }
+            renamed = i + 1;
             after_rename(i + 1);
         }
         if large {
@@ -426,15 +555,15 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
                 nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
             }
         } else {
-            for d in dirs {
-                sync_dir(d)?;
+            for d in &dirs {
+                d.sync()?;
             }
         }
         Ok(())
     })();
     if result.is_err() {
-        for t in &temps {
-            let _ = fs::remove_file(t);
+        for (di, tmp) in temps.iter().skip(renamed) {
+            unlink_temp(&dirs[*di], tmp);
         }
     }
     result
@@ -461,6 +590,7 @@ mod tests {
                     path: p,
                     data: c,
                     meta: None,
+                    beneath: None,
                 })
                 .collect();
             let mut renamed = Vec::new();
@@ -527,15 +657,165 @@ mod tests {
     #[test]
     fn cleans_only_its_own_temp_files() {
         let d = tempfile::tempdir().unwrap();
-        // a dead writer's leftover (pid 0 is never a process) goes, a live writer's stays
+        // a dead writer's leftover (pid 0 is never a process) goes, old and new name forms,
+        // a live writer's stays
         fs::write(d.path().join(format!("{TEMP_PREFIX}x-0")), b"half").unwrap();
+        fs::write(
+            d.path().join(format!("{TEMP_PREFIX}x-0123456789abcdef-0")),
+            b"half",
+        )
+        .unwrap();
         let live = d
             .path()
             .join(format!("{TEMP_PREFIX}y-{}", std::process::id()));
         fs::write(&live, b"being written").unwrap();
         fs::write(d.path().join("keep"), b"mine").unwrap();
-        assert_eq!(clean_temp_files(d.path()).unwrap(), 1);
+        assert_eq!(clean_temp_files(d.path()).unwrap(), 2);
         assert!(d.path().join("keep").exists());
         assert!(live.exists());
+    }
+
+    #[test]
+    fn cleaning_never_follows_or_removes_what_it_could_not_have_made() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("secret"), b"keep").unwrap();
+        let dir = d.path().join("dir");
+        fs::create_dir(&dir).unwrap();
+        let link = dir.join(format!("{TEMP_PREFIX}a-0"));
+        std::os::unix::fs::symlink(victim.join("secret"), &link).unwrap();
+        let sub = dir.join(format!("{TEMP_PREFIX}b-0"));
+        fs::create_dir(&sub).unwrap();
+        assert_eq!(clean_temp_files(&dir).unwrap(), 0);
+        assert!(fs::symlink_metadata(&link).is_ok());
+        assert!(sub.is_dir());
+        assert_eq!(fs::read(victim.join("secret")).unwrap(), b"keep");
+        // a directory that is itself a symlink is not entered
+        fs::write(victim.join(format!("{TEMP_PREFIX}c-0")), b"x").unwrap();
+        let via = d.path().join("via");
+        std::os::unix::fs::symlink(&victim, &via).unwrap();
+        assert_eq!(clean_temp_files(&via).unwrap(), 0);
+        assert!(victim.join(format!("{TEMP_PREFIX}c-0")).exists());
+    }
+
+    /// Every name the old scheme (`<prefix><name>-<pid>`) would have used, planted as a
+    /// symlink to a file outside: the write must neither follow nor chmod it.
+    #[test]
+    fn planted_temp_names_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+        let dir = d.path().join("srv/app");
+        fs::create_dir_all(&dir).unwrap();
+        let pid = std::process::id();
+        for name in ["app.env", "unit.service"] {
+            let planted = dir.join(format!("{TEMP_PREFIX}{name}-{pid}"));
+            std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        }
+        let me = FileMeta {
+            mode: 0o640,
+            owner: nix::unistd::getuid().to_string(),
+            group: nix::unistd::getgid().to_string(),
+        };
+        let root = d.path().join("srv");
+        write_batch(
+            &[
+                BatchItem {
+                    path: &dir.join("app.env"),
+                    data: b"A=1\n",
+                    meta: Some(&me),
+                    beneath: Some(&root),
+                },
+                BatchItem {
+                    path: &dir.join("unit.service"),
+                    data: b"[Unit]\n",
+                    meta: Some(&me),
+                    beneath: None,
+                },
+            ],
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::metadata(&victim).unwrap().mode() & 0o7777, 0o600);
+        for (name, data) in [("app.env", &b"A=1\n"[..]), ("unit.service", b"[Unit]\n")] {
+            let p = dir.join(name);
+            let md = fs::symlink_metadata(&p).unwrap();
+            assert!(md.file_type().is_file(), "{name} is a regular file");
+            assert_eq!(md.mode() & 0o7777, 0o640);
+            assert_eq!(fs::read(&p).unwrap(), data);
+        }
+        // the same for a streamed file
+        let planted = dir.join(format!("{TEMP_PREFIX}blob-{pid}"));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let mut f = AtomicFile::create(&dir, "blob").unwrap();
+        f.file().write_all(b"streamed").unwrap();
+        f.commit(&dir.join("blob")).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(fs::read(dir.join("blob")).unwrap(), b"streamed");
+    }
+
+    #[test]
+    fn temp_names_are_unpredictable_and_recognisable() {
+        let a = temp_name(OsStr::new("app.env")).unwrap();
+        let b = temp_name(OsStr::new("app.env")).unwrap();
+        assert_ne!(a, b);
+        let a = a.to_string_lossy();
+        assert!(a.starts_with(&format!("{TEMP_PREFIX}app.env-")), "{a}");
+        assert!(a.ends_with(&format!("-{}", std::process::id())), "{a}");
+        let long = temp_name(OsStr::new(&"x".repeat(250))).unwrap();
+        assert!(long.len() < 120, "{}", long.len());
+    }
+
+    #[test]
+    fn a_batch_with_a_symlinked_parent_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("srv");
+        let victim = d.path().join("victim");
+        fs::create_dir_all(root.join("app")).unwrap();
+        fs::create_dir_all(&victim).unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("app/conf")).unwrap();
+        for n in [2usize, 10] {
+            let good: Vec<PathBuf> = (0..n - 1)
+                .map(|i| root.join(format!("ok{n}/f{i}")))
+                .collect();
+            let bad = root.join("app/conf/app.env");
+            let mut items: Vec<BatchItem<'_>> = good
+                .iter()
+                .map(|p| BatchItem {
+                    path: p,
+                    data: b"x",
+                    meta: None,
+                    beneath: Some(&root),
+                })
+                .collect();
+            items.push(BatchItem {
+                path: &bad,
+                data: b"evil",
+                meta: None,
+                beneath: Some(&root),
+            });
+            let e = write_batch(&items, |_| {}).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{}: component {} is a symlink; core-ops does not follow symlinks beneath {}",
+                    bad.display(),
+                    root.join("app/conf").display(),
+                    root.display()
+                )
+            );
+            assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
+            for p in &good {
+                assert!(!p.exists(), "{} written", p.display());
+            }
+            assert_eq!(
+                fs::read_dir(root.join(format!("ok{n}"))).unwrap().count(),
+                0,
+                "temp files left"
+            );
+        }
     }
 }

@@ -7,11 +7,16 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fstatat};
 use serde::Serialize;
 
+use crate::config::Paths;
+use crate::fsutil::beneath::{self, Create, Refused};
 use crate::fsutil::owner_names;
 use crate::normalize::{FileMeta, Kind, normalize};
 use crate::systemd::{Systemd, UnitStatus};
@@ -74,13 +79,74 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
             what: "unreadable file".into(),
         };
     };
-    let (owner, group) = owner_names(&md);
+    file_observation(kind, &content, &md)
+}
+
+/// Read one host file beneath its root without following a symlink anywhere below the root:
+/// a symlinked parent is reported as [`ObservedFile::Other`] (which blocks the plan), never
+/// read through.
+///
+/// Why: what the plan reads must be what apply would write; apply refuses to write through a
+/// symlinked parent, so the plan must neither judge the file behind it as the managed one.
+pub fn observe_file_beneath(kind: Kind, path: &Path, root: &Path) -> ObservedFile {
+    let (dir, name) = match beneath::open_parent(root, path, Create::No) {
+        Ok(x) => x,
+        Err(r @ Refused::Symlink { .. }) => {
+            return ObservedFile::Other {
+                what: format!("path whose parent is a symlink ({})", r.reason()),
+            };
+        }
+        Err(r @ Refused::Outside { .. }) => {
+            return ObservedFile::Other {
+                what: format!("path outside its root ({})", r.reason()),
+            };
+        }
+        Err(_) => return ObservedFile::Absent,
+    };
+    let Ok(st) = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        return ObservedFile::Absent;
+    };
+    let what = match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => None,
+        SFlag::S_IFDIR => Some("directory"),
+        SFlag::S_IFLNK => Some("symlink"),
+        _ => Some("special file"),
+    };
+    if let Some(what) = what {
+        return ObservedFile::Other { what: what.into() };
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let read = openat(&dir, name, flags, Mode::empty())
+        .map(fs::File::from)
+        .map_err(std::io::Error::from)
+        .and_then(|mut f| {
+            let md = f.metadata()?;
+            let mut content = Vec::new();
+            f.read_to_end(&mut content)?;
+            Ok((md, content))
+        });
+    let Ok((md, content)) = read else {
+        return ObservedFile::Other {
+            what: "unreadable file".into(),
+        };
+    };
+    if !md.file_type().is_file() {
+        // swapped between the stat and the open
+        return ObservedFile::Other {
+            what: "special file".into(),
+        };
+    }
+    file_observation(kind, &content, &md)
+}
+
+fn file_observation(kind: Kind, content: &[u8], md: &fs::Metadata) -> ObservedFile {
+    let (owner, group) = owner_names(md);
     let meta = FileMeta {
         mode: md.mode() & 0o7777,
         owner,
         group,
     };
-    let n = normalize(kind, &content, &meta);
+    let n = normalize(kind, content, &meta);
     ObservedFile::File {
         digest: n.digest,
         raw_digest: n.raw_digest,
@@ -88,13 +154,22 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
     }
 }
 
-/// Observe a set of managed paths (id -> (kind, path)).
+/// Observe a set of managed paths (id -> (kind, path)); host files beneath their root
+/// ([`Paths::host_file_root`], [`observe_file_beneath`]).
 pub fn observe_files(
     managed: &BTreeMap<String, (Kind, PathBuf)>,
+    paths: &Paths,
 ) -> BTreeMap<String, ObservedFile> {
     managed
         .iter()
-        .map(|(id, (kind, path))| (id.clone(), observe_file(*kind, path)))
+        .map(|(id, (kind, path))| {
+            let o = if *kind == Kind::File {
+                observe_file_beneath(*kind, path, paths.host_file_root(path))
+            } else {
+                observe_file(*kind, path)
+            };
+            (id.clone(), o)
+        })
         .collect()
 }
 
@@ -245,5 +320,50 @@ mod tests {
             ObservedFile::File { meta, .. } => assert_eq!(meta.mode, 0o640),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn host_files_are_observed_beneath_their_root() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("srv");
+        let victim = d.path().join("victim");
+        fs::create_dir_all(root.join("app")).unwrap();
+        fs::create_dir_all(&victim).unwrap();
+        fs::write(victim.join("app.env"), b"A=1\n").unwrap();
+        fs::write(root.join("app/app.env"), b"A=1\n").unwrap();
+        std::os::unix::fs::symlink(&victim, root.join("app/conf")).unwrap();
+        std::os::unix::fs::symlink(victim.join("app.env"), root.join("app/link")).unwrap();
+        let o = |rel: &str| observe_file_beneath(Kind::File, &root.join(rel), &root);
+        assert_eq!(
+            o("app/app.env"),
+            observe_file(Kind::File, &root.join("app/app.env"))
+        );
+        assert!(o("app/app.env").digest().is_some());
+        match o("app/conf/app.env") {
+            ObservedFile::Other { what } => assert_eq!(
+                what,
+                format!(
+                    "path whose parent is a symlink (component {} is a symlink; core-ops does \
+                     not follow symlinks beneath {})",
+                    root.join("app/conf").display(),
+                    root.display()
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            o("app/link"),
+            ObservedFile::Other {
+                what: "symlink".into()
+            }
+        );
+        assert_eq!(
+            o("app"),
+            ObservedFile::Other {
+                what: "directory".into()
+            }
+        );
+        assert_eq!(o("app/missing"), ObservedFile::Absent);
+        assert_eq!(o("nothing/here"), ObservedFile::Absent);
     }
 }

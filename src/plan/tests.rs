@@ -61,9 +61,9 @@ fn desired(s: &Scratch, f: &BTreeMap<String, RepoEntry>, c: char) -> DesiredStat
     render(f, &rev(c), "h", &s.paths).unwrap()
 }
 
-fn do_plan(_s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
+fn do_plan(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
     let owned = crate::record::ledger::Ledger::seeded(last).objects;
-    let observed = observe_files(&managed_paths(d, &owned));
+    let observed = observe_files(&managed_paths(d, &owned), &s.paths);
     plan(PlanInput {
         desired: d,
         repo: "repo",
@@ -188,6 +188,32 @@ fn hand_edit_is_drift_and_repaired() {
 }
 
 #[test]
+fn host_file_behind_a_symlinked_parent_is_blocked_not_read_through() {
+    let s = scratch();
+    let etc = &s.paths.host_file_roots[0];
+    let victim = s.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::create_dir_all(etc).unwrap();
+    // the victim holds exactly the desired content: read through the link it would look
+    // converged
+    std::fs::write(victim.join("app.env"), "A=1\n").unwrap();
+    std::os::unix::fs::symlink(&victim, etc.join("web")).unwrap();
+    let d = desired(&s, &files(&s, &[]), 'a');
+    let p = do_plan(&s, &d, None);
+    let a = action(&p, &format!("file:{}/web/app.env", etc.display()));
+    assert_eq!(a.action, Action::Blocked, "{a:#?}");
+    assert!(
+        a.reason.contains(&format!(
+            "component {}/web is a symlink; core-ops does not follow symlinks beneath {}",
+            etc.display(),
+            etc.display()
+        )),
+        "{}",
+        a.reason
+    );
+}
+
+#[test]
 fn mode_change_on_host_file_is_drift() {
     use std::os::unix::fs::PermissionsExt;
     let s = scratch();
@@ -298,7 +324,7 @@ fn a_quadlet_file_the_generator_rejects_blocks_even_when_unchanged() {
     let d = desired(&s, &f, 'a');
     let last = converge(&d);
     let owned = crate::record::ledger::Ledger::seeded(Some(&last)).objects;
-    let observed = observe_files(&managed_paths(&d, &owned));
+    let observed = observe_files(&managed_paths(&d, &owned), &s.paths);
     let msg = "converting \"app.container\": no Image or Rootfs key specified";
     let p = plan(PlanInput {
         desired: &d,
@@ -431,12 +457,13 @@ fn missing_mountpoint_with_create_mountpoint_false_blocks() {
 }
 
 fn plan_owned(
+    s: &Scratch,
     d: &DesiredState,
     last: Option<&LastApplied>,
     owned: &BTreeMap<String, AppliedResource>,
     adopt: &BTreeSet<PathBuf>,
 ) -> Plan {
-    let observed = observe_files(&managed_paths(d, owned));
+    let observed = observe_files(&managed_paths(d, owned), &s.paths);
     plan(PlanInput {
         desired: d,
         repo: "repo",
@@ -475,7 +502,7 @@ fn objects_of_a_failed_run_stay_owned_so_the_fix_updates_and_a_rollback_removes_
     // the fix commit c changes it: an update, not an unmanaged conflict
     let fixed = "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n";
     let d3 = desired(&s, &files(&s, &[("services/db/new.service", fixed)]), 'c');
-    let p = plan_owned(&d3, Some(&last), &ledger.objects, &BTreeSet::new());
+    let p = plan_owned(&s, &d3, Some(&last), &ledger.objects, &BTreeSet::new());
     let a = action(&p, "unit:new.service");
     assert_eq!(
         (a.action, a.cause),
@@ -484,7 +511,7 @@ fn objects_of_a_failed_run_stay_owned_so_the_fix_updates_and_a_rollback_removes_
     );
     assert!(!p.is_blocked());
     // a rollback to revision a removes it
-    let p = plan_owned(&d1, Some(&last), &ledger.objects, &BTreeSet::new());
+    let p = plan_owned(&s, &d1, Some(&last), &ledger.objects, &BTreeSet::new());
     let a = action(&p, "unit:new.service");
     assert_eq!(a.action, Action::Delete, "{a:?}");
     // without the ledger (ownership decided by convergence) it would be a conflict
@@ -502,7 +529,7 @@ fn pre_existing_files_are_adopted_only_when_asked() {
     let web = &d.resources["unit:web.service"];
     crate::fsutil::write_atomic(&web.path, b"[Service]\nExecStart=/bin/old\n", None).unwrap();
     let none = BTreeMap::new();
-    let p = plan_owned(&d, None, &none, &BTreeSet::new());
+    let p = plan_owned(&s, &d, None, &none, &BTreeSet::new());
     let a = action(&p, "unit:db.service");
     assert_eq!(a.action, Action::NoOp);
     assert!(a.reason.contains("will not remove it"), "{}", a.reason);
@@ -514,7 +541,7 @@ fn pre_existing_files_are_adopted_only_when_asked() {
     assert!(a.reason.contains("--adopt"), "{}", a.reason);
     // --adopt PATH takes both over
     let adopt = BTreeSet::from([db.path.clone(), web.path.clone()]);
-    let p = plan_owned(&d, None, &none, &adopt);
+    let p = plan_owned(&s, &d, None, &none, &adopt);
     for id in ["unit:db.service", "unit:web.service"] {
         let a = action(&p, id);
         assert_eq!(
@@ -536,7 +563,7 @@ fn pre_existing_files_are_adopted_only_when_asked() {
         ),
         'a',
     );
-    let p = plan_owned(&d, None, &none, &BTreeSet::new());
+    let p = plan_owned(&s, &d, None, &none, &BTreeSet::new());
     assert_eq!(action(&p, "unit:web.service").action, Action::Adopt);
 }
 
@@ -551,7 +578,7 @@ fn a_unit_systemd_rejects_is_blocked_and_validation_findings_are_kept() {
         .find(|id| id.starts_with("unit:"))
         .expect("a unit")
         .clone();
-    let observed = observe_files(&managed_paths(&d, &BTreeMap::new()));
+    let observed = observe_files(&managed_paths(&d, &BTreeMap::new()), &s.paths);
     let msg = "services/web/web.service:7: Unknown key 'ExecStrat' in section [Service], ignoring.";
     let warning = Finding {
         kind: "warning".into(),

@@ -816,6 +816,15 @@ fn render_service(
     started_services.sort();
     for (target, (repo_path, content)) in host_files {
         let tpath = PathBuf::from(&target);
+        if !crate::config::plain_absolute(&tpath) {
+            return Err(InputError::new(
+                Location::file(&repo_path),
+                format!(
+                    "host file target {target} has an empty, '.' or '..' component; \
+                     core-ops writes only plain paths beneath the allowed roots"
+                ),
+            ));
+        }
         if !paths.host_file_allowed(&tpath) {
             let roots: Vec<String> = paths
                 .host_file_roots

@@ -251,6 +251,23 @@ fn automount_backed_mount_is_not_started_directly() {
 }
 
 #[test]
+fn host_file_targets_with_dot_dot_never_pass_the_roots_check() {
+    // the source refuses such tree entries; render refuses them again (defence in depth)
+    for path in [
+        "services/web/files/etc/../../root/.ssh/authorized_keys",
+        "services/web/files/etc/./web/app.env",
+        "services/web/files/etc//web/app.env",
+    ] {
+        let e = err(&[("hosts/h/host.yaml", "services: [web]\n"), (path, "x")]);
+        assert!(
+            e.message.contains("has an empty, '.' or '..' component"),
+            "{path}: {e}"
+        );
+        assert_eq!(e.location.file, path);
+    }
+}
+
+#[test]
 fn host_files_stay_under_roots_and_inside_the_repo() {
     let e = err(&[
         ("hosts/h/host.yaml", "services: [web]\n"),
