@@ -88,6 +88,10 @@ pub enum Error {
     /// systemd could not be reached or refused a call.
     #[error("systemd: {0}")]
     Systemd(String),
+    /// The run changed the host and then could not record what it did (status, receipt,
+    /// ledger): the in-flight journal stays, so the next run re-applies and records it.
+    #[error("the host was changed, but the run could not be recorded: {0}")]
+    HostChanged(String),
     /// Reading or writing the host failed.
     #[error("{context}: {source}")]
     Io {

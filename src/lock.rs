@@ -2,8 +2,15 @@
 //!
 //! Why `flock`: the kernel drops it when the process dies (even by SIGKILL), so a crashed run
 //! never leaves a stale lock behind, and a second run can fail at once with a clear message.
+//!
+//! Why also an abstract Unix socket named after the state dir: a lock *file* can be deleted
+//! (with the whole state dir) under a running apply, and a second run would then lock a new
+//! file and run beside the first. An abstract socket name has no file; only the kernel holds
+//! it, and it goes away with the process, SIGKILL included.
 
 use std::fs::{File, OpenOptions};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -15,11 +22,38 @@ use crate::fsutil::create_dir_all_synced;
 #[derive(Debug)]
 pub struct StateLock {
     _lock: Flock<File>,
+    _name: UnixListener,
+}
+
+/// The abstract socket name that stands for a state dir (its path, hashed: names are
+/// limited to 107 bytes).
+fn lock_name(state_dir: &Path) -> String {
+    let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let digest = crate::normalize::sha256_hex(abs.as_os_str().as_encoded_bytes());
+    let hex = digest.trim_start_matches("sha256:");
+    format!("core-ops-state-lock-{}", &hex[..32])
+}
+
+fn locked(what: &Path) -> Error {
+    Error::Locked(format!(
+        "another core-ops run holds {}; this run exits without changing anything",
+        what.display()
+    ))
 }
 
 impl StateLock {
     /// Take `<state dir>/lock` without waiting; `Error::Locked` if another run holds it.
     pub fn acquire(state_dir: &Path) -> Result<StateLock> {
+        // the name first: it holds even when the state dir (and its lock file) is deleted
+        let addr = SocketAddr::from_abstract_name(lock_name(state_dir).as_bytes())
+            .map_err(|e| Error::io("abstract lock name", e))?;
+        let name = match UnixListener::bind_addr(&addr) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(locked(&state_dir.join("lock")));
+            }
+            Err(e) => return Err(Error::io("bind the abstract lock socket", e)),
+        };
         create_dir_all_synced(state_dir)?;
         let path = state_dir.join("lock");
         let file = OpenOptions::new()
@@ -29,11 +63,11 @@ impl StateLock {
             .open(&path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(StateLock { _lock: lock }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Locked(format!(
-                "another core-ops run holds {}; this run exits without changing anything",
-                path.display()
-            ))),
+            Ok(lock) => Ok(StateLock {
+                _lock: lock,
+                _name: name,
+            }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(locked(&path)),
             Err((_, e)) => Err(Error::io(format!("flock {}", path.display()), e.into())),
         }
     }
@@ -51,5 +85,19 @@ mod tests {
         assert!(matches!(err, Error::Locked(_)), "{err}");
         drop(first);
         StateLock::acquire(d.path()).unwrap();
+    }
+
+    #[test]
+    fn deleting_the_state_dir_under_a_holder_does_not_let_a_second_run_in() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let first = StateLock::acquire(&state).unwrap();
+        std::fs::remove_dir_all(&state).unwrap();
+        let err = StateLock::acquire(&state).unwrap_err();
+        assert!(matches!(err, Error::Locked(_)), "{err}");
+        drop(first);
+        StateLock::acquire(&state).unwrap();
+        // another state dir is another lock
+        let _other = StateLock::acquire(&d.path().join("other")).unwrap();
     }
 }

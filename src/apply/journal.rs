@@ -26,6 +26,10 @@ pub struct Inflight {
     pub started_at: String,
     /// Ids of objects the run was going to change.
     pub objects: Vec<String>,
+    /// `last_applied` when the run started: the run that completes an interrupted one
+    /// records the transition from here, so it is receipted once and from where it began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_revision: Option<String>,
 }
 
 /// Path of the journal.
@@ -50,9 +54,16 @@ pub fn load(state_dir: &Path) -> Result<Option<Inflight>> {
     }
 }
 
-/// Write the journal atomically.
+/// Write the journal atomically. A journal there that cannot be read is kept beside it
+/// (`inflight.json.unreadable-<pid>`, named in a warning), never silently overwritten.
 pub fn save(state_dir: &Path, j: &Inflight) -> Result<()> {
-    fsutil::write_json(&path(state_dir), j)
+    let p = path(state_dir);
+    if let Err(e) = load(state_dir) {
+        let aside = state_dir.join(format!("inflight.json.unreadable-{}", std::process::id()));
+        fsutil::rename_synced(&p, &aside)?;
+        tracing::warn!("{e}; kept as {}", aside.display());
+    }
+    fsutil::write_json(&p, j)
 }
 
 /// Remove the journal once the run has been recorded.

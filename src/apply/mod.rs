@@ -370,12 +370,18 @@ pub fn apply(
         fsutil::clean_temp_files(dir)?;
     }
 
-    let completes_interrupted = journal::load(&paths.state_dir).ok().flatten().map(|j| {
+    let interrupted = journal::load(&paths.state_dir).ok().flatten();
+    let completes_interrupted = interrupted.as_ref().map(|j| {
         format!(
             "completes the run of plan {} (revision {}) interrupted after {}",
             j.intent_checksum, j.desired_revision, j.started_at
         )
     });
+    // the transition an interrupted run began is recorded from where it began
+    let from_revision = match &interrupted {
+        Some(j) => j.from_revision.clone(),
+        None => last.map(|l| l.revision.clone()),
+    };
     if !changed.is_empty() {
         journal::save(
             &paths.state_dir,
@@ -385,6 +391,7 @@ pub fn apply(
                 desired_revision: plan.base.desired_revision.clone(),
                 started_at: started_at.clone(),
                 objects: changed.iter().map(|a| a.id.clone()).collect(),
+                from_revision: from_revision.clone(),
             },
         )?;
     }
@@ -777,7 +784,7 @@ pub fn apply(
         host: desired.host.clone(),
         desired_revision: desired.revision.commit.clone(),
         requested_ref: desired.revision.requested_ref.clone(),
-        from_revision: last.map(|l| l.revision.clone()),
+        from_revision,
         outcome,
         last_applied_advanced: outcome.is_converged()
             && opts.record_status
@@ -797,14 +804,24 @@ pub fn apply(
         completes_interrupted,
     };
     settle_ledger(&mut ledger, desired, outcome.is_converged());
-    ledger::save(&paths.state_dir, &ledger)?;
-    record(planned, paths, opts, &mut result)?;
-    Ok(result)
+    let recorded = ledger::save(&paths.state_dir, &ledger)
+        .and_then(|_| record(planned, paths, opts, &mut result));
+    match recorded {
+        Ok(()) => Ok(result),
+        // exit 3, not 1: the host changed; the journal stays for the next run to finish
+        Err(e) if result.changed_objects > 0 => Err(Error::HostChanged(format!(
+            "{e}; the in-flight journal is kept, so the next run re-applies and records this transition"
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
-/// Write the results document, the receipt (for a transition) and status.json, then drop
-/// the in-flight journal. A transition is a run that changed objects or moved `last_applied`
-/// to another revision (a new revision whose objects already match is still a transition).
+/// Write status.json, then the results document and the receipt (for a transition), then
+/// drop the in-flight journal. A transition is a run that changed objects or moved
+/// `last_applied` to another revision (a new revision whose objects already match is still
+/// a transition). The receipt comes last so a failure anywhere leaves no receipt and keeps
+/// the journal: the next run re-applies and receipts the transition once, from where the
+/// interrupted run began.
 fn record(
     planned: &Planned,
     paths: &Paths,
@@ -812,53 +829,6 @@ fn record(
     result: &mut ApplyResult,
 ) -> Result<()> {
     let desired = &planned.desired;
-    if result.changed_objects > 0 || result.last_applied_advanced {
-        let hex = result.intent_checksum.trim_start_matches("sha256:");
-        let stamp = result.finished_at.replace([':', '-'], "");
-        let path = paths
-            .state_dir
-            .join("results")
-            .join(format!("{stamp}-{}.json", &hex[..12.min(hex.len())]));
-        result.results_path = Some(path.display().to_string());
-        let bytes = fsutil::json_bytes(result);
-        let results_digest = sha256_hex(&bytes);
-        fsutil::write_atomic(&path, &bytes, None)?;
-        let transition = match (&opts.kind, result.outcome.is_converged()) {
-            (ApplyKind::Forward, true) => "applied",
-            (ApplyKind::Rollback, true) => "rollback",
-            (ApplyKind::AutoRollback { .. }, true) => "rolled_back",
-            (_, false) if result.outcome == Outcome::PartiallyApplied => "partial",
-            (_, false) => "failed",
-        };
-        let reason = match (&opts.kind, &result.completes_interrupted) {
-            (ApplyKind::AutoRollback { reason }, _) => Some(reason.clone()),
-            (_, Some(resumed)) => Some(resumed.clone()),
-            _ => None,
-        };
-        let (_, receipt) = receipts::append(
-            &paths.state_dir,
-            ReconcileReceipt {
-                schema_version: RECEIPT_SCHEMA_VERSION,
-                kind: "CoreOpsReconcileReceipt".into(),
-                id: String::new(),
-                sequence: 0,
-                transition: transition.into(),
-                host: desired.host.clone(),
-                from_revision: result.from_revision.clone(),
-                to_revision: result.desired_revision.clone(),
-                requested_ref: result.requested_ref.clone(),
-                outcome: result.outcome.as_str().into(),
-                intent_checksum: result.intent_checksum.clone(),
-                results_digest,
-                diagnostics: result.diagnostics.len(),
-                core_ops: Provenance::current(),
-                recorded_at: result.finished_at.clone(),
-                previous_receipt_digest: None,
-                reason,
-            },
-        )?;
-        result.receipt = Some(receipt.id);
-    }
     if opts.record_status {
         let mut snap = planned
             .status
@@ -906,6 +876,53 @@ fn record(
             }
         }
         status::save(&paths.state_file, &snap)?;
+    }
+    if result.changed_objects > 0 || result.last_applied_advanced {
+        let hex = result.intent_checksum.trim_start_matches("sha256:");
+        let stamp = result.finished_at.replace([':', '-'], "");
+        let path = paths
+            .state_dir
+            .join("results")
+            .join(format!("{stamp}-{}.json", &hex[..12.min(hex.len())]));
+        result.results_path = Some(path.display().to_string());
+        let bytes = fsutil::json_bytes(result);
+        let results_digest = sha256_hex(&bytes);
+        fsutil::write_atomic(&path, &bytes, None)?;
+        let transition = match (&opts.kind, result.outcome.is_converged()) {
+            (ApplyKind::Forward, true) => "applied",
+            (ApplyKind::Rollback, true) => "rollback",
+            (ApplyKind::AutoRollback { .. }, true) => "rolled_back",
+            (_, false) if result.outcome == Outcome::PartiallyApplied => "partial",
+            (_, false) => "failed",
+        };
+        let reason = match (&opts.kind, &result.completes_interrupted) {
+            (ApplyKind::AutoRollback { reason }, _) => Some(reason.clone()),
+            (_, Some(resumed)) => Some(resumed.clone()),
+            _ => None,
+        };
+        let (_, receipt) = receipts::append(
+            &paths.state_dir,
+            ReconcileReceipt {
+                schema_version: RECEIPT_SCHEMA_VERSION,
+                kind: "CoreOpsReconcileReceipt".into(),
+                id: String::new(),
+                sequence: 0,
+                transition: transition.into(),
+                host: desired.host.clone(),
+                from_revision: result.from_revision.clone(),
+                to_revision: result.desired_revision.clone(),
+                requested_ref: result.requested_ref.clone(),
+                outcome: result.outcome.as_str().into(),
+                intent_checksum: result.intent_checksum.clone(),
+                results_digest,
+                diagnostics: result.diagnostics.len(),
+                core_ops: Provenance::current(),
+                recorded_at: result.finished_at.clone(),
+                previous_receipt_digest: None,
+                reason,
+            },
+        )?;
+        result.receipt = Some(receipt.id);
     }
     journal::clear(&paths.state_dir)?;
     Ok(())

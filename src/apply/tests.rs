@@ -400,3 +400,48 @@ fn a_template_is_written_but_only_its_instances_are_enabled_and_started() {
         "{calls:?}"
     );
 }
+
+#[test]
+fn a_run_that_changed_the_host_but_could_not_record_exits_3_and_the_next_run_receipts_it_once() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let receipts_dir = s.paths.state_dir.join("receipts");
+    let kept = s.paths.state_dir.join("receipts-kept");
+    std::fs::rename(&receipts_dir, &kept).unwrap();
+    std::fs::write(&receipts_dir, b"in the way").unwrap();
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "2"), &sd).unwrap();
+    let err = apply(&planned, &sd, &s.paths, &opts()).unwrap_err();
+    assert!(matches!(err, Error::HostChanged(_)), "{err}");
+    assert_eq!(
+        crate::cli::exit_for(&err),
+        crate::cli::ExitStatus::NotConverged
+    );
+    let j = journal::load(&s.paths.state_dir)
+        .unwrap()
+        .expect("journal kept");
+    assert_eq!(j.from_revision.as_deref(), Some("1".repeat(40).as_str()));
+
+    std::fs::remove_file(&receipts_dir).unwrap();
+    std::fs::rename(&kept, &receipts_dir).unwrap();
+    let r = run(&s, &sd, "2");
+    assert!(r.outcome.is_converged(), "{r:#?}");
+    assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 2);
+    let receipt: receipts::ReconcileReceipt = serde_json::from_slice(
+        &std::fs::read(receipts_dir.join("00000002-reconcile.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        receipt.from_revision.as_deref(),
+        Some("1".repeat(40).as_str())
+    );
+    assert_eq!(receipt.to_revision, "2".repeat(40));
+    assert!(
+        receipt
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("completes the run of plan")),
+        "{receipt:?}"
+    );
+    assert!(!journal::path(&s.paths.state_dir).exists());
+}

@@ -51,6 +51,8 @@ pub enum ExitStatus {
 pub fn exit_for(err: &Error) -> ExitStatus {
     match err {
         Error::Locked(_) => ExitStatus::Locked,
+        // 1 means "nothing changed"; this run did change the host
+        Error::HostChanged(_) => ExitStatus::NotConverged,
         _ => ExitStatus::Error,
     }
 }
@@ -303,6 +305,7 @@ pub fn print_error_json(err: &Error, exit_code: u8) {
         Error::Locked(_) => "locked",
         Error::StalePlan(_) => "stale_plan",
         Error::Systemd(_) => "systemd",
+        Error::HostChanged(_) => "host_changed_unrecorded",
         Error::Io { .. } => "io",
     };
     let (file, line) = match err {

@@ -263,7 +263,35 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
 
 /// Write the snapshot atomically.
 pub fn save(path: &Path, snapshot: &StatusSnapshot) -> Result<()> {
+    set_aside_unreadable(path)?;
     fsutil::write_json(path, snapshot)
+}
+
+/// Before a snapshot is written over `path`: a file there that cannot be read as a snapshot
+/// (cut short, corrupt, from an unknown schema) is kept beside it as
+/// `<name>.unreadable-<unix time>` and named in a warning, never silently overwritten; it
+/// may be the only record of what was applied.
+pub fn set_aside_unreadable(path: &Path) -> Result<Option<PathBuf>> {
+    match load(path) {
+        Ok(_) | Err(Absent::Missing { .. }) => Ok(None),
+        Err(why) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let aside = path.with_file_name(format!("{name}.unreadable-{secs}"));
+            fsutil::rename_synced(path, &aside)?;
+            tracing::warn!(
+                "{why}; kept as {} and replaced by a new snapshot",
+                aside.display()
+            );
+            Ok(Some(aside))
+        }
+    }
 }
 
 impl StatusSnapshot {
@@ -366,6 +394,21 @@ mod tests {
         )
         .unwrap();
         assert!(load(&p).unwrap().runtimes.is_empty());
+        // an unreadable snapshot is kept aside, never overwritten
+        std::fs::write(&p, b"{ half").unwrap();
+        save(&p, &snap).unwrap();
+        let kept: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("status.json.unreadable-")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(std::fs::read(kept[0].path()).unwrap(), b"{ half");
+        assert_eq!(load(&p).unwrap(), snap);
         std::fs::write(&p, b"{\"schema_version\": 99}").unwrap();
         let e = load(&p).unwrap_err();
         assert_eq!(

@@ -325,6 +325,23 @@ pub fn render(
         }
     }
 
+    // two objects writing one host path (a host file aimed at a unit file, say) would
+    // overwrite each other on every run
+    let mut by_path: BTreeMap<&Path, &Resource> = BTreeMap::new();
+    for r in resources.values() {
+        if let Some(prev) = by_path.insert(r.path.as_path(), r) {
+            return Err(InputError::new(
+                Location::file(&r.layers[0].file),
+                format!(
+                    "{} and {} ({}) both write {}",
+                    r.id,
+                    prev.id,
+                    prev.layers[0].file,
+                    r.path.display()
+                ),
+            ));
+        }
+    }
     link_quadlet_restarts(&mut resources);
 
     // runtimes: manifests of this commit, in `depends:` order (DESIGN section 5)

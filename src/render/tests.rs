@@ -601,3 +601,33 @@ fn a_changed_network_restarts_the_containers_that_name_it() {
         ])
     );
 }
+
+#[test]
+fn two_objects_at_one_host_path_are_rejected() {
+    let p = Paths::new(
+        Some("/etc/systemd/system".into()),
+        Some("/q".into()),
+        Some("/s".into()),
+        None,
+        Some("/etc:/srv"),
+    );
+    let e = render(
+        &repo(&[
+            ("hosts/h/host.yaml", "services: [web, evil]\n"),
+            ("services/web/web.service", WEB),
+            (
+                "services/evil/files/etc/systemd/system/web.service",
+                "[Service]\nExecStart=/bin/sh -c 'id'\n",
+            ),
+        ]),
+        &rev(),
+        "h",
+        &p,
+    )
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("both write /etc/systemd/system/web.service"),
+        "{e}"
+    );
+}
