@@ -135,13 +135,48 @@ fn unit_problems(
     problems.into_iter().map(|p| (st.name.clone(), p)).collect()
 }
 
+/// How long a unit this run started may stay in a transition (finishing a run-to-completion
+/// container, say) before it is judged as it is.
+const TRANSITION_WAIT: Duration = Duration::from_secs(60);
+
+/// Units this run started that are still on their way (`deactivating` after running to
+/// completion, `activating`) are read again until they arrive, so they are judged by where
+/// they end, not by a moment in between. Bounded by [`TRANSITION_WAIT`].
+fn until_settled(
+    systemd: &dyn Systemd,
+    mut states: BTreeMap<String, UnitStatus>,
+    started_ok: &BTreeSet<String>,
+) -> Result<BTreeMap<String, UnitStatus>, crate::systemd::SystemdError> {
+    let deadline = std::time::Instant::now() + TRANSITION_WAIT;
+    loop {
+        let moving: Vec<String> = states
+            .values()
+            .filter(|s| started_ok.contains(&s.name))
+            // a restart loop (activating/auto-restart) is judged as it is, not waited for
+            .filter(|s| {
+                s.active_state == "deactivating"
+                    || (s.active_state == "activating" && s.sub_state != "auto-restart")
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        if moving.is_empty() || std::time::Instant::now() >= deadline {
+            return Ok(states);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for s in systemd.unit_statuses(&moving)? {
+            states.insert(s.name.clone(), s);
+        }
+    }
+}
+
 /// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
 /// flags units whose restart counter or invocation changed in between.
 ///
 /// `preread` is unit state already read (by the plan) when nothing was changed.
-/// `started_ok` are units whose start or restart job of this run ended `done`: such a unit
-/// found inactive with `Result=success` finished what it was asked (it ran and exited, or
-/// its conditions skipped it) even when systemd has since unloaded it and forgot how.
+/// `started_ok` are units whose start or restart job of this run ended `done`, and units
+/// known to run to completion (see `AppliedResource::runs_to_completion`): such a unit found
+/// inactive with `Result=success` finished what it was asked (it ran and exited, or its
+/// conditions skipped it) even when systemd has since unloaded it and forgot how.
 /// `reported_only` are objects whose drift policy is `report` and that the plan left alone:
 /// they are not judged (their drift is a finding, not a failure).
 pub fn verify(
@@ -241,6 +276,11 @@ pub fn verify(
             }
         }
         second.into_iter().map(|s| (s.name.clone(), s)).collect()
+    };
+    let states = if preread.is_some() {
+        states
+    } else {
+        until_settled(systemd, states, started_ok)?
     };
 
     for r in desired

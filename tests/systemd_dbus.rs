@@ -340,3 +340,47 @@ fn manager_version_is_reported() {
     let v = connect(bed).manager_version().expect("Version");
     assert!(v.starts_with(|c: char| c.is_ascii_digit()), "{v:?}");
 }
+
+/// A removed unit is stopped alone: what requires it (a target core-ops does not remove,
+/// like `multi-user.target` for a unit `RequiredBy=` it) keeps running. A plain stop takes
+/// the requiring unit down with it.
+#[test]
+fn stop_alone_leaves_what_requires_the_unit_running() {
+    let Some(bed) = bed() else { return };
+    let p = prefix("stopalone");
+    let dep = format!("{p}-dep.service");
+    let holder = format!("{p}-holder.target");
+    bed.write_unit(&dep, &oneshot("/bin/true"));
+    bed.write_unit(&holder, &format!("[Unit]\nRequires={dep}\nAfter={dep}\n"));
+    let sd = connect(bed);
+    sd.reload().unwrap();
+    let units = vec![holder.clone(), dep.clone()];
+    let active = |sd: &DbusSystemd| -> Vec<String> {
+        sd.unit_statuses(&units)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.active_state)
+            .collect()
+    };
+    assert_eq!(
+        outcomes(&sd, JobKind::Start, std::slice::from_ref(&holder)),
+        vec![JobOutcome::Done]
+    );
+    assert_eq!(active(&sd), vec!["active", "active"]);
+    assert_eq!(
+        outcomes(&sd, JobKind::StopAlone, std::slice::from_ref(&dep)),
+        vec![JobOutcome::Done]
+    );
+    assert_eq!(active(&sd), vec!["active", "inactive"]);
+    // the plain stop propagates to the unit that requires it
+    assert_eq!(
+        outcomes(&sd, JobKind::Start, std::slice::from_ref(&dep)),
+        vec![JobOutcome::Done]
+    );
+    assert_eq!(
+        outcomes(&sd, JobKind::Stop, std::slice::from_ref(&dep)),
+        vec![JobOutcome::Done]
+    );
+    assert_eq!(active(&sd), vec!["inactive", "inactive"]);
+    cleanup(bed, &sd, &units);
+}

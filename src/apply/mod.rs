@@ -204,6 +204,42 @@ fn observed_running(planned: &Planned, unit: &str) -> bool {
     }
 }
 
+/// Desired objects whose units this run started and that then ran to completion on their
+/// own (inactive, `Result=success`): a run-to-completion container or script, judged like a
+/// oneshot from now on.
+fn ran_to_completion(
+    desired: &DesiredState,
+    states: &std::collections::BTreeMap<String, crate::systemd::UnitStatus>,
+    jobs: &[JobResult],
+) -> BTreeSet<String> {
+    let started: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| matches!(j.kind, JobKind::Start | JobKind::Restart) && j.outcome.is_success())
+        .map(|j| j.unit.as_str())
+        .collect();
+    desired
+        .resources
+        .values()
+        .filter(|r| {
+            let units = r
+                .unit
+                .as_ref()
+                .map(|u| u.runtime_units())
+                .unwrap_or_default();
+            !units.is_empty()
+                && units.iter().all(|u| {
+                    started.contains(u.as_str())
+                        && states.get(u).is_some_and(|st| {
+                            st.active_state == "inactive"
+                                && st.result == "success"
+                                && !st.skipped_by_condition
+                        })
+                })
+        })
+        .map(|r| r.id.clone())
+        .collect()
+}
+
 /// Record in the ledger that core-ops is about to write these objects (and the directories
 /// the writes will create); an adopted object stays marked as adopted.
 fn claim(
@@ -237,7 +273,12 @@ fn claim(
 /// After the run: owned objects that are still desired get their current role (enabled,
 /// started, instances, order) while keeping the digest core-ops last wrote; owned objects
 /// that left the desired state and are gone from the host are forgotten.
-fn settle_ledger(ledger: &mut Ledger, desired: &DesiredState, converged: bool) {
+fn settle_ledger(
+    ledger: &mut Ledger,
+    desired: &DesiredState,
+    converged: bool,
+    completed: &BTreeSet<String>,
+) {
     let deps = crate::plan::desired_dependencies(desired);
     // runtimes are installed by their own transaction, not the write phase: owned once there
     for r in desired.resources.values() {
@@ -254,6 +295,8 @@ fn settle_ledger(ledger: &mut Ledger, desired: &DesiredState, converged: bool) {
             Some(r) => {
                 let old = &ledger.objects[&id];
                 let mut rec = status::applied_record(r, &deps);
+                rec.runs_to_completion =
+                    completed.contains(&id) || (old.runs_to_completion && old.digest == rec.digest);
                 rec.digest = old.digest.clone();
                 rec.adopted = old.adopted;
                 ledger.objects.insert(id, rec);
@@ -416,7 +459,15 @@ pub fn apply(
                         .any(|u| observed_running(planned, u))))
                 || (a.action == Action::Replace && matches!(a.kind, Kind::Mount | Kind::Automount))
         })
-        .flat_map(|a| a.runtime_units().into_iter().map(|u| (JobKind::Stop, u)))
+        .flat_map(|a| {
+            // a removed unit is stopped alone; a mount being replaced stops what needs it
+            let kind = if a.action == Action::Delete {
+                JobKind::StopAlone
+            } else {
+                JobKind::Stop
+            };
+            a.runtime_units().into_iter().map(move |u| (kind, u))
+        })
         .collect();
     if !stop_jobs.is_empty() {
         let results = phases.run("stop", || {
@@ -716,7 +767,10 @@ pub fn apply(
             unit: a.unit.clone(),
         })
         .collect();
-    let settle = if jobs_done.iter().any(|j| j.kind != JobKind::Stop) {
+    let settle = if jobs_done
+        .iter()
+        .any(|j| !matches!(j.kind, JobKind::Stop | JobKind::StopAlone))
+    {
         opts.settle
     } else {
         Duration::ZERO
@@ -732,11 +786,26 @@ pub fn apply(
             (crate::observe::UnitObservation::Known(m), true) => Some(m),
             _ => None,
         };
-        let started_ok: BTreeSet<String> = jobs_done
+        let mut started_ok: BTreeSet<String> = jobs_done
             .iter()
-            .filter(|j| j.kind != JobKind::Stop && j.outcome.is_success())
+            .filter(|j| {
+                !matches!(j.kind, JobKind::Stop | JobKind::StopAlone) && j.outcome.is_success()
+            })
             .map(|j| j.unit.clone())
             .collect();
+        // units already seen to run to completion count as finished when they are
+        started_ok.extend(
+            desired
+                .resources
+                .values()
+                .filter(|r| {
+                    owned
+                        .get(&r.id)
+                        .is_some_and(|o| o.runs_to_completion && o.digest == r.digest)
+                })
+                .filter_map(|r| r.unit.as_ref())
+                .flat_map(|u| u.runtime_units()),
+        );
         let r = verify::verify(
             desired,
             &removed,
@@ -748,6 +817,7 @@ pub fn apply(
         );
         (r, format!("settle {} ms", settle.as_millis()))
     })?;
+    let completed = ran_to_completion(desired, &verification.units, &jobs_done);
     diagnostics.extend(verification.diagnostics);
     diagnostics.sort_by(|a, b| (&a.id, &a.problem).cmp(&(&b.id, &b.problem)));
     diagnostics.dedup();
@@ -803,7 +873,7 @@ pub fn apply(
         deferred: runtime_deferred,
         completes_interrupted,
     };
-    settle_ledger(&mut ledger, desired, outcome.is_converged());
+    settle_ledger(&mut ledger, desired, outcome.is_converged(), &completed);
     let recorded = ledger::save(&paths.state_dir, &ledger)
         .and_then(|_| record(planned, paths, opts, &mut result));
     match recorded {

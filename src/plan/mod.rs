@@ -168,16 +168,24 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
 
 /// Whether a unit (or one of a template's instances) is healthy enough that the plan need
 /// not act, or what is wrong.
-fn unit_drift(r: &Resource, states: &BTreeMap<String, UnitStatus>) -> Option<(Action, String)> {
+fn unit_drift(
+    r: &Resource,
+    states: &BTreeMap<String, UnitStatus>,
+    runs_to_completion: bool,
+) -> Option<(Action, String)> {
     let u = r.unit.as_ref()?;
     u.runtime_units()
         .iter()
         .filter_map(|name| states.get(name))
-        .find_map(|st| runtime_unit_drift(u, st))
+        .find_map(|st| runtime_unit_drift(u, st, runs_to_completion))
 }
 
 /// Drift of one runtime unit against its role.
-fn runtime_unit_drift(u: &crate::render::UnitRole, st: &UnitStatus) -> Option<(Action, String)> {
+fn runtime_unit_drift(
+    u: &crate::render::UnitRole,
+    st: &UnitStatus,
+    runs_to_completion: bool,
+) -> Option<(Action, String)> {
     if st.load_state == "not-found" || st.load_state.is_empty() {
         if u.start || u.enable {
             return Some((
@@ -208,7 +216,7 @@ fn runtime_unit_drift(u: &crate::render::UnitRole, st: &UnitStatus) -> Option<(A
     }
     if u.start
         && matches!(st.active_state.as_str(), "inactive" | "deactivating")
-        && !st.finished_cleanly(u.exits_when_done())
+        && !st.finished_cleanly(u.exits_when_done() || runs_to_completion)
     {
         return Some((
             Action::Restart,
@@ -526,7 +534,11 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             if a.action != Action::NoOp {
                 continue;
             }
-            if let Some((action, why)) = unit_drift(r, states) {
+            let runs_to_completion = input
+                .owned
+                .get(&r.id)
+                .is_some_and(|o| o.runs_to_completion && o.digest == r.digest);
+            if let Some((action, why)) = unit_drift(r, states, runs_to_completion) {
                 findings.push(Finding {
                     kind: "drift".into(),
                     id: r.id.clone(),

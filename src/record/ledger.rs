@@ -193,6 +193,7 @@ mod tests {
             mount_where: None,
             instances: Vec::new(),
             adopted: false,
+            runs_to_completion: false,
         }
     }
 

@@ -129,6 +129,11 @@ pub struct AppliedResource {
     /// `--adopt`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+    /// Its units were seen to run to completion on their own after core-ops started them
+    /// (inactive, `Result=success`): like a oneshot, inactive is then its converged state,
+    /// not "stopped" drift. Learned per written content; a rewrite learns it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub runs_to_completion: bool,
 }
 
 /// How a run ended.
@@ -355,6 +360,7 @@ pub fn applied_record(
             .map(|u| u.instances.clone())
             .unwrap_or_default(),
         adopted: false,
+        runs_to_completion: false,
     }
 }
 

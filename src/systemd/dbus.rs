@@ -535,15 +535,16 @@ impl DbusSystemd {
             let manager = inner.manager.inner();
             let replies: Vec<_> = stream::iter(jobs.iter().enumerate())
                 .map(|(i, (kind, unit))| async move {
-                    let method = match kind {
-                        JobKind::Start => "StartUnit",
-                        JobKind::Stop => "StopUnit",
-                        JobKind::Restart => "RestartUnit",
+                    let (method, mode) = match kind {
+                        JobKind::Start => ("StartUnit", "replace"),
+                        JobKind::Stop => ("StopUnit", "replace"),
+                        JobKind::StopAlone => ("StopUnit", "ignore-requirements"),
+                        JobKind::Restart => ("RestartUnit", "replace"),
                     };
                     self.jobs.fetch_add(1, Ordering::Relaxed);
                     let reply = tokio::time::timeout(
                         CALL_TIMEOUT,
-                        manager.call::<_, _, OwnedObjectPath>(method, &(unit.as_str(), "replace")),
+                        manager.call::<_, _, OwnedObjectPath>(method, &(unit.as_str(), mode)),
                     )
                     .await;
                     (i, reply, Instant::now())

@@ -210,7 +210,7 @@ impl FakeSystemd {
         st.invocations += 1;
         let invocation = format!("{:032x}", st.invocations);
         let Some(u) = st.units.get_mut(name) else {
-            let what = if kind == JobKind::Stop {
+            let what = if matches!(kind, JobKind::Stop | JobKind::StopAlone) {
                 "not loaded"
             } else {
                 "not found"
@@ -219,14 +219,17 @@ impl FakeSystemd {
                 "org.freedesktop.systemd1.NoSuchUnit: Unit {name} {what}."
             ));
         };
-        if !u.file && kind != JobKind::Stop && u.active_state == "inactive" {
+        if !u.file
+            && !matches!(kind, JobKind::Stop | JobKind::StopAlone)
+            && u.active_state == "inactive"
+        {
             return JobOutcome::Refused(format!(
                 "org.freedesktop.systemd1.NoSuchUnit: Unit {name} not found."
             ));
         }
         let already_active = u.active_state == "active";
         match kind {
-            JobKind::Stop => {
+            JobKind::Stop | JobKind::StopAlone => {
                 u.active_state = "inactive".into();
                 u.sub_state = "dead".into();
                 JobOutcome::Done
@@ -339,7 +342,7 @@ impl Systemd for FakeSystemd {
                 st.counts.jobs += 1;
                 let verb = match kind {
                     JobKind::Start => "start",
-                    JobKind::Stop => "stop",
+                    JobKind::Stop | JobKind::StopAlone => "stop",
                     JobKind::Restart => "restart",
                 };
                 st.calls.push(format!("{verb} {unit}"));

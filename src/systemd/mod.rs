@@ -66,6 +66,10 @@ pub enum JobKind {
     Start,
     /// `StopUnit(name, "replace")`.
     Stop,
+    /// `StopUnit(name, "ignore-requirements")`: stop this unit only. Why: a unit that left
+    /// the desired state may be `RequiredBy=` a unit core-ops does not remove (a target like
+    /// `multi-user.target`); a plain stop would stop that one too.
+    StopAlone,
     /// `RestartUnit(name, "replace")`.
     Restart,
 }
