@@ -220,10 +220,7 @@ pub fn oneshot_units(desired: &DesiredState, rt: &ResolvedRuntime) -> Vec<String
             desired
                 .unit_resource(u)
                 .and_then(|r| r.unit.as_ref())
-                .is_some_and(|ur| {
-                    ur.effective.contains("Type=oneshot")
-                        && !ur.effective.contains("RemainAfterExit=yes")
-                })
+                .is_some_and(|ur| ur.exits_when_done())
         })
         .cloned()
         .collect()
