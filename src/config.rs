@@ -19,6 +19,8 @@ pub struct Paths {
     pub host_file_roots: Vec<PathBuf>,
     /// Which Quadlet generator validates the rendered Quadlet set before anything is written.
     pub quadlet_generator: QuadletGenerator,
+    /// The local root-only trust policy (`/etc/core-ops/trust.yaml`; `crate::trust`).
+    pub trust_file: PathBuf,
 }
 
 /// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
@@ -83,6 +85,7 @@ impl Paths {
             state_file,
             host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
             quadlet_generator: QuadletGenerator::Auto,
+            trust_file: PathBuf::from(crate::trust::DEFAULT_TRUST_FILE),
         }
     }
 

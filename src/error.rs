@@ -82,6 +82,10 @@ pub enum Error {
     /// Another core-ops run holds the state-dir lock.
     #[error("{0}")]
     Locked(String),
+    /// The trust policy refuses the desired revision (unsigned, not an allowed signer, a
+    /// rewind) or a trust anchor is unsafe.
+    #[error("trust: {0}")]
+    Trust(String),
     /// A saved plan no longer matches the host or the repository.
     #[error("stale plan: {0}")]
     StalePlan(String),

@@ -27,6 +27,7 @@ pub mod lock;
 pub mod pipeline;
 pub mod provenance;
 pub mod systemd;
+pub mod trust;
 
 // operator surface
 pub mod cli;

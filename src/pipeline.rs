@@ -15,6 +15,7 @@ use crate::record::status::{self, StatusSnapshot};
 use crate::record::target;
 use crate::render::{self, DesiredState};
 use crate::source::{Revision, Source};
+use crate::trust;
 use crate::unit_check;
 
 /// Where desired state should come from, after flags, environment and `init` were consulted.
@@ -122,25 +123,45 @@ pub struct Planned {
     pub plan: Plan,
 }
 
-/// Open the repository and read one revision of it.
+/// Open the repository and read one revision of it for `host`, once the trust policy
+/// accepted the commit (its signature is checked before the tree is read).
 pub fn read_revision(
     paths: &Paths,
     repo: &str,
     requested_ref: &str,
+    host: &str,
 ) -> Result<(Source, Revision, crate::source::Snapshot)> {
-    let source = Source::open(repo, &paths.state_dir)?;
-    let revision = source.resolve(requested_ref)?;
-    let snapshot = source.snapshot(&revision)?;
-    Ok((source, revision, snapshot))
+    read_trusted(paths, repo, requested_ref, host).map(|(s, r, snap, _)| (s, r, snap))
 }
 
-/// Render, observe and plan one revision for the target host.
+fn read_trusted(
+    paths: &Paths,
+    repo: &str,
+    requested_ref: &str,
+    host: &str,
+) -> Result<(Source, Revision, crate::source::Snapshot, trust::Trust)> {
+    let source = Source::open(repo, &paths.state_dir)?;
+    let revision = source.resolve(requested_ref)?;
+    let policy = trust::policy_for(&paths.trust_file, source.repository(), &revision, host)?;
+    trust::verify_commit(source.repository(), &revision, &policy)?;
+    let snapshot = source.snapshot(&revision)?;
+    Ok((source, revision, snapshot, policy))
+}
+
+/// Render, observe and plan one revision for the target host. A revision that does not
+/// descend from `last_applied` is refused here (a rollback goes through `plan_pinned`).
 pub fn plan_revision(
     paths: &Paths,
     target: &ResolvedTarget,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
-    let (source, revision, snapshot) = read_revision(paths, &target.repo, &target.requested_ref)?;
+    let (source, revision, snapshot, policy) =
+        read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
+    if let (Some(snap), _) = load_status(paths)
+        && let Some(last) = &snap.last_applied
+    {
+        trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
+    }
     let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)
 }
@@ -154,7 +175,8 @@ pub fn plan_pinned(
     requested_ref: &str,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
-    let (source, mut revision, snapshot) = read_revision(paths, &target.repo, commit)?;
+    let (source, mut revision, snapshot) =
+        read_revision(paths, &target.repo, commit, &target.host)?;
     revision.requested_ref = requested_ref.to_string();
     let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)

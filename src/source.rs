@@ -373,6 +373,12 @@ impl Source {
         self.repo.path()
     }
 
+    /// The repository (or mirror) itself, for checks that read commits but never their tree
+    /// (`trust`: signatures, ancestry).
+    pub fn repository(&self) -> &Repository {
+        &self.repo
+    }
+
     /// True when the location is a URL read through a mirror.
     pub fn is_mirror(&self) -> bool {
         self.mirror.is_some()

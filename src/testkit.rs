@@ -15,6 +15,8 @@ use git2::{Oid, Repository, RepositoryInitOptions, Signature, Time};
 
 use crate::error::{Error, Result};
 
+pub mod signing;
+
 /// Name used as author, committer and tagger of every fixture commit.
 ///
 /// Why fixed: commit ids depend on the signature, and fixtures must hash the same everywhere.

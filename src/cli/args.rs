@@ -51,6 +51,10 @@ pub struct Cli {
         value_name = "ADDRESS"
     )]
     pub systemd_address: Option<String>,
+    /// Local root-only trust policy: signed commits, allowed signers, rewinds (default
+    /// /etc/core-ops/trust.yaml; wins over `trust:` in host.yaml).
+    #[arg(long, global = true, env = "CORE_OPS_TRUST_FILE", value_name = "FILE")]
+    pub trust_file: Option<std::path::PathBuf>,
     /// Prometheus textfile written after apply/agent runs (empty: off; default: node-exporter's
     /// /var/lib/prometheus/node-exporter/core-ops.prom when that directory exists).
     #[arg(

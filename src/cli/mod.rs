@@ -68,6 +68,9 @@ fn paths_of(cli: &Cli) -> Paths {
     if let Some(g) = &cli.quadlet_generator {
         paths.quadlet_generator = QuadletGenerator::parse(g);
     }
+    if let Some(t) = &cli.trust_file {
+        paths.trust_file = t.clone();
+    }
     paths
 }
 
@@ -304,6 +307,7 @@ pub fn print_error_json(err: &Error, exit_code: u8) {
         Error::Config(_) => "configuration",
         Error::Locked(_) => "locked",
         Error::StalePlan(_) => "stale_plan",
+        Error::Trust(_) => "trust",
         Error::Systemd(_) => "systemd",
         Error::HostChanged(_) => "host_changed_unrecorded",
         Error::Io { .. } => "io",
@@ -659,7 +663,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             }
             let t = pipeline::resolve_target(&paths, &opts)?;
             let (_, revision, snapshot) =
-                pipeline::read_revision(&paths, &t.repo, &t.requested_ref)?;
+                pipeline::read_revision(&paths, &t.repo, &t.requested_ref, &t.host)?;
             let desired = crate::render::render(&snapshot.files, &revision, &t.host, &paths)?;
             let out = crate::record::publication::publish_request(
                 &paths.state_dir,

@@ -22,6 +22,10 @@ pub struct HostYaml {
     /// Free-form variables (reserved for templating; recorded, not yet substituted).
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
+    /// Trust policy carried by the repository (`crate::trust`; read before render, and only
+    /// when there is no local trust file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<crate::trust::TrustPolicy>,
 }
 
 /// Host policy (DESIGN section 2).

@@ -54,6 +54,11 @@ impl Scratch {
                 "CORE_OPS_METRICS_FILE".into(),
                 root.join("metrics/core-ops.prom").display().to_string(),
             ),
+            // never the machine's own /etc/core-ops/trust.yaml; absent unless a test writes it
+            (
+                "CORE_OPS_TRUST_FILE".into(),
+                root.join("trust.yaml").display().to_string(),
+            ),
         ];
         Scratch { dir, env }
     }
