@@ -61,6 +61,8 @@ pub struct ApplyOptions {
     pub repo: String,
     /// Forward, rollback or automatic rollback.
     pub kind: ApplyKind,
+    /// What the state dir keeps (results, history, live receipts).
+    pub retention: crate::record::retention::Retention,
 }
 
 impl Default for ApplyOptions {
@@ -71,6 +73,7 @@ impl Default for ApplyOptions {
             record_status: true,
             repo: String::new(),
             kind: ApplyKind::Forward,
+            retention: Default::default(),
         }
     }
 }
@@ -339,6 +342,9 @@ pub fn apply(
             blocked.join("\n  ")
         )));
     }
+    // a broken, truncated or forked receipt chain is never extended: refused before the
+    // host is touched
+    let chain = receipts::check_before_run(&paths.state_dir)?;
     let started_at = now_rfc3339();
     let desired = &planned.desired;
     let last = planned
@@ -798,7 +804,7 @@ pub fn apply(
     };
     settle_ledger(&mut ledger, desired, outcome.is_converged());
     ledger::save(&paths.state_dir, &ledger)?;
-    record(planned, paths, opts, &mut result)?;
+    record(planned, paths, opts, &mut result, chain)?;
     Ok(result)
 }
 
@@ -810,6 +816,7 @@ fn record(
     paths: &Paths,
     opts: &ApplyOptions,
     result: &mut ApplyResult,
+    chain: receipts::ChainReport,
 ) -> Result<()> {
     let desired = &planned.desired;
     if result.changed_objects > 0 || result.last_applied_advanced {
@@ -905,9 +912,15 @@ fn record(
                 });
             }
         }
+        crate::record::retention::trim_history(&mut snap.history, opts.retention.keep);
+        snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
         status::save(&paths.state_file, &snap)?;
     }
     journal::clear(&paths.state_dir)?;
+    // retention never fails a run that recorded its outcome; it is retried by the next one
+    if let Err(e) = crate::record::retention::enforce(&paths.state_dir, &opts.retention) {
+        tracing::warn!("retention of the state dir: {e}");
+    }
     Ok(())
 }
 
