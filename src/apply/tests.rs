@@ -400,3 +400,79 @@ fn a_template_is_written_but_only_its_instances_are_enabled_and_started() {
         "{calls:?}"
     );
 }
+
+/// Every file under the scratch root with its bytes: "nothing changed" means this is equal.
+fn tree(root: &std::path::Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// A broken receipt chain refuses the appending run before the host is touched: no systemd
+/// call, no file written (units, host files, ledger, status, receipts, results).
+#[test]
+fn a_broken_receipt_chain_refuses_the_run_and_changes_nothing() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    run(&s, &sd, "2");
+    let first = s.paths.state_dir.join("receipts/00000001-reconcile.json");
+    let edited = std::fs::read_to_string(&first)
+        .unwrap()
+        .replace("converged", "failed");
+    std::fs::write(&first, edited).unwrap();
+    let before = tree(s.dir.path());
+    let calls = sd.mutating_calls();
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "3"), &sd).unwrap();
+    assert!(planned.plan.has_changes());
+    let err = apply(&planned, &sd, &s.paths, &opts()).unwrap_err();
+    assert!(matches!(err, Error::ReceiptChain(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("00000002-reconcile.json"), "{msg}");
+    assert!(msg.contains("nothing was changed"), "{msg}");
+    assert_eq!(sd.mutating_calls(), calls, "no systemd call");
+    assert_eq!(tree(s.dir.path()), before, "no file changed");
+}
+
+/// Retention: results documents and history keep the newest N; receipts are sealed into
+/// archives and the whole chain still verifies.
+#[test]
+fn retention_keeps_the_newest_results_and_history_and_seals_receipts() {
+    let s = scratch();
+    let sd = fake();
+    let keep = ApplyOptions {
+        retention: crate::record::retention::Retention {
+            keep: 2,
+            receipts_per_archive: 2,
+        },
+        ..opts()
+    };
+    for level in ["1", "2", "3", "4", "5"] {
+        let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, level), &sd).unwrap();
+        let r = apply(&planned, &sd, &s.paths, &keep).unwrap();
+        assert!(r.outcome.is_converged());
+    }
+    let results: Vec<_> = std::fs::read_dir(s.paths.state_dir.join("results"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(results.len(), 2);
+    let st = status::load(&s.paths.state_file).unwrap();
+    let hist: Vec<&str> = st.history.iter().map(|h| &h.revision[..1]).collect();
+    assert_eq!(hist, ["4", "5"]);
+    let health = st.receipts.unwrap();
+    assert!(health.ok);
+    assert_eq!(health.head_sequence, Some(5));
+    assert_eq!(receipts::list(&s.paths.state_dir).unwrap().len(), 1);
+    assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 5);
+}

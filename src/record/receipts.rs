@@ -735,6 +735,25 @@ pub(crate) fn sample_receipt(host: &str) -> ReconcileReceipt {
 mod tests {
     use super::*;
 
+    fn chain(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let d = tempfile::tempdir().unwrap();
+        let paths = (0..n)
+            .map(|_| append(d.path(), sample_receipt("h")).unwrap().0)
+            .collect();
+        (d, paths)
+    }
+
+    fn problem(state: &Path, depth: Depth) -> Option<(BreakKind, String)> {
+        verify(state, depth)
+            .unwrap()
+            .problem
+            .map(|p| (p.kind, p.file))
+    }
+
+    fn name_of(p: &Path) -> String {
+        p.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
     #[test]
     fn receipts_chain_and_tampering_is_detected() {
         let d = tempfile::tempdir().unwrap();
@@ -753,5 +772,344 @@ mod tests {
             .replace("converged", "failed");
         std::fs::write(&p1, text).unwrap();
         assert!(verify_chain(d.path()).is_err());
+    }
+
+    #[test]
+    fn an_intact_chain_reports_count_and_head_digest() {
+        let (d, files) = chain(3);
+        let r = verify(d.path(), Depth::Full).unwrap();
+        assert!(r.ok && r.problem.is_none() && r.repair.is_none());
+        assert_eq!((r.receipts, r.head_sequence), (3, Some(3)));
+        assert_eq!(
+            r.head_digest,
+            Some(sha256_hex(&std::fs::read(&files[2]).unwrap()))
+        );
+        let head: HeadAnchor =
+            serde_json::from_slice(&std::fs::read(head_path(d.path())).unwrap()).unwrap();
+        assert_eq!((head.sequence, Some(head.digest)), (3, r.head_digest));
+    }
+
+    /// Every way a chain breaks is found, named by kind and file, and refused by append.
+    #[test]
+    fn every_break_kind_is_named_and_never_extended() {
+        type Breaker = fn(&Path, &[PathBuf]);
+        let cases: Vec<(&str, Breaker, BreakKind, usize)> = vec![
+            (
+                "edited middle receipt",
+                |_, f| {
+                    let t = std::fs::read_to_string(&f[1])
+                        .unwrap()
+                        .replace("converged", "failed");
+                    std::fs::write(&f[1], t).unwrap();
+                },
+                BreakKind::WrongLink,
+                2,
+            ),
+            (
+                "edited newest receipt (found through HEAD)",
+                |_, f| {
+                    let t = std::fs::read_to_string(&f[3])
+                        .unwrap()
+                        .replace("converged", "failed");
+                    std::fs::write(&f[3], t).unwrap();
+                },
+                BreakKind::WrongLink,
+                3,
+            ),
+            (
+                "deleted middle receipt",
+                |_, f| std::fs::remove_file(&f[1]).unwrap(),
+                BreakKind::Gap,
+                2,
+            ),
+            (
+                "truncated file",
+                |_, f| {
+                    let b = std::fs::read(&f[1]).unwrap();
+                    std::fs::write(&f[1], &b[..b.len() / 2]).unwrap();
+                },
+                BreakKind::NotJson,
+                1,
+            ),
+            (
+                "newest receipts deleted (truncated chain)",
+                |_, f| {
+                    std::fs::remove_file(&f[3]).unwrap();
+                    std::fs::remove_file(&f[2]).unwrap();
+                },
+                BreakKind::Truncated,
+                usize::MAX,
+            ),
+            (
+                "forked sequence under another width",
+                |d, f| {
+                    std::fs::copy(&f[1], receipts_dir(d).join("2-reconcile.json")).unwrap();
+                },
+                BreakKind::Fork,
+                usize::MAX,
+            ),
+            (
+                "forked sequence under another kind",
+                |d, f| {
+                    std::fs::copy(&f[2], receipts_dir(d).join("00000003-runtime-install.json"))
+                        .unwrap();
+                },
+                BreakKind::Fork,
+                usize::MAX,
+            ),
+            (
+                "renamed receipt (sequence in the name differs from the document)",
+                |d, f| {
+                    std::fs::rename(&f[3], receipts_dir(d).join("00000005-reconcile.json"))
+                        .unwrap();
+                },
+                BreakKind::Gap,
+                usize::MAX,
+            ),
+            (
+                "a replayed receipt under the next number",
+                |d, f| {
+                    std::fs::copy(&f[3], receipts_dir(d).join("00000005-reconcile.json")).unwrap();
+                },
+                BreakKind::SequenceMismatch,
+                usize::MAX,
+            ),
+            (
+                "a stray .json name",
+                |d, _| std::fs::write(receipts_dir(d).join("notes.json"), b"{}").unwrap(),
+                BreakKind::BadName,
+                usize::MAX,
+            ),
+        ];
+        for (what, breaker, kind, file) in cases {
+            let (d, files) = chain(4);
+            breaker(d.path(), &files);
+            let (found, at) =
+                problem(d.path(), Depth::Full).unwrap_or_else(|| panic!("{what}: not detected"));
+            assert_eq!(found, kind, "{what}: {at}");
+            if file != usize::MAX {
+                assert!(at.ends_with(&name_of(&files[file])), "{what}: names {at}");
+            }
+            assert_eq!(
+                problem(d.path(), Depth::Run).map(|p| p.0),
+                Some(kind),
+                "{what}"
+            );
+            let err = check_before_run(d.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("refusing to append") && err.contains("Repair:"),
+                "{what}: {err}"
+            );
+            // an append after the run's check never extends it either (its own checks or
+            // the run's refusal)
+            let before = scan(d.path()).unwrap().entries.len();
+            if matches!(
+                kind,
+                BreakKind::Gap | BreakKind::Fork | BreakKind::BadName | BreakKind::Truncated
+            ) || file == 3
+            {
+                assert!(append(d.path(), sample_receipt("h")).is_err(), "{what}");
+                assert_eq!(scan(d.path()).unwrap().entries.len(), before, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn moving_the_broken_tail_aside_repairs_the_chain() {
+        let (d, files) = chain(4);
+        let t = std::fs::read_to_string(&files[2])
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&files[2], t).unwrap();
+        let r = verify(d.path(), Depth::Full).unwrap();
+        assert!(r.repair.as_deref().unwrap().contains("receipts.broken"));
+        // the break is at receipt 4 (it no longer links to the edited 3): 3 is suspect too,
+        // the operator moves 3, 4 and HEAD aside
+        for f in [&files[2], &files[3]] {
+            std::fs::rename(f, d.path().join(name_of(f) + ".broken")).unwrap();
+        }
+        std::fs::remove_file(head_path(d.path())).unwrap();
+        assert_eq!(verify_chain(d.path()).unwrap(), 2);
+        let (p, r) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!(r.sequence, 3);
+        assert_eq!(
+            r.previous_receipt_digest,
+            Some(sha256_hex(&std::fs::read(&files[1]).unwrap()))
+        );
+        assert!(p.ends_with("00000003-reconcile.json"));
+    }
+
+    /// 100,000,000 sorts before 99,999,999 as text: the order comes from the integers.
+    #[test]
+    fn nine_digit_sequences_follow_eight_digit_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = sample_receipt("h");
+        r.sequence = 99_999_999;
+        r.id = "urn:srcos:receipt:reconcile:h:99999999".into();
+        std::fs::create_dir_all(receipts_dir(d.path())).unwrap();
+        std::fs::write(
+            receipts_dir(d.path()).join("99999999-reconcile.json"),
+            fsutil::json_bytes(&r),
+        )
+        .unwrap();
+        let (p1, a) = append(d.path(), sample_receipt("h")).unwrap();
+        let (p2, b) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!((a.sequence, b.sequence), (100_000_000, 100_000_001));
+        assert!(p1.ends_with("100000000-reconcile.json"));
+        assert_eq!(
+            b.previous_receipt_digest,
+            Some(sha256_hex(&std::fs::read(&p1).unwrap()))
+        );
+        let order: Vec<String> = list(d.path()).unwrap().iter().map(|p| name_of(p)).collect();
+        assert_eq!(
+            order,
+            [
+                "99999999-reconcile.json",
+                "100000000-reconcile.json",
+                "100000001-reconcile.json"
+            ]
+        );
+        assert!(p2.exists());
+    }
+
+    #[test]
+    fn names_are_parsed_strictly() {
+        assert_eq!(
+            parse_name("00000007-reconcile.json"),
+            Some((7, "reconcile"))
+        );
+        assert_eq!(
+            parse_name("123456789-runtime-install.json"),
+            Some((123_456_789, "runtime-install"))
+        );
+        for bad in [
+            "reconcile.json",
+            "-reconcile.json",
+            "00000000-reconcile.json",
+            "0000000a-reconcile.json",
+            "00000001-.json",
+            "00000001-Reconcile.json",
+            "00000001-reconcile.json.broken",
+            "+1-reconcile.json",
+            "99999999999999999999999-reconcile.json",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Two writers of one sequence number: the file is created exclusively, the loser fails
+    /// and the winner's receipt is untouched.
+    #[test]
+    fn a_racing_writer_of_the_same_sequence_loses_instead_of_forking() {
+        let (d, _) = chain(1);
+        let winner = receipts_dir(d.path()).join("00000002-reconcile.json");
+        let err = append_document(d.path(), "reconcile", |_, _| {
+            // another writer appends sequence 2 between our scan and our write
+            std::fs::write(&winner, b"{\"winner\":true}").unwrap();
+            serde_json::json!({"previous_receipt_digest": null})
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::ReceiptChain(_)), "{err}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(std::fs::read(&winner).unwrap(), b"{\"winner\":true}");
+        let left: Vec<_> = std::fs::read_dir(receipts_dir(d.path()))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(fsutil::TEMP_PREFIX)
+            })
+            .collect();
+        assert!(left.is_empty(), "no temp file left behind");
+    }
+
+    #[test]
+    fn archives_and_live_receipts_verify_as_one_chain() {
+        let (d, files) = chain(7);
+        let head = verify(d.path(), Depth::Full).unwrap().head_digest;
+        let sealed = crate::record::archive::rotate(d.path(), 3).unwrap();
+        assert_eq!(sealed.len(), 2, "1-3 and 4-6 sealed, 7 live");
+        assert_eq!((sealed[1].first_sequence, sealed[1].last_sequence), (4, 6));
+        assert_eq!(
+            sealed[1].previous_archive_digest,
+            Some(sealed[0].archive_sha256.clone())
+        );
+        assert_eq!(list(d.path()).unwrap(), vec![files[6].clone()]);
+        for depth in [Depth::Full, Depth::Run] {
+            let r = verify(d.path(), depth).unwrap();
+            assert!(r.ok, "{depth:?}: {r:?}");
+            assert_eq!((r.receipts, r.archived, r.archives), (7, 6, 2));
+            assert_eq!(r.head_digest, head);
+        }
+        // the chain continues across archives
+        let (_, next) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!(next.sequence, 8);
+        assert_eq!(verify_chain(d.path()).unwrap(), 8);
+        // an interrupted rotation leaves identical live copies: not a fork, removed next time
+        let archived_6 =
+            crate::record::archive::archive_dir(d.path()).join("00000004-00000006.jsonl");
+        let line = std::fs::read_to_string(&archived_6).unwrap();
+        let last: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        let leftover = receipts_dir(d.path()).join("00000006-reconcile.json");
+        std::fs::write(&leftover, last["content"].as_str().unwrap()).unwrap();
+        assert!(verify(d.path(), Depth::Full).unwrap().ok);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        assert!(!leftover.exists());
+        // a different receipt 6 is a fork
+        std::fs::write(&leftover, b"{}").unwrap();
+        assert_eq!(problem(d.path(), Depth::Run).unwrap().0, BreakKind::Fork);
+    }
+
+    #[test]
+    fn a_tampered_archive_is_found() {
+        let (d, _) = chain(7);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        let dir = crate::record::archive::archive_dir(d.path());
+        let old = dir.join("00000001-00000003.jsonl");
+        let t = std::fs::read_to_string(&old)
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&old, t).unwrap();
+        let (kind, file) = problem(d.path(), Depth::Full).unwrap();
+        assert_eq!(
+            (kind, file),
+            (BreakKind::Archive, old.display().to_string())
+        );
+        assert!(verify_chain(d.path()).is_err());
+        // the run's check re-hashes only the newest archive; the old one's manifest still
+        // links, so only the full verify sees it
+        assert!(problem(d.path(), Depth::Run).is_none());
+        // ...and a manifest rewritten to match is caught by the next manifest's link
+        let mpath = dir.join("00000001-00000003.manifest.json");
+        let mut m: crate::record::archive::Manifest =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        m.archive_sha256 = sha256_hex(&std::fs::read(&old).unwrap());
+        std::fs::write(&mpath, fsutil::json_bytes(&m)).unwrap();
+        let (kind, file) = problem(d.path(), Depth::Run).unwrap();
+        assert_eq!(kind, BreakKind::Archive);
+        assert!(file.ends_with("00000004-00000006.manifest.json"), "{file}");
+        // the newest archive is re-hashed by the run's check too
+        let (d, _) = chain(7);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        let newest = crate::record::archive::archive_dir(d.path()).join("00000004-00000006.jsonl");
+        let t = std::fs::read_to_string(&newest)
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&newest, t).unwrap();
+        assert_eq!(problem(d.path(), Depth::Run).unwrap().0, BreakKind::Archive);
+        assert!(check_before_run(d.path()).is_err());
+    }
+
+    #[test]
+    fn a_broken_chain_is_never_sealed() {
+        let (d, files) = chain(5);
+        std::fs::remove_file(&files[1]).unwrap();
+        assert!(crate::record::archive::rotate(d.path(), 2).is_err());
+        assert!(
+            !crate::record::archive::archive_dir(d.path())
+                .join("00000001-00000002.manifest.json")
+                .exists()
+        );
     }
 }
