@@ -61,10 +61,11 @@ pub fn receipts_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("receipts")
 }
 
-/// The head anchor, `receipts/HEAD`: the sequence and digest of the newest receipt, rewritten
+/// The head anchor, `<state dir>/receipts-head.json` (beside `receipts/`, so readers of
+/// `receipts/` see receipts only): the sequence and digest of the newest receipt, rewritten
 /// after every append. Why: links only prove what lies *before* a receipt; without an anchor,
 /// deleting the newest receipts would leave a shorter chain that still verifies.
-pub const HEAD_FILE: &str = "HEAD";
+pub const HEAD_FILE: &str = "receipts-head.json";
 
 /// The sequence and kind of a receipt file name `<sequence>-<kind>.json` (sequence: decimal
 /// digits, at least 1, any width; kind: lowercase letters, digits and `-`). `None` for any
@@ -112,7 +113,7 @@ pub(crate) struct LiveDir {
 }
 
 /// Read `receipts/`: temp files, directories (`archive/`) and names not ending in `.json`
-/// (`HEAD`, receipts moved aside as `*.json.broken`) are not part of the chain.
+/// (receipts moved aside as `*.json.broken`) are not part of the chain.
 pub(crate) fn scan(state_dir: &Path) -> Result<LiveDir> {
     let dir = receipts_dir(state_dir);
     let rd = match std::fs::read_dir(&dir) {
@@ -152,7 +153,7 @@ pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// `receipts/HEAD`.
+/// `receipts-head.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadAnchor {
     /// 1.
@@ -166,7 +167,7 @@ pub struct HeadAnchor {
 }
 
 fn head_path(state_dir: &Path) -> PathBuf {
-    receipts_dir(state_dir).join(HEAD_FILE)
+    state_dir.join(HEAD_FILE)
 }
 
 fn read_head(state_dir: &Path) -> std::result::Result<Option<HeadAnchor>, ChainBreak> {
@@ -207,7 +208,7 @@ pub enum BreakKind {
     /// A receipt does not name the digest of the one before it: one of them was edited or
     /// replaced.
     WrongLink,
-    /// The chain ends before the receipt `receipts/HEAD` records: the newest were removed.
+    /// The chain ends before the receipt `receipts-head.json` records: the newest were removed.
     Truncated,
     /// An archive differs from its manifest, or the manifests do not link.
     Archive,
@@ -528,7 +529,7 @@ pub fn require_intact(r: ChainReport) -> Result<ChainReport> {
 
 /// status.json's view of the chain after a run that verified it (`before`, from
 /// [`check_before_run`]) and appended only through [`try_append_document`]: intact, with the
-/// head the run left (`receipts/HEAD`).
+/// head the run left (`receipts-head.json`).
 pub fn health_after_run(state_dir: &Path, before: &ChainReport) -> ReceiptChainHealth {
     let mut h = ReceiptChainHealth::of(before, &now_rfc3339());
     if let Ok(Some(a)) = read_head(state_dir)
@@ -629,7 +630,7 @@ pub fn append_document(
 ///
 /// The file is created exclusively (a hard link that never replaces): of two writers of one
 /// sequence number, one fails instead of forking the chain. A chain that fails the
-/// [`append_point`] checks is never extended. `receipts/HEAD` is rewritten afterwards.
+/// [`append_point`] checks is never extended. `receipts-head.json` is rewritten afterwards.
 pub fn try_append_document(
     state_dir: &Path,
     kind: &str,
@@ -698,10 +699,10 @@ pub fn chain_link(doc: &serde_json::Value) -> Option<String> {
 
 /// [`verify`] in full: the count of receipts (archived and live) when intact, otherwise an
 /// [`Error::ReceiptChain`] naming the file and what is wrong.
-pub fn verify_chain(state_dir: &Path) -> Result<u64> {
+pub fn verify_chain(state_dir: &Path) -> Result<usize> {
     let r = verify(state_dir, Depth::Full)?;
     match &r.problem {
-        None => Ok(r.receipts),
+        None => Ok(r.receipts as usize),
         Some(p) => Err(refusal(p, r.repair.as_deref().unwrap_or_default())),
     }
 }
@@ -806,7 +807,7 @@ mod tests {
                 2,
             ),
             (
-                "edited newest receipt (found through HEAD)",
+                "edited newest receipt (found through the head anchor)",
                 |_, f| {
                     let t = std::fs::read_to_string(&f[3])
                         .unwrap()
@@ -924,7 +925,7 @@ mod tests {
         let r = verify(d.path(), Depth::Full).unwrap();
         assert!(r.repair.as_deref().unwrap().contains("receipts.broken"));
         // the break is at receipt 4 (it no longer links to the edited 3): 3 is suspect too,
-        // the operator moves 3, 4 and HEAD aside
+        // the operator moves 3, 4 and the head anchor aside
         for f in [&files[2], &files[3]] {
             std::fs::rename(f, d.path().join(name_of(f) + ".broken")).unwrap();
         }
