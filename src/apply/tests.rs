@@ -476,3 +476,74 @@ fn retention_keeps_the_newest_results_and_history_and_seals_receipts() {
     assert_eq!(receipts::list(&s.paths.state_dir).unwrap().len(), 1);
     assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 5);
 }
+
+/// State-dir growth per transition, measured (run with
+/// `cargo test --lib measure_state_dir_growth -- --ignored --nocapture`): bytes of one
+/// reconcile receipt, one results document, status.json, and the time to verify a chain of
+/// 1000 archived + 1000 live receipts.
+#[test]
+#[ignore]
+fn measure_state_dir_growth_per_transition() {
+    let s = scratch();
+    let sd = fake();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut status_sizes = Vec::new();
+    let mut receipt_sizes = Vec::new();
+    let mut result_sizes = Vec::new();
+    for i in 0..20 {
+        let level = if i % 2 == 0 { "1" } else { "2" };
+        let mut d = desired(&s, level);
+        d.revision.commit = format!("{:040x}", i + 1);
+        let planned = plan_desired(&s.paths, &target(), "repo", d, &sd).unwrap();
+        let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+        result_sizes.push(size(std::path::Path::new(
+            r.results_path.as_deref().unwrap(),
+        )));
+        receipt_sizes.push(size(
+            receipts::list(&s.paths.state_dir).unwrap().last().unwrap(),
+        ));
+        status_sizes.push(size(&s.paths.state_file));
+    }
+    let status_growth = (status_sizes[19] - status_sizes[9]) as f64 / 10.0;
+    println!(
+        "per transition: receipt {} bytes, results document {}-{} bytes, status.json {} -> {} bytes (+{status_growth:.0} bytes per transition until history reaches its limit)",
+        receipt_sizes[19],
+        result_sizes.iter().min().unwrap(),
+        result_sizes.iter().max().unwrap(),
+        status_sizes[0],
+        status_sizes[19],
+    );
+    // a long chain: 2000 receipts, 1000 sealed
+    let d = tempfile::tempdir().unwrap();
+    for _ in 0..2001 {
+        receipts::append(d.path(), receipts::sample_receipt("h")).unwrap();
+    }
+    let t = Instant::now();
+    let r = receipts::verify(d.path(), receipts::Depth::Run).unwrap();
+    println!("verify (run) of 2001 live receipts: {:?}", t.elapsed());
+    assert!(r.ok);
+    let t = Instant::now();
+    crate::record::archive::rotate(d.path(), 1000).unwrap();
+    println!("sealing 2 archives of 1000: {:?}", t.elapsed());
+    let dir = crate::record::archive::archive_dir(d.path());
+    let a = size(&dir.join("00000001-00001000.jsonl"));
+    let m = size(&dir.join("00000001-00001000.manifest.json"));
+    let live: u64 = receipts::list(d.path())
+        .unwrap()
+        .iter()
+        .map(|p| size(p))
+        .sum();
+    println!(
+        "archive of 1000: {a} bytes ({} per receipt) + manifest {m} bytes; live receipt {live} bytes",
+        a / 1000
+    );
+    for depth in [receipts::Depth::Run, receipts::Depth::Full] {
+        let t = Instant::now();
+        let r = receipts::verify(d.path(), depth).unwrap();
+        assert!(r.ok && r.receipts == 2001);
+        println!(
+            "verify ({depth:?}) of 2000 archived + 1 live: {:?}",
+            t.elapsed()
+        );
+    }
+}
