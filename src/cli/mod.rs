@@ -131,10 +131,13 @@ fn recover_runtimes(
 /// The receipt chain, checked before an appending run (apply, agent, rollback) does
 /// anything, recovery included: a broken chain refuses the run (exit 1, nothing changed).
 /// status.json's `receipts` says so whenever the verdict changes (a quiet host is not
-/// rewritten every tick).
-fn check_receipt_chain(paths: &Paths) -> Result<(), Error> {
+/// rewritten every tick; never with `--force-no-state`).
+fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> {
     let r = receipts::verify(&paths.state_dir, receipts::Depth::Run)?;
-    if let Ok(mut snap) = status::load(&paths.state_file) {
+    if let Some(mut snap) = status::load(&paths.state_file)
+        .ok()
+        .filter(|_| record_status)
+    {
         let now = crate::record::time::now_rfc3339();
         let health = status::ReceiptChainHealth::of(&r, &now);
         let changed = snap
@@ -455,7 +458,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let _lock = StateLock::acquire(&paths.state_dir)?;
             let t0 = std::time::Instant::now();
             let report = (|| {
-                check_receipt_chain(&paths)?;
+                check_receipt_chain(&paths, !*force_no_state)?;
                 let systemd = connect_systemd(cli)?;
                 recover_runtimes(&paths, &systemd, tuning)?;
                 let mut opts = target_opts(target);
@@ -518,7 +521,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let _lock = StateLock::acquire(&paths.state_dir)?;
             let t0 = std::time::Instant::now();
             let report = (|| {
-                check_receipt_chain(&paths)?;
+                check_receipt_chain(&paths, true)?;
                 let systemd = connect_systemd(cli)?;
                 recover_runtimes(&paths, &systemd, tuning)?;
                 let t = pipeline::resolve_target(&paths, &target_opts(target))?;
