@@ -89,6 +89,10 @@ pub enum Error {
     /// A saved plan no longer matches the host or the repository.
     #[error("stale plan: {0}")]
     StalePlan(String),
+    /// The receipt chain is broken, truncated or forked: nothing is appended to it (and an
+    /// appending run is refused before it changes the host).
+    #[error("receipt chain: {0}")]
+    ReceiptChain(String),
     /// systemd could not be reached or refused a call.
     #[error("systemd: {0}")]
     Systemd(String),

@@ -61,6 +61,8 @@ pub struct ApplyOptions {
     pub repo: String,
     /// Forward, rollback or automatic rollback.
     pub kind: ApplyKind,
+    /// What the state dir keeps (results, history, live receipts).
+    pub retention: crate::record::retention::Retention,
 }
 
 impl Default for ApplyOptions {
@@ -71,6 +73,7 @@ impl Default for ApplyOptions {
             record_status: true,
             repo: String::new(),
             kind: ApplyKind::Forward,
+            retention: Default::default(),
         }
     }
 }
@@ -382,6 +385,9 @@ pub fn apply(
             blocked.join("\n  ")
         )));
     }
+    // a broken, truncated or forked receipt chain is never extended: refused before the
+    // host is touched
+    let chain = receipts::check_before_run(&paths.state_dir)?;
     let started_at = now_rfc3339();
     let desired = &planned.desired;
     let last = planned
@@ -875,7 +881,7 @@ pub fn apply(
     };
     settle_ledger(&mut ledger, desired, outcome.is_converged(), &completed);
     let recorded = ledger::save(&paths.state_dir, &ledger)
-        .and_then(|_| record(planned, paths, opts, &mut result));
+        .and_then(|_| record(planned, paths, opts, &mut result, chain));
     match recorded {
         Ok(()) => Ok(result),
         // exit 3, not 1: the host changed; the journal stays for the next run to finish
@@ -897,6 +903,7 @@ fn record(
     paths: &Paths,
     opts: &ApplyOptions,
     result: &mut ApplyResult,
+    chain: receipts::ChainReport,
 ) -> Result<()> {
     let desired = &planned.desired;
     if opts.record_status {
@@ -945,6 +952,8 @@ fn record(
                 });
             }
         }
+        crate::record::retention::trim_history(&mut snap.history, opts.retention.keep);
+        snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
         status::save(&paths.state_file, &snap)?;
     }
     if result.changed_objects > 0 || result.last_applied_advanced {
@@ -993,8 +1002,20 @@ fn record(
             },
         )?;
         result.receipt = Some(receipt.id);
+        // status was written before the receipt (so a failure leaves no receipt); its view of
+        // the chain now takes the new head
+        if opts.record_status
+            && let Ok(mut snap) = status::load(&paths.state_file)
+        {
+            snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
+            status::save(&paths.state_file, &snap)?;
+        }
     }
     journal::clear(&paths.state_dir)?;
+    // retention never fails a run that recorded its outcome; it is retried by the next one
+    if let Err(e) = crate::record::retention::enforce(&paths.state_dir, &opts.retention) {
+        tracing::warn!("retention of the state dir: {e}");
+    }
     Ok(())
 }
 

@@ -406,10 +406,12 @@ fn a_run_that_changed_the_host_but_could_not_record_exits_3_and_the_next_run_rec
     let s = scratch();
     let sd = fake();
     run(&s, &sd, "1");
+    // the results directory is in the way: status is written, then recording fails
     let receipts_dir = s.paths.state_dir.join("receipts");
-    let kept = s.paths.state_dir.join("receipts-kept");
-    std::fs::rename(&receipts_dir, &kept).unwrap();
-    std::fs::write(&receipts_dir, b"in the way").unwrap();
+    let results_dir = s.paths.state_dir.join("results");
+    let kept = s.paths.state_dir.join("results-kept");
+    std::fs::rename(&results_dir, &kept).unwrap();
+    std::fs::write(&results_dir, b"in the way").unwrap();
     let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "2"), &sd).unwrap();
     let err = apply(&planned, &sd, &s.paths, &opts()).unwrap_err();
     assert!(matches!(err, Error::HostChanged(_)), "{err}");
@@ -422,8 +424,8 @@ fn a_run_that_changed_the_host_but_could_not_record_exits_3_and_the_next_run_rec
         .expect("journal kept");
     assert_eq!(j.from_revision.as_deref(), Some("1".repeat(40).as_str()));
 
-    std::fs::remove_file(&receipts_dir).unwrap();
-    std::fs::rename(&kept, &receipts_dir).unwrap();
+    std::fs::remove_file(&results_dir).unwrap();
+    std::fs::rename(&kept, &results_dir).unwrap();
     let r = run(&s, &sd, "2");
     assert!(r.outcome.is_converged(), "{r:#?}");
     assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 2);
@@ -444,4 +446,151 @@ fn a_run_that_changed_the_host_but_could_not_record_exits_3_and_the_next_run_rec
         "{receipt:?}"
     );
     assert!(!journal::path(&s.paths.state_dir).exists());
+}
+
+/// Every file under the scratch root with its bytes: "nothing changed" means this is equal.
+fn tree(root: &std::path::Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// A broken receipt chain refuses the appending run before the host is touched: no systemd
+/// call, no file written (units, host files, ledger, status, receipts, results).
+#[test]
+fn a_broken_receipt_chain_refuses_the_run_and_changes_nothing() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    run(&s, &sd, "2");
+    let first = s.paths.state_dir.join("receipts/00000001-reconcile.json");
+    let edited = std::fs::read_to_string(&first)
+        .unwrap()
+        .replace("converged", "failed");
+    std::fs::write(&first, edited).unwrap();
+    let before = tree(s.dir.path());
+    let calls = sd.mutating_calls();
+    let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, "3"), &sd).unwrap();
+    assert!(planned.plan.has_changes());
+    let err = apply(&planned, &sd, &s.paths, &opts()).unwrap_err();
+    assert!(matches!(err, Error::ReceiptChain(_)), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("00000002-reconcile.json"), "{msg}");
+    assert!(msg.contains("nothing was changed"), "{msg}");
+    assert_eq!(sd.mutating_calls(), calls, "no systemd call");
+    assert_eq!(tree(s.dir.path()), before, "no file changed");
+}
+
+/// Retention: results documents and history keep the newest N; receipts are sealed into
+/// archives and the whole chain still verifies.
+#[test]
+fn retention_keeps_the_newest_results_and_history_and_seals_receipts() {
+    let s = scratch();
+    let sd = fake();
+    let keep = ApplyOptions {
+        retention: crate::record::retention::Retention {
+            keep: 2,
+            receipts_per_archive: 2,
+        },
+        ..opts()
+    };
+    for level in ["1", "2", "3", "4", "5"] {
+        let planned = plan_desired(&s.paths, &target(), "repo", desired(&s, level), &sd).unwrap();
+        let r = apply(&planned, &sd, &s.paths, &keep).unwrap();
+        assert!(r.outcome.is_converged());
+    }
+    let results: Vec<_> = std::fs::read_dir(s.paths.state_dir.join("results"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(results.len(), 2);
+    let st = status::load(&s.paths.state_file).unwrap();
+    let hist: Vec<&str> = st.history.iter().map(|h| &h.revision[..1]).collect();
+    assert_eq!(hist, ["4", "5"]);
+    let health = st.receipts.unwrap();
+    assert!(health.ok);
+    assert_eq!(health.head_sequence, Some(5));
+    assert_eq!(receipts::list(&s.paths.state_dir).unwrap().len(), 1);
+    assert_eq!(receipts::verify_chain(&s.paths.state_dir).unwrap(), 5);
+}
+
+/// State-dir growth per transition, measured (run with
+/// `cargo test --lib measure_state_dir_growth -- --ignored --nocapture`): bytes of one
+/// reconcile receipt, one results document, status.json, and the time to verify a chain of
+/// 1000 archived + 1000 live receipts.
+#[test]
+#[ignore]
+fn measure_state_dir_growth_per_transition() {
+    let s = scratch();
+    let sd = fake();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut status_sizes = Vec::new();
+    let mut receipt_sizes = Vec::new();
+    let mut result_sizes = Vec::new();
+    for i in 0..20 {
+        let level = if i % 2 == 0 { "1" } else { "2" };
+        let mut d = desired(&s, level);
+        d.revision.commit = format!("{:040x}", i + 1);
+        let planned = plan_desired(&s.paths, &target(), "repo", d, &sd).unwrap();
+        let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
+        result_sizes.push(size(std::path::Path::new(
+            r.results_path.as_deref().unwrap(),
+        )));
+        receipt_sizes.push(size(
+            receipts::list(&s.paths.state_dir).unwrap().last().unwrap(),
+        ));
+        status_sizes.push(size(&s.paths.state_file));
+    }
+    let status_growth = (status_sizes[19] - status_sizes[9]) as f64 / 10.0;
+    println!(
+        "per transition: receipt {} bytes, results document {}-{} bytes, status.json {} -> {} bytes (+{status_growth:.0} bytes per transition until history reaches its limit)",
+        receipt_sizes[19],
+        result_sizes.iter().min().unwrap(),
+        result_sizes.iter().max().unwrap(),
+        status_sizes[0],
+        status_sizes[19],
+    );
+    // a long chain: 2000 receipts, 1000 sealed
+    let d = tempfile::tempdir().unwrap();
+    for _ in 0..2001 {
+        receipts::append(d.path(), receipts::sample_receipt("h")).unwrap();
+    }
+    let t = Instant::now();
+    let r = receipts::verify(d.path(), receipts::Depth::Run).unwrap();
+    println!("verify (run) of 2001 live receipts: {:?}", t.elapsed());
+    assert!(r.ok);
+    let t = Instant::now();
+    crate::record::archive::rotate(d.path(), 1000).unwrap();
+    println!("sealing 2 archives of 1000: {:?}", t.elapsed());
+    let dir = crate::record::archive::archive_dir(d.path());
+    let a = size(&dir.join("00000001-00001000.jsonl"));
+    let m = size(&dir.join("00000001-00001000.manifest.json"));
+    let live: u64 = receipts::list(d.path())
+        .unwrap()
+        .iter()
+        .map(|p| size(p))
+        .sum();
+    println!(
+        "archive of 1000: {a} bytes ({} per receipt) + manifest {m} bytes; live receipt {live} bytes",
+        a / 1000
+    );
+    for depth in [receipts::Depth::Run, receipts::Depth::Full] {
+        let t = Instant::now();
+        let r = receipts::verify(d.path(), depth).unwrap();
+        assert!(r.ok && r.receipts == 2001);
+        println!(
+            "verify ({depth:?}) of 2000 archived + 1 live: {:?}",
+            t.elapsed()
+        );
+    }
 }

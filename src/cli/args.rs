@@ -173,6 +173,12 @@ pub enum Command {
         #[command(subcommand)]
         command: EvidenceCommand,
     },
+    /// The receipt chain: verify it (archives and live receipts as one chain).
+    Receipts {
+        /// What to do.
+        #[command(subcommand)]
+        command: ReceiptsCommand,
+    },
     /// sha256 of a file through the runtime store's streaming hasher (for
     /// scripts/bench-runtime.py; prints digest, bytes and milliseconds as JSON).
     #[command(name = "store-hash", hide = true)]
@@ -201,6 +207,15 @@ pub enum EvidenceCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+}
+
+/// `core-ops receipts ...`.
+#[derive(Debug, Subcommand)]
+pub enum ReceiptsCommand {
+    /// Re-hash every receipt and archive and check every link: exit 0 with the count and the
+    /// head digest when intact, 1 naming the receipt file and what is wrong (and the repair)
+    /// when the chain is broken, truncated or forked.
+    Verify,
 }
 
 /// Repository, revision and host selection shared by plan, apply and explain.
@@ -241,4 +256,13 @@ pub struct ApplyTuning {
         value_name = "MS"
     )]
     pub settle_ms: u64,
+    /// Results documents (<state dir>/results) and status.json history entries kept, newest
+    /// first; 0 keeps all. Receipts are never deleted (sealed into receipts/archive/).
+    #[arg(
+        long,
+        env = "CORE_OPS_KEEP_RESULTS",
+        default_value_t = crate::record::retention::DEFAULT_KEEP,
+        value_name = "N"
+    )]
+    pub keep_results: usize,
 }

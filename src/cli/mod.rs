@@ -8,7 +8,7 @@ pub mod surface;
 use std::io::Write;
 use std::path::Path;
 
-use args::{ApplyTuning, Cli, Command, EvidenceCommand, TargetArgs};
+use args::{ApplyTuning, Cli, Command, EvidenceCommand, ReceiptsCommand, TargetArgs};
 
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::observe::{NoSystemd, UnitStateSource};
 use crate::pipeline::{self, ResolvedTarget, TargetOptions};
 use crate::plan;
 use crate::reconcile;
-use crate::record::{control, metrics};
+use crate::record::{control, metrics, receipts};
 use crate::record::{status, target};
 use crate::source::Source;
 use crate::systemd::dbus::DbusSystemd;
@@ -133,6 +133,46 @@ fn recover_runtimes(
     Ok(())
 }
 
+/// The receipt chain, checked before an appending run (apply, agent, rollback) does
+/// anything, recovery included: a broken chain refuses the run (exit 1, nothing changed).
+/// status.json's `receipts` says so whenever the verdict changes (a quiet host is not
+/// rewritten every tick; never with `--force-no-state`).
+fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> {
+    let r = receipts::verify(&paths.state_dir, receipts::Depth::Run)?;
+    if let Some(mut snap) = status::load(&paths.state_file)
+        .ok()
+        .filter(|_| record_status)
+    {
+        let now = crate::record::time::now_rfc3339();
+        let health = status::ReceiptChainHealth::of(&r, &now);
+        let changed = snap
+            .receipts
+            .as_ref()
+            .is_none_or(|h| (h.ok, &h.problem) != (health.ok, &health.problem));
+        if changed {
+            if !r.ok {
+                snap.last_run = Some(status::RunRecord {
+                    started_at: now.clone(),
+                    finished_at: now,
+                    outcome: "refused".into(),
+                    desired_revision: String::new(),
+                    requested_ref: String::new(),
+                    intent_checksum: String::new(),
+                    diagnostics: vec![format!(
+                        "receipt chain broken at {}",
+                        health.problem.as_deref().unwrap_or_default()
+                    )],
+                });
+            }
+            snap.receipts = Some(health);
+            if let Err(e) = status::save(&paths.state_file, &snap) {
+                tracing::warn!("cannot record the receipt chain's health in status.json: {e}");
+            }
+        }
+    }
+    receipts::require_intact(r).map(|_| ())
+}
+
 fn f_display(p: &Option<std::path::PathBuf>) -> String {
     p.as_ref()
         .map(|p| p.display().to_string())
@@ -183,6 +223,10 @@ fn apply_options(tuning: &ApplyTuning, record_status: bool, t: &ResolvedTarget) 
         record_status,
         repo: t.repo.clone(),
         kind: ApplyKind::Forward,
+        retention: crate::record::retention::Retention {
+            keep: tuning.keep_results,
+            ..Default::default()
+        },
     }
 }
 
@@ -192,14 +236,14 @@ fn emit_metrics(
     cli: &Cli,
     paths: &Paths,
     t0: std::time::Instant,
-    report: Option<&reconcile::RunReport>,
+    report: Result<&reconcile::RunReport, &Error>,
 ) {
     let Some(path) = metrics::target(cli.metrics_file.as_deref()) else {
         return;
     };
     let outcome = match report.map(|r| r.outcome) {
-        None => "error".to_string(),
-        Some(o) => serde_json::to_value(o)
+        Err(_) => "error".to_string(),
+        Ok(o) => serde_json::to_value(o)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
@@ -209,6 +253,13 @@ fn emit_metrics(
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let snapshot = status::load(&paths.state_file).ok();
+    let receipt_chain_ok = match report {
+        Err(Error::ReceiptChain(_)) => Some(false),
+        _ => snapshot
+            .as_ref()
+            .and_then(|s| s.receipts.as_ref())
+            .map(|h| h.ok),
+    };
     let mut m = metrics::RunMetrics {
         finished_unix,
         duration_seconds: t0.elapsed().as_secs_f64(),
@@ -226,12 +277,13 @@ fn emit_metrics(
                     .collect()
             })
             .unwrap_or_default(),
+        receipt_chain_ok,
         quarantined: control::load(&paths.state_dir)
             .map(|c| c.quarantine.is_some())
             .unwrap_or(false),
         ..Default::default()
     };
-    if let Some(r) = report {
+    if let Ok(r) = report {
         m = m.with_plan(&r.planned.plan);
     }
     if let Err(e) = metrics::write(&path, &m) {
@@ -308,6 +360,7 @@ pub fn print_error_json(err: &Error, exit_code: u8) {
         Error::Locked(_) => "locked",
         Error::StalePlan(_) => "stale_plan",
         Error::Trust(_) => "trust",
+        Error::ReceiptChain(_) => "receipt_chain",
         Error::Systemd(_) => "systemd",
         Error::HostChanged(_) => "host_changed_unrecorded",
         Error::Io { .. } => "io",
@@ -412,6 +465,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let _lock = StateLock::acquire(&paths.state_dir)?;
             let t0 = std::time::Instant::now();
             let report = (|| {
+                check_receipt_chain(&paths, !*force_no_state)?;
                 let systemd = connect_systemd(cli)?;
                 recover_runtimes(&paths, &systemd, tuning)?;
                 let mut opts = target_opts(target);
@@ -459,7 +513,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                 }
                 Ok::<_, Error>(report)
             })();
-            emit_metrics(cli, &paths, t0, report.as_ref().ok());
+            emit_metrics(cli, &paths, t0, report.as_ref());
             let report = report?;
             print_run(cli, &report);
             Ok(match report.outcome {
@@ -474,6 +528,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let _lock = StateLock::acquire(&paths.state_dir)?;
             let t0 = std::time::Instant::now();
             let report = (|| {
+                check_receipt_chain(&paths, true)?;
                 let systemd = connect_systemd(cli)?;
                 recover_runtimes(&paths, &systemd, tuning)?;
                 let t = pipeline::resolve_target(&paths, &target_opts(target))?;
@@ -490,7 +545,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                     &systemd,
                 )
             })();
-            emit_metrics(cli, &paths, t0, report.as_ref().ok());
+            emit_metrics(cli, &paths, t0, report.as_ref());
             let report = report?;
             print_run(cli, &report);
             Ok(match report.outcome {
@@ -690,6 +745,21 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                     Ok(ExitStatus::Ok)
                 }
             }
+        }
+        Command::Receipts {
+            command: ReceiptsCommand::Verify,
+        } => {
+            let r = receipts::verify(&paths.state_dir, receipts::Depth::Full)?;
+            if cli.json {
+                print_json(&r);
+            } else {
+                print_text(&output::receipts_text(&r));
+            }
+            Ok(if r.ok {
+                ExitStatus::Ok
+            } else {
+                ExitStatus::Error
+            })
         }
         Command::StoreHash { file } => {
             let t0 = std::time::Instant::now();

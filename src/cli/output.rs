@@ -241,6 +241,13 @@ pub fn status_text(
                     let _ = writeln!(o, "  - {d}");
                 }
             }
+            if let Some(h) = s.receipts.as_ref().filter(|h| !h.ok) {
+                let _ = writeln!(
+                    o,
+                    "receipts   BROKEN: {}; runs are refused until it is repaired (core-ops receipts verify)",
+                    h.problem.as_deref().unwrap_or("unknown")
+                );
+            }
             for (name, rt) in &s.runtimes {
                 let _ = writeln!(
                     o,
@@ -282,6 +289,38 @@ pub fn evidence_text(v: &crate::runtime::evidence::Verification) -> String {
     }
     for p in &v.problems {
         let _ = writeln!(o, "  - {p}");
+    }
+    o
+}
+
+/// Text of `receipts verify`.
+pub fn receipts_text(r: &crate::record::receipts::ChainReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "receipt chain {}: {} receipts verified ({} in {} archives), {}",
+        if r.ok { "intact" } else { "BROKEN" },
+        r.receipts,
+        r.archived,
+        r.archives,
+        r.receipts_dir
+    );
+    if let (Some(s), Some(d)) = (r.head_sequence, &r.head_digest) {
+        let _ = writeln!(o, "  {} {s} {d}", if r.ok { "head" } else { "last intact" });
+    }
+    if let Some(p) = &r.problem {
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let _ = writeln!(o, "  broken at {} ({kind}): {}", p.file, p.detail);
+        let _ = writeln!(
+            o,
+            "  apply and agent refuse to run (nothing is appended to a broken chain)"
+        );
+    }
+    if let Some(r) = &r.repair {
+        let _ = writeln!(o, "  repair: {r}");
     }
     o
 }

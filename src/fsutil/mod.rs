@@ -182,6 +182,47 @@ impl AtomicFile {
             None => Ok(()),
         }
     }
+
+    /// fsync, then give the file its final name only if no file of that name exists (a hard
+    /// link, which never replaces: `EEXIST` is returned as an error of kind `AlreadyExists`),
+    /// drop the temp name and fsync the directory.
+    ///
+    /// Why: of two writers racing for one name (a receipt sequence number) exactly one wins;
+    /// the other learns it lost instead of silently replacing the winner's file.
+    pub fn commit_new(mut self, path: &Path) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io(format!("fsync {}", self.tmp.display()), e))?;
+        fs::hard_link(&self.tmp, path).map_err(|e| {
+            Error::io(
+                format!("link {} -> {}", self.tmp.display(), path.display()),
+                e,
+            )
+        })?;
+        // the temp name is removed by drop (uncommitted); the content lives on under `path`
+        unlink_temp(&self.dir, &self.name);
+        self.committed = true;
+        match path.parent() {
+            Some(dir) => sync_dir(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Write `data` to the new file `path` (see [`AtomicFile::commit_new`]): fails with an
+/// `AlreadyExists` I/O error, writing nothing, if `path` exists.
+pub fn write_new(path: &Path, data: &[u8]) -> Result<()> {
+    let (dir, _) = split(path)?;
+    create_dir_all_synced(dir)?;
+    let label = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut f = AtomicFile::create(dir, &label)?;
+    f.file()
+        .write_all(data)
+        .map_err(|e| Error::io(format!("write {}", f.tmp.display()), e))?;
+    f.commit_new(path)
 }
 
 impl Drop for AtomicFile {

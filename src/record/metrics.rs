@@ -45,6 +45,8 @@ pub struct RunMetrics {
     pub quarantined: bool,
     /// Installed runtimes (name -> current version).
     pub runtimes: BTreeMap<String, String>,
+    /// Whether the receipt chain verified (`None`: not known, no gauge).
+    pub receipt_chain_ok: Option<bool>,
 }
 
 impl RunMetrics {
@@ -144,6 +146,13 @@ pub fn render(m: &RunMetrics) -> String {
         "1 when a desired revision is quarantined (non_converging or oscillating).",
         &[(String::new(), if m.quarantined { "1" } else { "0" }.into())],
     );
+    if let Some(ok) = m.receipt_chain_ok {
+        gauge(
+            "core_ops_receipt_chain_ok",
+            "1 when the receipt chain verified at the last run; 0 when it is broken, truncated or forked (runs are refused; see core-ops receipts verify).",
+            &[(String::new(), if ok { "1" } else { "0" }.into())],
+        );
+    }
     if !m.runtimes.is_empty() {
         let rows: Vec<(String, String)> = m
             .runtimes

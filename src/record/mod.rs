@@ -1,11 +1,13 @@
 //! Record: the status snapshot, the persisted target, receipts and results documents, each
 //! written atomically and each carrying `schema_version` (DESIGN section 6).
 
+pub mod archive;
 pub mod control;
 pub mod ledger;
 pub mod metrics;
 pub mod publication;
 pub mod receipts;
+pub mod retention;
 pub mod status;
 pub mod target;
 pub mod time;

@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::normalize::sha256_hex;
 use crate::provenance::Provenance;
+use crate::record::status::ReceiptChainHealth;
+use crate::record::time::now_rfc3339;
 
 /// Receipt schema version.
 pub const RECEIPT_SCHEMA_VERSION: u32 = 1;
@@ -54,51 +56,567 @@ pub struct ReconcileReceipt {
     pub reason: Option<String>,
 }
 
-fn receipts_dir(state_dir: &Path) -> PathBuf {
+/// `<state dir>/receipts`.
+pub fn receipts_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("receipts")
 }
 
-/// Receipt files in sequence order.
-pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>> {
-    let dir = receipts_dir(state_dir);
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Ok(Vec::new());
-    };
-    let mut v: Vec<PathBuf> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|e| e == "json")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(fsutil::TEMP_PREFIX))
-        })
-        .collect();
-    v.sort();
-    Ok(v)
+/// The head anchor, `<state dir>/receipts-head.json` (beside `receipts/`, so readers of
+/// `receipts/` see receipts only): the sequence and digest of the newest receipt, rewritten
+/// after every append. Why: links only prove what lies *before* a receipt; without an anchor,
+/// deleting the newest receipts would leave a shorter chain that still verifies.
+pub const HEAD_FILE: &str = "receipts-head.json";
+
+/// The sequence and kind of a receipt file name `<sequence>-<kind>.json` (sequence: decimal
+/// digits, at least 1, any width; kind: lowercase letters, digits and `-`). `None` for any
+/// other name.
+///
+/// Why parsed: chain order comes from the integer, never from sorting names (a 9-digit
+/// sequence sorts before `99999999` as text; `7-x.json` and `00000007-x.json` are one number).
+pub fn parse_name(name: &str) -> Option<(u64, &str)> {
+    let stem = name.strip_suffix(".json")?;
+    let (digits, kind) = stem.split_once('-')?;
+    let digits_ok =
+        !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit());
+    let kind_ok = !kind.is_empty()
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !digits_ok || !kind_ok {
+        return None;
+    }
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .map(|s| (s, kind))
 }
 
-/// The previous receipt's sequence number and sha256, if any.
-fn last_link(state_dir: &Path) -> Result<(u64, Option<String>)> {
-    let existing = list(state_dir)?;
-    match existing.last() {
-        Some(p) => {
-            let bytes =
-                std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-            let seq = p
-                .file_stem()
-                .and_then(|s| s.to_string_lossy().split('-').next().map(str::to_string))
-                .and_then(|s| s.parse::<u64>().ok())
-                .unwrap_or(existing.len() as u64);
-            Ok((seq, Some(sha256_hex(&bytes))))
+/// The file name of receipt `sequence` of `kind` (8 digits, wider when the number is).
+pub fn file_name(sequence: u64, kind: &str) -> String {
+    format!("{sequence:08}-{kind}.json")
+}
+
+/// One live receipt file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveEntry {
+    pub sequence: u64,
+    pub path: PathBuf,
+}
+
+/// What `receipts/` holds: receipt files in sequence order (by integer, then name), and
+/// `.json` files whose name is no receipt name or that are no regular file.
+#[derive(Debug, Default)]
+pub(crate) struct LiveDir {
+    pub entries: Vec<LiveEntry>,
+    pub strays: Vec<PathBuf>,
+}
+
+/// Read `receipts/`: temp files, directories (`archive/`) and names not ending in `.json`
+/// (receipts moved aside as `*.json.broken`) are not part of the chain.
+pub(crate) fn scan(state_dir: &Path) -> Result<LiveDir> {
+    let dir = receipts_dir(state_dir);
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LiveDir::default()),
+        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+    };
+    let mut out = LiveDir::default();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if name.starts_with(fsutil::TEMP_PREFIX) || is_dir || !name.ends_with(".json") {
+            continue;
         }
-        None => Ok((0, None)),
+        let regular = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+        match parse_name(&name) {
+            Some((sequence, _)) if regular => out.entries.push(LiveEntry {
+                sequence,
+                path: e.path(),
+            }),
+            _ => out.strays.push(e.path()),
+        }
     }
+    out.entries
+        .sort_by(|a, b| (a.sequence, &a.path).cmp(&(b.sequence, &b.path)));
+    out.strays.sort();
+    Ok(out)
+}
+
+/// Live receipt files (not yet archived) in sequence order.
+pub fn list(state_dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(scan(state_dir)?
+        .entries
+        .into_iter()
+        .map(|e| e.path)
+        .collect())
+}
+
+/// `receipts-head.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadAnchor {
+    /// 1.
+    pub schema_version: u32,
+    /// Sequence of the newest receipt.
+    pub sequence: u64,
+    /// Its sha256.
+    pub digest: String,
+    /// Its file name.
+    pub file: String,
+}
+
+fn head_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(HEAD_FILE)
+}
+
+fn read_head(state_dir: &Path) -> std::result::Result<Option<HeadAnchor>, ChainBreak> {
+    let p = head_path(state_dir);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| ChainBreak {
+                kind: BreakKind::NotJson,
+                file: p.display().to_string(),
+                detail: format!("the head anchor is not valid: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ChainBreak {
+            kind: BreakKind::Unreadable,
+            file: p.display().to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// What is wrong with a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakKind {
+    /// A file could not be read.
+    Unreadable,
+    /// A receipt (or archive line, manifest, anchor) is not JSON: cut short or overwritten.
+    NotJson,
+    /// A `.json` file in `receipts/` that is no receipt name (`<sequence>-<kind>.json`).
+    BadName,
+    /// A sequence number is missing: a receipt was deleted.
+    Gap,
+    /// Two receipts claim one sequence number.
+    Fork,
+    /// The sequence a receipt carries differs from its file name.
+    SequenceMismatch,
+    /// A receipt does not name the digest of the one before it: one of them was edited or
+    /// replaced.
+    WrongLink,
+    /// The chain ends before the receipt `receipts-head.json` records: the newest were removed.
+    Truncated,
+    /// An archive differs from its manifest, or the manifests do not link.
+    Archive,
+}
+
+/// Where and how a chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainBreak {
+    /// What is wrong.
+    pub kind: BreakKind,
+    /// The file (for an archived receipt: `<archive>:<line>`).
+    pub file: String,
+    /// In words.
+    pub detail: String,
+}
+
+impl ChainBreak {
+    /// How to repair it, in words (the operator reviews first: a break can be an attack).
+    pub fn repair(&self, state_dir: &Path) -> String {
+        let dir = receipts_dir(state_dir);
+        let aside = state_dir.join("receipts.broken");
+        match self.kind {
+            BreakKind::BadName => format!(
+                "review {}; it is no receipt (receipts are named <sequence>-<kind>.json): move it out of {}",
+                self.file,
+                dir.display()
+            ),
+            BreakKind::Truncated => format!(
+                "the newest receipts were removed: restore them from a backup, or, after review, move {} aside to accept the shorter chain",
+                head_path(state_dir).display()
+            ),
+            BreakKind::Archive => format!(
+                "restore {} (and its manifest) from a backup: an archive cannot be moved aside without breaking every later link",
+                self.file
+            ),
+            _ => format!(
+                "review {}; then move it, every later receipt and {} into {} (mkdir it first), so the chain ends at the last intact receipt; the next run appends after it",
+                self.file,
+                head_path(state_dir).display(),
+                aside.display()
+            ),
+        }
+    }
+}
+
+/// How much `verify` re-reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Depth {
+    /// Every archive re-hashed and every archived receipt's link walked
+    /// (`core-ops receipts verify`).
+    Full,
+    /// Before a run appends: live receipts and the newest archive walked, older archives
+    /// checked through their manifests' links (their bytes are re-hashed by `Full`).
+    Run,
+}
+
+/// The chain as `verify` found it (`core-ops receipts verify --json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainReport {
+    /// 1.
+    pub schema_version: u32,
+    /// `CoreOpsReceiptChain`.
+    pub kind: String,
+    /// `receipts/`.
+    pub receipts_dir: String,
+    /// What was re-read.
+    pub depth: Depth,
+    /// Whether the chain is intact.
+    pub ok: bool,
+    /// Receipts verified (archived and live) before any break.
+    pub receipts: u64,
+    /// Of those, in archives.
+    pub archived: u64,
+    /// Archives.
+    pub archives: usize,
+    /// Sequence of the newest receipt.
+    pub head_sequence: Option<u64>,
+    /// Its sha256: an operator who records it elsewhere can later prove nothing before it
+    /// changed.
+    pub head_digest: Option<String>,
+    /// The break, if any.
+    pub problem: Option<ChainBreak>,
+    /// How to repair it.
+    pub repair: Option<String>,
+}
+
+/// Walks receipts in sequence order, checking numbers and links.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    /// Sequence the next receipt must have.
+    pub next: u64,
+    /// Digest of the last receipt walked.
+    pub prev: Option<String>,
+    /// Receipts walked.
+    pub count: u64,
+}
+
+impl Walk {
+    pub(crate) fn new() -> Walk {
+        Walk {
+            next: 1,
+            prev: None,
+            count: 0,
+        }
+    }
+
+    /// Check the receipt `sequence` read from `file`; returns its digest.
+    pub(crate) fn step(
+        &mut self,
+        file: &str,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> std::result::Result<String, ChainBreak> {
+        let brk = |kind, detail: String| ChainBreak {
+            kind,
+            file: file.to_string(),
+            detail,
+        };
+        if sequence < self.next {
+            return Err(brk(
+                BreakKind::Fork,
+                format!("a second receipt with sequence {sequence}"),
+            ));
+        }
+        if sequence > self.next {
+            let missing = if sequence - self.next == 1 {
+                format!("receipt {} is missing", self.next)
+            } else {
+                format!("receipts {}..{} are missing", self.next, sequence - 1)
+            };
+            return Err(brk(
+                BreakKind::Gap,
+                format!("sequence {sequence} follows {}: {missing}", self.next - 1),
+            ));
+        }
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            brk(
+                BreakKind::NotJson,
+                format!("not JSON ({e}): cut short or overwritten"),
+            )
+        })?;
+        let carried = v
+            .get("sequence")
+            .and_then(serde_json::Value::as_u64)
+            .or_else(|| {
+                v.get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|id| id.rsplit(':').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            });
+        if let Some(c) = carried
+            && c != sequence
+        {
+            return Err(brk(
+                BreakKind::SequenceMismatch,
+                format!("the receipt says sequence {c}, its name says {sequence}"),
+            ));
+        }
+        let recorded = chain_link(&v);
+        if recorded != self.prev {
+            return Err(brk(
+                BreakKind::WrongLink,
+                format!(
+                    "names previous digest {}, but receipt {} has digest {}: one of them was edited or replaced",
+                    recorded.as_deref().unwrap_or("none"),
+                    sequence - 1,
+                    self.prev
+                        .as_deref()
+                        .unwrap_or("none (no receipt before it)")
+                ),
+            ));
+        }
+        let digest = sha256_hex(bytes);
+        self.prev = Some(digest.clone());
+        self.next = sequence + 1;
+        self.count += 1;
+        Ok(digest)
+    }
+}
+
+/// Verify the whole chain: archives (see [`Depth`]), then the live files, then the head
+/// anchor. Never fails on a break (that is the report); fails only on an unreadable
+/// directory.
+pub fn verify(state_dir: &Path, depth: Depth) -> Result<ChainReport> {
+    let mut walk = Walk::new();
+    let mut report = ChainReport {
+        schema_version: 1,
+        kind: "CoreOpsReceiptChain".into(),
+        receipts_dir: receipts_dir(state_dir).display().to_string(),
+        depth,
+        ok: true,
+        receipts: 0,
+        archived: 0,
+        archives: 0,
+        head_sequence: None,
+        head_digest: None,
+        problem: None,
+        repair: None,
+    };
+    let problem = walk_all(state_dir, depth, &mut walk, &mut report)?.err();
+    report.receipts = walk.count;
+    report.head_sequence = (walk.next > 1).then(|| walk.next - 1);
+    report.head_digest = walk.prev.clone();
+    if let Some(p) = problem {
+        report.ok = false;
+        report.repair = Some(p.repair(state_dir));
+        report.problem = Some(p);
+    }
+    Ok(report)
+}
+
+fn walk_all(
+    state_dir: &Path,
+    depth: Depth,
+    walk: &mut Walk,
+    report: &mut ChainReport,
+) -> Result<std::result::Result<(), ChainBreak>> {
+    let archived = match super::archive::walk(state_dir, depth, walk)? {
+        Ok(a) => a,
+        Err(b) => return Ok(Err(b)),
+    };
+    report.archived = walk.count;
+    report.archives = archived.archives;
+    let live = scan(state_dir)?;
+    if let Some(p) = live.strays.first() {
+        return Ok(Err(ChainBreak {
+            kind: BreakKind::BadName,
+            file: p.display().to_string(),
+            detail: "a .json file in receipts/ that is no receipt (<sequence>-<kind>.json) or no regular file".into(),
+        }));
+    }
+    for pair in live.entries.windows(2) {
+        if pair[0].sequence == pair[1].sequence {
+            return Ok(Err(ChainBreak {
+                kind: BreakKind::Fork,
+                file: pair[1].path.display().to_string(),
+                detail: format!(
+                    "sequence {} is claimed by {} too: the chain forked",
+                    pair[1].sequence,
+                    pair[0].path.display()
+                ),
+            }));
+        }
+    }
+    let mut digests: std::collections::BTreeMap<u64, String> = archived.newest_digests;
+    for e in &live.entries {
+        let file = e.path.display().to_string();
+        let bytes = match std::fs::read(&e.path) {
+            Ok(b) => b,
+            Err(err) => {
+                return Ok(Err(ChainBreak {
+                    kind: BreakKind::Unreadable,
+                    file,
+                    detail: err.to_string(),
+                }));
+            }
+        };
+        // a rotation interrupted after its manifest leaves archived receipts behind: the same
+        // bytes are not a fork (the next rotation removes them)
+        if e.sequence < walk.next && digests.get(&e.sequence) == Some(&sha256_hex(&bytes)) {
+            continue;
+        }
+        match walk.step(&file, e.sequence, &bytes) {
+            Ok(d) => {
+                digests.insert(e.sequence, d);
+            }
+            Err(b) => return Ok(Err(b)),
+        }
+    }
+    match read_head(state_dir) {
+        Err(b) => return Ok(Err(b)),
+        Ok(None) => {}
+        Ok(Some(h)) => {
+            let last = walk.next - 1;
+            if h.sequence > last {
+                return Ok(Err(ChainBreak {
+                    kind: BreakKind::Truncated,
+                    file: head_path(state_dir).display().to_string(),
+                    detail: format!(
+                        "records receipt {} ({}) as the newest, but the chain ends at {last}: the newest receipts were removed",
+                        h.sequence, h.file
+                    ),
+                }));
+            }
+            if let Some(d) = digests.get(&h.sequence)
+                && *d != h.digest
+            {
+                return Ok(Err(ChainBreak {
+                    kind: BreakKind::WrongLink,
+                    file: h.file.clone(),
+                    detail: format!(
+                        "receipt {} has digest {d}, but {} recorded {}: it was replaced",
+                        h.sequence, HEAD_FILE, h.digest
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// Verify before an appending run changes anything ([`Depth::Run`]): `Ok` with the report
+/// when intact, otherwise [`Error::ReceiptChain`] naming the file, what is wrong and the
+/// repair. Why before the run: a run refused here has changed nothing on the host.
+pub fn check_before_run(state_dir: &Path) -> Result<ChainReport> {
+    require_intact(verify(state_dir, Depth::Run)?)
+}
+
+/// The report when the chain is intact, otherwise the [`Error::ReceiptChain`] refusing to
+/// append to it.
+pub fn require_intact(r: ChainReport) -> Result<ChainReport> {
+    match &r.problem {
+        None => Ok(r),
+        Some(p) => Err(refusal(p, r.repair.as_deref().unwrap_or_default())),
+    }
+}
+
+/// status.json's view of the chain after a run that verified it (`before`, from
+/// [`check_before_run`]) and appended only through [`try_append_document`]: intact, with the
+/// head the run left (`receipts-head.json`).
+pub fn health_after_run(state_dir: &Path, before: &ChainReport) -> ReceiptChainHealth {
+    let mut h = ReceiptChainHealth::of(before, &now_rfc3339());
+    if let Ok(Some(a)) = read_head(state_dir)
+        && Some(a.sequence) > before.head_sequence
+    {
+        h.head_sequence = Some(a.sequence);
+        h.head_digest = Some(a.digest);
+    }
+    h
+}
+
+fn refusal(p: &ChainBreak, repair: &str) -> Error {
+    Error::ReceiptChain(format!(
+        "broken at {}: {}; refusing to append to it, nothing was changed. Repair: {repair} (`core-ops receipts verify` re-checks)",
+        p.file, p.detail
+    ))
+}
+
+/// The cheap checks every append makes after the run's [`check_before_run`]: names (no
+/// stray, no two receipts with one number, no gap) and the head anchor against the newest
+/// file. Returns the newest receipt's sequence and digest (archive head when none is live).
+fn append_point(state_dir: &Path) -> Result<(u64, Option<String>)> {
+    let live = scan(state_dir)?;
+    let brk = |file: &Path, kind, detail: String| {
+        let b = ChainBreak {
+            kind,
+            file: file.display().to_string(),
+            detail,
+        };
+        refusal(&b, &b.repair(state_dir))
+    };
+    if let Some(p) = live.strays.first() {
+        return Err(brk(p, BreakKind::BadName, "no receipt name".into()));
+    }
+    for pair in live.entries.windows(2) {
+        if pair[1].sequence == pair[0].sequence {
+            return Err(brk(
+                &pair[1].path,
+                BreakKind::Fork,
+                format!("sequence {} twice", pair[1].sequence),
+            ));
+        }
+        if pair[1].sequence != pair[0].sequence + 1 {
+            return Err(brk(
+                &pair[1].path,
+                BreakKind::Gap,
+                format!("sequence {} follows {}", pair[1].sequence, pair[0].sequence),
+            ));
+        }
+    }
+    let (seq, digest) = match live.entries.last() {
+        Some(e) => {
+            let bytes = std::fs::read(&e.path)
+                .map_err(|err| Error::io(format!("read {}", e.path.display()), err))?;
+            (e.sequence, Some(sha256_hex(&bytes)))
+        }
+        None => match super::archive::head(state_dir)? {
+            Some((s, d)) => (s, Some(d)),
+            None => (0, None),
+        },
+    };
+    if let Some(h) = read_head(state_dir).map_err(|b| refusal(&b, &b.repair(state_dir)))? {
+        let newest = receipts_dir(state_dir).join(&h.file);
+        if h.sequence > seq {
+            return Err(brk(
+                &newest,
+                BreakKind::Truncated,
+                format!(
+                    "{HEAD_FILE} records receipt {}, the chain ends at {seq}",
+                    h.sequence
+                ),
+            ));
+        }
+        if h.sequence == seq && Some(&h.digest) != digest.as_ref() {
+            return Err(brk(
+                &newest,
+                BreakKind::WrongLink,
+                format!("its digest differs from the one {HEAD_FILE} recorded"),
+            ));
+        }
+    }
+    Ok((seq, digest))
 }
 
 /// Append any receipt document to the chain. `build(sequence, previous_digest)` returns the
 /// document; `kind` names the file (`00000007-<kind>.json`). The document must carry the
-/// previous digest where [`chain_link`] finds it. Written atomically.
+/// previous digest where [`chain_link`] finds it.
 pub fn append_document(
     state_dir: &Path,
     kind: &str,
@@ -109,16 +627,44 @@ pub fn append_document(
 
 /// [`append_document`] with a builder that may refuse (e.g. a document that fails schema
 /// validation): nothing is written when it returns an error.
+///
+/// The file is created exclusively (a hard link that never replaces): of two writers of one
+/// sequence number, one fails instead of forking the chain. A chain that fails the
+/// [`append_point`] checks is never extended. `receipts-head.json` is rewritten afterwards.
 pub fn try_append_document(
     state_dir: &Path,
     kind: &str,
     build: impl FnOnce(u64, Option<String>) -> Result<serde_json::Value>,
 ) -> Result<(PathBuf, serde_json::Value)> {
-    let (last, prev) = last_link(state_dir)?;
+    if parse_name(&file_name(1, kind)).is_none() {
+        return Err(Error::Config(format!(
+            "internal error: receipt kind {kind:?} makes no receipt name"
+        )));
+    }
+    let (last, prev) = append_point(state_dir)?;
     let sequence = last + 1;
     let doc = build(sequence, prev)?;
-    let path = receipts_dir(state_dir).join(format!("{sequence:08}-{kind}.json"));
-    fsutil::write_json(&path, &doc)?;
+    let name = file_name(sequence, kind);
+    let path = receipts_dir(state_dir).join(&name);
+    let bytes = fsutil::json_bytes(&doc);
+    fsutil::write_new(&path, &bytes).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            Error::ReceiptChain(format!(
+                "{} already exists: another writer appended receipt {sequence} at the same time; nothing was appended",
+                path.display()
+            ))
+        }
+        other => other,
+    })?;
+    fsutil::write_json(
+        &head_path(state_dir),
+        &HeadAnchor {
+            schema_version: 1,
+            sequence,
+            digest: sha256_hex(&bytes),
+            file: name,
+        },
+    )?;
     Ok((path, doc))
 }
 
@@ -151,26 +697,14 @@ pub fn chain_link(doc: &serde_json::Value) -> Option<String> {
         .find_map(|s| s.strip_prefix(CAUSAL_PREVIOUS_PREFIX).map(str::to_string))
 }
 
-/// Check that every receipt names the digest of the one before it; returns the count.
+/// [`verify`] in full: the count of receipts (archived and live) when intact, otherwise an
+/// [`Error::ReceiptChain`] naming the file and what is wrong.
 pub fn verify_chain(state_dir: &Path) -> Result<usize> {
-    let files = list(state_dir)?;
-    let mut prev: Option<String> = None;
-    for p in &files {
-        let bytes = std::fs::read(p).map_err(|e| Error::io(format!("read {}", p.display()), e))?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Config(format!("{}: not JSON: {e}", p.display())))?;
-        let recorded = chain_link(&v);
-        if recorded != prev {
-            return Err(Error::Config(format!(
-                "{}: chain broken (expects previous digest {:?}, found {:?})",
-                p.display(),
-                prev,
-                recorded
-            )));
-        }
-        prev = Some(sha256_hex(&bytes));
+    let r = verify(state_dir, Depth::Full)?;
+    match &r.problem {
+        None => Ok(r.receipts as usize),
+        Some(p) => Err(refusal(p, r.repair.as_deref().unwrap_or_default())),
     }
-    Ok(files.len())
 }
 
 /// A converged `applied` receipt for tests (sequence, id and chain link are filled by
@@ -202,6 +736,25 @@ pub(crate) fn sample_receipt(host: &str) -> ReconcileReceipt {
 mod tests {
     use super::*;
 
+    fn chain(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let d = tempfile::tempdir().unwrap();
+        let paths = (0..n)
+            .map(|_| append(d.path(), sample_receipt("h")).unwrap().0)
+            .collect();
+        (d, paths)
+    }
+
+    fn problem(state: &Path, depth: Depth) -> Option<(BreakKind, String)> {
+        verify(state, depth)
+            .unwrap()
+            .problem
+            .map(|p| (p.kind, p.file))
+    }
+
+    fn name_of(p: &Path) -> String {
+        p.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
     #[test]
     fn receipts_chain_and_tampering_is_detected() {
         let d = tempfile::tempdir().unwrap();
@@ -220,5 +773,344 @@ mod tests {
             .replace("converged", "failed");
         std::fs::write(&p1, text).unwrap();
         assert!(verify_chain(d.path()).is_err());
+    }
+
+    #[test]
+    fn an_intact_chain_reports_count_and_head_digest() {
+        let (d, files) = chain(3);
+        let r = verify(d.path(), Depth::Full).unwrap();
+        assert!(r.ok && r.problem.is_none() && r.repair.is_none());
+        assert_eq!((r.receipts, r.head_sequence), (3, Some(3)));
+        assert_eq!(
+            r.head_digest,
+            Some(sha256_hex(&std::fs::read(&files[2]).unwrap()))
+        );
+        let head: HeadAnchor =
+            serde_json::from_slice(&std::fs::read(head_path(d.path())).unwrap()).unwrap();
+        assert_eq!((head.sequence, Some(head.digest)), (3, r.head_digest));
+    }
+
+    /// Every way a chain breaks is found, named by kind and file, and refused by append.
+    #[test]
+    fn every_break_kind_is_named_and_never_extended() {
+        type Breaker = fn(&Path, &[PathBuf]);
+        let cases: Vec<(&str, Breaker, BreakKind, usize)> = vec![
+            (
+                "edited middle receipt",
+                |_, f| {
+                    let t = std::fs::read_to_string(&f[1])
+                        .unwrap()
+                        .replace("converged", "failed");
+                    std::fs::write(&f[1], t).unwrap();
+                },
+                BreakKind::WrongLink,
+                2,
+            ),
+            (
+                "edited newest receipt (found through the head anchor)",
+                |_, f| {
+                    let t = std::fs::read_to_string(&f[3])
+                        .unwrap()
+                        .replace("converged", "failed");
+                    std::fs::write(&f[3], t).unwrap();
+                },
+                BreakKind::WrongLink,
+                3,
+            ),
+            (
+                "deleted middle receipt",
+                |_, f| std::fs::remove_file(&f[1]).unwrap(),
+                BreakKind::Gap,
+                2,
+            ),
+            (
+                "truncated file",
+                |_, f| {
+                    let b = std::fs::read(&f[1]).unwrap();
+                    std::fs::write(&f[1], &b[..b.len() / 2]).unwrap();
+                },
+                BreakKind::NotJson,
+                1,
+            ),
+            (
+                "newest receipts deleted (truncated chain)",
+                |_, f| {
+                    std::fs::remove_file(&f[3]).unwrap();
+                    std::fs::remove_file(&f[2]).unwrap();
+                },
+                BreakKind::Truncated,
+                usize::MAX,
+            ),
+            (
+                "forked sequence under another width",
+                |d, f| {
+                    std::fs::copy(&f[1], receipts_dir(d).join("2-reconcile.json")).unwrap();
+                },
+                BreakKind::Fork,
+                usize::MAX,
+            ),
+            (
+                "forked sequence under another kind",
+                |d, f| {
+                    std::fs::copy(&f[2], receipts_dir(d).join("00000003-runtime-install.json"))
+                        .unwrap();
+                },
+                BreakKind::Fork,
+                usize::MAX,
+            ),
+            (
+                "renamed receipt (sequence in the name differs from the document)",
+                |d, f| {
+                    std::fs::rename(&f[3], receipts_dir(d).join("00000005-reconcile.json"))
+                        .unwrap();
+                },
+                BreakKind::Gap,
+                usize::MAX,
+            ),
+            (
+                "a replayed receipt under the next number",
+                |d, f| {
+                    std::fs::copy(&f[3], receipts_dir(d).join("00000005-reconcile.json")).unwrap();
+                },
+                BreakKind::SequenceMismatch,
+                usize::MAX,
+            ),
+            (
+                "a stray .json name",
+                |d, _| std::fs::write(receipts_dir(d).join("notes.json"), b"{}").unwrap(),
+                BreakKind::BadName,
+                usize::MAX,
+            ),
+        ];
+        for (what, breaker, kind, file) in cases {
+            let (d, files) = chain(4);
+            breaker(d.path(), &files);
+            let (found, at) =
+                problem(d.path(), Depth::Full).unwrap_or_else(|| panic!("{what}: not detected"));
+            assert_eq!(found, kind, "{what}: {at}");
+            if file != usize::MAX {
+                assert!(at.ends_with(&name_of(&files[file])), "{what}: names {at}");
+            }
+            assert_eq!(
+                problem(d.path(), Depth::Run).map(|p| p.0),
+                Some(kind),
+                "{what}"
+            );
+            let err = check_before_run(d.path()).unwrap_err().to_string();
+            assert!(
+                err.contains("refusing to append") && err.contains("Repair:"),
+                "{what}: {err}"
+            );
+            // an append after the run's check never extends it either (its own checks or
+            // the run's refusal)
+            let before = scan(d.path()).unwrap().entries.len();
+            if matches!(
+                kind,
+                BreakKind::Gap | BreakKind::Fork | BreakKind::BadName | BreakKind::Truncated
+            ) || file == 3
+            {
+                assert!(append(d.path(), sample_receipt("h")).is_err(), "{what}");
+                assert_eq!(scan(d.path()).unwrap().entries.len(), before, "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn moving_the_broken_tail_aside_repairs_the_chain() {
+        let (d, files) = chain(4);
+        let t = std::fs::read_to_string(&files[2])
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&files[2], t).unwrap();
+        let r = verify(d.path(), Depth::Full).unwrap();
+        assert!(r.repair.as_deref().unwrap().contains("receipts.broken"));
+        // the break is at receipt 4 (it no longer links to the edited 3): 3 is suspect too,
+        // the operator moves 3, 4 and the head anchor aside
+        for f in [&files[2], &files[3]] {
+            std::fs::rename(f, d.path().join(name_of(f) + ".broken")).unwrap();
+        }
+        std::fs::remove_file(head_path(d.path())).unwrap();
+        assert_eq!(verify_chain(d.path()).unwrap(), 2);
+        let (p, r) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!(r.sequence, 3);
+        assert_eq!(
+            r.previous_receipt_digest,
+            Some(sha256_hex(&std::fs::read(&files[1]).unwrap()))
+        );
+        assert!(p.ends_with("00000003-reconcile.json"));
+    }
+
+    /// 100,000,000 sorts before 99,999,999 as text: the order comes from the integers.
+    #[test]
+    fn nine_digit_sequences_follow_eight_digit_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = sample_receipt("h");
+        r.sequence = 99_999_999;
+        r.id = "urn:srcos:receipt:reconcile:h:99999999".into();
+        std::fs::create_dir_all(receipts_dir(d.path())).unwrap();
+        std::fs::write(
+            receipts_dir(d.path()).join("99999999-reconcile.json"),
+            fsutil::json_bytes(&r),
+        )
+        .unwrap();
+        let (p1, a) = append(d.path(), sample_receipt("h")).unwrap();
+        let (p2, b) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!((a.sequence, b.sequence), (100_000_000, 100_000_001));
+        assert!(p1.ends_with("100000000-reconcile.json"));
+        assert_eq!(
+            b.previous_receipt_digest,
+            Some(sha256_hex(&std::fs::read(&p1).unwrap()))
+        );
+        let order: Vec<String> = list(d.path()).unwrap().iter().map(|p| name_of(p)).collect();
+        assert_eq!(
+            order,
+            [
+                "99999999-reconcile.json",
+                "100000000-reconcile.json",
+                "100000001-reconcile.json"
+            ]
+        );
+        assert!(p2.exists());
+    }
+
+    #[test]
+    fn names_are_parsed_strictly() {
+        assert_eq!(
+            parse_name("00000007-reconcile.json"),
+            Some((7, "reconcile"))
+        );
+        assert_eq!(
+            parse_name("123456789-runtime-install.json"),
+            Some((123_456_789, "runtime-install"))
+        );
+        for bad in [
+            "reconcile.json",
+            "-reconcile.json",
+            "00000000-reconcile.json",
+            "0000000a-reconcile.json",
+            "00000001-.json",
+            "00000001-Reconcile.json",
+            "00000001-reconcile.json.broken",
+            "+1-reconcile.json",
+            "99999999999999999999999-reconcile.json",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Two writers of one sequence number: the file is created exclusively, the loser fails
+    /// and the winner's receipt is untouched.
+    #[test]
+    fn a_racing_writer_of_the_same_sequence_loses_instead_of_forking() {
+        let (d, _) = chain(1);
+        let winner = receipts_dir(d.path()).join("00000002-reconcile.json");
+        let err = append_document(d.path(), "reconcile", |_, _| {
+            // another writer appends sequence 2 between our scan and our write
+            std::fs::write(&winner, b"{\"winner\":true}").unwrap();
+            serde_json::json!({"previous_receipt_digest": null})
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::ReceiptChain(_)), "{err}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(std::fs::read(&winner).unwrap(), b"{\"winner\":true}");
+        let left: Vec<_> = std::fs::read_dir(receipts_dir(d.path()))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(fsutil::TEMP_PREFIX)
+            })
+            .collect();
+        assert!(left.is_empty(), "no temp file left behind");
+    }
+
+    #[test]
+    fn archives_and_live_receipts_verify_as_one_chain() {
+        let (d, files) = chain(7);
+        let head = verify(d.path(), Depth::Full).unwrap().head_digest;
+        let sealed = crate::record::archive::rotate(d.path(), 3).unwrap();
+        assert_eq!(sealed.len(), 2, "1-3 and 4-6 sealed, 7 live");
+        assert_eq!((sealed[1].first_sequence, sealed[1].last_sequence), (4, 6));
+        assert_eq!(
+            sealed[1].previous_archive_digest,
+            Some(sealed[0].archive_sha256.clone())
+        );
+        assert_eq!(list(d.path()).unwrap(), vec![files[6].clone()]);
+        for depth in [Depth::Full, Depth::Run] {
+            let r = verify(d.path(), depth).unwrap();
+            assert!(r.ok, "{depth:?}: {r:?}");
+            assert_eq!((r.receipts, r.archived, r.archives), (7, 6, 2));
+            assert_eq!(r.head_digest, head);
+        }
+        // the chain continues across archives
+        let (_, next) = append(d.path(), sample_receipt("h")).unwrap();
+        assert_eq!(next.sequence, 8);
+        assert_eq!(verify_chain(d.path()).unwrap(), 8);
+        // an interrupted rotation leaves identical live copies: not a fork, removed next time
+        let archived_6 =
+            crate::record::archive::archive_dir(d.path()).join("00000004-00000006.jsonl");
+        let line = std::fs::read_to_string(&archived_6).unwrap();
+        let last: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        let leftover = receipts_dir(d.path()).join("00000006-reconcile.json");
+        std::fs::write(&leftover, last["content"].as_str().unwrap()).unwrap();
+        assert!(verify(d.path(), Depth::Full).unwrap().ok);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        assert!(!leftover.exists());
+        // a different receipt 6 is a fork
+        std::fs::write(&leftover, b"{}").unwrap();
+        assert_eq!(problem(d.path(), Depth::Run).unwrap().0, BreakKind::Fork);
+    }
+
+    #[test]
+    fn a_tampered_archive_is_found() {
+        let (d, _) = chain(7);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        let dir = crate::record::archive::archive_dir(d.path());
+        let old = dir.join("00000001-00000003.jsonl");
+        let t = std::fs::read_to_string(&old)
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&old, t).unwrap();
+        let (kind, file) = problem(d.path(), Depth::Full).unwrap();
+        assert_eq!(
+            (kind, file),
+            (BreakKind::Archive, old.display().to_string())
+        );
+        assert!(verify_chain(d.path()).is_err());
+        // the run's check re-hashes only the newest archive; the old one's manifest still
+        // links, so only the full verify sees it
+        assert!(problem(d.path(), Depth::Run).is_none());
+        // ...and a manifest rewritten to match is caught by the next manifest's link
+        let mpath = dir.join("00000001-00000003.manifest.json");
+        let mut m: crate::record::archive::Manifest =
+            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+        m.archive_sha256 = sha256_hex(&std::fs::read(&old).unwrap());
+        std::fs::write(&mpath, fsutil::json_bytes(&m)).unwrap();
+        let (kind, file) = problem(d.path(), Depth::Run).unwrap();
+        assert_eq!(kind, BreakKind::Archive);
+        assert!(file.ends_with("00000004-00000006.manifest.json"), "{file}");
+        // the newest archive is re-hashed by the run's check too
+        let (d, _) = chain(7);
+        crate::record::archive::rotate(d.path(), 3).unwrap();
+        let newest = crate::record::archive::archive_dir(d.path()).join("00000004-00000006.jsonl");
+        let t = std::fs::read_to_string(&newest)
+            .unwrap()
+            .replace("converged", "failed");
+        std::fs::write(&newest, t).unwrap();
+        assert_eq!(problem(d.path(), Depth::Run).unwrap().0, BreakKind::Archive);
+        assert!(check_before_run(d.path()).is_err());
+    }
+
+    #[test]
+    fn a_broken_chain_is_never_sealed() {
+        let (d, files) = chain(5);
+        std::fs::remove_file(&files[1]).unwrap();
+        assert!(crate::record::archive::rotate(d.path(), 2).is_err());
+        assert!(
+            !crate::record::archive::archive_dir(d.path())
+                .join("00000001-00000002.manifest.json")
+                .exists()
+        );
     }
 }

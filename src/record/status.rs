@@ -41,6 +41,47 @@ pub struct StatusSnapshot {
     /// Installed runtimes by name (absent in snapshots written before runtimes existed).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub runtimes: BTreeMap<String, RuntimeStatus>,
+    /// Health of the receipt chain as the last run found it (absent in snapshots written
+    /// before it was checked). `ok: false` means runs are refused until it is repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<ReceiptChainHealth>,
+}
+
+/// The receipt chain as a run found it (`core-ops receipts verify` says more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptChainHealth {
+    /// Whether the chain verified.
+    pub ok: bool,
+    /// When it was checked.
+    pub checked_at: String,
+    /// Sequence of the newest receipt.
+    pub head_sequence: Option<u64>,
+    /// Its sha256.
+    pub head_digest: Option<String>,
+    /// Where and how it breaks (`<file>: <what>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// How to repair it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair: Option<String>,
+}
+
+impl ReceiptChainHealth {
+    /// From a verification report.
+    pub fn of(r: &crate::record::receipts::ChainReport, now: &str) -> ReceiptChainHealth {
+        ReceiptChainHealth {
+            ok: r.ok,
+            checked_at: now.to_string(),
+            head_sequence: r.head_sequence,
+            head_digest: r.head_digest.clone(),
+            problem: r
+                .problem
+                .as_ref()
+                .map(|p| format!("{}: {}", p.file, p.detail)),
+            repair: r.repair.clone(),
+        }
+    }
 }
 
 /// One runtime as `status` shows it.
@@ -312,6 +353,7 @@ impl StatusSnapshot {
             last_run: None,
             history: Vec::new(),
             runtimes: BTreeMap::new(),
+            receipts: None,
         }
     }
 }
