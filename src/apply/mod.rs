@@ -193,6 +193,23 @@ fn diag(id: &str, unit: Option<&str>, problem: String) -> Diagnostic {
     }
 }
 
+/// Instances of a still desired template that core-ops enabled or started before and that
+/// the template no longer names.
+fn dropped_instances<'a>(
+    desired: &'a DesiredState,
+    owned: &'a std::collections::BTreeMap<String, status::AppliedResource>,
+) -> impl Iterator<Item = String> + 'a {
+    desired.resources.values().flat_map(move |r| {
+        let now: Vec<String> = r.unit.as_ref().map(|u| u.instances.clone()).unwrap_or_default();
+        owned
+            .get(&r.id)
+            .map(|o| o.instances.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(move |i| !now.contains(i))
+    })
+}
+
 /// Whether the plan saw `unit` running: a removed unit that runs is stopped even when
 /// core-ops never started it itself (a Quadlet `.volume` pulled in by its container).
 fn observed_running(planned: &Planned, unit: &str) -> bool {
@@ -474,6 +491,8 @@ pub fn apply(
             };
             a.runtime_units().into_iter().map(move |u| (kind, u))
         })
+        // instances a template no longer has
+        .chain(dropped_instances(desired, owned).map(|u| (JobKind::StopAlone, u)))
         .collect();
     if !stop_jobs.is_empty() {
         let results = phases.run("stop", || {

@@ -524,6 +524,27 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         );
     }
 
+    // 1b. a template whose instance set changed: the new instances are enabled and started,
+    // the dropped ones stopped and disabled (apply compares with what it owns)
+    for r in desired.resources.values() {
+        let (Some(u), Some(o)) = (&r.unit, input.owned.get(&r.id)) else {
+            continue;
+        };
+        let a = actions.get_mut(&r.id).expect("inserted above");
+        if a.action == Action::NoOp
+            && crate::render::is_template(&u.name)
+            && o.instances != u.instances
+        {
+            a.action = Action::Recover;
+            a.cause = Cause::DesiredChange;
+            a.reason = format!(
+                "template instances changed: [{}] (were [{}])",
+                u.instances.join(", "),
+                o.instances.join(", ")
+            );
+        }
+    }
+
     // 2. unit runtime drift on objects whose files are unchanged
     if let Some(states) = unit_states {
         for r in desired.resources.values() {
