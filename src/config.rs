@@ -19,6 +19,9 @@ pub struct Paths {
     pub host_file_roots: Vec<PathBuf>,
     /// Which Quadlet generator validates the rendered Quadlet set before anything is written.
     pub quadlet_generator: QuadletGenerator,
+    /// Caps on reading one revision of the desired-state repository
+    /// (`CORE_OPS_MAX_TREE_ENTRIES`, `_TREE_BYTES`, `_FILE_BYTES`, `_TREE_DEPTH`).
+    pub read_limits: crate::source::ReadLimits,
 }
 
 /// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
@@ -83,6 +86,7 @@ impl Paths {
             state_file,
             host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
             quadlet_generator: QuadletGenerator::Auto,
+            read_limits: crate::source::ReadLimits::default(),
         }
     }
 

@@ -122,15 +122,16 @@ pub struct Planned {
     pub plan: Plan,
 }
 
-/// Open the repository and read one revision of it.
+/// Open the repository and resolve one revision of it; its tree is read lazily, only where
+/// render asks, within `paths.read_limits`.
 pub fn read_revision(
     paths: &Paths,
     repo: &str,
     requested_ref: &str,
-) -> Result<(Source, Revision, crate::source::Snapshot)> {
+) -> Result<(Source, Revision, crate::source::RevisionTree)> {
     let source = Source::open(repo, &paths.state_dir)?;
     let revision = source.resolve(requested_ref)?;
-    let snapshot = source.snapshot(&revision)?;
+    let snapshot = source.tree(&revision, paths.read_limits)?;
     Ok((source, revision, snapshot))
 }
 
@@ -141,7 +142,7 @@ pub fn plan_revision(
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
     let (source, revision, snapshot) = read_revision(paths, &target.repo, &target.requested_ref)?;
-    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    let desired = render::render(&snapshot, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
@@ -156,7 +157,7 @@ pub fn plan_pinned(
 ) -> Result<Planned> {
     let (source, mut revision, snapshot) = read_revision(paths, &target.repo, commit)?;
     revision.requested_ref = requested_ref.to_string();
-    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    let desired = render::render(&snapshot, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
