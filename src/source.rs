@@ -1438,6 +1438,189 @@ mod tests {
         assert!(s.snapshot(&s.resolve(&c).unwrap()).is_ok());
     }
 
+    /// A repo with host h1 selecting web, an unselected service, a shared file reached by a
+    /// symlink from web, and a runtime artifact outside `runtimes/`.
+    fn lazy_fixture(root: &Path) -> (RepoBuilder, String) {
+        let mut b = RepoBuilder::init(root).unwrap();
+        let c = b
+            .commit_files(
+                &[
+                    ("hosts/h1/host.yaml", b"services: [web]\n"),
+                    ("hosts/h2/host.yaml", b"services: [other]\n"),
+                    ("services/web/web.service", b"[Service]\n"),
+                    ("services/web/files/etc/a", b"aaaa"),
+                    ("services/other/other.service", b"[Service]\n"),
+                    ("services/other/files/etc/big", &[b'x'; 4096]),
+                    ("common/shared", b"shared"),
+                ],
+                "one",
+            )
+            .unwrap();
+        (b, c)
+    }
+
+    #[test]
+    fn revision_tree_reads_only_what_is_asked_and_counts_it_once() {
+        let t = tempfile::tempdir().unwrap();
+        let (_b, c) = lazy_fixture(&t.path().join("repo"));
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve(&c).unwrap();
+        let limits = ReadLimits {
+            max_bytes: 100,
+            max_file_bytes: 1000,
+            ..ReadLimits::default()
+        };
+        let tree = s.tree(&rev, limits).unwrap();
+        assert_eq!(
+            tree.paths_under("services/web").unwrap(),
+            ["services/web/files/etc/a", "services/web/web.service"]
+        );
+        // asked twice, read and counted once
+        for _ in 0..3 {
+            assert_eq!(
+                tree.entry("services/web/files/etc/a").unwrap(),
+                Some(RepoEntry::File {
+                    data: b"aaaa".to_vec(),
+                    executable: false
+                })
+            );
+        }
+        assert_eq!(tree.state.borrow().bytes, 4);
+        // outside any listed directory: looked up by path
+        assert!(tree.exists("common/shared").unwrap());
+        assert!(!tree.exists("common/none").unwrap());
+        assert!(!tree.exists("services/web/files").unwrap(), "a directory");
+        assert!(tree.entry("services/web/nope").unwrap().is_none());
+        assert!(tree.paths_under("nothing").unwrap().is_empty());
+        // the unselected service was never listed or read
+        let st = tree.state.borrow();
+        assert!(!st.index.keys().any(|k| k.starts_with("services/other")));
+        assert_eq!(st.entries, 4, "web's entries: files, etc, a, web.service");
+        drop(st);
+        // and is still refused when it is asked for: over the per-file cap of 1000 bytes
+        let e = tree.entry("services/other/files/etc/big").unwrap_err();
+        assert_eq!(e.location.file, "services/other/files/etc/big");
+        assert!(
+            e.message
+                .contains("4096 bytes, more than the 1000 bytes one file or tree may have (CORE_OPS_MAX_FILE_BYTES)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn revision_tree_caps_are_input_errors_naming_path_and_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let (_b, c) = lazy_fixture(&t.path().join("repo"));
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve(&c).unwrap();
+        let tree = |limits: ReadLimits| s.tree(&rev, limits).unwrap();
+        let d = ReadLimits::default();
+
+        let e = tree(ReadLimits {
+            max_entries: 3,
+            ..d
+        })
+        .paths_under("services/web")
+        .unwrap_err();
+        assert!(e.message.contains("more than 3 tree entries"), "{e}");
+        assert!(e.message.contains("CORE_OPS_MAX_TREE_ENTRIES"), "{e}");
+
+        let e = tree(ReadLimits { max_depth: 3, ..d })
+            .paths_under("services/web")
+            .unwrap_err();
+        assert_eq!(e.location.file, "services/web/files/etc");
+        assert!(
+            e.message
+                .contains("deeper than 3 levels (CORE_OPS_MAX_TREE_DEPTH)"),
+            "{e}"
+        );
+        let e = tree(ReadLimits { max_depth: 3, ..d })
+            .entry("services/web/files/etc/a")
+            .unwrap_err();
+        assert!(e.message.contains("CORE_OPS_MAX_TREE_DEPTH"), "{e}");
+
+        let small = tree(ReadLimits { max_bytes: 12, ..d });
+        small.entry("services/web/web.service").unwrap();
+        let e = small.entry("services/web/files/etc/a").unwrap_err();
+        assert_eq!(e.location.file, "services/web/files/etc/a");
+        assert!(
+            e.message
+                .contains("reading its 4 bytes would exceed the 12 bytes")
+                && e.message.contains("CORE_OPS_MAX_TREE_BYTES"),
+            "{e}"
+        );
+
+        // a tree object is itself held to the per-object cap before it is parsed
+        let e = tree(ReadLimits {
+            max_file_bytes: 40,
+            ..d
+        })
+        .paths_under("")
+        .unwrap_err();
+        assert!(e.message.contains("CORE_OPS_MAX_FILE_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn revision_tree_refuses_crafted_names_on_lookup_too() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("repo");
+        let mut b = RepoBuilder::init(&path).unwrap();
+        let c = b
+            .commit_crafted(
+                &[("hosts/h/host.yaml", b"services: [x]\n")],
+                &[b".git", b"config"],
+                b"x",
+                "crafted",
+            )
+            .unwrap();
+        let s = Source::open(path.to_str().unwrap(), t.path()).unwrap();
+        let tree = s
+            .tree(&s.resolve(&c).unwrap(), ReadLimits::default())
+            .unwrap();
+        let e = tree.entry(".git/config").unwrap_err();
+        assert!(e.message.contains("tree entry name"), "{e}");
+        // the host's own directory is unaffected
+        assert!(tree.exists("hosts/h/host.yaml").unwrap());
+    }
+
+    #[test]
+    fn render_through_the_lazy_tree_follows_symlinks_outside_the_service() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("tree");
+        fs::create_dir_all(dir.join("services/web/files/etc")).unwrap();
+        fs::create_dir_all(dir.join("hosts/h1")).unwrap();
+        fs::create_dir_all(dir.join("common")).unwrap();
+        fs::write(dir.join("hosts/h1/host.yaml"), "services: [web]\n").unwrap();
+        fs::write(
+            dir.join("services/web/web.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        fs::write(dir.join("common/app.env"), "A=1\n").unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../common/app.env",
+            dir.join("services/web/files/etc/app.env"),
+        )
+        .unwrap();
+        let repo = t.path().join("repo");
+        let mut b = RepoBuilder::init(&repo).unwrap();
+        b.commit_dir(&dir, "tree").unwrap();
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve("main").unwrap();
+        let tree = s.tree(&rev, ReadLimits::default()).unwrap();
+        let scratch = crate::config::scratch();
+        let mut paths = scratch.paths.clone();
+        paths.host_file_roots = vec![PathBuf::from("/etc")];
+        let desired = crate::render::render(&tree, &rev, "h1", &paths).unwrap();
+        assert_eq!(desired.resources["file:/etc/app.env"].content, b"A=1\n");
+        // the same as rendering the whole snapshot
+        let full =
+            crate::render::render(&s.snapshot(&rev).unwrap().files, &rev, "h1", &paths).unwrap();
+        assert_eq!(desired, full);
+        let e = crate::render::render(&tree, &rev, "nope", &paths).unwrap_err();
+        assert!(e.message.contains("(known hosts: h1)"), "{e}");
+    }
+
     #[test]
     fn revision_display_and_serde() {
         let commit = "454ac5f1e2d3c4b5a69788796a5b4c3d2e1f0a9b".to_string();
