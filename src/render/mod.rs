@@ -862,6 +862,16 @@ fn render_service(
                     )
                 })?,
         };
+        if mode & 0o7002 != 0 && !spec.allow_special_mode {
+            return Err(InputError::new(
+                Location::file(&service_yaml_path),
+                format!(
+                    "files: {target} ({repo_path}): mode {mode:04o} is setuid, setgid, sticky or \
+                     world-writable; set `allow_special_mode: true` for this file if that is \
+                     intended"
+                ),
+            ));
+        }
         let meta = FileMeta {
             mode,
             owner: spec.owner.clone().unwrap_or_else(|| "root".into()),
