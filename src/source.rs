@@ -304,8 +304,9 @@ impl Source {
 
     fn open_mirror(url: &str, location: String, state_dir: &Path) -> Result<Source> {
         let mirrors = state_dir.join("mirrors");
-        fs::create_dir_all(&mirrors)
-            .map_err(|e| Error::io(format!("create {}", mirrors.display()), e))?;
+        // the state dir is private (0700) whoever creates it first
+        crate::fsutil::private_dir(state_dir)?;
+        crate::fsutil::create_dir_all_synced(&mirrors)?;
         let key = mirror_key(&location);
         let dir = mirrors.join(format!("{key}.git"));
 

@@ -350,6 +350,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             // prove the target works before persisting it
             let source = Source::open(repo, &paths.state_dir)?;
             let revision = source.resolve(rev)?;
+            fsutil::private_dir(&paths.state_dir)?;
             let t = target::save(&paths.target_file(), repo, rev)?;
             let view = serde_json::json!({
                 "schema_version": 1,
