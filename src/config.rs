@@ -21,6 +21,9 @@ pub struct Paths {
     pub quadlet_generator: QuadletGenerator,
     /// The local root-only trust policy (`/etc/core-ops/trust.yaml`; `crate::trust`).
     pub trust_file: PathBuf,
+    /// Caps on reading one revision of the desired-state repository
+    /// (`CORE_OPS_MAX_TREE_ENTRIES`, `_TREE_BYTES`, `_FILE_BYTES`, `_TREE_DEPTH`).
+    pub read_limits: crate::source::ReadLimits,
 }
 
 /// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
@@ -86,6 +89,7 @@ impl Paths {
             host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
             quadlet_generator: QuadletGenerator::Auto,
             trust_file: PathBuf::from(crate::trust::DEFAULT_TRUST_FILE),
+            read_limits: crate::source::ReadLimits::default(),
         }
     }
 

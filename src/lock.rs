@@ -10,13 +10,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
-use crate::fsutil::create_dir_all_synced;
+use crate::fsutil::private_dir;
 
 /// Held for the life of a run; released on drop or process exit.
 #[derive(Debug)]
@@ -43,6 +44,9 @@ fn locked(what: &Path) -> Error {
 
 impl StateLock {
     /// Take `<state dir>/lock` without waiting; `Error::Locked` if another run holds it.
+    ///
+    /// The state dir is created (or tightened) to 0700 here and the lock file is 0600,
+    /// whatever the umask ([`private_dir`]).
     pub fn acquire(state_dir: &Path) -> Result<StateLock> {
         // the name first: it holds even when the state dir (and its lock file) is deleted
         let addr = SocketAddr::from_abstract_name(lock_name(state_dir).as_bytes())
@@ -54,14 +58,18 @@ impl StateLock {
             }
             Err(e) => return Err(Error::io("bind the abstract lock socket", e)),
         };
-        create_dir_all_synced(state_dir)?;
+        private_dir(state_dir)?;
         let path = state_dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("chmod {}", path.display()), e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(StateLock {
                 _lock: lock,

@@ -124,13 +124,14 @@ pub struct Planned {
 }
 
 /// Open the repository and read one revision of it for `host`, once the trust policy
-/// accepted the commit (its signature is checked before the tree is read).
+/// accepted the commit (its signature is checked before the tree is read); the tree is read
+/// lazily, only where render asks, within `paths.read_limits`.
 pub fn read_revision(
     paths: &Paths,
     repo: &str,
     requested_ref: &str,
     host: &str,
-) -> Result<(Source, Revision, crate::source::Snapshot)> {
+) -> Result<(Source, Revision, crate::source::RevisionTree)> {
     read_trusted(paths, repo, requested_ref, host).map(|(s, r, snap, _)| (s, r, snap))
 }
 
@@ -139,12 +140,12 @@ fn read_trusted(
     repo: &str,
     requested_ref: &str,
     host: &str,
-) -> Result<(Source, Revision, crate::source::Snapshot, trust::Trust)> {
+) -> Result<(Source, Revision, crate::source::RevisionTree, trust::Trust)> {
     let source = Source::open(repo, &paths.state_dir)?;
     let revision = source.resolve(requested_ref)?;
     let policy = trust::policy_for(&paths.trust_file, source.repository(), &revision, host)?;
     trust::verify_commit(source.repository(), &revision, &policy)?;
-    let snapshot = source.snapshot(&revision)?;
+    let snapshot = source.tree(&revision, paths.read_limits)?;
     Ok((source, revision, snapshot, policy))
 }
 
@@ -162,7 +163,7 @@ pub fn plan_revision(
     {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
     }
-    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    let desired = render::render(&snapshot, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
@@ -178,7 +179,7 @@ pub fn plan_pinned(
     let (source, mut revision, snapshot) =
         read_revision(paths, &target.repo, commit, &target.host)?;
     revision.requested_ref = requested_ref.to_string();
-    let desired = render::render(&snapshot.files, &revision, &target.host, paths)?;
+    let desired = render::render(&snapshot, &revision, &target.host, paths)?;
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 

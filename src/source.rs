@@ -13,10 +13,12 @@
 //!
 //! Callers hold the state-dir lock, so one process at a time touches a mirror.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use git2::{
     AutotagOption, ErrorCode, FetchOptions, FetchPrune, ObjectType, Oid, Repository,
@@ -206,7 +208,8 @@ pub fn redact(text: &str) -> String {
 /// Why a type: opening (and fetching) happens once per run; every later read goes to the same
 /// object database.
 pub struct Source {
-    repo: Repository,
+    /// Shared with the [`RevisionTree`]s read from it.
+    repo: Rc<Repository>,
     /// Operator's location, credentials removed.
     location: String,
     /// Mirror directory when the location is a URL.
@@ -293,7 +296,7 @@ impl Source {
             }
         })?;
         Ok(Source {
-            repo,
+            repo: Rc::new(repo),
             location,
             mirror: None,
         })
@@ -301,8 +304,9 @@ impl Source {
 
     fn open_mirror(url: &str, location: String, state_dir: &Path) -> Result<Source> {
         let mirrors = state_dir.join("mirrors");
-        fs::create_dir_all(&mirrors)
-            .map_err(|e| Error::io(format!("create {}", mirrors.display()), e))?;
+        // the state dir is private (0700) whoever creates it first
+        crate::fsutil::private_dir(state_dir)?;
+        crate::fsutil::create_dir_all_synced(&mirrors)?;
         let key = mirror_key(&location);
         let dir = mirrors.join(format!("{key}.git"));
 
@@ -312,7 +316,7 @@ impl Source {
                     remove_stale_locks(&dir)?;
                     fetch(&repo, url, &location)?;
                     return Ok(Source {
-                        repo,
+                        repo: Rc::new(repo),
                         location,
                         mirror: Some(dir),
                     });
@@ -353,7 +357,7 @@ impl Source {
         let repo = Repository::open_bare(&dir)
             .map_err(|e| src_err(format!("open mirror {}: {}", dir.display(), e.message())))?;
         Ok(Source {
-            repo,
+            repo: Rc::new(repo),
             location,
             mirror: Some(dir),
         })
@@ -467,11 +471,33 @@ impl Source {
         Ok(())
     }
 
-    /// Read every file and symlink of `rev`'s tree into memory.
+    /// Read every file and symlink of `rev`'s tree into memory, within the default
+    /// [`ReadLimits`].
     ///
-    /// Why from the tree: the snapshot is exactly the commit, whatever any work tree holds.
-    /// A submodule entry is an input error naming its path (its files are not in this repo).
+    /// Why still here: tools and tests that want the whole commit; a run reads only what the
+    /// host needs through [`Source::tree`]. A submodule entry is an input error naming its
+    /// path (its files are not in this repo).
     pub fn snapshot(&self, rev: &Revision) -> Result<Snapshot> {
+        let tree = self.tree(rev, ReadLimits::default())?;
+        let mut files = BTreeMap::new();
+        for path in tree.paths_under("")? {
+            if let Some(entry) = tree.entry(&path)? {
+                files.insert(path, entry);
+            }
+        }
+        Ok(Snapshot {
+            revision: rev.clone(),
+            files,
+        })
+    }
+
+    /// The tree of `rev`, read lazily and within `limits`: nothing but the root tree is read
+    /// until a path or directory is asked for.
+    ///
+    /// Why lazy: a host needs its own `host.yaml`, its selected services and runtimes; reading
+    /// the rest would let any corner of the repository (a git bomb, a 40,000-deep tree, a huge
+    /// blob) cost every host memory and time.
+    pub fn tree(&self, rev: &Revision, limits: ReadLimits) -> Result<RevisionTree> {
         let oid = Oid::from_str(&rev.commit)
             .ok()
             .filter(|_| rev.commit.len() == 40)
@@ -484,81 +510,415 @@ impl Source {
                 e.message()
             ))
         })?;
-        let tree = commit
-            .tree()
-            .map_err(|e| src_err(format!("read tree of {}: {}", rev.commit, e.message())))?;
-        let mut files = BTreeMap::new();
-        self.read_tree(&tree, "", &mut files)?;
-        Ok(Snapshot {
-            revision: rev.clone(),
-            files,
+        let root = commit.tree_id();
+        Ok(RevisionTree {
+            repo: Rc::clone(&self.repo),
+            location: self.location.clone(),
+            root,
+            limits,
+            state: RefCell::new(ReadState::default()),
         })
     }
+}
 
-    fn read_tree(
-        &self,
-        tree: &Tree<'_>,
-        prefix: &str,
-        out: &mut BTreeMap<String, RepoEntry>,
-    ) -> Result<()> {
-        for entry in tree.iter() {
-            check_entry_name(prefix, entry.name_bytes())?;
-            let path = match entry.name() {
-                Ok(n) => format!("{prefix}{n}"),
-                Err(_) => {
-                    let lossy = format!("{prefix}{}", String::from_utf8_lossy(entry.name_bytes()));
-                    return Err(
-                        InputError::new(Location::file(lossy), "file name is not UTF-8").into(),
-                    );
+/// Read access to one commit's files by repo-relative path (`/` separators).
+///
+/// Why a trait: render stays a pure function of the files it asks for; a map of values
+/// (tests, [`Snapshot`]) and the lazy, bounded reader of a commit ([`RevisionTree`]) both
+/// answer it.
+pub trait RepoFiles {
+    /// The file or symlink at `path`; `None` when there is none (or it is a directory).
+    fn entry(&self, path: &str) -> std::result::Result<Option<RepoEntry>, InputError>;
+
+    /// Whether a file or symlink exists at `path`, without reading it.
+    fn exists(&self, path: &str) -> std::result::Result<bool, InputError> {
+        Ok(self.entry(path)?.is_some())
+    }
+
+    /// Paths of every file and symlink below directory `dir` (`""`: the whole commit),
+    /// sorted.
+    fn paths_under(&self, dir: &str) -> std::result::Result<Vec<String>, InputError>;
+}
+
+impl RepoFiles for BTreeMap<String, RepoEntry> {
+    fn entry(&self, path: &str) -> std::result::Result<Option<RepoEntry>, InputError> {
+        Ok(self.get(path).cloned())
+    }
+
+    fn exists(&self, path: &str) -> std::result::Result<bool, InputError> {
+        Ok(self.contains_key(path))
+    }
+
+    fn paths_under(&self, dir: &str) -> std::result::Result<Vec<String>, InputError> {
+        let prefix = dir_prefix(dir);
+        Ok(self
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+/// `dir` as a path prefix: `""` stays empty, anything else ends in exactly one `/`.
+fn dir_prefix(dir: &str) -> String {
+    let trimmed = dir.trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("{trimmed}/")
+    }
+}
+
+/// Default of [`ReadLimits::max_entries`] (`CORE_OPS_MAX_TREE_ENTRIES`).
+pub const DEFAULT_MAX_TREE_ENTRIES: u64 = 100_000;
+/// Default of [`ReadLimits::max_bytes`] (`CORE_OPS_MAX_TREE_BYTES`): 256 MiB.
+pub const DEFAULT_MAX_TREE_BYTES: u64 = 256 << 20;
+/// Default of [`ReadLimits::max_file_bytes`] (`CORE_OPS_MAX_FILE_BYTES`): 64 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
+/// Default of [`ReadLimits::max_depth`] (`CORE_OPS_MAX_TREE_DEPTH`).
+pub const DEFAULT_MAX_TREE_DEPTH: usize = 64;
+
+/// What reading one revision may cost at most; exceeding a cap is an input error naming the
+/// path and the cap.
+///
+/// Why: git objects are shared by reference, so 11 small objects can describe 10^11 files
+/// (a git bomb) and one tree can nest 40,000 deep; the reader must stop long before memory,
+/// time or stack run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// Tree entries visited, counted as expanded (an entry reached twice through a shared
+    /// subtree counts twice).
+    pub max_entries: u64,
+    /// Bytes of file and symlink content read, in total.
+    pub max_bytes: u64,
+    /// Size of one object (a file, a symlink, or a tree object itself).
+    pub max_file_bytes: u64,
+    /// Path components of any path read (`services/web/web.service` is 3).
+    pub max_depth: usize,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        ReadLimits {
+            max_entries: DEFAULT_MAX_TREE_ENTRIES,
+            max_bytes: DEFAULT_MAX_TREE_BYTES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_depth: DEFAULT_MAX_TREE_DEPTH,
+        }
+    }
+}
+
+/// The tree of one commit, read on demand and within [`ReadLimits`].
+///
+/// Traversal is iterative (an explicit stack), so depth costs heap, never call stack, and
+/// the depth cap stops it early anyway. Reads are cached by path: a file render asks for
+/// twice counts once.
+pub struct RevisionTree {
+    repo: Rc<Repository>,
+    /// Operator's location, credentials removed (for messages).
+    location: String,
+    root: Oid,
+    limits: ReadLimits,
+    state: RefCell<ReadState>,
+}
+
+impl fmt::Debug for RevisionTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RevisionTree")
+            .field("location", &self.location)
+            .field("root", &self.root)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// What a [`RevisionTree`] has read so far.
+#[derive(Debug, Default)]
+struct ReadState {
+    /// Tree entries visited (expanded).
+    entries: u64,
+    /// Content bytes read.
+    bytes: u64,
+    /// Directories listed completely (`""` or `dir/`): lookups below them need no git access.
+    listed: BTreeSet<String>,
+    /// Files and symlinks seen: path -> (blob id, git file mode).
+    index: BTreeMap<String, (Oid, i32)>,
+    /// Contents read, by path.
+    read: BTreeMap<String, RepoEntry>,
+}
+
+/// Where a path leads in the commit.
+enum Found {
+    Absent,
+    Tree(Oid),
+    Leaf(Oid, i32),
+}
+
+impl RevisionTree {
+    /// The limits this tree is read within.
+    pub fn limits(&self) -> ReadLimits {
+        self.limits
+    }
+
+    fn git_err(&self, path: &str, e: &git2::Error) -> InputError {
+        InputError::new(
+            Location::file(path),
+            format!(
+                "cannot read it from {}: {}",
+                redact(&self.location),
+                e.message()
+            ),
+        )
+    }
+
+    /// An object's size from its header, before its content is read; refused above the
+    /// per-object cap.
+    fn object_size(&self, oid: Oid, path: &str) -> std::result::Result<u64, InputError> {
+        let odb = self.repo.odb().map_err(|e| self.git_err(path, &e))?;
+        let (size, _) = odb.read_header(oid).map_err(|e| self.git_err(path, &e))?;
+        let size = size as u64;
+        if size > self.limits.max_file_bytes {
+            return Err(InputError::new(
+                Location::file(path),
+                format!(
+                    "object is {size} bytes, more than the {} bytes one file or tree may have \
+                     (CORE_OPS_MAX_FILE_BYTES)",
+                    self.limits.max_file_bytes
+                ),
+            ));
+        }
+        Ok(size)
+    }
+
+    /// A tree object, checked against the per-object cap before it is parsed.
+    fn load_tree(&self, oid: Oid, path: &str) -> std::result::Result<Tree<'_>, InputError> {
+        let shown = if path.is_empty() { "/" } else { path };
+        self.object_size(oid, shown)?;
+        self.repo
+            .find_tree(oid)
+            .map_err(|e| self.git_err(shown, &e))
+    }
+
+    fn depth_err(&self, path: &str) -> InputError {
+        InputError::new(
+            Location::file(path),
+            format!(
+                "path is deeper than {} levels (CORE_OPS_MAX_TREE_DEPTH)",
+                self.limits.max_depth
+            ),
+        )
+    }
+
+    /// Follow `path` from the root, one component at a time (no listing, no content).
+    fn lookup(&self, path: &str) -> std::result::Result<Found, InputError> {
+        let trimmed = path.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Ok(Found::Tree(self.root));
+        }
+        let parts: Vec<&str> = trimmed.split('/').collect();
+        if parts.len() > self.limits.max_depth {
+            return Err(self.depth_err(trimmed));
+        }
+        {
+            // answered by a listing already done
+            let st = self.state.borrow();
+            let covered = st.listed.contains("")
+                || parts
+                    .iter()
+                    .scan(String::new(), |acc, p| {
+                        acc.push_str(p);
+                        acc.push('/');
+                        Some(acc.clone())
+                    })
+                    .any(|dir| st.listed.contains(&dir));
+            if covered {
+                if let Some((oid, mode)) = st.index.get(trimmed) {
+                    return Ok(Found::Leaf(*oid, *mode));
                 }
-            };
-            let read_err = |e: git2::Error| {
-                src_err(format!(
-                    "read '{path}' in {}: {}",
-                    self.location,
-                    e.message()
-                ))
-            };
-            match entry.kind() {
-                Some(ObjectType::Tree) => {
-                    let sub = self.repo.find_tree(entry.id()).map_err(read_err)?;
-                    self.read_tree(&sub, &format!("{path}/"), out)?;
-                }
-                Some(ObjectType::Blob) => {
-                    let blob = self.repo.find_blob(entry.id()).map_err(read_err)?;
-                    let item = if entry.filemode() == 0o120000 {
-                        let target = String::from_utf8(blob.content().to_vec()).map_err(|_| {
-                            InputError::new(
-                                Location::file(path.clone()),
-                                "symlink target is not UTF-8",
-                            )
-                        })?;
-                        RepoEntry::Symlink { target }
-                    } else {
-                        RepoEntry::File {
-                            data: blob.content().to_vec(),
-                            executable: entry.filemode() == 0o100755,
-                        }
-                    };
-                    out.insert(path, item);
-                }
-                Some(ObjectType::Commit) => {
-                    return Err(InputError::new(
-                        Location::file(path),
-                        "submodules are not supported: the desired state must be plain files in this repository",
-                    )
-                    .into());
-                }
-                _ => {
-                    return Err(src_err(format!(
-                        "'{path}' in {} has an unexpected tree entry type",
-                        self.location
-                    )));
+                let prefix = format!("{trimmed}/");
+                let is_dir = st
+                    .index
+                    .range::<str, _>((
+                        std::ops::Bound::Included(prefix.as_str()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .next()
+                    .is_some_and(|(k, _)| k.starts_with(&prefix));
+                if !is_dir {
+                    return Ok(Found::Absent);
                 }
             }
         }
+        let mut current = self.root;
+        let mut walked = String::new();
+        for (i, part) in parts.iter().enumerate() {
+            let tree = self.load_tree(current, walked.trim_end_matches('/'))?;
+            check_entry_name(&walked, part.as_bytes())?;
+            walked.push_str(part);
+            let Some(entry) = tree.get_name(part) else {
+                return Ok(Found::Absent);
+            };
+            let last = i + 1 == parts.len();
+            match entry.kind() {
+                Some(ObjectType::Tree) => current = entry.id(),
+                Some(ObjectType::Blob) if last => {
+                    return Ok(Found::Leaf(entry.id(), entry.filemode()));
+                }
+                Some(ObjectType::Commit) => return Err(submodule_err(walked)),
+                _ => return Ok(Found::Absent),
+            }
+            walked.push('/');
+        }
+        Ok(Found::Tree(current))
+    }
+
+    /// List `dir` completely (iteratively), counting every entry against the caps.
+    fn list(&self, dir: &str) -> std::result::Result<(), InputError> {
+        let prefix = dir_prefix(dir);
+        if self.state.borrow().listed.contains(&prefix) {
+            return Ok(());
+        }
+        let oid = match self.lookup(&prefix)? {
+            Found::Tree(oid) => oid,
+            Found::Absent | Found::Leaf(..) => return Ok(()),
+        };
+        let depth = prefix.split('/').filter(|p| !p.is_empty()).count();
+        let mut stack = vec![(oid, prefix.clone(), depth)];
+        while let Some((oid, at, depth)) = stack.pop() {
+            let tree = self.load_tree(oid, at.trim_end_matches('/'))?;
+            for entry in tree.iter() {
+                check_entry_name(&at, entry.name_bytes())?;
+                let path = match entry.name() {
+                    Ok(n) => format!("{at}{n}"),
+                    Err(_) => {
+                        let lossy = format!("{at}{}", String::from_utf8_lossy(entry.name_bytes()));
+                        return Err(InputError::new(
+                            Location::file(lossy),
+                            "file name is not UTF-8",
+                        ));
+                    }
+                };
+                let mut st = self.state.borrow_mut();
+                st.entries += 1;
+                if st.entries > self.limits.max_entries {
+                    return Err(InputError::new(
+                        Location::file(path),
+                        format!(
+                            "more than {} tree entries read from the revision \
+                             (CORE_OPS_MAX_TREE_ENTRIES; entries reached through shared \
+                             subtrees count each time)",
+                            self.limits.max_entries
+                        ),
+                    ));
+                }
+                if depth + 1 > self.limits.max_depth {
+                    return Err(self.depth_err(&path));
+                }
+                match entry.kind() {
+                    Some(ObjectType::Tree) => {
+                        stack.push((entry.id(), format!("{path}/"), depth + 1))
+                    }
+                    Some(ObjectType::Blob) => {
+                        st.index.insert(path, (entry.id(), entry.filemode()));
+                    }
+                    Some(ObjectType::Commit) => return Err(submodule_err(path)),
+                    _ => {
+                        return Err(InputError::new(
+                            Location::file(path),
+                            "unexpected tree entry type",
+                        ));
+                    }
+                }
+            }
+        }
+        self.state.borrow_mut().listed.insert(prefix);
         Ok(())
     }
+
+    /// Read one file or symlink, checking its size from the header first.
+    fn read_leaf(
+        &self,
+        path: &str,
+        oid: Oid,
+        mode: i32,
+    ) -> std::result::Result<RepoEntry, InputError> {
+        let size = self.object_size(oid, path)?;
+        {
+            let mut st = self.state.borrow_mut();
+            if st.bytes + size > self.limits.max_bytes {
+                return Err(InputError::new(
+                    Location::file(path),
+                    format!(
+                        "reading its {size} bytes would exceed the {} bytes core-ops reads from \
+                         one revision (CORE_OPS_MAX_TREE_BYTES)",
+                        self.limits.max_bytes
+                    ),
+                ));
+            }
+            st.bytes += size;
+        }
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(|e| self.git_err(path, &e))?;
+        Ok(if mode == 0o120000 {
+            let target = String::from_utf8(blob.content().to_vec()).map_err(|_| {
+                InputError::new(Location::file(path), "symlink target is not UTF-8")
+            })?;
+            RepoEntry::Symlink { target }
+        } else {
+            RepoEntry::File {
+                data: blob.content().to_vec(),
+                executable: mode == 0o100755,
+            }
+        })
+    }
+}
+
+impl RepoFiles for RevisionTree {
+    fn entry(&self, path: &str) -> std::result::Result<Option<RepoEntry>, InputError> {
+        if let Some(e) = self.state.borrow().read.get(path) {
+            return Ok(Some(e.clone()));
+        }
+        let Found::Leaf(oid, mode) = self.lookup(path)? else {
+            return Ok(None);
+        };
+        let entry = self.read_leaf(path, oid, mode)?;
+        self.state
+            .borrow_mut()
+            .read
+            .insert(path.to_string(), entry.clone());
+        Ok(Some(entry))
+    }
+
+    fn exists(&self, path: &str) -> std::result::Result<bool, InputError> {
+        Ok(matches!(self.lookup(path)?, Found::Leaf(..)))
+    }
+
+    fn paths_under(&self, dir: &str) -> std::result::Result<Vec<String>, InputError> {
+        self.list(dir)?;
+        let prefix = dir_prefix(dir);
+        let st = self.state.borrow();
+        Ok(st
+            .index
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+}
+
+fn submodule_err(path: String) -> InputError {
+    InputError::new(
+        Location::file(path),
+        "submodules are not supported: the desired state must be plain files in this repository",
+    )
 }
 
 /// Refuse a tree entry name no checkout could produce: empty, `.`, `..`, `.git` (any case),
@@ -567,7 +927,7 @@ impl Source {
 /// Why: `git add` refuses these, but plumbing (`git mktree`, `hash-object --literally`) writes
 /// them, and a name like `..` turns `services/x/files/etc/../../root/x` into a host path
 /// outside every root. Checked where the tree is read, so nothing later ever sees such a path.
-fn check_entry_name(prefix: &str, name: &[u8]) -> Result<()> {
+fn check_entry_name(prefix: &str, name: &[u8]) -> std::result::Result<(), InputError> {
     let bad = name.is_empty()
         || name == b"."
         || name == b".."
@@ -582,8 +942,7 @@ fn check_entry_name(prefix: &str, name: &[u8]) -> Result<()> {
         Location::file(shown),
         "tree entry name is empty, '.', '..', '.git' or contains '/' or NUL: git plumbing can \
          write it, a checkout never would, and core-ops refuses it",
-    )
-    .into())
+    ))
 }
 
 /// Mirror directory name: first 16 hex digits of the sha256 of the redacted URL.
@@ -1084,6 +1443,189 @@ mod tests {
         // and a plain tree still reads
         let c = b.commit_files(base, "plain").unwrap();
         assert!(s.snapshot(&s.resolve(&c).unwrap()).is_ok());
+    }
+
+    /// A repo with host h1 selecting web, an unselected service, a shared file reached by a
+    /// symlink from web, and a runtime artifact outside `runtimes/`.
+    fn lazy_fixture(root: &Path) -> (RepoBuilder, String) {
+        let mut b = RepoBuilder::init(root).unwrap();
+        let c = b
+            .commit_files(
+                &[
+                    ("hosts/h1/host.yaml", b"services: [web]\n"),
+                    ("hosts/h2/host.yaml", b"services: [other]\n"),
+                    ("services/web/web.service", b"[Service]\n"),
+                    ("services/web/files/etc/a", b"aaaa"),
+                    ("services/other/other.service", b"[Service]\n"),
+                    ("services/other/files/etc/big", &[b'x'; 4096]),
+                    ("common/shared", b"shared"),
+                ],
+                "one",
+            )
+            .unwrap();
+        (b, c)
+    }
+
+    #[test]
+    fn revision_tree_reads_only_what_is_asked_and_counts_it_once() {
+        let t = tempfile::tempdir().unwrap();
+        let (_b, c) = lazy_fixture(&t.path().join("repo"));
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve(&c).unwrap();
+        let limits = ReadLimits {
+            max_bytes: 100,
+            max_file_bytes: 1000,
+            ..ReadLimits::default()
+        };
+        let tree = s.tree(&rev, limits).unwrap();
+        assert_eq!(
+            tree.paths_under("services/web").unwrap(),
+            ["services/web/files/etc/a", "services/web/web.service"]
+        );
+        // asked twice, read and counted once
+        for _ in 0..3 {
+            assert_eq!(
+                tree.entry("services/web/files/etc/a").unwrap(),
+                Some(RepoEntry::File {
+                    data: b"aaaa".to_vec(),
+                    executable: false
+                })
+            );
+        }
+        assert_eq!(tree.state.borrow().bytes, 4);
+        // outside any listed directory: looked up by path
+        assert!(tree.exists("common/shared").unwrap());
+        assert!(!tree.exists("common/none").unwrap());
+        assert!(!tree.exists("services/web/files").unwrap(), "a directory");
+        assert!(tree.entry("services/web/nope").unwrap().is_none());
+        assert!(tree.paths_under("nothing").unwrap().is_empty());
+        // the unselected service was never listed or read
+        let st = tree.state.borrow();
+        assert!(!st.index.keys().any(|k| k.starts_with("services/other")));
+        assert_eq!(st.entries, 4, "web's entries: files, etc, a, web.service");
+        drop(st);
+        // and is still refused when it is asked for: over the per-file cap of 1000 bytes
+        let e = tree.entry("services/other/files/etc/big").unwrap_err();
+        assert_eq!(e.location.file, "services/other/files/etc/big");
+        assert!(
+            e.message
+                .contains("4096 bytes, more than the 1000 bytes one file or tree may have (CORE_OPS_MAX_FILE_BYTES)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn revision_tree_caps_are_input_errors_naming_path_and_cap() {
+        let t = tempfile::tempdir().unwrap();
+        let (_b, c) = lazy_fixture(&t.path().join("repo"));
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve(&c).unwrap();
+        let tree = |limits: ReadLimits| s.tree(&rev, limits).unwrap();
+        let d = ReadLimits::default();
+
+        let e = tree(ReadLimits {
+            max_entries: 3,
+            ..d
+        })
+        .paths_under("services/web")
+        .unwrap_err();
+        assert!(e.message.contains("more than 3 tree entries"), "{e}");
+        assert!(e.message.contains("CORE_OPS_MAX_TREE_ENTRIES"), "{e}");
+
+        let e = tree(ReadLimits { max_depth: 3, ..d })
+            .paths_under("services/web")
+            .unwrap_err();
+        assert_eq!(e.location.file, "services/web/files/etc");
+        assert!(
+            e.message
+                .contains("deeper than 3 levels (CORE_OPS_MAX_TREE_DEPTH)"),
+            "{e}"
+        );
+        let e = tree(ReadLimits { max_depth: 3, ..d })
+            .entry("services/web/files/etc/a")
+            .unwrap_err();
+        assert!(e.message.contains("CORE_OPS_MAX_TREE_DEPTH"), "{e}");
+
+        let small = tree(ReadLimits { max_bytes: 12, ..d });
+        small.entry("services/web/web.service").unwrap();
+        let e = small.entry("services/web/files/etc/a").unwrap_err();
+        assert_eq!(e.location.file, "services/web/files/etc/a");
+        assert!(
+            e.message
+                .contains("reading its 4 bytes would exceed the 12 bytes")
+                && e.message.contains("CORE_OPS_MAX_TREE_BYTES"),
+            "{e}"
+        );
+
+        // a tree object is itself held to the per-object cap before it is parsed
+        let e = tree(ReadLimits {
+            max_file_bytes: 40,
+            ..d
+        })
+        .paths_under("")
+        .unwrap_err();
+        assert!(e.message.contains("CORE_OPS_MAX_FILE_BYTES"), "{e}");
+    }
+
+    #[test]
+    fn revision_tree_refuses_crafted_names_on_lookup_too() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("repo");
+        let mut b = RepoBuilder::init(&path).unwrap();
+        let c = b
+            .commit_crafted(
+                &[("hosts/h/host.yaml", b"services: [x]\n")],
+                &[b".git", b"config"],
+                b"x",
+                "crafted",
+            )
+            .unwrap();
+        let s = Source::open(path.to_str().unwrap(), t.path()).unwrap();
+        let tree = s
+            .tree(&s.resolve(&c).unwrap(), ReadLimits::default())
+            .unwrap();
+        let e = tree.entry(".git/config").unwrap_err();
+        assert!(e.message.contains("tree entry name"), "{e}");
+        // the host's own directory is unaffected
+        assert!(tree.exists("hosts/h/host.yaml").unwrap());
+    }
+
+    #[test]
+    fn render_through_the_lazy_tree_follows_symlinks_outside_the_service() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("tree");
+        fs::create_dir_all(dir.join("services/web/files/etc")).unwrap();
+        fs::create_dir_all(dir.join("hosts/h1")).unwrap();
+        fs::create_dir_all(dir.join("common")).unwrap();
+        fs::write(dir.join("hosts/h1/host.yaml"), "services: [web]\n").unwrap();
+        fs::write(
+            dir.join("services/web/web.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        fs::write(dir.join("common/app.env"), "A=1\n").unwrap();
+        std::os::unix::fs::symlink(
+            "../../../../common/app.env",
+            dir.join("services/web/files/etc/app.env"),
+        )
+        .unwrap();
+        let repo = t.path().join("repo");
+        let mut b = RepoBuilder::init(&repo).unwrap();
+        b.commit_dir(&dir, "tree").unwrap();
+        let s = Source::open(repo.to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve("main").unwrap();
+        let tree = s.tree(&rev, ReadLimits::default()).unwrap();
+        let scratch = crate::config::scratch();
+        let mut paths = scratch.paths.clone();
+        paths.host_file_roots = vec![PathBuf::from("/etc")];
+        let desired = crate::render::render(&tree, &rev, "h1", &paths).unwrap();
+        assert_eq!(desired.resources["file:/etc/app.env"].content, b"A=1\n");
+        // the same as rendering the whole snapshot
+        let full =
+            crate::render::render(&s.snapshot(&rev).unwrap().files, &rev, "h1", &paths).unwrap();
+        assert_eq!(desired, full);
+        let e = crate::render::render(&tree, &rev, "nope", &paths).unwrap_err();
+        assert!(e.message.contains("(known hosts: h1)"), "{e}");
     }
 
     #[test]

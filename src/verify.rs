@@ -80,7 +80,7 @@ pub struct Verification {
 }
 
 /// What is wrong with one runtime unit of a desired unit role, as (unit, problem): it must be
-/// loaded (with systemd's reason when not), running, or finished what it was asked to do (a
+/// loaded whatever its role (with systemd's reason when not), running, or finished what it was asked to do (a
 /// oneshot that exited successfully, a start skipped by its conditions), and enabled when
 /// it should be.
 fn unit_problems(
@@ -89,7 +89,9 @@ fn unit_problems(
     started_ok: bool,
 ) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    if (u.start || u.enable) && st.load_state != "loaded" {
+    // every managed unit must load, also one that is neither started nor enabled (pulled in
+    // by others, or a timer's service): systemd refusing it is a failed object, not converged
+    if st.load_state != "loaded" {
         let why = if st.load_error.is_empty() {
             String::new()
         } else {
@@ -322,4 +324,51 @@ pub fn verify(
         diagnostics,
         units: states,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role(start: bool, enable: bool) -> crate::render::UnitRole {
+        crate::render::UnitRole {
+            name: "helper.service".into(),
+            enable,
+            start,
+            after: Vec::new(),
+            requires_mounts_for: Vec::new(),
+            mount: None,
+            effective: "[Service]\nExecStart=/bin/true\n".into(),
+            instances: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_unit_systemd_cannot_load_fails_whatever_its_role() {
+        let bad = UnitStatus {
+            name: "helper.service".into(),
+            load_state: "bad-setting".into(),
+            active_state: "inactive".into(),
+            sub_state: "dead".into(),
+            load_error: "org.freedesktop.systemd1.BadUnitSetting: Unit helper.service has a bad unit file setting.".into(),
+            ..UnitStatus::default()
+        };
+        // neither started nor enabled (pulled in by others): still a failed object
+        for (start, enable) in [(false, false), (true, false), (false, true), (true, true)] {
+            let p = unit_problems(&role(start, enable), &bad, false);
+            assert!(
+                p.iter().any(|(u, m)| u == "helper.service"
+                    && m.contains("unit is not loaded (LoadState=bad-setting)")
+                    && m.contains("has a bad unit file setting")),
+                "start={start} enable={enable}: {p:?}"
+            );
+        }
+        let loaded = UnitStatus {
+            load_state: "loaded".into(),
+            load_error: String::new(),
+            unit_file_state: "static".into(),
+            ..bad
+        };
+        assert!(unit_problems(&role(false, false), &loaded, false).is_empty());
+    }
 }

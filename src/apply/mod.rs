@@ -200,7 +200,11 @@ fn dropped_instances<'a>(
     owned: &'a std::collections::BTreeMap<String, status::AppliedResource>,
 ) -> impl Iterator<Item = String> + 'a {
     desired.resources.values().flat_map(move |r| {
-        let now: Vec<String> = r.unit.as_ref().map(|u| u.instances.clone()).unwrap_or_default();
+        let now: Vec<String> = r
+            .unit
+            .as_ref()
+            .map(|u| u.instances.clone())
+            .unwrap_or_default();
         owned
             .get(&r.id)
             .map(|o| o.instances.clone())

@@ -594,3 +594,65 @@ fn measure_state_dir_growth_per_transition() {
         );
     }
 }
+
+/// Every file and directory under `dir` with its permission bits, relative.
+fn modes_under(dir: &std::path::Path) -> Vec<(String, u32, bool)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+            if !md.file_type().is_symlink() {
+                out.push((rel, md.mode() & 0o7777, md.is_dir()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn state_dir_is_0700_and_its_files_0600_even_with_umask_0() {
+    use nix::sys::stat::{Mode, umask};
+    use std::os::unix::fs::PermissionsExt;
+    let s = scratch();
+    // an existing state dir with loose modes is tightened at lock time
+    std::fs::create_dir_all(&s.paths.state_dir).unwrap();
+    std::fs::set_permissions(&s.paths.state_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let old = umask(Mode::empty());
+    let result = std::panic::catch_unwind(|| {
+        let _lock = crate::lock::StateLock::acquire(&s.paths.state_dir).unwrap();
+        let sd = fake();
+        assert_eq!(run(&s, &sd, "1").outcome, Outcome::Converged);
+        assert_eq!(run(&s, &sd, "2").outcome, Outcome::Converged);
+        crate::record::target::save(&s.paths.target_file(), "repo", "main").unwrap();
+    });
+    umask(old);
+    result.unwrap();
+    let md = std::fs::metadata(&s.paths.state_dir).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0o700);
+    let modes = modes_under(&s.paths.state_dir);
+    for want in [
+        "lock",
+        "status.json",
+        "ledger.json",
+        "target.json",
+        "receipts",
+    ] {
+        assert!(
+            modes
+                .iter()
+                .any(|(p, _, _)| p == want || p.starts_with(&format!("{want}/"))),
+            "{want} not written: {modes:?}"
+        );
+    }
+    for (path, mode, dir) in &modes {
+        let expected = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, expected, "{path} is {mode:04o}: {modes:?}");
+    }
+}

@@ -55,6 +55,43 @@ pub struct Cli {
     /// /etc/core-ops/trust.yaml; wins over `trust:` in host.yaml).
     #[arg(long, global = true, env = "CORE_OPS_TRUST_FILE", value_name = "FILE")]
     pub trust_file: Option<std::path::PathBuf>,
+    /// Most tree entries read from one revision, counted as expanded: an entry reached
+    /// through a shared subtree counts each time (default 100000).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_MAX_TREE_ENTRIES",
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_tree_entries: Option<u64>,
+    /// Most bytes of file content read from one revision (default 268435456, 256 MiB).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_MAX_TREE_BYTES",
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_tree_bytes: Option<u64>,
+    /// Largest single file (or tree object) read from a revision (default 67108864, 64 MiB).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_MAX_FILE_BYTES",
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_file_bytes: Option<u64>,
+    /// Deepest path read from a revision, in components (default 64).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_MAX_TREE_DEPTH",
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=4096)
+    )]
+    pub max_tree_depth: Option<u64>,
     /// Prometheus textfile written after apply/agent runs (empty: off; default: node-exporter's
     /// /var/lib/prometheus/node-exporter/core-ops.prom when that directory exists).
     #[arg(

@@ -71,6 +71,13 @@ fn paths_of(cli: &Cli) -> Paths {
     if let Some(t) = &cli.trust_file {
         paths.trust_file = t.clone();
     }
+    let limits = &mut paths.read_limits;
+    limits.max_entries = cli.max_tree_entries.unwrap_or(limits.max_entries);
+    limits.max_bytes = cli.max_tree_bytes.unwrap_or(limits.max_bytes);
+    limits.max_file_bytes = cli.max_file_bytes.unwrap_or(limits.max_file_bytes);
+    if let Some(d) = cli.max_tree_depth {
+        limits.max_depth = d as usize;
+    }
     paths
 }
 
@@ -403,6 +410,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             // prove the target works before persisting it
             let source = Source::open(repo, &paths.state_dir)?;
             let revision = source.resolve(rev)?;
+            fsutil::private_dir(&paths.state_dir)?;
             let t = target::save(&paths.target_file(), repo, rev)?;
             let view = serde_json::json!({
                 "schema_version": 1,
@@ -719,7 +727,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let t = pipeline::resolve_target(&paths, &opts)?;
             let (_, revision, snapshot) =
                 pipeline::read_revision(&paths, &t.repo, &t.requested_ref, &t.host)?;
-            let desired = crate::render::render(&snapshot.files, &revision, &t.host, &paths)?;
+            let desired = crate::render::render(&snapshot, &revision, &t.host, &paths)?;
             let out = crate::record::publication::publish_request(
                 &paths.state_dir,
                 &t.host,

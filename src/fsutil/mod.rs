@@ -143,13 +143,14 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    /// Create a temp file (mode 0644) in `dir`, creating the directory if needed; created
-    /// exclusively under an unpredictable name (see [`TEMP_PREFIX`]).
+    /// Create a temp file (mode 0644, 0600 in a private directory) in `dir`, creating the
+    /// directory if needed; created exclusively under an unpredictable name (see
+    /// [`TEMP_PREFIX`]).
     pub fn create(dir: &Path, label: &str) -> Result<AtomicFile> {
         let dir = DirFd::open_owned(dir, true)?;
         let (name, file) = create_temp(&dir, OsStr::new(label))?;
         let tmp = dir.path().join(&name);
-        file.set_permissions(fs::Permissions::from_mode(0o644))
+        file.set_permissions(fs::Permissions::from_mode(default_file_mode(&dir)))
             .map_err(|e| Error::io(format!("chmod {}", tmp.display()), e))?;
         Ok(AtomicFile {
             file,
@@ -315,7 +316,56 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("fsync dir {}", dir.display()), e))
 }
 
-/// `mkdir -p` that fsyncs each parent it created.
+/// Whether a directory mode gives group or others no access at all (the state dir, 0700).
+fn is_private(mode: u32) -> bool {
+    mode & 0o077 == 0
+}
+
+/// The mode of a file written without an explicit one: 0600 in a private directory (the
+/// state dir and everything below it), else 0644. Set with fchmod, so the umask core-ops was
+/// started with never matters.
+fn default_file_mode(dir: &DirFd) -> u32 {
+    match nix::sys::stat::fstat(dir) {
+        Ok(st) if is_private(st.st_mode) => 0o600,
+        _ => 0o644,
+    }
+}
+
+/// Make `dir` a private directory (0700), creating it (and missing parents) if needed, and
+/// tightening it, with a warning, when it exists with group or other access.
+///
+/// Why: the state dir holds the status, receipts, ledger, evidence and mirrors of a root
+/// agent; whatever umask core-ops was started with (0 included), nobody else reads or
+/// plants anything there. Files and directories created below a private directory are
+/// private too ([`create_dir_all_synced`], [`write_atomic`]).
+pub fn private_dir(dir: &Path) -> Result<()> {
+    let existed = dir.exists();
+    create_dir_all_synced(dir)?;
+    let md =
+        fs::symlink_metadata(dir).map_err(|e| Error::io(format!("stat {}", dir.display()), e))?;
+    if !md.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not a directory (a symlink?); core-ops keeps its state in a plain directory",
+            dir.display()
+        )));
+    }
+    let mode = md.mode() & 0o7777;
+    if mode != 0o700 {
+        if existed {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{mode:04o}"),
+                "state directory was not 0700; tightening it to 0700"
+            );
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("chmod 0700 {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// `mkdir -p` that fsyncs each parent it created. A directory created inside a private
+/// directory is 0700, any other 0755, whatever the umask.
 pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -331,7 +381,15 @@ pub fn create_dir_all_synced(dir: &Path) -> Result<()> {
     }
     for d in missing.iter().rev() {
         match fs::create_dir(d) {
-            Ok(()) => {}
+            Ok(()) => {
+                let private = d
+                    .parent()
+                    .and_then(|p| fs::metadata(p).ok())
+                    .is_some_and(|m| is_private(m.mode()));
+                let mode = if private { 0o700 } else { 0o755 };
+                fs::set_permissions(d, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(format!("chmod {}", d.display()), e))?;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io(format!("mkdir {}", d.display()), e)),
         }
@@ -543,10 +601,12 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
                 fchown_by_name(&f, it.path, &m.owner, &m.group)?;
             }
             // after the chown, which clears set-id bits
-            f.set_permissions(fs::Permissions::from_mode(
-                it.meta.map(|m| m.mode).unwrap_or(0o644),
-            ))
-            .map_err(|e| Error::io(format!("chmod {}", shown.display()), e))?;
+            let mode = match it.meta {
+                Some(m) => m.mode,
+                None => default_file_mode(&dirs[di]),
+            };
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io(format!("chmod {}", shown.display()), e))?;
             files.push(f);
         }
         // one open file per file system, for syncfs

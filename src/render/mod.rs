@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::config::Paths;
 use crate::error::{InputError, Location};
 use crate::normalize::{FileMeta, Kind, normalize};
-use crate::source::{RepoEntry, Revision};
+use crate::source::{RepoEntry, RepoFiles, Revision};
 use mount::MountInfo;
 use unit_file::{Effective, UnitFile};
 use yaml::{DriftPolicy, HostYaml, ServiceYaml};
@@ -205,33 +205,34 @@ impl DesiredState {
 }
 
 /// Render the desired state of `host` from a commit's files.
+///
+/// `files` is asked only for what this host needs: its `host.yaml` and overrides, its
+/// selected services and runtimes, and the files those point at (symlink targets, repository
+/// artifacts), so a lazy reader never touches the rest of the commit.
 pub fn render(
-    files: &BTreeMap<String, RepoEntry>,
+    files: &dyn RepoFiles,
     revision: &Revision,
     host: &str,
     paths: &Paths,
 ) -> Result<DesiredState, InputError> {
     let repo = RepoView { files, revision };
     let host_file = format!("hosts/{host}/host.yaml");
-    let host_text = match files.get(&host_file) {
-        Some(_) => repo.read(&host_file)?,
-        None => {
-            let known: Vec<&str> = files
-                .keys()
+    let host_text = if files.exists(&host_file)? {
+        repo.read(&host_file)?
+    } else {
+        // only on this error path is the whole of hosts/ listed
+        let known = known_list(files.paths_under("hosts").map(|paths| {
+            paths
+                .iter()
                 .filter_map(|p| p.strip_prefix("hosts/")?.strip_suffix("/host.yaml"))
-                .collect();
-            return Err(InputError::new(
-                Location::file(&host_file),
-                format!(
-                    "host '{host}' is not defined in the repository (known hosts: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            ));
-        }
+                .filter(|h| !h.contains('/'))
+                .map(str::to_string)
+                .collect()
+        }));
+        return Err(InputError::new(
+            Location::file(&host_file),
+            format!("host '{host}' is not defined in the repository (known hosts: {known})"),
+        ));
     };
     let host_yaml: HostYaml = yaml::parse(&host_file, &host_text)?;
     let host_text_str = String::from_utf8_lossy(&host_text).to_string();
@@ -257,8 +258,7 @@ pub fn render(
                 format!("invalid service name '{svc}'"),
             ));
         }
-        let prefix = format!("services/{svc}/");
-        if !files.keys().any(|p| p.starts_with(&prefix)) {
+        if files.paths_under(&format!("services/{svc}"))?.is_empty() {
             return Err(InputError::new(
                 line_of(svc),
                 format!("service '{svc}' is selected but services/{svc}/ does not exist"),
@@ -269,7 +269,7 @@ pub fn render(
     // host overrides: hosts/<host>/overrides/<service>/<unit>.d/<name>.conf
     let mut host_dropins: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new(); // svc -> (unit.d/name, path)
     let override_prefix = format!("hosts/{host}/overrides/");
-    for path in files.keys().filter(|p| p.starts_with(&override_prefix)) {
+    for path in &files.paths_under(&override_prefix)? {
         let rel = &path[override_prefix.len()..];
         let parts: Vec<&str> = rel.split('/').collect();
         let ok = parts.len() == 3 && parts[1].ends_with(".d") && parts[2].ends_with(".conf");
@@ -390,9 +390,19 @@ fn link_quadlet_restarts(resources: &mut BTreeMap<String, Resource>) {
     }
 }
 
+/// `a, b` for a listing, `none` for an empty one, and why when it could not be listed (a
+/// read cap): for the "known ..." part of an error message.
+pub(crate) fn known_list(listed: Result<Vec<String>, InputError>) -> String {
+    match listed {
+        Ok(v) if v.is_empty() => "none".to_string(),
+        Ok(v) => v.join(", "),
+        Err(e) => format!("not listed: {e}"),
+    }
+}
+
 /// Read access to the commit's files with the repository's symlink rules applied.
 struct RepoView<'a> {
-    files: &'a BTreeMap<String, RepoEntry>,
+    files: &'a dyn RepoFiles,
     revision: &'a Revision,
 }
 
@@ -402,8 +412,8 @@ impl RepoView<'_> {
     fn read(&self, path: &str) -> Result<Vec<u8>, InputError> {
         let mut current = path.to_string();
         for _ in 0..16 {
-            match self.files.get(&current) {
-                Some(RepoEntry::File { data, .. }) => return Ok(data.clone()),
+            match self.files.entry(&current)? {
+                Some(RepoEntry::File { data, .. }) => return Ok(data),
                 Some(RepoEntry::Symlink { target }) => {
                     if target.starts_with('/') {
                         return Err(InputError::new(
@@ -414,7 +424,7 @@ impl RepoView<'_> {
                         ));
                     }
                     let parent = Path::new(&current).parent().unwrap_or(Path::new(""));
-                    current = match join_inside(parent, target) {
+                    current = match join_inside(parent, &target) {
                         Some(p) => p,
                         None => {
                             return Err(InputError::new(
@@ -503,7 +513,7 @@ fn render_service(
     let mut service_yaml = ServiceYaml::default();
     let service_yaml_path = format!("{prefix}service.yaml");
 
-    for path in repo.files.keys().filter(|p| p.starts_with(&prefix)) {
+    for path in &repo.files.paths_under(&prefix)? {
         let rel = &path[prefix.len()..];
         let parts: Vec<&str> = rel.split('/').collect();
         if parts[0] == "files" && parts.len() > 1 {
@@ -869,6 +879,16 @@ fn render_service(
                     )
                 })?,
         };
+        if mode & 0o7002 != 0 && !spec.allow_special_mode {
+            return Err(InputError::new(
+                Location::file(&service_yaml_path),
+                format!(
+                    "files: {target} ({repo_path}): mode {mode:04o} is setuid, setgid, sticky or \
+                     world-writable; set `allow_special_mode: true` for this file if that is \
+                     intended"
+                ),
+            ));
+        }
         let meta = FileMeta {
             mode,
             owner: spec.owner.clone().unwrap_or_else(|| "root".into()),

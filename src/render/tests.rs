@@ -368,6 +368,45 @@ fn file_modes_owner_and_restarts_come_from_service_yaml() {
 }
 
 #[test]
+fn special_and_world_writable_modes_need_an_explicit_declaration() {
+    let files = |mode: &str, allow: bool| {
+        let yaml = format!(
+            "files:\n  /etc/x:\n    mode: \"{mode}\"\n{}",
+            if allow {
+                "    allow_special_mode: true\n"
+            } else {
+                ""
+            }
+        );
+        repo(&[
+            ("hosts/h/host.yaml", "services: [web]\n"),
+            ("services/web/files/etc/x", "x"),
+            ("services/web/service.yaml", &yaml),
+        ])
+    };
+    for mode in ["4755", "2755", "1755", "0666", "0777", "6711", "0o4755"] {
+        let e = render(&files(mode, false), &rev(), "h", &paths()).unwrap_err();
+        assert_eq!(e.location.file, "services/web/service.yaml", "{mode}");
+        assert!(
+            e.message
+                .contains("files: /etc/x (services/web/files/etc/x): mode")
+                && e.message
+                    .contains("setuid, setgid, sticky or world-writable")
+                && e.message.contains("allow_special_mode: true"),
+            "{mode}: {e}"
+        );
+        let d = render(&files(mode, true), &rev(), "h", &paths()).unwrap();
+        assert_eq!(
+            d.resources["file:/etc/x"].meta.mode,
+            u32::from_str_radix(mode.trim_start_matches("0o"), 8).unwrap()
+        );
+    }
+    for mode in ["0644", "0755", "0600", "0775", "0640"] {
+        render(&files(mode, false), &rev(), "h", &paths()).unwrap();
+    }
+}
+
+#[test]
 fn unit_syntax_errors_name_file_and_line() {
     let e = err(&[
         ("hosts/h/host.yaml", "services: [web]\n"),

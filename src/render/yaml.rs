@@ -127,6 +127,10 @@ pub struct FileSpec {
     /// a pre-existing file that differs blocks the plan).
     #[serde(default)]
     pub adopt: bool,
+    /// Allow a setuid, setgid, sticky or world-writable `mode` (default false: such a mode
+    /// is refused at plan, so it is never written by accident).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_special_mode: bool,
 }
 
 /// What core-ops does when an object no longer matches what it applied.

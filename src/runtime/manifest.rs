@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::error::{InputError, Location};
 use crate::normalize::sha256_hex;
 use crate::render::yaml;
-use crate::source::RepoEntry;
+use crate::source::RepoFiles;
 
 /// Default health timeout of a runtime's units after the switch.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -235,7 +235,7 @@ fn repo_relative(p: &str) -> Option<String> {
 pub fn parse(
     file: &str,
     bytes: &[u8],
-    files: &BTreeMap<String, RepoEntry>,
+    files: &dyn RepoFiles,
     read: &dyn Fn(&str) -> Result<Vec<u8>, InputError>,
 ) -> Result<(Manifest, String), InputError> {
     let raw: RawManifest = yaml::parse(file, bytes)?;
@@ -349,7 +349,7 @@ pub fn parse(
                     ),
                 )
             })?;
-            if !files.contains_key(&path) {
+            if !files.exists(&path)? {
                 return Err(InputError::new(
                     loc,
                     format!(
@@ -431,7 +431,7 @@ pub fn resolve(
     selected: &BTreeMap<String, String>,
     host_file: &str,
     host_text: &str,
-    files: &BTreeMap<String, RepoEntry>,
+    files: &dyn RepoFiles,
     read: &dyn Fn(&str) -> Result<Vec<u8>, InputError>,
 ) -> Result<Vec<ResolvedRuntime>, InputError> {
     let mut by_name: BTreeMap<String, ResolvedRuntime> = BTreeMap::new();
@@ -444,22 +444,20 @@ pub fn resolve(
             ));
         }
         let file = format!("runtimes/{name}/{version}.yaml");
-        if !files.contains_key(&file) {
+        if !files.exists(&file)? {
             let prefix = format!("runtimes/{name}/");
-            let known: Vec<&str> = files
-                .keys()
-                .filter_map(|p| p.strip_prefix(&prefix)?.strip_suffix(".yaml"))
-                .filter(|v| !v.contains('/'))
-                .collect();
+            let known = crate::render::known_list(files.paths_under(&prefix).map(|paths| {
+                paths
+                    .iter()
+                    .filter_map(|p| p.strip_prefix(&prefix)?.strip_suffix(".yaml"))
+                    .filter(|v| !v.contains('/'))
+                    .map(str::to_string)
+                    .collect()
+            }));
             return Err(InputError::new(
                 loc,
                 format!(
-                    "runtime '{name}' version '{version}' is selected but {file} does not exist (known versions: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
+                    "runtime '{name}' version '{version}' is selected but {file} does not exist (known versions: {known})"
                 ),
             ));
         }
@@ -512,6 +510,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::RepoEntry;
 
     fn files(list: &[(&str, &str)]) -> BTreeMap<String, RepoEntry> {
         list.iter()

@@ -14,7 +14,7 @@ use crate::normalize::{FileMeta, Kind};
 use crate::observe::ObservedFile;
 use crate::plan::{Action, Cause};
 use crate::render::{DesiredState, Layer, Resource};
-use crate::source::RepoEntry;
+use crate::source::RepoFiles;
 
 use super::Layout;
 use super::manifest::{self, ResolvedRuntime};
@@ -34,7 +34,7 @@ pub fn render(
     host_yaml: &crate::render::yaml::HostYaml,
     host_file: &str,
     host_text: &str,
-    files: &BTreeMap<String, RepoEntry>,
+    files: &dyn RepoFiles,
     read: &dyn Fn(&str) -> Result<Vec<u8>, InputError>,
     state_dir: &Path,
     revision_short: &str,
