@@ -179,7 +179,7 @@ pub fn receipt_log(sh: &mut Shell<'_>) -> Result<Vec<String>> {
     let o = sh.exec(
         "receipts",
         &format!(
-            "cd {STATE_DIR}/receipts 2>/dev/null || exit 0\nfor f in $(ls | sort); do printf '%s ' \"$f\"; tr -d '\\n' < \"$f\"; echo; done"
+            "cd {STATE_DIR}/receipts 2>/dev/null || exit 0\nfor f in $(ls | grep -E '^[0-9]+-[a-z-]+\\.json$' | sort -n); do printf '%s ' \"$f\"; tr -d '\\n' < \"$f\"; echo; done"
         ),
         T,
     )?;

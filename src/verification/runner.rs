@@ -447,7 +447,7 @@ fn collect_diagnostics(machine: &mut dyn Machine, dir: &Path, log: &mut Log) {
         (
             "receipts.txt",
             format!(
-                "cd {STATE_DIR}/receipts 2>/dev/null && for f in $(ls | sort); do echo \"== $f\"; cat \"$f\"; echo; done"
+                "cd {STATE_DIR}/receipts 2>/dev/null && for f in $(ls | grep -E '^[0-9]+-[a-z-]+\\.json$' | sort -n); do echo \"== $f\"; cat \"$f\"; echo; done"
             ),
         ),
         (
