@@ -572,44 +572,10 @@ fn dir_prefix(dir: &str) -> String {
     }
 }
 
-/// Default of [`ReadLimits::max_entries`] (`CORE_OPS_MAX_TREE_ENTRIES`).
-pub const DEFAULT_MAX_TREE_ENTRIES: u64 = 100_000;
-/// Default of [`ReadLimits::max_bytes`] (`CORE_OPS_MAX_TREE_BYTES`): 256 MiB.
-pub const DEFAULT_MAX_TREE_BYTES: u64 = 256 << 20;
-/// Default of [`ReadLimits::max_file_bytes`] (`CORE_OPS_MAX_FILE_BYTES`): 64 MiB.
-pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 << 20;
-/// Default of [`ReadLimits::max_depth`] (`CORE_OPS_MAX_TREE_DEPTH`).
-pub const DEFAULT_MAX_TREE_DEPTH: usize = 64;
-
-/// What reading one revision may cost at most; exceeding a cap is an input error naming the
-/// path and the cap.
-///
-/// Why: git objects are shared by reference, so 11 small objects can describe 10^11 files
-/// (a git bomb) and one tree can nest 40,000 deep; the reader must stop long before memory,
-/// time or stack run out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadLimits {
-    /// Tree entries visited, counted as expanded (an entry reached twice through a shared
-    /// subtree counts twice).
-    pub max_entries: u64,
-    /// Bytes of file and symlink content read, in total.
-    pub max_bytes: u64,
-    /// Size of one object (a file, a symlink, or a tree object itself).
-    pub max_file_bytes: u64,
-    /// Path components of any path read (`services/web/web.service` is 3).
-    pub max_depth: usize,
-}
-
-impl Default for ReadLimits {
-    fn default() -> Self {
-        ReadLimits {
-            max_entries: DEFAULT_MAX_TREE_ENTRIES,
-            max_bytes: DEFAULT_MAX_TREE_BYTES,
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
-            max_depth: DEFAULT_MAX_TREE_DEPTH,
-        }
-    }
-}
+pub use crate::config::{
+    DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_TREE_BYTES, DEFAULT_MAX_TREE_DEPTH,
+    DEFAULT_MAX_TREE_ENTRIES, ReadLimits,
+};
 
 /// The tree of one commit, read on demand and within [`ReadLimits`].
 ///

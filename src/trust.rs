@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, ObjectType, Oid, Repository};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use ssh_key::{HashAlg, SshSig};
 
 pub use allowed_signers::{AllowedSigners, Entry};
@@ -35,29 +35,12 @@ use crate::render::yaml;
 use crate::source::Revision;
 
 /// The local trust file when neither `--trust-file` nor `CORE_OPS_TRUST_FILE` names one.
-pub const DEFAULT_TRUST_FILE: &str = "/etc/core-ops/trust.yaml";
+pub use crate::config::DEFAULT_TRUST_FILE;
 
 /// The SSHSIG namespace git signs commits in.
 pub const GIT_NAMESPACE: &str = "git";
 
-/// A trust policy, as written in the local trust file or under `trust:` in `host.yaml`.
-///
-/// OpenPGP keys are not part of it: core-ops verifies SSH signatures only, and refuses an
-/// OpenPGP- or X.509-signed commit under `require_signed` with a message saying so.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TrustPolicy {
-    /// Refuse commits without a valid signature by an allowed signer.
-    #[serde(default)]
-    pub require_signed: bool,
-    /// Absolute host path of an OpenSSH allowed-signers file (git's
-    /// `gpg.ssh.allowedSignersFile`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allowed_signers: Option<PathBuf>,
-    /// Accept a desired revision that does not descend from `last_applied` (local file only).
-    #[serde(default)]
-    pub allow_rewind: bool,
-}
+pub use crate::render::yaml::TrustPolicy;
 
 /// Where the policy in force came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

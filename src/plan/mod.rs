@@ -240,6 +240,164 @@ fn runtime_unit_drift(
     None
 }
 
+/// What to do with one desired file-backed object, judged from what is on the host and what
+/// core-ops last wrote there (`last_digest`, from the ownership ledger): create it, update
+/// it, repair drift, adopt it, leave it alone, or block on something core-ops does not own.
+fn file_action(
+    r: &Resource,
+    observed: Option<&ObservedFile>,
+    last_digest: &Option<String>,
+    adopt: bool,
+    findings: &mut Vec<Finding>,
+) -> (Action, Cause, String) {
+    match observed {
+        None | Some(ObservedFile::Absent) => match &last_digest {
+            None => (
+                Action::Create,
+                Cause::DesiredChange,
+                "new in the desired state".to_string(),
+            ),
+            Some(_) => {
+                findings.push(Finding {
+                    kind: "drift".into(),
+                    id: r.id.clone(),
+                    reason: "managed file was removed from the host".into(),
+                });
+                (
+                    Action::Create,
+                    Cause::Drift,
+                    "managed file was removed from the host; recreate it".into(),
+                )
+            }
+        },
+        Some(ObservedFile::Other { what }) => {
+            if what == "symlink" && last_digest.is_some() {
+                findings.push(Finding {
+                    kind: "drift".into(),
+                    id: r.id.clone(),
+                    reason: "managed file was replaced by a symlink".into(),
+                });
+                (
+                    Action::Replace,
+                    Cause::Drift,
+                    "managed file was replaced by a symlink; replace it with the desired file"
+                        .into(),
+                )
+            } else {
+                (
+                    Action::Blocked,
+                    Cause::UnmanagedConflict,
+                    format!(
+                        "{} is a {what}; remove it by hand, core-ops does not overwrite it",
+                        r.path.display()
+                    ),
+                )
+            }
+        }
+        Some(ObservedFile::File {
+            digest,
+            raw_digest,
+            meta,
+        }) => {
+            if *digest == r.digest && last_digest.is_none() && adopt {
+                (
+                    Action::Adopt,
+                    Cause::Adoption,
+                    format!(
+                        "{} exists and matches the desired state; core-ops takes it over",
+                        r.path.display()
+                    ),
+                )
+            } else if *digest == r.digest && last_digest.is_none() {
+                (
+                    Action::NoOp,
+                    Cause::Unchanged,
+                    format!(
+                        "{} matches the desired state but existed before core-ops (not adopted): core-ops will not remove it",
+                        r.path.display()
+                    ),
+                )
+            } else if *digest == r.digest {
+                if *raw_digest != r.raw_digest && r.kind.is_ini() {
+                    findings.push(Finding {
+                        kind: "runtime_variance".into(),
+                        id: r.id.clone(),
+                        reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
+                    });
+                    (
+                        Action::NoOp,
+                        Cause::RuntimeVariance,
+                        "only non-material differences (formatting, comments, key order)".into(),
+                    )
+                } else {
+                    (
+                        Action::NoOp,
+                        Cause::Unchanged,
+                        "desired, applied and observed agree".into(),
+                    )
+                }
+            } else {
+                let what = if r.kind == Kind::File
+                    && *raw_digest == crate::normalize::sha256_hex(&r.content)
+                {
+                    format!(
+                        "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
+                        meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
+                    )
+                } else {
+                    "content differs".to_string()
+                };
+                match &last_digest {
+                    None if adopt => (
+                        Action::Adopt,
+                        Cause::Adoption,
+                        format!(
+                            "{} exists and is not managed by core-ops ({what}); core-ops takes it over and writes the desired content",
+                            r.path.display()
+                        ),
+                    ),
+                    None => (
+                        Action::Blocked,
+                        Cause::UnmanagedConflict,
+                        format!(
+                            "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove it, or adopt it (adopt: true in service.yaml, or --adopt {})",
+                            r.path.display(),
+                            r.path.display()
+                        ),
+                    ),
+                    Some(l) if l == digest => (
+                        Action::Update,
+                        Cause::DesiredChange,
+                        format!("changed in the desired state ({what})"),
+                    ),
+                    Some(l) => {
+                        findings.push(Finding {
+                            kind: "drift".into(),
+                            id: r.id.clone(),
+                            reason: format!("host no longer matches what was applied ({what})"),
+                        });
+                        if *l == r.digest {
+                            (
+                                Action::Update,
+                                Cause::Drift,
+                                format!("edited on the host ({what}); repair"),
+                            )
+                        } else {
+                            (
+                                Action::Update,
+                                Cause::DesiredChange,
+                                format!(
+                                    "changed in the desired state and edited on the host ({what})"
+                                ),
+                            )
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Compute the plan.
 pub fn plan(input: PlanInput<'_>) -> Plan {
     let desired = input.desired;
@@ -307,158 +465,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             );
             continue;
         }
-        let (action, cause, reason) = match observed {
-            None | Some(ObservedFile::Absent) => match &last_digest {
-                None => (
-                    Action::Create,
-                    Cause::DesiredChange,
-                    "new in the desired state".to_string(),
-                ),
-                Some(_) => {
-                    findings.push(Finding {
-                        kind: "drift".into(),
-                        id: r.id.clone(),
-                        reason: "managed file was removed from the host".into(),
-                    });
-                    (
-                        Action::Create,
-                        Cause::Drift,
-                        "managed file was removed from the host; recreate it".into(),
-                    )
-                }
-            },
-            Some(ObservedFile::Other { what }) => {
-                if what == "symlink" && last_digest.is_some() {
-                    findings.push(Finding {
-                        kind: "drift".into(),
-                        id: r.id.clone(),
-                        reason: "managed file was replaced by a symlink".into(),
-                    });
-                    (
-                        Action::Replace,
-                        Cause::Drift,
-                        "managed file was replaced by a symlink; replace it with the desired file"
-                            .into(),
-                    )
-                } else {
-                    (
-                        Action::Blocked,
-                        Cause::UnmanagedConflict,
-                        format!(
-                            "{} is a {what}; remove it by hand, core-ops does not overwrite it",
-                            r.path.display()
-                        ),
-                    )
-                }
-            }
-            Some(ObservedFile::File {
-                digest,
-                raw_digest,
-                meta,
-            }) => {
-                if *digest == r.digest && last_digest.is_none() && adopt {
-                    (
-                        Action::Adopt,
-                        Cause::Adoption,
-                        format!(
-                            "{} exists and matches the desired state; core-ops takes it over",
-                            r.path.display()
-                        ),
-                    )
-                } else if *digest == r.digest && last_digest.is_none() {
-                    (
-                        Action::NoOp,
-                        Cause::Unchanged,
-                        format!(
-                            "{} matches the desired state but existed before core-ops (not adopted): core-ops will not remove it",
-                            r.path.display()
-                        ),
-                    )
-                } else if *digest == r.digest {
-                    if *raw_digest != r.raw_digest && r.kind.is_ini() {
-                        findings.push(Finding {
-                            kind: "runtime_variance".into(),
-                            id: r.id.clone(),
-                            reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
-                        });
-                        (
-                            Action::NoOp,
-                            Cause::RuntimeVariance,
-                            "only non-material differences (formatting, comments, key order)"
-                                .into(),
-                        )
-                    } else {
-                        (
-                            Action::NoOp,
-                            Cause::Unchanged,
-                            "desired, applied and observed agree".into(),
-                        )
-                    }
-                } else {
-                    let what = if r.kind == Kind::File
-                        && *raw_digest == crate::normalize::sha256_hex(&r.content)
-                    {
-                        format!(
-                            "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
-                            meta.mode,
-                            meta.owner,
-                            meta.group,
-                            r.meta.mode,
-                            r.meta.owner,
-                            r.meta.group
-                        )
-                    } else {
-                        "content differs".to_string()
-                    };
-                    match &last_digest {
-                        None if adopt => (
-                            Action::Adopt,
-                            Cause::Adoption,
-                            format!(
-                                "{} exists and is not managed by core-ops ({what}); core-ops takes it over and writes the desired content",
-                                r.path.display()
-                            ),
-                        ),
-                        None => (
-                            Action::Blocked,
-                            Cause::UnmanagedConflict,
-                            format!(
-                                "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove it, or adopt it (adopt: true in service.yaml, or --adopt {})",
-                                r.path.display(),
-                                r.path.display()
-                            ),
-                        ),
-                        Some(l) if l == digest => (
-                            Action::Update,
-                            Cause::DesiredChange,
-                            format!("changed in the desired state ({what})"),
-                        ),
-                        Some(l) => {
-                            findings.push(Finding {
-                                kind: "drift".into(),
-                                id: r.id.clone(),
-                                reason: format!("host no longer matches what was applied ({what})"),
-                            });
-                            if *l == r.digest {
-                                (
-                                    Action::Update,
-                                    Cause::Drift,
-                                    format!("edited on the host ({what}); repair"),
-                                )
-                            } else {
-                                (
-                                    Action::Update,
-                                    Cause::DesiredChange,
-                                    format!(
-                                        "changed in the desired state and edited on the host ({what})"
-                                    ),
-                                )
-                            }
-                        }
-                    }
-                }
-            }
-        };
+        let (action, cause, reason) = file_action(r, observed, &last_digest, adopt, &mut findings);
         let (action, cause, reason) = if action == Action::NoOp && input.interrupted.contains(&r.id)
         {
             (

@@ -25,7 +25,26 @@ pub struct HostYaml {
     /// Trust policy carried by the repository (`crate::trust`; read before render, and only
     /// when there is no local trust file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trust: Option<crate::trust::TrustPolicy>,
+    pub trust: Option<TrustPolicy>,
+}
+
+/// A trust policy, as written in the local trust file or under `trust:` in `host.yaml`.
+///
+/// OpenPGP keys are not part of it: core-ops verifies SSH signatures only, and refuses an
+/// OpenPGP- or X.509-signed commit under `require_signed` with a message saying so.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustPolicy {
+    /// Refuse commits without a valid signature by an allowed signer.
+    #[serde(default)]
+    pub require_signed: bool,
+    /// Absolute host path of an OpenSSH allowed-signers file (git's
+    /// `gpg.ssh.allowedSignersFile`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers: Option<std::path::PathBuf>,
+    /// Accept a desired revision that does not descend from `last_applied` (local file only).
+    #[serde(default)]
+    pub allow_rewind: bool,
 }
 
 /// Host policy (DESIGN section 2).
