@@ -511,10 +511,23 @@ pub fn apply(
                     .find(|a| a.runtime_units().contains(&job.1))
                     .map(|a| a.id.clone())
                     .unwrap_or_default();
+                // what the kernel shows (through systemd's mount unit, which mirrors PID 1's
+                // mount table), not what the failed job suggests
+                let still_mounted = || {
+                    systemd
+                        .unit_states_brief(std::slice::from_ref(&job.1))
+                        .ok()
+                        .and_then(|v| v.into_iter().next())
+                        .map(|st| st.active_state)
+                };
                 let what = if job.1.ends_with(".mount") {
-                    "the mount is busy or cannot be unmounted cleanly; it is left mounted and its unit file kept"
+                    match still_mounted().as_deref() {
+                        Some("inactive") | Some("failed") => "it is no longer in the mount table although the stop job failed; the unit file is kept".to_string(),
+                        Some(state) => format!("the mount is busy or cannot be unmounted cleanly; it is still mounted (ActiveState={state}) and its unit file is kept"),
+                        None => "the mount is busy or cannot be unmounted cleanly; its unit file is kept".to_string(),
+                    }
                 } else {
-                    "it is left in place"
+                    "it is left in place".to_string()
                 };
                 diagnostics.push(diag(
                     &id,
