@@ -152,37 +152,10 @@ struct Run {
     dir: PathBuf,
 }
 
-/// A temp dir removed on drop (`tempfile` is a dev-dependency only).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!(
-            "core-ops-quadlet-{}-{n}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io::Result<Run> {
-    let tmp = TempDir::new()?;
+    let tmp = crate::fsutil::ScratchDir::new_in(&std::env::temp_dir(), "quadlet", 0o700)?;
     for (_, rel, content) in set {
-        let p = tmp.0.join(rel);
+        let p = tmp.path().join(rel);
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -191,7 +164,7 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
     let mut cmd = Command::new(generator);
     cmd.arg("-dryrun")
         .arg("-no-kmsg-log")
-        .env("QUADLET_UNIT_DIRS", &tmp.0)
+        .env("QUADLET_UNIT_DIRS", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -239,7 +212,7 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
         success: status.success(),
         stdout: out_t.join().unwrap_or_default(),
         stderr: err_t.join().unwrap_or_default(),
-        dir: tmp.0.clone(),
+        dir: tmp.path().to_path_buf(),
     })
 }
 

@@ -778,39 +778,6 @@ struct Run {
     dir: PathBuf,
 }
 
-/// A temp dir removed on drop, readable by the unprivileged verify.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> std::io::Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // RAM first: this runs at every plan, and a loaded disk makes 200 small files cost
-        // half a second; `nobody` must reach it, and TMPDIR may be a private dir
-        let base = [PathBuf::from("/dev/shm"), std::env::temp_dir()]
-            .into_iter()
-            .find(|d| world_traversable(d))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        let p = base.join(format!(
-            "core-ops-units-{}-{n}-{nanos:08x}",
-            std::process::id()
-        ));
-        std::fs::DirBuilder::new().mode(0o755).create(&p)?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn world_traversable(dir: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     dir.ancestors().all(|d| {
@@ -823,11 +790,17 @@ fn world_traversable(dir: &Path) -> bool {
 fn run_verify(analyzer: &Path, set: &BTreeMap<String, SetUnit<'_>>) -> std::io::Result<Run> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     use std::os::unix::process::CommandExt;
-    let tmp = TempDir::new()?;
+    // RAM first: this runs at every plan, and a loaded disk makes 200 small files cost half
+    // a second; `nobody` must reach it, and TMPDIR may be a private dir
+    let base = [PathBuf::from("/dev/shm"), std::env::temp_dir()]
+        .into_iter()
+        .find(|d| world_traversable(d))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let tmp = crate::fsutil::ScratchDir::new_in(&base, "units", 0o755)?;
     let mut args: Vec<String> = Vec::new();
     for (name, unit) in set {
         for l in unit.layers() {
-            let p = tmp.0.join(l.dir.name()).join(&l.rel);
+            let p = tmp.path().join(l.dir.name()).join(&l.rel);
             if let Some(parent) = p.parent() {
                 std::fs::DirBuilder::new()
                     .recursive(true)
@@ -842,14 +815,19 @@ fn run_verify(analyzer: &Path, set: &BTreeMap<String, SetUnit<'_>>) -> std::io::
             std::io::Write::write_all(&mut f, l.content)?;
         }
         args.push(match &unit.main {
-            Some(m) => tmp.0.join(m.dir.name()).join(&m.rel).display().to_string(),
+            Some(m) => tmp
+                .path()
+                .join(m.dir.name())
+                .join(&m.rel)
+                .display()
+                .to_string(),
             None => name.clone(),
         });
     }
     let unit_path = format!(
         "{}:{}:",
-        tmp.0.join(Dir::Units.name()).display(),
-        tmp.0.join(Dir::Generated.name()).display()
+        tmp.path().join(Dir::Units.name()).display(),
+        tmp.path().join(Dir::Generated.name()).display()
     );
     let mut cmd = Command::new(analyzer);
     cmd.arg("verify")
@@ -866,7 +844,7 @@ fn run_verify(analyzer: &Path, set: &BTreeMap<String, SetUnit<'_>>) -> std::io::
         .env("SYSTEMD_LOG_TARGET", "console")
         .env("SYSTEMD_PAGER", "")
         .env("LC_ALL", "C")
-        .current_dir(&tmp.0)
+        .current_dir(tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -906,7 +884,7 @@ fn run_verify(analyzer: &Path, set: &BTreeMap<String, SetUnit<'_>>) -> std::io::
     output.push_str(&out_t.join().unwrap_or_default());
     Ok(Run {
         output,
-        dir: tmp.0.clone(),
+        dir: tmp.path().to_path_buf(),
     })
 }
 

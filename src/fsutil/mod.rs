@@ -670,6 +670,43 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
     result
 }
 
+/// A private scratch directory for a check that runs a tool on files of the desired state
+/// (the Quadlet generator, systemd-analyze), removed when dropped. Why here: both checks
+/// need the same unique name, mode and cleanup (`tempfile` is a dev-dependency only).
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Create `<base>/core-ops-<label>-<pid>-<n>-<nanos>` with `mode` (never reused: the
+    /// creation fails if the name exists).
+    pub fn new_in(base: &Path, label: &str, mode: u32) -> std::io::Result<ScratchDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = base.join(format!(
+            "core-ops-{label}-{}-{n}-{nanos:08x}",
+            std::process::id()
+        ));
+        fs::DirBuilder::new().mode(mode).create(&p)?;
+        Ok(ScratchDir(p))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

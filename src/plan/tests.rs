@@ -63,24 +63,7 @@ fn desired(s: &Scratch, f: &BTreeMap<String, RepoEntry>, c: char) -> DesiredStat
 
 fn do_plan(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
     let owned = crate::record::ledger::Ledger::seeded(last).objects;
-    let observed = observe_files(&managed_paths(d, &owned), &s.paths);
-    plan(PlanInput {
-        desired: d,
-        repo: "repo",
-        last_applied: last,
-        owned: &owned,
-        adopt: &BTreeSet::new(),
-        observed: &observed,
-        units: &UnitObservation::Unknown {
-            reason: "test".into(),
-        },
-        warnings: vec![],
-        interrupted: BTreeSet::new(),
-        invalid_quadlet: BTreeMap::new(),
-        foreign_dropins: BTreeMap::new(),
-        invalid_units: BTreeMap::new(),
-        findings: Vec::new(),
-    })
+    plan_owned(s, d, last, &owned, &BTreeSet::new())
 }
 
 /// Write the desired state to the scratch root as apply would, and return last_applied.
