@@ -562,3 +562,76 @@ fn publication_requests_are_disabled_by_default_and_go_to_the_outbox_when_enable
     assert!(errors.is_empty(), "{errors:?}");
     w.teardown();
 }
+
+/// A file that exists before core-ops blocks the plan (exit 1, nothing written) until it is
+/// adopted with `--adopt PATH`; the adoption is a recorded, receipted transition, the file is
+/// then core-ops' own (a later revision without it removes it).
+#[test]
+fn a_pre_existing_file_is_adopted_only_when_asked_and_then_owned() {
+    let Some(mut w) = world("adopt") else {
+        return;
+    };
+    let fx = w.fx();
+    let env = w.s.path(&format!("etc/{}/app.env", w.p));
+    std::fs::create_dir_all(env.parent().unwrap()).unwrap();
+    std::fs::write(&env, b"HAND=made\n").unwrap();
+    let v1 = w.commit(fx);
+
+    let o = w.run(&["--json", "plan", "--rev", &v1]);
+    assert_eq!(o.status.code(), Some(1), "a blocked plan exits 1");
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = format!("file:{}", env.display());
+    let a = action(&plan, &id);
+    assert_eq!(
+        (a["action"].as_str(), a["cause"].as_str()),
+        (Some("blocked"), Some("unmanaged_conflict")),
+        "{a:#}"
+    );
+    let o = w.run(&["--json", "apply", "--rev", &v1]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&env).unwrap(),
+        b"HAND=made\n",
+        "nothing written"
+    );
+
+    let path = env.display().to_string();
+    let o = w.run(&["--json", "plan", "--rev", &v1, "--adopt", &path]);
+    assert_eq!(o.status.code(), Some(0));
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(action(&plan, &id)["action"], "adopt");
+    let (code, r) = w.apply(&v1, &["--adopt", &path]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(std::fs::read(&env).unwrap(), b"A=1\n");
+    let ledger: Value =
+        serde_json::from_slice(&std::fs::read(w.s.path("state/ledger.json")).unwrap()).unwrap();
+    assert_eq!(ledger["objects"][&id]["adopted"], true, "{ledger:#}");
+    assert_eq!(w.receipts().len(), 1);
+
+    // owned now: a revision without the web service removes it
+    let mut fx = w.fx();
+    fx.with_db = true;
+    let files: Vec<(String, Vec<u8>)> = fx
+        .files()
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("services/web/"))
+        .map(|(p, c)| {
+            if p == "hosts/h/host.yaml" {
+                (p, b"services: [db]\n".to_vec())
+            } else {
+                (p, c)
+            }
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_slice()))
+        .collect();
+    let v2 = w.repo.commit_files(&refs, "drop web").unwrap();
+    let (code, r) = w.apply(&v2, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert!(
+        !env.exists(),
+        "the adopted file is removed with its service"
+    );
+}
