@@ -127,7 +127,8 @@ impl Error {
 fn read_only_hint(source: &std::io::Error) -> &'static str {
     if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
         " (under core-ops.service, ProtectSystem=strict leaves only ReadWritePaths= writable: \
-         add this path with a drop-in, `systemctl edit core-ops.service`)"
+         add the path, or an existing directory above it, with a drop-in: \
+         `systemctl edit core-ops.service`)"
     } else {
         ""
     }
