@@ -101,7 +101,7 @@ pub enum Error {
     #[error("the host was changed, but the run could not be recorded: {0}")]
     HostChanged(String),
     /// Reading or writing the host failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {source}{}", read_only_hint(.source))]
     Io {
         /// What was being done, with the path.
         context: String,
@@ -121,11 +121,45 @@ impl Error {
     }
 }
 
+/// Why a write hit a read-only file system, when that is likely the unit's sandbox: under
+/// core-ops.service's `ProtectSystem=strict` only `ReadWritePaths=` (and the state dir) are
+/// writable, and the plain "Read-only file system" would send the operator to `mount`.
+fn read_only_hint(source: &std::io::Error) -> &'static str {
+    if source.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        " (under core-ops.service, ProtectSystem=strict leaves only ReadWritePaths= writable: \
+         add the path, or an existing directory above it, with a drop-in: \
+         `systemctl edit core-ops.service`)"
+    } else {
+        ""
+    }
+}
+
 /// Library result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<crate::systemd::SystemdError> for Error {
     fn from(e: crate::systemd::SystemdError) -> Self {
         Error::Systemd(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_file_system_names_the_unit_sandbox() {
+        let ro = Error::io(
+            "mkdir /data/x",
+            std::io::Error::from_raw_os_error(nix::errno::Errno::EROFS as i32),
+        )
+        .to_string();
+        assert!(
+            ro.starts_with("mkdir /data/x: Read-only file system"),
+            "{ro}"
+        );
+        assert!(ro.contains("ReadWritePaths="), "{ro}");
+        let other = Error::io("mkdir /data/x", std::io::ErrorKind::NotFound.into()).to_string();
+        assert!(!other.contains("ReadWritePaths"), "{other}");
     }
 }

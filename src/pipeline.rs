@@ -45,13 +45,20 @@ pub struct TargetOptions {
 }
 
 /// Host name from `/etc/hostname` (or the kernel's), trimmed.
+///
+/// Why gethostname(2) and not `/proc/sys/kernel/hostname`: core-ops.service has
+/// `ProcSubset=pid`, which hides `/proc/sys`.
 pub fn default_host() -> Result<String> {
-    for p in ["/etc/hostname", "/proc/sys/kernel/hostname"] {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            let h = s.trim();
-            if !h.is_empty() {
-                return Ok(h.to_string());
-            }
+    let kernel = || {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+    };
+    let etc = std::fs::read_to_string("/etc/hostname").ok();
+    for s in [etc, kernel()].into_iter().flatten() {
+        let h = s.trim();
+        if !h.is_empty() {
+            return Ok(h.to_string());
         }
     }
     Err(Error::Config(

@@ -53,10 +53,12 @@ fn timer_runs_the_agent_under_systemd() {
         );
     }
     let state = format!("/var/lib/{p}");
+    // a state dir of its own: under the unit's ProtectSystem=strict it must be made writable,
+    // the way the unit documents it (StateDirectory= adds to the unit's list)
     bed.write_unit(
         "core-ops.service.d/50-test.conf",
         &format!(
-            "[Service]\nEnvironment=CORE_OPS_REPO={}\nEnvironment=CORE_OPS_REV=main\nEnvironment=CORE_OPS_HOST=t\nEnvironment=CORE_OPS_STATE_DIR={state}\nEnvironment=CORE_OPS_SETTLE_MS=200\nEnvironment=CORE_OPS_LOG=info\n",
+            "[Service]\nStateDirectory={p}\nEnvironment=CORE_OPS_REPO={}\nEnvironment=CORE_OPS_REV=main\nEnvironment=CORE_OPS_HOST=t\nEnvironment=CORE_OPS_STATE_DIR={state}\nEnvironment=CORE_OPS_SETTLE_MS=200\nEnvironment=CORE_OPS_LOG=info\n",
             repo_path.display()
         ),
     );
