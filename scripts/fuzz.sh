@@ -36,13 +36,17 @@ echo "==> cargo fuzz build -s none (stable; release + debug assertions)" >&2
 nice -n 19 cargo fuzz build -s none --release --debug-assertions >&2
 
 BIN=fuzz/target/$(rustc -vV | sed -n 's/^host: //p')/release
+# scratch for tree_reader's repository (memory-backed when /dev/shm exists), removed at exit
+shm=/dev/shm; [ -d "$shm" ] && [ -w "$shm" ] || shm=${TMPDIR:-/tmp}
+SCRATCH=$(mktemp -d "$shm/core-ops-fuzz.XXXXXX")
+trap 'rm -rf "$SCRATCH"' EXIT
 for t in $TARGETS; do
     [ -x "$BIN/$t" ] || die "no fuzz target $t in $BIN"
     work=target/fuzz-corpus/$t
     mkdir -p "$work" "fuzz/artifacts/$t"
     echo "==> fuzzing $t for ${SECONDS_PER_TARGET}s" >&2
     # -timeout: one input running longer than 10 s is a finding (a hang), as is a crash
-    nice -n 19 "$BIN/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+    TMPDIR=$SCRATCH nice -n 19 "$BIN/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" "$work" "fuzz/corpus/$t" \
         > "target/fuzz-$t.log" 2>&1 || {
         tail -n 60 "target/fuzz-$t.log" >&2

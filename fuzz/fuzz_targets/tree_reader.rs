@@ -8,13 +8,13 @@
 //! string (`100644`, `100755`, `120000` symlink, `160000`, garbage...). A first line
 //! `!unsorted` keeps entries in input order instead of git's sorted order.
 //!
-//! Objects go into one bare repository per process (recreated every few thousand runs);
+//! Objects go into one bare repository per process under $TMPDIR (recreated every few
+//! thousand runs);
 //! each run opens it with `Source::open`, reads the commit with small `ReadLimits` and
 //! renders host `h`. Errors are fine; a panic is a finding.
 #![no_main]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Mutex;
 
 use core_ops::config::{Paths, ReadLimits};
@@ -31,15 +31,12 @@ struct State {
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
 fn fresh() -> State {
-    let base = PathBuf::from("/dev/shm");
-    let mut b = tempfile::Builder::new();
-    b.prefix("core-ops-fuzz-");
-    let dir = if base.is_dir() {
-        b.tempdir_in(&base).or_else(|_| b.tempdir())
-    } else {
-        b.tempdir()
-    }
-    .expect("tempdir");
+    // under $TMPDIR: scripts/fuzz.sh points it at a scratch dir (in /dev/shm when there is
+    // one) and removes it after the run, since a libFuzzer process exits without dropping this
+    let dir = tempfile::Builder::new()
+        .prefix("core-ops-fuzz-")
+        .tempdir()
+        .expect("tempdir");
     let repo = Repository::init_bare(dir.path().join("repo.git")).expect("init");
     State { dir, repo, runs: 0 }
 }
@@ -136,15 +133,20 @@ fn build(repo: &Repository, data: &[u8]) -> Oid {
         let mut dir: Vec<u8> = Vec::new();
         for (i, comp) in comps.iter().enumerate() {
             let last = i + 1 == comps.len();
+            // keys: "" is the root, every level adds "/<component>" (so an empty component
+            // is a new, deeper directory, never its own parent)
             let mut child = dir.clone();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
+            child.push(b'/');
             child.extend_from_slice(comp);
             if last {
                 let kind = if mode == b"40000" || mode == b"040000" {
                     let target = content.strip_suffix(b"\n").unwrap_or(content);
-                    Kind::Link(target.to_vec())
+                    let mut key = Vec::new();
+                    if !target.is_empty() {
+                        key.push(b'/');
+                        key.extend_from_slice(target);
+                    }
+                    Kind::Link(key)
                 } else {
                     Kind::Blob(odb.write(ObjectType::Blob, content).expect("write blob"))
                 };
