@@ -11,8 +11,9 @@ die() { echo "scripts/prereqs.sh: $*" >&2; exit 1; }
 # make: building git2's vendored libgit2; git: scripts and tests that make repositories;
 # util-linux also provides flock(1), used by the lock test; time: max RSS in the benches;
 # dpkg-dev (dpkg-shlibdeps) and lintian: the Debian package (scripts/build-deb.sh) and its
-# checks; groff-base: the man page test renders every page.
-PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc libc6-dev make git time
+# checks; groff-base: the man page test renders every page; g++: libFuzzer, built by the fuzz
+# targets' libfuzzer-sys (scripts/fuzz.sh).
+PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc g++ libc6-dev make git time
     dpkg-dev lintian groff-base)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -16,6 +16,8 @@
 #   6. installs and starts libvirt's daemons (scripts/libvirt.sh; stopped again at the end),
 #      so qemu:///system answers and the VM harness uses its default driver, libvirt,
 #   7. runs cargo test (the harness's own tests force the qemu driver),
+#   7b. runs the fuzz targets briefly (scripts/fuzz.sh: cargo-fuzz/libFuzzer on stable,
+#      CORE_OPS_FUZZ_SECONDS each, default 20; only when no extra arguments are given),
 #   8. runs the whole accepted verification corpus on the VM backend, one disposable VM per
 #      scenario (core-ops-verify run --accepted-dir tests/fixtures/verification/scenarios --ci;
 #      bundles and the verification_run document under target/verify/),
@@ -29,6 +31,7 @@
 #      CORE_OPS_BUILD_DEB=auto|1|0 (default auto: when all tests or deb_package are selected).
 #      CORE_OPS_KEEP_BED=1 keeps the bed's directory (journal, unit files) even on success.
 #      CORE_OPS_TESTBED_CONTAINERS=0 installs only the Quadlet generator (no podman stack).
+#      CORE_OPS_FUZZ_SECONDS (default 20) seconds per fuzz target after cargo test; 0 skips.
 #      CORE_OPS_VERIFY_CORPUS=auto|1|0 (default auto: when no extra arguments are given) runs the
 #      accepted verification corpus after cargo test.
 # Extra arguments are passed to `cargo test` (e.g. `scripts/test.sh --test systemd_dbus`).
@@ -128,6 +131,12 @@ eval "$libvirt_env"
 
 step "cargo test"
 cargo test --no-fail-fast "$@" -- --test-threads="${CORE_OPS_TEST_THREADS:-$(nproc)}"
+
+# a short run of the fuzz targets (scripts/fuzz.sh; 0 skips); only with the whole test suite
+if [ "${CORE_OPS_FUZZ_SECONDS:-20}" != 0 ] && [ $# -eq 0 ]; then
+    step "the fuzz targets, ${CORE_OPS_FUZZ_SECONDS:-20} s each: scripts/fuzz.sh"
+    scripts/fuzz.sh "${CORE_OPS_FUZZ_SECONDS:-20}" || die "a fuzz target failed (see above)"
+fi
 
 if [ "${CORE_OPS_VERIFY_CORPUS:-auto}" = 1 ] || { [ "${CORE_OPS_VERIFY_CORPUS:-auto}" = auto ] && [ $# -eq 0 ]; }; then
     step "the accepted verification corpus on the VM backend: core-ops-verify run --ci"
