@@ -169,7 +169,7 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // ETXTBSY: the binary is being replaced right now (a package upgrade); try again shortly
-    let mut child = {
+    let child = {
         let mut attempt = 0;
         loop {
             match cmd.spawn() {
@@ -181,6 +181,22 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
             }
         }
     };
+    let (status, stdout, stderr) = output_within(child, GENERATOR_TIMEOUT)?;
+    Ok(Run {
+        success: status.success(),
+        stdout,
+        stderr,
+        dir: tmp.path().to_path_buf(),
+    })
+}
+
+/// Wait for a child whose stdout and stderr are piped, collecting both, for at most
+/// `timeout`; a child still running then is killed and the run is a `TimedOut` error. Shared
+/// by the two checks that run a tool on the desired state (Quadlet generator, systemd-analyze).
+pub(crate) fn output_within(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> std::io::Result<(std::process::ExitStatus, String, String)> {
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let out_t = std::thread::spawn(move || {
@@ -193,7 +209,7 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + GENERATOR_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;
@@ -203,17 +219,16 @@ fn run_in_temp_dir(generator: &Path, set: &[(&str, PathBuf, &[u8])]) -> std::io:
             let _ = child.wait();
             return Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", GENERATOR_TIMEOUT.as_secs()),
+                format!("no answer within {} s", timeout.as_secs()),
             ));
         }
         std::thread::sleep(Duration::from_millis(2));
     };
-    Ok(Run {
-        success: status.success(),
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-        dir: tmp.path().to_path_buf(),
-    })
+    Ok((
+        status,
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    ))
 }
 
 /// quadlet prefixes the first line of each log record with `quadlet-generator[PID]: `; the

@@ -41,7 +41,6 @@
 //! Like `quadlet_check`, this starts a process but is not systemd and changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -852,36 +851,10 @@ fn run_verify(analyzer: &Path, set: &BTreeMap<String, SetUnit<'_>>) -> std::io::
         // see the module docs: without privileges it cannot touch the host's systemd state
         cmd.uid(65534).gid(65534);
     }
-    let mut child = cmd.spawn()?;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + VERIFY_TIMEOUT;
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", VERIFY_TIMEOUT.as_secs()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let mut output = err_t.join().unwrap_or_default();
-    output.push_str(&out_t.join().unwrap_or_default());
+    let child = cmd.spawn()?;
+    let (_, stdout, stderr) = crate::quadlet_check::output_within(child, VERIFY_TIMEOUT)?;
+    let mut output = stderr;
+    output.push_str(&stdout);
     Ok(Run {
         output,
         dir: tmp.path().to_path_buf(),
