@@ -342,11 +342,10 @@ fn settle_ledger(
 
 /// Why a unit is not loaded after the reload, in systemd's words (`LoadError`), and for a
 /// Quadlet file the generator's own message from a dry run of the written set.
-fn not_loaded_reason(
+fn not_loaded_reason<'a>(
     id: &str,
     st: &crate::systemd::UnitStatus,
-    desired: &DesiredState,
-    paths: &Paths,
+    quadlet_verdict: impl FnOnce() -> &'a crate::quadlet_check::QuadletCheck,
 ) -> String {
     let systemd_says = if st.load_error.is_empty() {
         String::new()
@@ -358,7 +357,7 @@ fn not_loaded_reason(
         st.load_state
     );
     if id.starts_with("quadlet:") {
-        let check = crate::quadlet_check::check(desired, paths);
+        let check = quadlet_verdict();
         match (check.rejected.get(id), &check.generator) {
             (Some(msg), _) => reason.push_str(&format!("; the Quadlet generator says: {msg}")),
             (None, None) => reason.push_str(&format!(
@@ -760,6 +759,8 @@ pub fn apply(
     if !start_jobs.is_empty() {
         let names: Vec<String> = start_jobs.iter().map(|(_, u, _)| u.clone()).collect();
         let statuses = systemd.unit_states_brief(&names)?;
+        // the generator's verdict on the written set, asked once for all generated units
+        let quadlet_verdict = std::cell::OnceCell::new();
         for st in statuses.iter().filter(|s| s.load_state != "loaded") {
             let id = start_jobs
                 .iter()
@@ -771,7 +772,9 @@ pub fn apply(
                 diagnostics.push(diag(
                     &id,
                     Some(&st.name),
-                    not_loaded_reason(&id, st, desired, paths),
+                    not_loaded_reason(&id, st, || {
+                        quadlet_verdict.get_or_init(|| crate::quadlet_check::check(desired, paths))
+                    }),
                 ));
             } else {
                 tracing::warn!(unit = %st.name, load_state = %st.load_state, "not restarted: systemd has no loaded unit of that name");
