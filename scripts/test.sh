@@ -4,8 +4,9 @@
 # On a fresh Debian 12 machine, as root, it:
 #   1. installs the apt packages the build and the systemd test bed need (only missing ones),
 #   2. checks the Rust toolchain (rust-version of Cargo.toml, with clippy + rustfmt),
-#   3. runs cargo fmt --check, cargo clippy --all-targets -D warnings, cargo build --all-targets,
-#      core-ops-release validate (release fragments, changelog, version policy), and builds
+#   3. runs cargo fmt --check, cargo clippy -D warnings (the agent alone with default features,
+#      then the whole workspace with the `failpoints` feature the crash tests need), cargo build
+#      --workspace --all-targets --features core-ops/failpoints, core-ops-release validate (release fragments, changelog, version policy), and builds
 #      the Debian package (scripts/build-deb.sh, exported as CORE_OPS_DEB),
 #   4. boots ONE systemd test bed (scripts/systemd-testbed.sh) that every test binary shares
 #      (CORE_OPS_TESTBED_DIR, CORE_OPS_SYSTEMD_ADDRESS, CORE_OPS_SYSTEMD_UNIT_DIR), and puts the
@@ -15,7 +16,8 @@
 #      Debian packages, cached by recipe digest; exported as CORE_OPS_VERIFY_IMAGE),
 #   6. installs and starts libvirt's daemons (scripts/libvirt.sh; stopped again at the end),
 #      so qemu:///system answers and the VM harness uses its default driver, libvirt,
-#   7. runs cargo test (the harness's own tests force the qemu driver),
+#   7. runs cargo test --workspace --features core-ops/failpoints (the harness's own tests force
+#      the qemu driver),
 #   7b. runs the fuzz targets briefly (scripts/fuzz.sh: cargo-fuzz/libFuzzer on stable,
 #      CORE_OPS_FUZZ_SECONDS each, default 20; only when no extra arguments are given),
 #   8. runs the whole accepted verification corpus on the VM backend, one disposable VM per
@@ -52,15 +54,19 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 # ------------------------------------------------------------------ 3. static checks + build
 step "cargo fmt --check"
 cargo fmt --all --check
-step "cargo clippy --all-targets -- -D warnings"
+# the agent alone as users build it (no libvirt, no failpoints), then the whole workspace (the
+# VM harness, the release tool, test support) with the crash tests' failpoints compiled in
+step "cargo clippy --all-targets -- -D warnings (the agent, default features)"
 cargo clippy --all-targets -- -D warnings
-step "cargo build --all-targets"
-cargo build --all-targets
+step "cargo clippy --workspace --all-targets --features core-ops/failpoints -- -D warnings"
+cargo clippy --workspace --all-targets --features core-ops/failpoints -- -D warnings
+step "cargo build --workspace --all-targets --features core-ops/failpoints"
+cargo build --workspace --all-targets --features core-ops/failpoints
 # release governance (DEVELOPMENT.md, "Release flow"): fragments, changelog, version policy
 # against the newest vX.Y.Z tag, or against CORE_OPS_RELEASE_BASE (e.g. the target branch of
 # the change under review) when set
 step "core-ops-release validate${CORE_OPS_RELEASE_BASE:+ --base $CORE_OPS_RELEASE_BASE}"
-cargo run --quiet --bin core-ops-release -- validate ${CORE_OPS_RELEASE_BASE:+--base "$CORE_OPS_RELEASE_BASE"}
+cargo run --quiet -p core-ops-release -- validate ${CORE_OPS_RELEASE_BASE:+--base "$CORE_OPS_RELEASE_BASE"}
 
 # the Debian package, built once for tests/deb_package.rs (contents, lintian, install in the
 # bed); skipped when the selected tests cannot include it
@@ -129,8 +135,8 @@ LIBVIRT_STARTED=1
 libvirt_env=$(scripts/libvirt.sh up) || die "libvirtd did not start (see above)"
 eval "$libvirt_env"
 
-step "cargo test"
-cargo test --no-fail-fast "$@" -- --test-threads="${CORE_OPS_TEST_THREADS:-$(nproc)}"
+step "cargo test --workspace --features core-ops/failpoints"
+cargo test --workspace --features core-ops/failpoints --no-fail-fast "$@" -- --test-threads="${CORE_OPS_TEST_THREADS:-$(nproc)}"
 
 # a short run of the fuzz targets (scripts/fuzz.sh; 0 skips); only with the whole test suite
 if [ "${CORE_OPS_FUZZ_SECONDS:-20}" != 0 ] && [ $# -eq 0 ]; then

@@ -33,10 +33,5 @@ pub mod trust;
 pub mod cli;
 pub mod explain;
 
-// maintainer tooling (the core-ops-release binary)
-pub mod release;
-// the VM-backed verification harness (core-ops-verify; not shipped)
-pub mod verification;
-
-#[doc(hidden)]
-pub mod testkit;
+// crash points for the crash-safety tests (no-ops unless built with `failpoints`)
+pub mod failpoint;

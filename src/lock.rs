@@ -26,11 +26,18 @@ pub struct StateLock {
     _name: UnixListener,
 }
 
-/// The abstract socket name that stands for a state dir (its path, hashed: names are
-/// limited to 107 bytes).
+/// The abstract socket name that stands for a state dir: its path within this file-system
+/// root (the root's device and inode, and the mount namespace), hashed, since names are
+/// limited to 107 bytes. Abstract names are per network namespace, which containers or
+/// chroots with their own root may share: the same path in another root is another host.
 fn lock_name(state_dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
     let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let digest = crate::normalize::sha256_hex(abs.as_os_str().as_encoded_bytes());
+    let root = std::fs::metadata("/").map_or((0, 0), |m| (m.dev(), m.ino()));
+    let mnt_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
+    let mut key = format!("{}:{}:{}:", root.0, root.1, mnt_ns.display()).into_bytes();
+    key.extend_from_slice(abs.as_os_str().as_encoded_bytes());
+    let digest = crate::normalize::sha256_hex(&key);
     let hex = digest.trim_start_matches("sha256:");
     format!("core-ops-state-lock-{}", &hex[..32])
 }

@@ -42,6 +42,8 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "failpoints")]
+    let _failpoints = core_ops::failpoint::setup();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli::run(&cli) {

@@ -1000,7 +1000,7 @@ fn fetch(repo: &Repository, url: &str, location: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit::RepoBuilder;
+    use core_ops_testkit::RepoBuilder;
     use std::os::unix::fs::PermissionsExt;
 
     fn url(p: &Path) -> String {

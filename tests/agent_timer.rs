@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::bed::{bed, prefix};
-use core_ops::testkit::RepoBuilder;
+use core_ops_testkit::RepoBuilder;
 
 #[test]
 fn timer_runs_the_agent_under_systemd() {

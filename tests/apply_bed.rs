@@ -311,6 +311,7 @@ fn force_no_state_applies_without_touching_status() {
 
 #[test]
 fn sigkill_in_the_write_phase_is_recovered_by_the_next_run() {
+    common::bed::require_failpoints();
     let Some(mut w) = world("crash") else { return };
     let v1 = w.commit(w.fx());
     assert_eq!(w.apply(&v1, &[]).0, 0);
@@ -329,7 +330,7 @@ fn sigkill_in_the_write_phase_is_recovered_by_the_next_run() {
         cmd.env(k, v);
     }
     let mut child = cmd
-        .env("CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES", "1")
+        .env("FAILPOINTS", "apply::after-write=return(1)")
         .args(["apply", "--repo", &repo, "--host", "h", "--rev", &v2])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use common::bed::{bed, prefix};
-use core_ops::testkit::RepoBuilder;
+use core_ops_testkit::RepoBuilder;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,11 +33,9 @@ fn deb() -> Option<&'static Path> {
             return Some(p);
         }
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!(
-                "\n!!!!! SKIPPING Debian package tests: CORE_OPS_DEB is not set and not root \
-                 (run scripts/test.sh, or scripts/build-deb.sh and set CORE_OPS_DEB) !!!!!\n"
+            return common::bed::skip_or_fail(
+                "the Debian package tests need CORE_OPS_DEB or root (scripts/build-deb.sh)",
             );
-            return None;
         }
         let out = Command::new(root().join("scripts/build-deb.sh"))
             .output()

@@ -44,7 +44,7 @@ fn nobody() -> (u32, u32) {
 #[test]
 fn crafted_tree_with_dot_dot_is_refused_and_writes_nothing() {
     let w = world_or_fail("crafted");
-    let mut repo = core_ops::testkit::RepoBuilder::init(&w.s.path("crafted-repo")).unwrap();
+    let mut repo = core_ops_testkit::RepoBuilder::init(&w.s.path("crafted-repo")).unwrap();
     let etc = w.s.path("etc");
     let victim = w.s.path("victim");
     // services/x/files/<scratch>/etc/../victim/authorized_keys

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 
 use common::cli::{Scratch, repo_from_dirs, stderr, stdout, tree};
-use core_ops::testkit::copy_dir;
+use core_ops_testkit::copy_dir;
 
 fn example(s: &Scratch) -> String {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/example");

@@ -5,7 +5,7 @@
 //! (runtime receipts by `installState`, reconcile receipts by `transition`), and every
 //! `RuntimeInstallReceipt` validated with the `jsonschema` crate against the vendored schema
 //! file itself. Then one crash test per state boundary of an install: core-ops is paused
-//! right after persisting the state (`CORE_OPS_FAILPOINT_RUNTIME_PAUSE`), SIGKILLed, and the
+//! right after persisting the state (failpoint `runtime::state`), SIGKILLed, and the
 //! next run must end consistent (old or new version fully current, units running) with
 //! receipts that say what happened.
 //!
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::bed::{Bed, prefix};
 use common::cli::{Scratch, stderr, stdout};
 use common::world::bed_scratch;
-use core_ops::testkit::{RepoBuilder, targz};
+use core_ops_testkit::{RepoBuilder, targz};
 use serde_json::Value;
 
 struct World {
@@ -610,6 +610,7 @@ fn outside_the_maintenance_window_is_deferred() {
 /// the host is never half-switched, run apply again and check it ended consistent. Returns
 /// the receipt chain after 1.0.0's (`requested` .. `reconcile:applied`).
 fn crash_at(test: &str, state: &str, good: bool) -> Option<(World, Vec<String>, i32)> {
+    common::bed::require_failpoints();
     let mut w = world(test)?;
     let v1 = w.commit(&w.fx("1.0.0"));
     assert_eq!(w.apply(&v1).0, 0);
@@ -629,14 +630,14 @@ fn crash_at(test: &str, state: &str, good: bool) -> Option<(World, Vec<String>, 
         cmd.env(k, v);
     }
     let mut child = cmd
-        .env("CORE_OPS_FAILPOINT_RUNTIME_PAUSE", state)
+        .env("FAILPOINTS", format!("runtime::state=return({state})"))
         .args(["apply", "--repo", &repo, "--host", "h", "--rev", &v2])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut err = child.stderr.take().unwrap();
-    let needle = format!("failpoint: paused at runtime state {state}");
+    let needle = format!("failpoint: paused at runtime::state({state})");
     let wanted = needle.clone();
     let reader = std::thread::spawn(move || {
         use std::io::Read;

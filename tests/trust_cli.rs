@@ -11,7 +11,7 @@ use std::path::Path;
 use common::cli::{Scratch, stderr, stdout};
 use common::world::world;
 use core_ops::record::status::{self, LastApplied, StatusSnapshot};
-use core_ops::testkit::signing::{GitWork, SshKey};
+use core_ops_testkit::signing::{GitWork, SshKey};
 use serde_json::Value;
 
 const HOST: &[u8] = b"services: []\n";

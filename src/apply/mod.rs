@@ -171,6 +171,7 @@ struct Phases {
 
 impl Phases {
     fn run<T>(&mut self, name: &str, f: impl FnOnce() -> (T, String)) -> T {
+        crate::failpoint::pause_at(crate::failpoint::APPLY_PHASE, name);
         let t0 = Instant::now();
         let _span = tracing::info_span!("phase", phase = name).entered();
         let (v, detail) = f();
@@ -371,18 +372,6 @@ fn not_loaded_reason<'a>(
         }
     }
     reason
-}
-
-/// Test hook for crash-safety tests: with `CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES=N`, the
-/// write phase stops after its Nth file, says so on stderr and waits to be killed (SIGKILL).
-/// Never set in production; it only ever delays, it cannot change what is written.
-fn failpoint_pause_after_writes(written: usize) {
-    if let Ok(v) = std::env::var("CORE_OPS_FAILPOINT_PAUSE_AFTER_WRITES")
-        && v.parse::<usize>().ok() == Some(written)
-    {
-        eprintln!("core-ops: failpoint: paused after {written} writes");
-        std::thread::sleep(Duration::from_secs(600));
-    }
 }
 
 /// Execute the plan of `planned` against systemd, verify and record.
@@ -644,7 +633,9 @@ pub fn apply(
                     beneath: (r.kind == Kind::File).then(|| paths.host_file_root(&r.path)),
                 })
                 .collect();
-            fsutil::write_batch(&items, failpoint_pause_after_writes)?;
+            fsutil::write_batch(&items, |n| {
+                crate::failpoint::pause_at(crate::failpoint::APPLY_AFTER_WRITE, &n.to_string())
+            })?;
             unit_files_changed |= to_write.iter().any(|r| r.kind.is_ini());
             for a in changed.iter().filter(|a| a.action == Action::Delete) {
                 if stop_failed.contains(&a.id) || a.kind == Kind::Runtime {

@@ -18,7 +18,7 @@ use crate::pipeline::{ResolvedTarget, plan_desired};
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use crate::systemd::fake::FakeSystemd;
-use crate::testkit::targz;
+use core_ops_testkit::targz;
 
 /// What one revision of the test repository selects.
 struct Fx {
@@ -441,7 +441,7 @@ fn a_deferral_is_not_a_failure_and_is_recorded_once() {
     let s = scratch();
     let sd = fake();
     let repo_dir = s.dir.path().join("repo");
-    let mut repo = crate::testkit::RepoBuilder::init(&repo_dir).unwrap();
+    let mut repo = core_ops_testkit::RepoBuilder::init(&repo_dir).unwrap();
     let mut commit = |fx: &Fx| {
         let owned: Vec<(String, Vec<u8>)> = files(fx)
             .into_iter()

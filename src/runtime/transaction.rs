@@ -223,9 +223,9 @@ pub struct Outcome {
     pub recovered: bool,
 }
 
-/// Test hook for the crash tests: with `CORE_OPS_FAILPOINT_RUNTIME_PAUSE=<state>`, a
-/// transaction stops right after persisting that state (and writing its receipt), says so on
-/// stderr and waits to be killed. It only delays; it never changes what is written. (Unit
+/// Crash point for the crash tests ([`crate::failpoint::RUNTIME_STATE`]): a transaction stops
+/// right after persisting that state (and writing its receipt), says so on stderr and waits to
+/// be killed. It only delays; it never changes what is written. (Unit
 /// tests stop there instead, with an error, through [`tests_stop_at`].)
 fn failpoint(state: TxState) -> Result<()> {
     #[cfg(test)]
@@ -235,13 +235,7 @@ fn failpoint(state: TxState) -> Result<()> {
             state.name()
         )));
     }
-    if std::env::var("CORE_OPS_FAILPOINT_RUNTIME_PAUSE").is_ok_and(|v| v == state.name()) {
-        eprintln!(
-            "core-ops: failpoint: paused at runtime state {}",
-            state.name()
-        );
-        std::thread::sleep(Duration::from_secs(600));
-    }
+    crate::failpoint::pause_at(crate::failpoint::RUNTIME_STATE, state.name());
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! `zbus_systemd` proxies) against the system bus or `CORE_OPS_SYSTEMD_ADDRESS`.
 
 pub mod dbus;
+#[cfg(test)]
 pub mod fake;
 
 use std::time::Duration;

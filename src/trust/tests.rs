@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use git2::Repository;
 
 use super::*;
-use crate::testkit::signing::{GitWork, SshKey};
+use core_ops_testkit::signing::{GitWork, SshKey};
 
 const HOST_YAML: &[u8] = b"services: []\n";
 

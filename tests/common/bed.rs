@@ -14,8 +14,10 @@
 //!   that stops the bed by its dir once this test process has exited. If that watchdog was
 //!   killed, stop a leftover bed with `scripts/systemd-testbed.sh down /tmp/cob-...`.
 //!
-//! Not root: [`bed`] returns `None` with a loud message (tests then skip). Root and the bed
-//! fails to boot: panic with the script's output, since CI runs as root and must not skip.
+//! Not root: the test fails with a clear message (a test that could not run never reports
+//! `ok`), unless the contributor opted out with `CORE_OPS_SKIP_BED_TESTS=1` (DEVELOPMENT.md):
+//! then [`bed`] returns `None` with a loud message and the test returns early. Root and the
+//! bed fails to boot: panic with the script's output.
 
 #![allow(dead_code)] // each test binary uses a different part of this helper
 
@@ -172,7 +174,8 @@ pub fn prefix(test: &str) -> String {
     format!("co-{}-{}", clean.trim_matches('-'), std::process::id())
 }
 
-/// The bed of this test binary, booted on first use; `None` only when not running as root.
+/// The bed of this test binary, booted on first use; `None` only when not running as root and
+/// the contributor opted out of root tests (`CORE_OPS_SKIP_BED_TESTS=1`).
 ///
 /// Why: see the module docs.
 pub fn bed() -> Option<&'static Bed> {
@@ -182,11 +185,7 @@ pub fn bed() -> Option<&'static Bed> {
 
 fn init() -> Option<Bed> {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "\n!!!!! SKIPPING systemd test-bed tests: not running as root. \
-             The test bed needs namespaces and mounts; run scripts/test.sh as root. !!!!!\n"
-        );
-        return None;
+        return skip_or_fail("the systemd test bed needs root (namespaces and mounts)");
     }
     if let Some(dir) = std::env::var_os("CORE_OPS_TESTBED_DIR").filter(|d| !d.is_empty()) {
         let out = run_script("status", Path::new(&dir));
@@ -219,6 +218,28 @@ fn init() -> Option<Bed> {
         dir.display()
     );
     Some(from_output(&out, true))
+}
+
+/// Not root: fail with `why`, or return `None` loudly when the contributor opted out with
+/// `CORE_OPS_SKIP_BED_TESTS=1`.
+pub fn skip_or_fail<T>(why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("CORE_OPS_SKIP_BED_TESTS").is_some_and(|v| v == "1"),
+        "{why}: run scripts/test.sh (or this test) as root, or set CORE_OPS_SKIP_BED_TESTS=1 \
+         to skip the root-only tests on purpose (see DEVELOPMENT.md)"
+    );
+    eprintln!("\n!!!!! SKIPPING (CORE_OPS_SKIP_BED_TESTS=1): {why} !!!!!\n");
+    None
+}
+
+/// Crash tests stop the agent at a named failpoint, which only a `--features failpoints` build
+/// has: without it they would wait for a pause that never comes, so they fail at once instead.
+pub fn require_failpoints() {
+    #[cfg(not(feature = "failpoints"))]
+    panic!(
+        "crash tests stop core-ops at a failpoint: build with `--features failpoints` \
+         (scripts/test.sh does)"
+    );
 }
 
 fn run_script(cmd: &str, dir: &Path) -> Output {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use core_ops::testkit::{RepoBuilder, copy_dir};
+use core_ops_testkit::{RepoBuilder, copy_dir};
 
 /// A scratch root for one test.
 pub struct Scratch {

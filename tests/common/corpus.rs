@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use core_ops::render::mount::escape_path;
-use core_ops::testkit::RepoBuilder;
+use core_ops_testkit::RepoBuilder;
 use serde_json::Value;
 use serde_yaml::Value as Yaml;
 

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use core_ops::testkit::RepoBuilder;
+use core_ops_testkit::RepoBuilder;
 use serde_json::Value;
 
 use super::bed::{Bed, bed, prefix};

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::testkit::RepoBuilder;
+use core_ops_testkit::RepoBuilder;
 
 /// A built repository: where it is and the commit id of each revision label.
 #[derive(Debug, Clone)]

@@ -17,7 +17,7 @@ fn verify_bin() -> &'static str {
 }
 
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 fn run(args: &[&str]) -> Output {
@@ -26,8 +26,13 @@ fn run(args: &[&str]) -> Output {
         // scripts/test.sh points it at the release build (smaller, faster under TCG)
         .env(
             "CORE_OPS_VERIFY_CORE_OPS_BIN",
-            std::env::var("CORE_OPS_VERIFY_CORE_OPS_BIN")
-                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_core-ops").into()),
+            std::env::var("CORE_OPS_VERIFY_CORE_OPS_BIN").unwrap_or_else(|_| {
+                // the agent, built by the same `cargo test --workspace`, beside the harness
+                Path::new(verify_bin())
+                    .with_file_name("core-ops")
+                    .to_string_lossy()
+                    .into_owned()
+            }),
         )
         .output()
         .expect("core-ops-verify runs")
@@ -74,7 +79,7 @@ steps:
 ";
 
 fn validate_run(doc: &Value) {
-    let schema: Value = serde_json::from_str(core_ops::verification::report::RUN_SCHEMA).unwrap();
+    let schema: Value = serde_json::from_str(core_ops_verify::report::RUN_SCHEMA).unwrap();
     let validator = jsonschema::validator_for(&schema).expect("the schema compiles");
     let errors: Vec<String> = validator
         .iter_errors(doc)

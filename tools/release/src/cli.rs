@@ -15,7 +15,7 @@ use super::{Finding, environment};
 #[derive(Debug, Parser)]
 #[command(
     name = "core-ops-release",
-    version = crate::provenance::long_version(),
+    version = core_ops::provenance::long_version(),
     about,
     long_about = None
 )]

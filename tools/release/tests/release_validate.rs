@@ -514,7 +514,7 @@ fn json_gives_the_findings_as_a_list() {
 fn this_repository_passes() {
     let o = Command::new(BIN)
         .arg("validate")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .output()
         .unwrap();
     assert!(
@@ -604,14 +604,33 @@ fn check_environment_compares_every_field() {
 #[test]
 fn the_shipped_contract_is_complete() {
     let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
             .join("tests/fixtures/distribution/release-gate-environment.json"),
     )
     .unwrap();
-    let c: core_ops::release::environment::Contract = serde_json::from_str(&text).unwrap();
+    let c: core_ops_release::environment::Contract = serde_json::from_str(&text).unwrap();
     assert_eq!(c.schema_version, 1);
     assert_eq!(c.kind, "CoreOpsReleaseGateEnvironment");
     for v in [&c.name, &c.version, &c.runner_ref, &c.system_class] {
         assert!(!v.trim().is_empty());
     }
+}
+
+/// `core-ops-release --version` is the agent library's provenance: the tool and the agent of
+/// one workspace build agree on version, revision and rustc.
+#[test]
+fn version_is_the_agent_build_provenance() {
+    let out = Command::new(env!("CARGO_BIN_EXE_core-ops-release"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.trim_end(),
+        format!(
+            "core-ops-release {}",
+            core_ops::provenance::Provenance::current().long_version()
+        )
+    );
 }

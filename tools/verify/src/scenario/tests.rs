@@ -110,7 +110,8 @@ fn duplicate_ids_in_a_directory_are_refused() {
 /// The corpus that ships is valid and covers every class (the release gate's precondition).
 #[test]
 fn the_shipped_corpus_is_valid_and_covers_every_class() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verification/scenarios");
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join("tests/fixtures/verification/scenarios");
     let loaded = load_dir(&dir, &repos_dir_for(&dir)).unwrap();
     assert!(
         loaded.len() >= 12,
@@ -125,7 +126,7 @@ fn the_shipped_corpus_is_valid_and_covers_every_class() {
             "no accepted scenario of class {c}"
         );
     }
-    let cand = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let cand = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .join("tests/fixtures/verification/generated_candidates");
     load_dir(&cand, &repos_dir_for(&cand)).unwrap();
 }

@@ -26,7 +26,7 @@ use super::scenario::{self, CLASSES, LoadedScenario};
 /// Exit status: 0 every scenario passed (promote: promoted), 1 a scenario failed or could not
 /// run (promote: not promoted), 2 bad input (invalid scenario, no image, usage).
 #[derive(Debug, Parser)]
-#[command(name = "core-ops-verify", version = crate::provenance::long_version())]
+#[command(name = "core-ops-verify", version = core_ops::provenance::long_version())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -282,7 +282,7 @@ fn execute(
     debug: bool,
     pause: bool,
 ) -> Result<VerificationRun> {
-    let started_at = crate::record::time::now_rfc3339();
+    let started_at = core_ops::record::time::now_rfc3339();
     let t0 = Instant::now();
     let run_id = report::new_run_id();
     let bundle_root = m
@@ -367,11 +367,11 @@ fn execute(
         ci,
         backend: if m.synthetic { "synthetic" } else { "vm" }.into(),
         started_at,
-        finished_at: crate::record::time::now_rfc3339(),
+        finished_at: core_ops::record::time::now_rfc3339(),
         duration_ms: t0.elapsed().as_millis() as u64,
         core_ops: CoreOpsBinary {
             path: bin.display().to_string(),
-            sha256: crate::normalize::sha256_hex(&std::fs::read(&bin)?),
+            sha256: core_ops::normalize::sha256_hex(&std::fs::read(&bin)?),
             version: binary_version(&bin),
         },
         image: image_manifest,
@@ -380,7 +380,7 @@ fn execute(
         summary: summary.clone(),
         outcome: outcome.into(),
     };
-    crate::fsutil::write_json(&bundle_root.join("verification-run.json"), &doc)?;
+    core_ops::fsutil::write_json(&bundle_root.join("verification-run.json"), &doc)?;
     eprintln!(
         "core-ops-verify: {outcome}: {} passed, {} failed, {} errors of {} in {:.1} s; {}",
         summary.passed,

@@ -17,7 +17,10 @@ use super::readiness::{self, ReadinessEvidence};
 pub fn testbed_script() -> PathBuf {
     std::env::var_os("CORE_OPS_VERIFY_TESTBED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/systemd-testbed.sh"))
+        .unwrap_or_else(|| {
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+                .join("scripts/systemd-testbed.sh")
+        })
 }
 
 /// A running bed.

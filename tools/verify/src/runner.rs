@@ -160,7 +160,7 @@ pub fn run_scenario(
     if result.outcome != "passed" {
         bundle::write_failure_files(&dir, loaded, &result, &checks, opts)?;
     }
-    crate::fsutil::write_json(&dir.join("result.json"), &result)?;
+    core_ops::fsutil::write_json(&dir.join("result.json"), &result)?;
     Ok(result)
 }
 
@@ -207,7 +207,7 @@ fn execute(
             opts.core_ops_bin.display()
         )
     })?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("units");
     for u in ["core-ops.service", "core-ops.timer"] {
         std::fs::copy(root.join(u), share.join("units").join(u))?;
     }
@@ -246,7 +246,7 @@ fn execute(
     };
     result.readiness = evidence.state;
     result.ready_ms = evidence.waited_ms;
-    crate::fsutil::write_json(&dir.join("readiness-evidence.json"), &evidence)?;
+    core_ops::fsutil::write_json(&dir.join("readiness-evidence.json"), &evidence)?;
     copy_logs(&machine_dir, dir);
     if evidence.state != ReadinessState::Accepted {
         log.line(format!(

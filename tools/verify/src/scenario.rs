@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{InputError, Location};
-use crate::render::yaml;
+use core_ops::error::{InputError, Location};
+use core_ops::render::yaml;
 
 /// One scenario file.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,7 +13,33 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository, RepositoryInitOptions, Signature, Time};
 
-use crate::error::{Error, Result};
+/// Why a fixture could not be built; tests unwrap it, the harness wraps it with context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A git or fixture-layout problem.
+    #[error("{0}")]
+    Source(String),
+    /// A file-system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The testkit's result.
+pub type Result<T> = std::result::Result<T, Error>;
 
 pub mod signing;
 

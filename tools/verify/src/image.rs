@@ -61,7 +61,7 @@ impl Image {
 
 /// The recipe script.
 pub fn recipe() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify-image.sh")
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("scripts/verify-image.sh")
 }
 
 /// Where images are cached (`CORE_OPS_TEST_CACHE`, default `/var/cache/core-ops-test`).
@@ -90,12 +90,12 @@ pub fn default_dir() -> Result<PathBuf> {
     }
     let mut all = Vec::new();
     for rel in INPUTS {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel);
         let bytes = std::fs::read(&p)
             .with_context(|| format!("reading the image input {}", p.display()))?;
-        all.extend_from_slice(crate::normalize::sha256_hex(&bytes).as_bytes());
+        all.extend_from_slice(core_ops::normalize::sha256_hex(&bytes).as_bytes());
     }
-    let key = crate::normalize::sha256_hex(&all)[7..23].to_string();
+    let key = core_ops::normalize::sha256_hex(&all)[7..23].to_string();
     Ok(cache_root().join(key))
 }
 

@@ -14,7 +14,7 @@ use super::machine::Output;
 use super::report::{AssertionsDoc, ScenarioResult};
 use super::runner::RunOptions;
 use super::scenario::LoadedScenario;
-use crate::fsutil;
+use core_ops::fsutil;
 
 /// `assertions.json`.
 pub fn write_assertions(dir: &Path, id: &str, checks: &[AssertionResult]) -> Result<()> {

@@ -1,6 +1,0 @@
-//! `core-ops-release`: the maintainer's release helper (`validate`, `check-environment`).
-//! All logic lives in `core_ops::release`; this shim only turns its result into an exit code.
-
-fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(core_ops::release::cli::main())
-}
