@@ -143,6 +143,16 @@ impl From<crate::systemd::SystemdError> for Error {
     }
 }
 
+/// `a, b` for a listing, `none` for an empty one, and why when it could not be listed (a
+/// read cap): for the "known ..." part of an error message.
+pub fn known_list(listed: Result<Vec<String>, InputError>) -> String {
+    match listed {
+        Ok(v) if v.is_empty() => "none".to_string(),
+        Ok(v) => v.join(", "),
+        Err(e) => format!("not listed: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ pub struct Explanation {
     /// For `runtime:<name>`: versions on the host and the transaction history (filled by
     /// the caller, which knows the state dir).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<crate::runtime::history::RuntimeHistory>,
+    pub runtime: Option<crate::apply::runtimes::history::RuntimeHistory>,
 }
 
 /// Find an object by id, unit name, file name or host path.
@@ -106,14 +106,14 @@ pub fn explain(planned: &Planned, object: &str) -> Result<Explanation> {
         digest: resource.map(|r| r.digest.clone()),
         normalized: resource.map(|r| match &r.unit {
             Some(u) => u.effective.clone(),
-            None if r.kind == crate::normalize::Kind::Runtime => {
+            None if r.kind == crate::model::normalize::Kind::Runtime => {
                 String::from_utf8_lossy(&r.content).into_owned()
             }
-            None if r.kind.is_ini() => crate::render::unit_file::UnitFile::parse(
+            None if r.kind.is_ini() => crate::model::unit_file::UnitFile::parse(
                 &r.id,
                 &String::from_utf8_lossy(&r.content),
             )
-            .map(|f| crate::render::unit_file::canonical_layer_text(&f))
+            .map(|f| crate::model::unit_file::canonical_layer_text(&f))
             .unwrap_or_default(),
             None => format!("{} bytes, raw sha {}", r.content.len(), r.raw_digest),
         }),

@@ -37,7 +37,7 @@ fn lock_name(state_dir: &Path) -> String {
     let mnt_ns = std::fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
     let mut key = format!("{}:{}:{}:", root.0, root.1, mnt_ns.display()).into_bytes();
     key.extend_from_slice(abs.as_os_str().as_encoded_bytes());
-    let digest = crate::normalize::sha256_hex(&key);
+    let digest = crate::model::normalize::sha256_hex(&key);
     let hex = digest.trim_start_matches("sha256:");
     format!("core-ops-state-lock-{}", &hex[..32])
 }

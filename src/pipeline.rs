@@ -208,7 +208,7 @@ pub fn plan_desired(
     }
     let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted = match crate::apply::journal::load(&paths.state_dir) {
+    let interrupted = match crate::record::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {
             warnings.push(format!(
                 "a previous run (plan {}) was interrupted at {}; its objects are re-applied",

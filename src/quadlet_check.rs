@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::{DEFAULT_QUADLET_GENERATORS, Paths, QuadletGenerator};
-use crate::normalize::Kind;
+use crate::model::normalize::Kind;
 use crate::render::DesiredState;
 
 /// How long the generator may take before the set is reported as not validated.

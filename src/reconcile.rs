@@ -14,11 +14,11 @@ use serde::Serialize;
 use crate::apply::{self, ApplyKind, ApplyOptions, ApplyResult, RollbackSummary};
 use crate::config::Paths;
 use crate::error::{Error, Result};
+use crate::model::time::now_rfc3339;
 use crate::pipeline::{self, Planned, ResolvedTarget};
 use crate::plan::{Action, Cause, Plan};
 use crate::record::control::{self, Quarantine};
 use crate::record::status::HistoryEntry;
-use crate::record::time::now_rfc3339;
 use crate::systemd::Systemd;
 
 /// Which revision to go to.

@@ -31,7 +31,7 @@ use ssh_key::{HashAlg, SshSig};
 pub use allowed_signers::{AllowedSigners, Entry};
 
 use crate::error::{Error, InputError, Location, Result};
-use crate::render::yaml;
+use crate::model::yaml;
 use crate::source::Revision;
 
 /// The local trust file when neither `--trust-file` nor `CORE_OPS_TRUST_FILE` names one.
@@ -40,7 +40,7 @@ pub use crate::config::DEFAULT_TRUST_FILE;
 /// The SSHSIG namespace git signs commits in.
 pub const GIT_NAMESPACE: &str = "git";
 
-pub use crate::render::yaml::TrustPolicy;
+pub use crate::model::yaml::TrustPolicy;
 
 /// Where the policy in force came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,11 +47,11 @@ use std::time::{Duration, Instant};
 
 use crate::config::Paths;
 use crate::error::Location;
-use crate::normalize::Kind;
+use crate::model::normalize::Kind;
+use crate::model::unit_file::UnitFile;
 use crate::quadlet_check::QuadletCheck;
 use crate::render::DesiredState;
 use crate::render::quadlet;
-use crate::render::unit_file::UnitFile;
 
 /// `CORE_OPS_SYSTEMD_ANALYZE`: a path, `none` (skip the verify), or unset/empty (look in the
 /// default places).

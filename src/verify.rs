@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::normalize::Kind;
+use crate::model::normalize::Kind;
 use crate::observe::{ObservedFile, observe_file};
 use crate::render::DesiredState;
 use crate::systemd::{Systemd, UnitStatus};
@@ -197,7 +197,7 @@ pub fn verify(
         .filter(|r| !reported_only.contains(&r.id))
     {
         if r.kind == Kind::Runtime {
-            if let Some(problem) = crate::runtime::resource::verify_problem(r) {
+            if let Some(problem) = runtime_problem(r) {
                 diagnostics.push(Diagnostic {
                     id: r.id.clone(),
                     unit: None,
@@ -324,6 +324,34 @@ pub fn verify(
         diagnostics,
         units: states,
     })
+}
+
+/// Verify step: `None` when the runtime's `current` holds the desired version, else what is
+/// wrong.
+fn runtime_problem(r: &crate::render::Resource) -> Option<String> {
+    match crate::observe::runtimes::observe(&r.path) {
+        crate::observe::ObservedFile::File { digest, .. } if digest == r.digest => None,
+        _ => {
+            let layout = crate::runtime::Layout {
+                dir: r
+                    .path
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default(),
+            };
+            let desired = String::from_utf8_lossy(&r.content)
+                .lines()
+                .find_map(|l| l.strip_prefix("version=").map(str::to_string))
+                .unwrap_or_default();
+            Some(format!(
+                "{}: current is {}, desired {desired}",
+                r.id,
+                layout
+                    .current_version()
+                    .unwrap_or_else(|| "not installed".into())
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

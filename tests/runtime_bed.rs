@@ -109,9 +109,9 @@ impl World {
         let v = fx.version;
         let art = self.artifact(fx);
         let digest = if fx.wrong_digest {
-            core_ops::normalize::sha256_hex(b"not the artifact")
+            core_ops::model::normalize::sha256_hex(b"not the artifact")
         } else {
-            core_ops::normalize::sha256_hex(&art)
+            core_ops::model::normalize::sha256_hex(&art)
         };
         let mut files: Vec<(String, Vec<u8>)> = Vec::new();
         let source = match fx.src {

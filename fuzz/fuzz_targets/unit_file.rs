@@ -2,7 +2,7 @@
 //! each parsed, then merged and rendered canonically. Errors are fine; a panic is a finding.
 #![no_main]
 
-use core_ops::render::unit_file::{Effective, UnitFile};
+use core_ops::model::unit_file::{Effective, UnitFile};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 4] = [

@@ -4,7 +4,7 @@
 #![no_main]
 
 use core_ops::error::InputError;
-use core_ops::render::yaml::{self, HostYaml, ServiceYaml};
+use core_ops::model::yaml::{self, HostYaml, ServiceYaml};
 use core_ops::runtime::manifest;
 use core_ops::source::{RepoEntry, RepoFiles};
 use libfuzzer_sys::fuzz_target;

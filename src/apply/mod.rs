@@ -9,7 +9,7 @@
 //! `JobRemoved`; a unit systemd could not load is never started) -> `verify`.
 //! `last_applied` advances only when verification says converged.
 
-pub mod journal;
+pub mod runtimes;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -20,15 +20,17 @@ use serde::{Deserialize, Serialize};
 use crate::config::Paths;
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::normalize::{Kind, sha256_hex};
+use crate::model::normalize::{Kind, sha256_hex};
+use crate::model::time::now_rfc3339;
+use crate::model::unit_file::runtime_units;
 use crate::pipeline::Planned;
 use crate::plan::{Action, PlannedAction};
 use crate::provenance::Provenance;
+use crate::record::journal;
 use crate::record::ledger::{self, Ledger};
 use crate::record::receipts::{self, RECEIPT_SCHEMA_VERSION, ReconcileReceipt};
 use crate::record::status::{self, HistoryEntry, RunRecord, SourceRecord, StatusSnapshot};
-use crate::record::time::now_rfc3339;
-use crate::render::{DesiredState, Resource, runtime_units};
+use crate::render::{DesiredState, Resource};
 use crate::systemd::{CallCounts, JobKind, JobResult, Systemd};
 use crate::verify::{self, Diagnostic, Outcome, Removed};
 
@@ -699,7 +701,7 @@ pub fn apply(
     let mut runtime_deferred: Vec<String> = Vec::new();
     if changed.iter().any(|a| a.kind == Kind::Runtime) {
         let res = phases.run("runtimes", || {
-            let r = crate::runtime::phase::run(
+            let r = runtimes::run(
                 &changed,
                 desired,
                 systemd,

@@ -123,7 +123,7 @@ fn recover_runtimes(
     systemd: &DbusSystemd,
     tuning: &ApplyTuning,
 ) -> Result<(), Error> {
-    for o in crate::runtime::phase::recover(
+    for o in crate::apply::runtimes::recover(
         &paths.state_dir,
         systemd,
         Duration::from_secs(tuning.job_timeout),
@@ -150,7 +150,7 @@ fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> 
         .ok()
         .filter(|_| record_status)
     {
-        let now = crate::record::time::now_rfc3339();
+        let now = crate::model::time::now_rfc3339();
         let health = status::ReceiptChainHealth::of(&r, &now);
         let changed = snap
             .receipts
@@ -670,8 +670,8 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
             let units = unit_source(cli);
             let planned = pipeline::plan_revision(&paths, &t, units.as_ref())?;
             let mut e = explain::explain(&planned, object)?;
-            if let Some(name) = crate::runtime::resource::name_of(&e.id) {
-                e.runtime = Some(crate::runtime::history::of(&paths.state_dir, name)?);
+            if let Some(name) = crate::render::runtimes::name_of(&e.id) {
+                e.runtime = Some(crate::apply::runtimes::history::of(&paths.state_dir, name)?);
             }
             if cli.json {
                 print_json(&e);

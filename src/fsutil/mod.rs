@@ -26,7 +26,7 @@ use nix::sys::stat::{Mode, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::error::{Error, Result};
-use crate::normalize::FileMeta;
+use crate::model::normalize::FileMeta;
 use beneath::{Create, DirFd};
 
 /// Prefix of temp files, so a crash leftover is recognisable and cleaned up. The full name is

@@ -5,6 +5,8 @@
 //! Why only managed resources: core-ops never reads, judges or touches a file it did not
 //! declare, even in the same directory.
 
+pub mod runtimes;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -18,7 +20,7 @@ use serde::Serialize;
 use crate::config::Paths;
 use crate::fsutil::beneath::{self, Create, Refused};
 use crate::fsutil::owner_names;
-use crate::normalize::{FileMeta, Kind, normalize};
+use crate::model::normalize::{FileMeta, Kind, normalize};
 use crate::systemd::{Systemd, UnitStatus};
 
 /// What a managed path holds.
@@ -57,7 +59,7 @@ impl ObservedFile {
 pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
     if kind == Kind::Runtime {
         // `current` and the install record of the version it points at
-        return crate::runtime::resource::observe(path);
+        return runtimes::observe(path);
     }
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,

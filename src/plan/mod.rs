@@ -4,19 +4,18 @@
 //! Pure: same inputs, same bytes. Maps are sorted, no clock is read, and the checksum is taken
 //! over canonical JSON.
 
-pub mod model;
-pub mod order;
+pub mod runtimes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::normalize::{Kind, sha256_hex};
+use crate::model::applied::{AppliedResource, LastApplied};
+use crate::model::normalize::{Kind, sha256_hex};
+pub use crate::model::plan::*;
 use crate::observe::{ObservedFile, UnitObservation};
 use crate::provenance::Provenance;
-use crate::record::status::{AppliedResource, LastApplied};
 use crate::render::{DesiredState, Resource};
 use crate::systemd::UnitStatus;
-pub use model::*;
 
 /// Everything a plan depends on.
 #[derive(Debug, Clone)]
@@ -84,7 +83,7 @@ pub fn managed_units(
     }
     for r in owned.values() {
         if let Some(u) = &r.unit {
-            s.extend(crate::render::runtime_units(u, &r.instances));
+            s.extend(crate::model::unit_file::runtime_units(u, &r.instances));
         }
     }
     s.into_iter().collect()
@@ -160,7 +159,7 @@ pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet
         }
     }
     // a runtime goes before the units that use it, after the runtimes it depends on
-    for (id, first) in crate::runtime::resource::dependency_edges(desired) {
+    for (id, first) in runtimes::dependency_edges(desired) {
         deps.entry(id).or_default().insert(first);
     }
     deps
@@ -338,7 +337,7 @@ fn file_action(
                 }
             } else {
                 let what = if r.kind == Kind::File
-                    && *raw_digest == crate::normalize::sha256_hex(&r.content)
+                    && *raw_digest == crate::model::normalize::sha256_hex(&r.content)
                 {
                     format!(
                         "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
@@ -429,9 +428,9 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         if r.kind == Kind::Runtime {
             // a runtime has its own transaction and start-up recovery: no interrupted-apply
             // override, no unmanaged conflict (its directory is core-ops' own state)
-            let (action, cause, reason) = crate::runtime::resource::plan_action(
+            let (action, cause, reason) = runtimes::plan_action(
                 r,
-                crate::runtime::resource::name_of(&r.id)
+                crate::render::runtimes::name_of(&r.id)
                     .and_then(|n| desired.runtimes.by_name.get(n)),
                 &desired.runtimes.policy,
                 observed,
@@ -539,7 +538,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         };
         let a = actions.get_mut(&r.id).expect("inserted above");
         if a.action == Action::NoOp
-            && crate::render::is_template(&u.name)
+            && crate::model::unit_file::is_template(&u.name)
             && o.instances != u.instances
         {
             a.action = Action::Recover;
@@ -599,7 +598,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     for r in desired.resources.values() {
         let a = actions.get_mut(&r.id).expect("inserted above");
         if a.cause == Cause::Drift
-            && r.drift == crate::render::yaml::DriftPolicy::Report
+            && r.drift == crate::model::yaml::DriftPolicy::Report
             && a.action != Action::NoOp
         {
             a.reason = format!(
@@ -772,7 +771,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         .filter(|id| !removed_deps.contains_key(*id))
         .cloned()
         .collect();
-    let (mut order, cycle) = order::topo_order(&forward, &deps);
+    let (mut order, cycle) = crate::model::order::topo_order(&forward, &deps);
     if !cycle.is_empty() {
         warnings.push(format!(
             "dependency cycle among {}; they are ordered by id",
@@ -780,7 +779,7 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         ));
     }
     let removed: BTreeSet<String> = removed_deps.keys().cloned().collect();
-    let (mut rev_order, rcycle) = order::topo_order(&removed, &removed_deps);
+    let (mut rev_order, rcycle) = crate::model::order::topo_order(&removed, &removed_deps);
     if !rcycle.is_empty() {
         warnings.push(format!(
             "dependency cycle among removed {}; they are ordered by id",

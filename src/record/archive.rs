@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::normalize::sha256_hex;
+use crate::model::normalize::sha256_hex;
+use crate::model::time::now_rfc3339;
 use crate::record::receipts::{self, BreakKind, ChainBreak, Depth, Walk};
-use crate::record::time::now_rfc3339;
 
 /// `receipts/archive`.
 pub fn archive_dir(state_dir: &Path) -> PathBuf {

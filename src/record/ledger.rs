@@ -179,7 +179,7 @@ pub fn save(state_dir: &Path, ledger: &Ledger) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalize::Kind;
+    use crate::model::normalize::Kind;
 
     fn rec(path: &Path) -> AppliedResource {
         AppliedResource {

@@ -3,11 +3,12 @@
 
 pub mod archive;
 pub mod control;
+pub mod journal;
 pub mod ledger;
 pub mod metrics;
 pub mod publication;
 pub mod receipts;
 pub mod retention;
+pub mod runtime_receipt;
 pub mod status;
 pub mod target;
-pub mod time;

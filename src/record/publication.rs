@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::normalize::sha256_hex;
+use crate::model::normalize::sha256_hex;
+use crate::model::time::now_rfc3339;
+use crate::model::yaml::Publication;
 use crate::provenance::Provenance;
 use crate::record::receipts;
-use crate::record::time::now_rfc3339;
-use crate::render::yaml::Publication;
 use crate::runtime::evidence;
 use crate::runtime::schema::{self, Schema};
 

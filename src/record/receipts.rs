@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::normalize::sha256_hex;
+use crate::model::normalize::sha256_hex;
+use crate::model::time::now_rfc3339;
 use crate::provenance::Provenance;
 use crate::record::status::ReceiptChainHealth;
-use crate::record::time::now_rfc3339;
 
 /// Receipt schema version.
 pub const RECEIPT_SCHEMA_VERSION: u32 = 1;

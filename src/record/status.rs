@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::fsutil;
-use crate::normalize::Kind;
 use crate::provenance::Provenance;
 
 /// Current status schema version.
@@ -84,33 +83,7 @@ impl ReceiptChainHealth {
     }
 }
 
-/// One runtime as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeStatus {
-    /// Version `current` points at.
-    pub current: Option<String>,
-    /// Version current before the last switch.
-    pub previous: Option<String>,
-    /// The last `RuntimeInstallReceipt` written for it.
-    pub last_receipt: Option<RuntimeReceiptRef>,
-}
-
-/// A `RuntimeInstallReceipt` by id, with what an operator wants at a glance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeReceiptRef {
-    /// Receipt id (`urn:srcos:receipt:runtime-install:<host>:<sequence>`).
-    pub id: String,
-    /// `installState`.
-    pub install_state: String,
-    /// Version of the transaction.
-    pub version: String,
-    /// Transaction id.
-    pub transaction: String,
-    /// `capturedAt`.
-    pub recorded_at: String,
-}
+pub use crate::runtime::{RuntimeReceiptRef, RuntimeStatus};
 
 /// Where desired state came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,58 +97,7 @@ pub struct SourceRecord {
     pub revision: String,
 }
 
-/// What converged last, with enough per-resource detail to plan deletions and detect drift.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LastApplied {
-    /// Commit.
-    pub revision: String,
-    /// Ref it was requested as (display only).
-    pub requested_ref: String,
-    /// RFC 3339 UTC time of convergence.
-    pub applied_at: String,
-    /// Managed resources by id.
-    pub resources: BTreeMap<String, AppliedResource>,
-}
-
-/// One managed resource as last applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppliedResource {
-    /// Kind.
-    pub kind: Kind,
-    /// Host path.
-    pub path: PathBuf,
-    /// Material digest.
-    pub digest: String,
-    /// systemd unit name for unit-like kinds.
-    #[serde(default)]
-    pub unit: Option<String>,
-    /// Whether the unit was enabled.
-    #[serde(default)]
-    pub enabled: bool,
-    /// Whether the unit was kept started.
-    #[serde(default)]
-    pub started: bool,
-    /// Resource ids it was ordered after (for reverse-order removal).
-    #[serde(default)]
-    pub depends_on: Vec<String>,
-    /// Mount `Where=`, for mounts.
-    #[serde(default)]
-    pub mount_where: Option<String>,
-    /// Instances of a template unit that were enabled/started (`foo@a.service`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub instances: Vec<String>,
-    /// The file existed before core-ops and was adopted explicitly (`adopt: true`,
-    /// `--adopt`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub adopted: bool,
-    /// Its units were seen to run to completion on their own after core-ops started them
-    /// (inactive, `Result=success`): like a oneshot, inactive is then its converged state,
-    /// not "stopped" drift. Learned per written content; a rewrite learns it again.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub runs_to_completion: bool,
-}
+pub use crate::model::applied::{AppliedResource, LastApplied};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,7 @@
 
 pub mod mount;
 pub mod quadlet;
-pub mod unit_file;
-pub mod yaml;
+pub mod runtimes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -16,11 +15,11 @@ use serde::Serialize;
 
 use crate::config::Paths;
 use crate::error::{InputError, Location};
-use crate::normalize::{FileMeta, Kind, normalize};
+use crate::model::normalize::{FileMeta, Kind, normalize};
+use crate::model::unit_file::{Effective, UnitFile, instance_name, is_template, runtime_units};
+use crate::model::yaml::{self, DriftPolicy, HostYaml, ServiceYaml};
 use crate::source::{RepoEntry, RepoFiles, Revision};
 use mount::MountInfo;
-use unit_file::{Effective, UnitFile};
-use yaml::{DriftPolicy, HostYaml, ServiceYaml};
 
 /// Plain unit suffixes core-ops manages.
 pub const UNIT_SUFFIXES: &[&str] = &["service", "timer", "socket", "path", "target"];
@@ -95,29 +94,6 @@ impl UnitRole {
     }
 }
 
-/// Whether a unit name is a template (`foo@.service`), which systemd can load but never run.
-pub fn is_template(unit: &str) -> bool {
-    unit.split_once('@')
-        .is_some_and(|(_, rest)| rest.starts_with('.'))
-}
-
-/// The units systemd runs for `unit`: itself, or for a template the given instances.
-pub fn runtime_units(unit: &str, instances: &[String]) -> Vec<String> {
-    if is_template(unit) {
-        instances.to_vec()
-    } else {
-        vec![unit.to_string()]
-    }
-}
-
-/// `foo@.service` + `a` -> `foo@a.service`.
-pub fn instance_name(template: &str, instance: &str) -> String {
-    match template.split_once("@.") {
-        Some((stem, suffix)) => format!("{stem}@{instance}.{suffix}"),
-        None => template.to_string(),
-    }
-}
-
 /// Serializable mount facts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MountView {
@@ -182,7 +158,7 @@ pub struct DesiredState {
     /// Resources by id (sorted).
     pub resources: BTreeMap<String, Resource>,
     /// Selected runtimes (their resources are `runtime:<name>` in `resources`) and policy.
-    pub runtimes: crate::runtime::resource::DesiredRuntimes,
+    pub runtimes: runtimes::DesiredRuntimes,
 }
 
 impl DesiredState {
@@ -221,7 +197,7 @@ pub fn render(
         repo.read(&host_file)?
     } else {
         // only on this error path is the whole of hosts/ listed
-        let known = known_list(files.paths_under("hosts").map(|paths| {
+        let known = crate::error::known_list(files.paths_under("hosts").map(|paths| {
             paths
                 .iter()
                 .filter_map(|p| p.strip_prefix("hosts/")?.strip_suffix("/host.yaml"))
@@ -345,7 +321,7 @@ pub fn render(
     link_quadlet_restarts(&mut resources);
 
     // runtimes: manifests of this commit, in `depends:` order (DESIGN section 5)
-    let (runtimes, runtime_resources) = crate::runtime::resource::render(
+    let (runtimes, runtime_resources) = runtimes::render(
         &host_yaml,
         &host_file,
         &host_text_str,
@@ -387,16 +363,6 @@ fn link_quadlet_restarts(resources: &mut BTreeMap<String, Resource>) {
             target.restarts.push(unit);
             target.restarts.sort();
         }
-    }
-}
-
-/// `a, b` for a listing, `none` for an empty one, and why when it could not be listed (a
-/// read cap): for the "known ..." part of an error message.
-pub(crate) fn known_list(listed: Result<Vec<String>, InputError>) -> String {
-    match listed {
-        Ok(v) if v.is_empty() => "none".to_string(),
-        Ok(v) => v.join(", "),
-        Err(e) => format!("not listed: {e}"),
     }
 }
 

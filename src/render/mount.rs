@@ -5,7 +5,7 @@
 //! `Where=`; catching it at plan time turns a silent no-op into a clear input error.
 
 use crate::error::{InputError, Location};
-use crate::render::unit_file::{Effective, UnitFile};
+use crate::model::unit_file::{Effective, UnitFile};
 
 /// The `[X-CoreOps]` section name.
 pub const X_COREOPS: &str = "X-CoreOps";

@@ -3,7 +3,7 @@
 //! Why: core-ops writes `web.container` but starts, verifies and orders `web.service`; the plan
 //! must name both so nobody has to know podman's naming rules by heart.
 
-use crate::render::unit_file::UnitFile;
+use crate::model::unit_file::UnitFile;
 
 /// Quadlet file suffixes (without the dot).
 pub const QUADLET_SUFFIXES: &[&str] = &[

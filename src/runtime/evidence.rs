@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::normalize::sha256_hex;
+use crate::model::normalize::sha256_hex;
+use crate::model::time::now_rfc3339;
 use crate::provenance::Provenance;
-use crate::record::time::now_rfc3339;
 
 use super::schema::{self, Schema};
 

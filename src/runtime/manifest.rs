@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{InputError, Location};
-use crate::normalize::sha256_hex;
-use crate::render::yaml;
+use crate::model::normalize::sha256_hex;
+use crate::model::yaml;
 use crate::source::RepoFiles;
 
 /// Default health timeout of a runtime's units after the switch.
@@ -446,7 +446,7 @@ pub fn resolve(
         let file = format!("runtimes/{name}/{version}.yaml");
         if !files.exists(&file)? {
             let prefix = format!("runtimes/{name}/");
-            let known = crate::render::known_list(files.paths_under(&prefix).map(|paths| {
+            let known = crate::error::known_list(files.paths_under(&prefix).map(|paths| {
                 paths
                     .iter()
                     .filter_map(|p| p.strip_prefix(&prefix)?.strip_suffix(".yaml"))
@@ -493,7 +493,7 @@ pub fn resolve(
         .iter()
         .map(|(n, r)| (n.clone(), r.manifest.depends.iter().cloned().collect()))
         .collect();
-    let (order, cycle) = crate::plan::order::topo_order(&nodes, &deps);
+    let (order, cycle) = crate::model::order::topo_order(&nodes, &deps);
     if let Some(first) = cycle.first() {
         let r = &by_name[first];
         return Err(InputError::new(

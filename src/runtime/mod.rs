@@ -6,14 +6,18 @@
 //! One concept per file:
 //! - [`manifest`]: `runtimes/<name>/<version>.yaml`, read strictly, `depends:` ordered;
 //! - [`policy`]: the host's policy (publishers, unverified local artifacts, windows, disk);
-//! - [`resource`]: the runtime as a pipeline resource (desired, observed, planned, verified);
 //! - [`store`]: the content-addressed artifact store, sha256 verified while streaming;
 //! - [`unpack`]: tar.gz into a staging directory, path traversal refused;
 //! - [`health`]: restart a runtime's units over D-Bus and judge their health;
-//! - [`transaction`]: the install state machine, persisted at every state, recovered at start;
-//! - [`receipt`], [`evidence`], [`schema`]: what is recorded and how it is checked;
-//! - [`history`]: the operator view (status entries, `explain runtime:<name>`);
-//! - [`phase`]: the `runtimes` phase of apply.
+//! - [`evidence`], [`schema`]: evidence bundles and the vendored SourceOS schemas receipts
+//!   are checked against.
+//!
+//! A runtime is one more object kind of the pipeline: each stage handles it in its own module
+//! (`render::runtimes`, `observe::runtimes`, `plan::runtimes`, `verify`), the install
+//! transaction is the `runtimes` phase of apply (`apply::runtimes`: the state machine, its
+//! recovery and the operator's history view), and its receipts are written by
+//! `record::runtime_receipt`. This module is the runtime's own domain below them all; it
+//! depends on no stage.
 //!
 //! On-disk layout under the state dir:
 //! ```text
@@ -29,15 +33,11 @@
 
 pub mod evidence;
 pub mod health;
-pub mod history;
 pub mod manifest;
-pub mod phase;
 pub mod policy;
-pub mod receipt;
-pub mod resource;
 pub mod schema;
+pub mod state;
 pub mod store;
-pub mod transaction;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -169,7 +169,7 @@ pub struct RuntimeRecord {
     pub previous: Option<String>,
     /// The last receipt written for this runtime.
     #[serde(default)]
-    pub last_receipt: Option<crate::record::status::RuntimeReceiptRef>,
+    pub last_receipt: Option<RuntimeReceiptRef>,
 }
 
 /// Names of runtimes with a directory under the state dir, sorted.
@@ -188,9 +188,7 @@ pub fn known_runtimes(state_dir: &Path) -> Vec<String> {
 }
 
 /// Status entries of every runtime on disk, for `status.json`.
-pub fn status_entries(
-    state_dir: &Path,
-) -> std::collections::BTreeMap<String, crate::record::status::RuntimeStatus> {
+pub fn status_entries(state_dir: &Path) -> std::collections::BTreeMap<String, RuntimeStatus> {
     known_runtimes(state_dir)
         .into_iter()
         .map(|name| {
@@ -198,7 +196,7 @@ pub fn status_entries(
             let rec = l.load_record();
             (
                 name,
-                crate::record::status::RuntimeStatus {
+                RuntimeStatus {
                     current: l.current_version(),
                     previous: rec.previous,
                     last_receipt: rec.last_receipt,
@@ -208,12 +206,54 @@ pub fn status_entries(
         .collect()
 }
 
+/// One runtime as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeStatus {
+    /// Version `current` points at.
+    pub current: Option<String>,
+    /// Version current before the last switch.
+    pub previous: Option<String>,
+    /// The last `RuntimeInstallReceipt` written for it.
+    pub last_receipt: Option<RuntimeReceiptRef>,
+}
+
+/// A `RuntimeInstallReceipt` by id, with what an operator wants at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeReceiptRef {
+    /// Receipt id (`urn:srcos:receipt:runtime-install:<host>:<sequence>`).
+    pub id: String,
+    /// `installState`.
+    pub install_state: String,
+    /// Version of the transaction.
+    pub version: String,
+    /// Transaction id.
+    pub transaction: String,
+    /// `capturedAt`.
+    pub recorded_at: String,
+}
+
+/// The directory a runtime resource's `current` lives in (what removal deletes).
+pub fn runtime_dir(current: &Path) -> PathBuf {
+    current.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// What `plan` needs of a transaction a killed run left behind: its id and state.
+#[derive(Deserialize)]
+struct InterruptedTransaction {
+    id: String,
+    state: state::TxState,
+}
+
 /// Warnings for `plan`: transactions a killed run left behind (the next apply resolves them).
+/// An unreadable transaction file is the apply's to report; it is not a plan warning.
 pub fn inflight_warnings(state_dir: &Path) -> Vec<String> {
     known_runtimes(state_dir)
         .into_iter()
         .filter_map(|name| {
-            let t = transaction::Transaction::load(&Layout::new(state_dir, &name)).ok()??;
+            let bytes = std::fs::read(Layout::new(state_dir, &name).transaction()).ok()?;
+            let t: InterruptedTransaction = serde_json::from_slice(&bytes).ok()?;
             Some(format!(
                 "runtime {name}: transaction {} was interrupted in state '{}'; the next apply resumes or rolls it back",
                 t.id,
@@ -222,6 +262,3 @@ pub fn inflight_warnings(state_dir: &Path) -> Vec<String> {
         })
         .collect()
 }
-
-#[cfg(test)]
-mod tests;

@@ -14,7 +14,7 @@
 use serde::Serialize;
 
 use crate::error::{InputError, Location};
-use crate::render::yaml::Policy;
+use crate::model::yaml::Policy;
 
 use super::manifest::Manifest;
 
@@ -279,7 +279,7 @@ pub fn decide(p: &RuntimePolicy, m: &Manifest, inputs: &Inputs) -> Decision {
             reason: format!(
                 "outside the maintenance windows ({}; UTC) at {}",
                 list.join(", "),
-                crate::record::time::format_unix(inputs.now_unix)
+                crate::model::time::format_unix(inputs.now_unix)
             ),
         };
     }
@@ -355,8 +355,8 @@ mod tests {
     }
 
     fn pol(text: &str) -> RuntimePolicy {
-        let h: crate::render::yaml::HostYaml =
-            crate::render::yaml::parse("h", format!("services: []\npolicy:\n{text}").as_bytes())
+        let h: crate::model::yaml::HostYaml =
+            crate::model::yaml::parse("h", format!("services: []\npolicy:\n{text}").as_bytes())
                 .unwrap();
         check(&h.policy, "h", text).unwrap()
     }
@@ -401,8 +401,8 @@ mod tests {
     #[test]
     fn bad_policy_is_an_input_error_with_line() {
         let text = "services: []\npolicy:\n  maintenance_windows: [\"Someday\"]\n";
-        let h: crate::render::yaml::HostYaml =
-            crate::render::yaml::parse("h", text.as_bytes()).unwrap();
+        let h: crate::model::yaml::HostYaml =
+            crate::model::yaml::parse("h", text.as_bytes()).unwrap();
         let e = check(&h.policy, "hosts/a/host.yaml", text).unwrap_err();
         assert_eq!(e.location, Location::line("hosts/a/host.yaml", 3));
     }

@@ -169,7 +169,7 @@ mod tests {
         for (path, sha) in &table {
             let bytes = std::fs::read(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(
-                crate::normalize::sha256_hex(&bytes),
+                crate::model::normalize::sha256_hex(&bytes),
                 format!("sha256:{sha}"),
                 "{path} differs from upstream"
             );

@@ -328,7 +328,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("a.tar.gz");
         std::fs::write(&src, b"artifact bytes").unwrap();
-        let want = crate::normalize::sha256_hex(b"artifact bytes");
+        let want = crate::model::normalize::sha256_hex(b"artifact bytes");
         let s = fetch(
             d.path(),
             &spec(
@@ -383,7 +383,7 @@ mod tests {
                 path: "x".into(),
                 data: Blob(Arc::new(b"repo".to_vec())),
             },
-            Some(crate::normalize::sha256_hex(b"repo")),
+            Some(crate::model::normalize::sha256_hex(b"repo")),
         );
         assert!(fetch(d.path(), &repo).is_ok());
         // a pinned object already in the store needs no source at all
@@ -398,13 +398,13 @@ mod tests {
             ArtifactSource::Https {
                 url: "https://u:p@example.invalid/a".into(),
             },
-            Some(crate::normalize::sha256_hex(b"elsewhere")),
+            Some(crate::model::normalize::sha256_hex(b"elsewhere")),
         );
         match fetch(d.path(), &https).unwrap_err() {
             FetchError::Unsupported(m) => assert!(!m.contains("u:p"), "{m}"),
             other => panic!("{other:?}"),
         }
-        let keep: BTreeSet<String> = [crate::normalize::sha256_hex(b"repo")].into();
+        let keep: BTreeSet<String> = [crate::model::normalize::sha256_hex(b"repo")].into();
         assert_eq!(gc(d.path(), &keep).unwrap(), 1);
         assert!(!object_path(d.path(), &want).exists());
     }
@@ -413,7 +413,7 @@ mod tests {
     fn hash_matches_sha256_hex() {
         let data = vec![7u8; 3 * CHUNK + 5];
         let (d, n) = hash_reader(std::io::Cursor::new(&data)).unwrap();
-        assert_eq!(d, crate::normalize::sha256_hex(&data));
+        assert_eq!(d, crate::model::normalize::sha256_hex(&data));
         assert_eq!(n, data.len() as u64);
     }
 }

@@ -113,7 +113,7 @@ pub fn evaluate(
         if let Some(want) = &a.sha256 {
             let got = bytes
                 .as_deref()
-                .map(|b| core_ops::normalize::sha256_hex(b)[7..].to_string())
+                .map(|b| core_ops::model::normalize::sha256_hex(b)[7..].to_string())
                 .unwrap_or_default();
             push(
                 "sha256",
@@ -210,7 +210,7 @@ fn receipt_label(file: &str, doc: &Value) -> String {
 
 /// A short, file-name-safe tag of a guest path (its copy on the share is named by it).
 fn path_tag(path: &str) -> String {
-    core_ops::normalize::sha256_hex(path.as_bytes())[7..19].to_string()
+    core_ops::model::normalize::sha256_hex(path.as_bytes())[7..19].to_string()
 }
 
 /// The last 400 characters of a text (what a failed `contains` shows).

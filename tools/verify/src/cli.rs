@@ -282,7 +282,7 @@ fn execute(
     debug: bool,
     pause: bool,
 ) -> Result<VerificationRun> {
-    let started_at = core_ops::record::time::now_rfc3339();
+    let started_at = core_ops::model::time::now_rfc3339();
     let t0 = Instant::now();
     let run_id = report::new_run_id();
     let bundle_root = m
@@ -367,11 +367,11 @@ fn execute(
         ci,
         backend: if m.synthetic { "synthetic" } else { "vm" }.into(),
         started_at,
-        finished_at: core_ops::record::time::now_rfc3339(),
+        finished_at: core_ops::model::time::now_rfc3339(),
         duration_ms: t0.elapsed().as_millis() as u64,
         core_ops: CoreOpsBinary {
             path: bin.display().to_string(),
-            sha256: core_ops::normalize::sha256_hex(&std::fs::read(&bin)?),
+            sha256: core_ops::model::normalize::sha256_hex(&std::fs::read(&bin)?),
             version: binary_version(&bin),
         },
         image: image_manifest,

@@ -93,9 +93,9 @@ pub fn default_dir() -> Result<PathBuf> {
         let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel);
         let bytes = std::fs::read(&p)
             .with_context(|| format!("reading the image input {}", p.display()))?;
-        all.extend_from_slice(core_ops::normalize::sha256_hex(&bytes).as_bytes());
+        all.extend_from_slice(core_ops::model::normalize::sha256_hex(&bytes).as_bytes());
     }
-    let key = core_ops::normalize::sha256_hex(&all)[7..23].to_string();
+    let key = core_ops::model::normalize::sha256_hex(&all)[7..23].to_string();
     Ok(cache_root().join(key))
 }
 

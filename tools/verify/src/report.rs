@@ -150,7 +150,7 @@ pub fn random_hex(bytes: usize) -> String {
 
 /// A new run id: `YYYYMMDDTHHMMSSZ-<6 hex>` (sorts by time).
 pub fn new_run_id() -> String {
-    let now = core_ops::record::time::now_rfc3339();
+    let now = core_ops::model::time::now_rfc3339();
     let compact: String = now
         .chars()
         .filter(|c| c.is_ascii_digit() || *c == 'T')

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use core_ops::error::{InputError, Location};
-use core_ops::render::yaml;
+use core_ops::model::yaml;
 
 /// One scenario file.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,22 +2,24 @@
 //! action in plan order (dependencies first) as one transaction each; and the start-up
 //! recovery that runs before planning.
 
+pub mod history;
+pub mod transaction;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use crate::error::Result;
 use crate::fsutil;
-use crate::normalize::Kind;
+use crate::model::normalize::Kind;
 use crate::plan::{Action, PlannedAction};
 use crate::render::DesiredState;
 use crate::systemd::Systemd;
 use crate::verify::Diagnostic;
 
-use super::Layout;
-use super::receipt::InstallState;
-use super::resource;
-use super::transaction::{self, Engine, InstallRequest, Outcome};
+use crate::record::runtime_receipt::InstallState;
+use crate::runtime::Layout;
+use transaction::{Engine, InstallRequest, Outcome};
 
 /// What the phase did.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +73,7 @@ pub fn run(
     };
     let mut res = PhaseResult::default();
     for a in changed.iter().filter(|a| a.kind == Kind::Runtime) {
-        let Some(name) = resource::name_of(&a.id) else {
+        let Some(name) = crate::render::runtimes::name_of(&a.id) else {
             continue;
         };
         match a.action {
@@ -95,7 +97,7 @@ pub fn run(
                         host: &desired.host,
                         revision: &desired.revision.commit,
                         policy: &desired.runtimes.policy,
-                        oneshot_units: resource::oneshot_units(desired, rt),
+                        oneshot_units: crate::render::runtimes::oneshot_units(desired, rt),
                         dependencies,
                     },
                 )?;
@@ -120,8 +122,9 @@ pub fn run(
                 res.outcomes.push(out);
             }
             Action::Delete => {
-                let dir = resource::runtime_dir(Path::new(a.path.as_deref().unwrap_or_default()));
-                if dir.starts_with(super::runtimes_dir(state_dir)) {
+                let dir =
+                    crate::runtime::runtime_dir(Path::new(a.path.as_deref().unwrap_or_default()));
+                if dir.starts_with(crate::runtime::runtimes_dir(state_dir)) {
                     tracing::info!(
                         runtime = name,
                         "removing a runtime that left the desired state"
@@ -143,16 +146,16 @@ pub fn run(
 fn still_deferred(
     state_dir: &Path,
     desired: &DesiredState,
-    rt: &super::manifest::ResolvedRuntime,
+    rt: &crate::runtime::manifest::ResolvedRuntime,
 ) -> Option<String> {
     let m = &rt.manifest;
     let last = Layout::new(state_dir, &m.name).load_record().last_receipt?;
     if last.version != m.version || last.install_state != InstallState::Deferred.as_str() {
         return None;
     }
-    let inputs = super::policy::Inputs::now(state_dir, m);
-    match super::policy::decide(&desired.runtimes.policy, m, &inputs) {
-        super::policy::Decision::Defer { reason } => Some(format!(
+    let inputs = crate::runtime::policy::Inputs::now(state_dir, m);
+    match crate::runtime::policy::decide(&desired.runtimes.policy, m, &inputs) {
+        crate::runtime::policy::Decision::Defer { reason } => Some(format!(
             "runtime {} {}: still deferred: {reason} (recorded in receipt {})",
             m.name, m.version, last.id
         )),
@@ -207,3 +210,6 @@ pub fn recover(
     }
     .recover()
 }
+
+#[cfg(test)]
+mod tests;

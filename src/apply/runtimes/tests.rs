@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::receipt::InstallState;
-use super::schema::{Schema, validate};
 use super::transaction::{TxState, tests_stop_at};
-use super::{Layout, evidence};
 use crate::apply::{ApplyOptions, ApplyResult, apply};
 use crate::pipeline::{ResolvedTarget, plan_desired};
+use crate::record::runtime_receipt::InstallState;
 use crate::render::render;
+use crate::runtime::schema::{Schema, validate};
+use crate::runtime::{Layout, evidence};
 use crate::source::{RepoEntry, Revision};
 use crate::systemd::fake::FakeSystemd;
 use core_ops_testkit::targz;
@@ -53,9 +53,9 @@ fn files(fx: &Fx) -> BTreeMap<String, RepoEntry> {
     let v = fx.version;
     let art = artifact(v);
     let digest = if fx.wrong_digest {
-        crate::normalize::sha256_hex(b"something else")
+        crate::model::normalize::sha256_hex(b"something else")
     } else {
-        crate::normalize::sha256_hex(&art)
+        crate::model::normalize::sha256_hex(&art)
     };
     let units = if fx.with_unit { "[app.service]" } else { "[]" };
     let services = if fx.with_unit { "[app]" } else { "[]" };
@@ -125,7 +125,7 @@ fn run(s: &Scratch, sd: &FakeSystemd, fx: &Fx) -> crate::error::Result<ApplyResu
 }
 
 fn recover(s: &Scratch, sd: &FakeSystemd) -> Vec<super::transaction::Outcome> {
-    super::phase::recover(
+    super::recover(
         &s.paths.state_dir,
         sd,
         Duration::from_secs(5),
@@ -145,7 +145,7 @@ fn fake() -> FakeSystemd {
 fn runtime_states(s: &Scratch) -> Vec<String> {
     let state = &s.paths.state_dir;
     crate::record::receipts::verify_chain(state).unwrap();
-    super::receipt::list(state)
+    crate::record::runtime_receipt::list(state)
         .unwrap()
         .into_iter()
         .map(|(p, v): (_, Value)| {
@@ -230,10 +230,10 @@ fn old_versions_and_their_store_objects_are_collected() {
     for v in ["2.0", "3.0", "4.0"] {
         assert!(dir.join(v).is_dir(), "{v}");
     }
-    let objects = std::fs::read_dir(super::store::objects_dir(&s.paths.state_dir))
+    let objects = std::fs::read_dir(crate::runtime::store::objects_dir(&s.paths.state_dir))
         .unwrap()
         .count();
-    assert_eq!(objects, super::KEEP_VERSIONS);
+    assert_eq!(objects, crate::runtime::KEEP_VERSIONS);
 }
 
 #[test]
@@ -266,7 +266,7 @@ fn denied_deferred_and_failed_change_nothing() {
     run(&s, &sd, &fx).unwrap();
     let states = runtime_states(&s);
     assert_eq!(states[6..], ["requested", "manifest_resolved", "failed"]);
-    let last = super::receipt::list(&s.paths.state_dir)
+    let last = crate::record::runtime_receipt::list(&s.paths.state_dir)
         .unwrap()
         .pop()
         .unwrap()
@@ -283,7 +283,7 @@ fn denied_deferred_and_failed_change_nothing() {
     assert_eq!(current(&s), None);
     assert!(!s.paths.state_dir.join("runtimes/hello/1.0").exists());
     assert!(
-        std::fs::read_dir(super::store::objects_dir(&s.paths.state_dir))
+        std::fs::read_dir(crate::runtime::store::objects_dir(&s.paths.state_dir))
             .map(|d| d.count())
             .unwrap_or(0)
             == 0
@@ -321,7 +321,7 @@ fn unhealthy_after_switch_rolls_back_or_is_partial() {
         ]
     );
     assert_eq!(current(&s).as_deref(), Some("1.0"));
-    let last = super::receipt::list(&s.paths.state_dir)
+    let last = crate::record::runtime_receipt::list(&s.paths.state_dir)
         .unwrap()
         .pop()
         .unwrap()
@@ -404,7 +404,7 @@ fn a_stop_while_rolling_back_finishes_the_rollback() {
     assert_eq!(out[0].state, InstallState::RolledBack);
     assert!(out[0].recovered);
     assert_eq!(current(&s).as_deref(), Some("1.0"));
-    let last = super::receipt::list(&s.paths.state_dir)
+    let last = crate::record::runtime_receipt::list(&s.paths.state_dir)
         .unwrap()
         .pop()
         .unwrap()
@@ -414,7 +414,7 @@ fn a_stop_while_rolling_back_finishes_the_rollback() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|c| c == super::receipt::RECOVERED_CAUSE)
+            .any(|c| c == crate::record::runtime_receipt::RECOVERED_CAUSE)
     );
 }
 
@@ -522,7 +522,7 @@ fn a_runtime_whose_dependency_did_not_install_fails_without_changes() {
     let sd = fake();
     let base = targz(&[("lib/base", b"base", 0o644)]);
     let app = artifact("1.0");
-    let digest = |b: &[u8]| crate::normalize::sha256_hex(b);
+    let digest = |b: &[u8]| crate::model::normalize::sha256_hex(b);
     let files: BTreeMap<String, RepoEntry> = [
         (
             "hosts/h/host.yaml",
@@ -560,7 +560,7 @@ fn a_runtime_whose_dependency_did_not_install_fails_without_changes() {
     assert_eq!(ids, ["runtime:base", "runtime:app"], "dependencies first");
     let r = apply(&planned, &sd, &s.paths, &opts()).unwrap();
     assert!(!r.outcome.is_converged());
-    let receipts = super::receipt::list(&s.paths.state_dir).unwrap();
+    let receipts = crate::record::runtime_receipt::list(&s.paths.state_dir).unwrap();
     let states: Vec<(String, String)> = receipts
         .iter()
         .map(|(_, v)| {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::normalize::Kind;
+use crate::model::normalize::Kind;
 use crate::provenance::Provenance;
 
 /// Plan schema version.
@@ -187,7 +187,7 @@ impl PlannedAction {
     /// The units systemd runs for this object: its unit, or a template's instances.
     pub fn runtime_units(&self) -> Vec<String> {
         match &self.unit {
-            Some(u) => crate::render::runtime_units(u, &self.instances),
+            Some(u) => crate::model::unit_file::runtime_units(u, &self.instances),
             None => Vec::new(),
         }
     }

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::render::unit_file::{UnitFile, canonical_layer_text};
+use crate::model::unit_file::{UnitFile, canonical_layer_text};
 
 /// What kind of object a resource is. Its JSON name is part of every resource id
 /// (`unit:web.service`, `file:/etc/web/app.env`).

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use crate::error::Result;
 
-use super::Layout;
-use super::receipt;
 use super::transaction::Transaction;
+use crate::record::runtime_receipt as receipt;
+use crate::runtime::Layout;
 
 /// One transition of a transaction, as its receipt says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

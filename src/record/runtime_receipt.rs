@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::model::time::now_rfc3339;
 use crate::record::receipts::{self, CAUSAL_PREVIOUS_PREFIX};
-use crate::record::time::now_rfc3339;
 
-use super::schema::{self, Schema};
+use crate::runtime::schema::{self, Schema};
 
 /// `specVersion` written, as in the canonical example of the pinned SourceOS commit.
 pub const SPEC_VERSION: &str = "0.1.0";
@@ -397,7 +397,9 @@ mod tests {
         let (_, second) = append(d.path(), &facts(InstallState::ManifestResolved)).unwrap();
         assert_eq!(
             crate::record::receipts::chain_link(&second),
-            Some(crate::normalize::sha256_hex(&std::fs::read(p1).unwrap()))
+            Some(crate::model::normalize::sha256_hex(
+                &std::fs::read(p1).unwrap()
+            ))
         );
         assert_eq!(crate::record::receipts::verify_chain(d.path()).unwrap(), 2);
         let states: Vec<InstallState> = recorded_states(d.path(), "h1", "hello-1.0.0-1-2")

@@ -26,74 +26,25 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::model::time::now_rfc3339;
 use crate::record::status::RuntimeReceiptRef;
-use crate::record::time::now_rfc3339;
 use crate::systemd::Systemd;
 
-use super::evidence::{self, Subject};
-use super::health::{self, HealthReport};
-use super::manifest::{ArtifactSource, ResolvedRuntime};
-use super::policy::{self, Decision, RuntimePolicy};
-use super::receipt::{self, ArtifactFact, InstallState, ReceiptFacts, Verification};
-use super::store::{self, FetchError};
-use super::unpack;
-use super::{InstalledVersion, KEEP_VERSIONS, Layout};
+use crate::record::runtime_receipt::{
+    self as receipt, ArtifactFact, InstallState, ReceiptFacts, Verification,
+};
+use crate::runtime::evidence::{self, Subject};
+use crate::runtime::health::{self, HealthReport};
+use crate::runtime::manifest::{ArtifactSource, ResolvedRuntime};
+use crate::runtime::policy::{self, Decision, RuntimePolicy};
+use crate::runtime::store::{self, FetchError};
+use crate::runtime::unpack;
+use crate::runtime::{InstalledVersion, KEEP_VERSIONS, Layout};
 
 /// Transaction schema version.
 pub const TX_SCHEMA_VERSION: u32 = 1;
 
-/// The persisted states of a transaction in flight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TxState {
-    /// Created; receipt `requested`.
-    Requested,
-    /// Manifest and dependencies resolved; receipt `manifest_resolved`.
-    ManifestResolved,
-    /// Artifacts in the store, digests checked; receipt `artifact_verified`.
-    ArtifactVerified,
-    /// About to unpack; receipt `installing`.
-    Installing,
-    /// The version's tree and install record are in place (not yet current).
-    Unpacked,
-    /// `current` points at the new version (the commit point).
-    Switched,
-    /// The units were restarted; health not yet judged.
-    Restarted,
-    /// Unhealthy after the switch: switching back to the previous version.
-    RollingBack,
-}
-
-impl TxState {
-    /// The JSON name.
-    pub fn name(self) -> &'static str {
-        match self {
-            TxState::Requested => "requested",
-            TxState::ManifestResolved => "manifest_resolved",
-            TxState::ArtifactVerified => "artifact_verified",
-            TxState::Installing => "installing",
-            TxState::Unpacked => "unpacked",
-            TxState::Switched => "switched",
-            TxState::Restarted => "restarted",
-            TxState::RollingBack => "rolling_back",
-        }
-    }
-
-    /// Which states a transition into `self` may start from (zincati-style guard).
-    fn allowed_from(self) -> &'static [TxState] {
-        use TxState::*;
-        match self {
-            Requested => &[],
-            ManifestResolved => &[Requested],
-            ArtifactVerified => &[ManifestResolved],
-            Installing => &[ArtifactVerified],
-            Unpacked => &[Installing],
-            Switched => &[Unpacked],
-            Restarted => &[Switched],
-            RollingBack => &[Switched, Restarted],
-        }
-    }
-}
+pub use crate::runtime::state::TxState;
 
 /// The persisted transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -750,7 +701,7 @@ impl Engine<'_> {
     /// forward what had. Runs at start-up, before planning.
     pub fn recover(&self) -> Result<Vec<Outcome>> {
         let mut out = Vec::new();
-        for name in super::known_runtimes(self.state_dir) {
+        for name in crate::runtime::known_runtimes(self.state_dir) {
             let layout = Layout::new(self.state_dir, &name);
             let Some(mut tx) = Transaction::load(&layout)? else {
                 clean_staging(&layout)?;
@@ -856,7 +807,7 @@ pub fn gc(state_dir: &Path, layout: &Layout) -> Result<()> {
             rd.flatten()
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| super::manifest::valid_version(n))
+                .filter(|n| crate::runtime::manifest::valid_version(n))
                 .filter_map(|v| layout.installed(&v))
                 .collect()
         })
@@ -886,7 +837,7 @@ pub fn gc(state_dir: &Path, layout: &Layout) -> Result<()> {
 /// Drop store objects that no installed version of any runtime uses.
 pub fn gc_store(state_dir: &Path) -> Result<()> {
     let mut keep: BTreeSet<String> = BTreeSet::new();
-    for name in super::known_runtimes(state_dir) {
+    for name in crate::runtime::known_runtimes(state_dir) {
         let l = Layout::new(state_dir, &name);
         if let Ok(rd) = std::fs::read_dir(l.dir.join(".meta")) {
             for e in rd.flatten() {

@@ -237,6 +237,31 @@ pub fn canonical_layer_text(file: &UnitFile) -> String {
     out
 }
 
+// ------------------------------------------------------------------ unit names
+
+/// Whether a unit name is a template (`foo@.service`), which systemd can load but never run.
+pub fn is_template(unit: &str) -> bool {
+    unit.split_once('@')
+        .is_some_and(|(_, rest)| rest.starts_with('.'))
+}
+
+/// The units systemd runs for `unit`: itself, or for a template the given instances.
+pub fn runtime_units(unit: &str, instances: &[String]) -> Vec<String> {
+    if is_template(unit) {
+        instances.to_vec()
+    } else {
+        vec![unit.to_string()]
+    }
+}
+
+/// `foo@.service` + `a` -> `foo@a.service`.
+pub fn instance_name(template: &str, instance: &str) -> String {
+    match template.split_once("@.") {
+        Some((stem, suffix)) => format!("{stem}@{instance}.{suffix}"),
+        None => template.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
