@@ -397,146 +397,217 @@ fn file_action(
     }
 }
 
-/// Compute the plan.
+/// Compute the plan: each step below decides one thing, in this order, over one draft.
 pub fn plan(input: PlanInput<'_>) -> Plan {
+    let mut d = Draft {
+        actions: BTreeMap::new(),
+        findings: input.findings.clone(),
+        warnings: input.warnings.clone(),
+    };
+    let unit_states = known_unit_states(&input, &mut d);
+    for r in input.desired.resources.values() {
+        let a = desired_action(&input, r, &mut d.findings);
+        d.actions.insert(r.id.clone(), a);
+    }
+    template_instance_changes(&input, &mut d);
+    if let Some(states) = unit_states {
+        unit_drift_actions(&input, states, &mut d);
+    }
+    foreign_dropin_findings(&input, &mut d);
+    drift_policy_and_mountpoints(&input, &mut d);
+    restarts_of_changes(&input, unit_states, &mut d);
+    let removed_deps = removals(&input, &mut d);
+    let (ordered, summary) = ordered_actions(&input, &removed_deps, &mut d);
+    let mut findings = d.findings;
+    findings.sort_by(|a, b| (&a.id, &a.kind, &a.reason).cmp(&(&b.id, &b.kind, &b.reason)));
     let desired = input.desired;
-    let last = input.last_applied;
-    let mut warnings = input.warnings.clone();
-    let mut findings: Vec<Finding> = input.findings.clone();
-    let mut actions: BTreeMap<String, PlannedAction> = BTreeMap::new();
+    let mut plan = Plan {
+        schema_version: PLAN_SCHEMA_VERSION,
+        kind: "CoreOpsPlan".into(),
+        core_ops: Provenance::current(),
+        host: desired.host.clone(),
+        repo: input.repo.to_string(),
+        base: Base {
+            desired_revision: desired.revision.commit.clone(),
+            requested_ref: desired.revision.requested_ref.clone(),
+            last_applied_revision: input.last_applied.map(|l| l.revision.clone()),
+            observed_digest: observed_digest(input.observed, unit_states),
+        },
+        summary,
+        actions: ordered,
+        findings,
+        warnings: d.warnings,
+        checksum: String::new(),
+    };
+    plan.checksum = checksum(&plan);
+    plan
+}
 
-    let unit_states = match input.units {
+/// The plan being built: actions by id (ordered at the end), findings, warnings.
+struct Draft {
+    actions: BTreeMap<String, PlannedAction>,
+    findings: Vec<Finding>,
+    warnings: Vec<String>,
+}
+
+impl Draft {
+    fn drift(&mut self, id: &str, reason: String) {
+        self.findings.push(drift_finding(id, reason));
+    }
+}
+
+fn drift_finding(id: &str, reason: String) -> Finding {
+    Finding {
+        kind: "drift".into(),
+        id: id.to_string(),
+        reason,
+    }
+}
+
+/// Unit states when systemd could be asked; otherwise a warning that only files were compared.
+fn known_unit_states<'a>(
+    input: &PlanInput<'a>,
+    d: &mut Draft,
+) -> Option<&'a BTreeMap<String, UnitStatus>> {
+    match input.units {
         UnitObservation::Known(m) => Some(m),
         UnitObservation::Unknown { reason } => {
-            warnings.push(format!(
+            d.warnings.push(format!(
                 "unit state unknown ({reason}); only files were compared"
             ));
             None
         }
-    };
+    }
+}
 
-    // 1. every desired resource
-    for r in desired.resources.values() {
-        let observed = input.observed.get(&r.id);
-        let last_digest = input.owned.get(&r.id).map(|a| a.digest.clone());
-        let adopt = r.adopt || input.adopt.contains(&r.path);
-        let sides = Sides {
-            desired: Some(r.digest.clone()),
-            last_applied: last_digest.clone(),
-            observed: Some(observed_label(observed)),
-        };
-        if r.kind == Kind::Runtime {
-            // a runtime has its own transaction and start-up recovery: no interrupted-apply
-            // override, no unmanaged conflict (its directory is core-ops' own state)
-            let (action, cause, reason) = runtimes::plan_action(
-                r,
-                crate::render::runtimes::name_of(&r.id)
-                    .and_then(|n| desired.runtimes.by_name.get(n)),
-                &desired.runtimes.policy,
-                observed,
-                last_digest.as_deref(),
-            );
-            if cause == Cause::Drift {
-                findings.push(Finding {
-                    kind: "drift".into(),
-                    id: r.id.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            actions.insert(
-                r.id.clone(),
-                PlannedAction {
-                    order: 0,
-                    id: r.id.clone(),
-                    kind: r.kind,
-                    action,
-                    cause,
-                    reason,
-                    path: Some(r.path.display().to_string()),
-                    unit: None,
-                    enable: None,
-                    start: None,
-                    instances: Vec::new(),
-                    restarts: Vec::new(),
-                    depends_on: Vec::new(),
-                    digests: sides,
-                },
-            );
-            continue;
+/// The action for one desired resource from its three sides, before unit state is looked at.
+fn desired_action(
+    input: &PlanInput<'_>,
+    r: &Resource,
+    findings: &mut Vec<Finding>,
+) -> PlannedAction {
+    let observed = input.observed.get(&r.id);
+    let last_digest = input.owned.get(&r.id).map(|a| a.digest.clone());
+    let sides = Sides {
+        desired: Some(r.digest.clone()),
+        last_applied: last_digest.clone(),
+        observed: Some(observed_label(observed)),
+    };
+    if r.kind == Kind::Runtime {
+        // a runtime has its own transaction and start-up recovery: no interrupted-apply
+        // override, no unmanaged conflict (its directory is core-ops' own state)
+        let desired = input.desired;
+        let (action, cause, reason) = runtimes::plan_action(
+            r,
+            crate::render::runtimes::name_of(&r.id).and_then(|n| desired.runtimes.by_name.get(n)),
+            &desired.runtimes.policy,
+            observed,
+            last_digest.as_deref(),
+        );
+        if cause == Cause::Drift {
+            findings.push(drift_finding(&r.id, reason.clone()));
         }
-        let (action, cause, reason) = file_action(r, observed, &last_digest, adopt, &mut findings);
-        let (action, cause, reason) = if action == Action::NoOp && input.interrupted.contains(&r.id)
-        {
-            (
-                Action::Update,
-                Cause::InterruptedApply,
-                "a previous run was interrupted while changing it; re-apply".to_string(),
-            )
-        } else {
-            (action, cause, reason)
-        };
-        let (action, cause, reason) = match input.invalid_quadlet.get(&r.id) {
-            Some(msg) => (
-                Action::Blocked,
-                Cause::InvalidQuadlet,
-                format!("the Quadlet generator rejects it: {msg}"),
-            ),
-            None => (action, cause, reason),
-        };
-        let (action, cause, reason) = match input.invalid_units.get(&r.id) {
-            Some(msg) => (
-                Action::Blocked,
-                Cause::InvalidUnit,
-                format!("systemd rejects it: {msg}"),
-            ),
-            None => (action, cause, reason),
-        };
-        let action = if action == Action::Update
-            && matches!(r.kind, Kind::Mount | Kind::Automount)
-            && r.unit.as_ref().is_some_and(|u| u.start)
-        {
-            Action::Replace
-        } else {
-            action
-        };
-        let reason = if action == Action::Replace && matches!(r.kind, Kind::Mount | Kind::Automount)
-        {
-            format!("{reason}; mounts are stopped, rewritten and started")
-        } else {
-            reason
-        };
-        actions.insert(
-            r.id.clone(),
-            PlannedAction {
-                order: 0,
-                id: r.id.clone(),
-                kind: r.kind,
-                action,
-                cause,
-                reason,
-                path: Some(r.path.display().to_string()),
-                unit: r.unit.as_ref().map(|u| u.name.clone()),
-                enable: r.unit.as_ref().map(|u| u.enable),
-                start: r.unit.as_ref().map(|u| u.start),
-                instances: r
-                    .unit
-                    .as_ref()
-                    .map(|u| u.instances.clone())
-                    .unwrap_or_default(),
-                restarts: r.restarts.clone(),
-                depends_on: Vec::new(),
-                digests: sides,
-            },
+        return planned(r, (action, cause, reason), sides);
+    }
+    let adopt = r.adopt || input.adopt.contains(&r.path);
+    let decided = file_action(r, observed, &last_digest, adopt, findings);
+    let decided = overridden_by_checks(input, r, decided);
+    planned(r, mounts_are_replaced(r, decided), sides)
+}
+
+/// An interrupted run's object is re-applied; an object the Quadlet generator or systemd
+/// rejects is blocked, whatever its files say.
+fn overridden_by_checks(
+    input: &PlanInput<'_>,
+    r: &Resource,
+    (action, cause, reason): (Action, Cause, String),
+) -> (Action, Cause, String) {
+    if let Some(msg) = input.invalid_units.get(&r.id) {
+        return (
+            Action::Blocked,
+            Cause::InvalidUnit,
+            format!("systemd rejects it: {msg}"),
         );
     }
+    if let Some(msg) = input.invalid_quadlet.get(&r.id) {
+        return (
+            Action::Blocked,
+            Cause::InvalidQuadlet,
+            format!("the Quadlet generator rejects it: {msg}"),
+        );
+    }
+    if action == Action::NoOp && input.interrupted.contains(&r.id) {
+        return (
+            Action::Update,
+            Cause::InterruptedApply,
+            "a previous run was interrupted while changing it; re-apply".to_string(),
+        );
+    }
+    (action, cause, reason)
+}
 
-    // 1b. a template whose instance set changed: the new instances are enabled and started,
-    // the dropped ones stopped and disabled (apply compares with what it owns)
-    for r in desired.resources.values() {
+/// A started mount or automount that changes is stopped, rewritten and started: `replace`.
+fn mounts_are_replaced(
+    r: &Resource,
+    (action, cause, reason): (Action, Cause, String),
+) -> (Action, Cause, String) {
+    let mount = matches!(r.kind, Kind::Mount | Kind::Automount);
+    let action = if action == Action::Update && mount && r.unit.as_ref().is_some_and(|u| u.start) {
+        Action::Replace
+    } else {
+        action
+    };
+    if action == Action::Replace && mount {
+        return (
+            action,
+            cause,
+            format!("{reason}; mounts are stopped, rewritten and started"),
+        );
+    }
+    (action, cause, reason)
+}
+
+/// The planned action of a desired resource (order and dependencies are set at the end).
+fn planned(
+    r: &Resource,
+    (action, cause, reason): (Action, Cause, String),
+    sides: Sides,
+) -> PlannedAction {
+    let unit = if r.kind == Kind::Runtime {
+        None
+    } else {
+        r.unit.as_ref()
+    };
+    PlannedAction {
+        order: 0,
+        id: r.id.clone(),
+        kind: r.kind,
+        action,
+        cause,
+        reason,
+        path: Some(r.path.display().to_string()),
+        unit: unit.map(|u| u.name.clone()),
+        enable: unit.map(|u| u.enable),
+        start: unit.map(|u| u.start),
+        instances: unit.map(|u| u.instances.clone()).unwrap_or_default(),
+        restarts: if r.kind == Kind::Runtime {
+            Vec::new()
+        } else {
+            r.restarts.clone()
+        },
+        depends_on: Vec::new(),
+        digests: sides,
+    }
+}
+
+/// A template whose instance set changed: the new instances are enabled and started, the
+/// dropped ones stopped and disabled (apply compares with what it owns).
+fn template_instance_changes(input: &PlanInput<'_>, d: &mut Draft) {
+    for r in input.desired.resources.values() {
         let (Some(u), Some(o)) = (&r.unit, input.owned.get(&r.id)) else {
             continue;
         };
-        let a = actions.get_mut(&r.id).expect("inserted above");
+        let a = d.actions.get_mut(&r.id).expect("inserted above");
         if a.action == Action::NoOp
             && crate::model::unit_file::is_template(&u.name)
             && o.instances != u.instances
@@ -550,53 +621,49 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             );
         }
     }
+}
 
-    // 2. unit runtime drift on objects whose files are unchanged
-    if let Some(states) = unit_states {
-        for r in desired.resources.values() {
-            if r.unit.is_none() {
-                continue;
-            }
-            let a = actions.get_mut(&r.id).expect("inserted above");
-            if a.action != Action::NoOp {
-                continue;
-            }
-            let runs_to_completion = input
-                .owned
-                .get(&r.id)
-                .is_some_and(|o| o.runs_to_completion && o.digest == r.digest);
-            if let Some((action, why)) = unit_drift(r, states, runs_to_completion) {
-                findings.push(Finding {
-                    kind: "drift".into(),
-                    id: r.id.clone(),
-                    reason: why.clone(),
-                });
-                a.action = action;
-                a.cause = Cause::Drift;
-                a.reason = why;
-            }
+/// Unit runtime drift on objects whose files are unchanged.
+fn unit_drift_actions(input: &PlanInput<'_>, states: &BTreeMap<String, UnitStatus>, d: &mut Draft) {
+    for r in input.desired.resources.values() {
+        if r.unit.is_none() || d.actions[&r.id].action != Action::NoOp {
+            continue;
+        }
+        let runs_to_completion = input
+            .owned
+            .get(&r.id)
+            .is_some_and(|o| o.runs_to_completion && o.digest == r.digest);
+        if let Some((action, why)) = unit_drift(r, states, runs_to_completion) {
+            d.drift(&r.id, why.clone());
+            let a = d.actions.get_mut(&r.id).expect("inserted above");
+            a.action = action;
+            a.cause = Cause::Drift;
+            a.reason = why;
         }
     }
+}
 
-    // 2a. hand-made drop-ins change managed units: drift core-ops reports (it never removes
-    // a file it did not write)
+/// Hand-made drop-ins change managed units: drift core-ops reports (it never removes a file
+/// it did not write).
+fn foreign_dropin_findings(input: &PlanInput<'_>, d: &mut Draft) {
     for (id, paths) in &input.foreign_dropins {
         for p in paths {
-            findings.push(Finding {
-                kind: "drift".into(),
-                id: id.clone(),
-                reason: format!(
+            d.drift(
+                id,
+                format!(
                     "drop-in {} on the host is not in the desired state and changes this unit; remove it by hand or add it to the repository",
                     p.display()
                 ),
-            });
+            );
         }
     }
+}
 
-    // 2b. objects marked `drift: report` are reported, not repaired; mountpoints that must
-    // exist already are checked before anything is touched
-    for r in desired.resources.values() {
-        let a = actions.get_mut(&r.id).expect("inserted above");
+/// Objects marked `drift: report` are reported, not repaired; mountpoints that must exist
+/// already are checked before anything is touched.
+fn drift_policy_and_mountpoints(input: &PlanInput<'_>, d: &mut Draft) {
+    for r in input.desired.resources.values() {
+        let a = d.actions.get_mut(&r.id).expect("inserted above");
         if a.cause == Cause::Drift
             && r.drift == crate::model::yaml::DriftPolicy::Report
             && a.action != Action::NoOp
@@ -621,10 +688,18 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
             );
         }
     }
+}
 
-    // 3. restarts caused by changed drop-ins and host files
+/// Restarts caused by changed drop-ins and host files: of a managed unit that is kept
+/// started, of a unit core-ops does not own, or none (with a warning) when systemd has no
+/// such unit.
+fn restarts_of_changes(
+    input: &PlanInput<'_>,
+    unit_states: Option<&BTreeMap<String, UnitStatus>>,
+    d: &mut Draft,
+) {
     let mut restart_causes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for a in actions.values() {
+    for a in d.actions.values() {
         if matches!(a.action, Action::Create | Action::Update | Action::Replace) {
             for u in &a.restarts {
                 restart_causes
@@ -635,153 +710,170 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
         }
     }
     for (unit, causes) in &restart_causes {
-        let list: Vec<&str> = causes.iter().map(String::as_str).collect();
-        match desired.unit_resource(unit) {
-            Some(r) => {
-                let a = actions.get_mut(&r.id).expect("inserted");
-                let started = r.unit.as_ref().is_some_and(|u| u.start);
-                if a.action == Action::NoOp && started {
-                    a.action = Action::Restart;
-                    a.cause = Cause::DependencyChange;
-                    a.reason = format!("restart: {} changed", list.join(", "));
-                } else if a.action == Action::NoOp {
-                    a.reason = format!(
-                        "{} changed; not kept started, picked up at next activation",
-                        list.join(", ")
-                    );
+        let list = causes
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        match input.desired.unit_resource(unit) {
+            Some(r) => restart_managed(r, &list, d),
+            None => match unit_states.and_then(|m| m.get(unit)) {
+                Some(st) if st.load_state != "loaded" => {
+                    for cause in causes {
+                        d.findings.push(Finding {
+                            kind: "warning".into(),
+                            id: cause.clone(),
+                            reason: format!(
+                                "{unit} is not restarted: systemd has no loaded unit of that name (LoadState={}); the change takes effect when it is installed",
+                                st.load_state
+                            ),
+                        });
+                    }
                 }
-            }
-            None if unit_states
-                .and_then(|m| m.get(unit))
-                .is_some_and(|st| st.load_state != "loaded") =>
-            {
-                // systemd has no such unit (or cannot load it): there is nothing to restart
-                let st = &unit_states.expect("checked")[unit];
-                for cause in causes {
-                    findings.push(Finding {
-                        kind: "warning".into(),
-                        id: cause.clone(),
-                        reason: format!(
-                            "{unit} is not restarted: systemd has no loaded unit of that name (LoadState={}); the change takes effect when it is installed",
-                            st.load_state
-                        ),
-                    });
-                }
-            }
-            None => {
-                // a drop-in for a unit core-ops does not own (e.g. a distro unit)
-                let id = format!("unit:{unit}");
-                actions.insert(
-                    id.clone(),
-                    PlannedAction {
-                        order: 0,
-                        id,
-                        kind: Kind::Unit,
-                        action: Action::Restart,
-                        cause: Cause::DependencyChange,
-                        reason: format!(
-                            "restart: {} changed (unit not managed by core-ops)",
-                            list.join(", ")
-                        ),
-                        path: None,
-                        unit: Some(unit.clone()),
-                        enable: None,
-                        start: None,
-                        instances: Vec::new(),
-                        restarts: Vec::new(),
-                        depends_on: causes.iter().cloned().collect(),
-                        digests: Sides::default(),
-                    },
-                );
-            }
+                _ => restart_unmanaged(unit, causes, &list, d),
+            },
         }
     }
+}
 
-    // 4. removals: owned by core-ops (written by any earlier run, converged or not), no
-    // longer desired
+/// A managed unit whose drop-in or file changed: restarted when it is kept started.
+fn restart_managed(r: &Resource, list: &str, d: &mut Draft) {
+    let a = d.actions.get_mut(&r.id).expect("inserted");
+    let started = r.unit.as_ref().is_some_and(|u| u.start);
+    if a.action == Action::NoOp && started {
+        a.action = Action::Restart;
+        a.cause = Cause::DependencyChange;
+        a.reason = format!("restart: {list} changed");
+    } else if a.action == Action::NoOp {
+        a.reason = format!("{list} changed; not kept started, picked up at next activation");
+    }
+}
+
+/// A drop-in for a unit core-ops does not own (e.g. a distro unit): restart that unit.
+fn restart_unmanaged(unit: &str, causes: &BTreeSet<String>, list: &str, d: &mut Draft) {
+    let id = format!("unit:{unit}");
+    d.actions.insert(
+        id.clone(),
+        PlannedAction {
+            order: 0,
+            id,
+            kind: Kind::Unit,
+            action: Action::Restart,
+            cause: Cause::DependencyChange,
+            reason: format!("restart: {list} changed (unit not managed by core-ops)"),
+            path: None,
+            unit: Some(unit.to_string()),
+            enable: None,
+            start: None,
+            instances: Vec::new(),
+            restarts: Vec::new(),
+            depends_on: causes.iter().cloned().collect(),
+            digests: Sides::default(),
+        },
+    );
+}
+
+/// Removals: owned by core-ops (written by any earlier run, converged or not), no longer
+/// desired. Returns each removed object's dependencies (removed in reverse order).
+fn removals(input: &PlanInput<'_>, d: &mut Draft) -> BTreeMap<String, BTreeSet<String>> {
     let mut removed_deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    {
-        for (id, rec) in input.owned {
-            if desired.resources.contains_key(id) {
-                continue;
-            }
-            let observed = input.observed.get(id);
-            let (action, cause, reason) = match observed {
-                None | Some(ObservedFile::Absent) => (
-                    Action::NoOp,
-                    Cause::Drift,
-                    "left the desired state and is already gone from the host".to_string(),
-                ),
-                Some(ObservedFile::Other { what }) => (
-                    Action::Blocked,
-                    Cause::UnmanagedConflict,
-                    format!(
-                        "left the desired state but {} is now a {what}; core-ops will not remove it",
-                        rec.path.display()
-                    ),
-                ),
-                Some(ObservedFile::File { .. }) => (
-                    Action::Delete,
-                    Cause::DesiredChange,
-                    if rec.started {
-                        "left the desired state: stop, disable, remove".to_string()
-                    } else {
-                        "left the desired state: remove".to_string()
-                    },
-                ),
-            };
-            removed_deps.insert(id.clone(), rec.depends_on.iter().cloned().collect());
-            actions.insert(
-                id.clone(),
-                PlannedAction {
-                    order: 0,
-                    id: id.clone(),
-                    kind: rec.kind,
-                    action,
-                    cause,
-                    reason,
-                    path: Some(rec.path.display().to_string()),
-                    unit: rec.unit.clone(),
-                    enable: rec.unit.as_ref().map(|_| false),
-                    start: rec.unit.as_ref().map(|_| false),
-                    instances: rec.instances.clone(),
-                    restarts: Vec::new(),
-                    depends_on: Vec::new(),
-                    digests: Sides {
-                        desired: None,
-                        last_applied: Some(rec.digest.clone()),
-                        observed: Some(observed_label(observed)),
-                    },
-                },
-            );
+    for (id, rec) in input.owned {
+        if input.desired.resources.contains_key(id) {
+            continue;
         }
+        let observed = input.observed.get(id);
+        let (action, cause, reason) = removal_action(rec, observed);
+        removed_deps.insert(id.clone(), rec.depends_on.iter().cloned().collect());
+        d.actions.insert(
+            id.clone(),
+            PlannedAction {
+                order: 0,
+                id: id.clone(),
+                kind: rec.kind,
+                action,
+                cause,
+                reason,
+                path: Some(rec.path.display().to_string()),
+                unit: rec.unit.clone(),
+                enable: rec.unit.as_ref().map(|_| false),
+                start: rec.unit.as_ref().map(|_| false),
+                instances: rec.instances.clone(),
+                restarts: Vec::new(),
+                depends_on: Vec::new(),
+                digests: Sides {
+                    desired: None,
+                    last_applied: Some(rec.digest.clone()),
+                    observed: Some(observed_label(observed)),
+                },
+            },
+        );
     }
+    removed_deps
+}
 
-    // 5. order: forward actions by dependencies, removals after them in reverse order
-    let mut deps = desired_dependencies(desired);
-    for a in actions.values() {
+/// What to do with an owned object that left the desired state, from what the host has.
+fn removal_action(
+    rec: &AppliedResource,
+    observed: Option<&ObservedFile>,
+) -> (Action, Cause, String) {
+    match observed {
+        None | Some(ObservedFile::Absent) => (
+            Action::NoOp,
+            Cause::Drift,
+            "left the desired state and is already gone from the host".to_string(),
+        ),
+        Some(ObservedFile::Other { what }) => (
+            Action::Blocked,
+            Cause::UnmanagedConflict,
+            format!(
+                "left the desired state but {} is now a {what}; core-ops will not remove it",
+                rec.path.display()
+            ),
+        ),
+        Some(ObservedFile::File { .. }) => (
+            Action::Delete,
+            Cause::DesiredChange,
+            if rec.started {
+                "left the desired state: stop, disable, remove".to_string()
+            } else {
+                "left the desired state: remove".to_string()
+            },
+        ),
+    }
+}
+
+/// Order: forward actions by dependencies, removals after them in reverse order; numbers
+/// the actions and counts them per action.
+fn ordered_actions(
+    input: &PlanInput<'_>,
+    removed_deps: &BTreeMap<String, BTreeSet<String>>,
+    d: &mut Draft,
+) -> (Vec<PlannedAction>, BTreeMap<String, usize>) {
+    let mut deps = desired_dependencies(input.desired);
+    for a in d.actions.values() {
         if a.path.is_none() {
             deps.entry(a.id.clone())
                 .or_default()
                 .extend(a.depends_on.iter().cloned());
         }
     }
-    let forward: BTreeSet<String> = actions
+    let forward: BTreeSet<String> = d
+        .actions
         .keys()
         .filter(|id| !removed_deps.contains_key(*id))
         .cloned()
         .collect();
     let (mut order, cycle) = crate::model::order::topo_order(&forward, &deps);
     if !cycle.is_empty() {
-        warnings.push(format!(
+        d.warnings.push(format!(
             "dependency cycle among {}; they are ordered by id",
             cycle.join(", ")
         ));
     }
     let removed: BTreeSet<String> = removed_deps.keys().cloned().collect();
-    let (mut rev_order, rcycle) = crate::model::order::topo_order(&removed, &removed_deps);
+    let (mut rev_order, rcycle) = crate::model::order::topo_order(&removed, removed_deps);
     if !rcycle.is_empty() {
-        warnings.push(format!(
+        d.warnings.push(format!(
             "dependency cycle among removed {}; they are ordered by id",
             rcycle.join(", ")
         ));
@@ -792,41 +884,18 @@ pub fn plan(input: PlanInput<'_>) -> Plan {
     let mut ordered = Vec::with_capacity(order.len());
     let mut summary: BTreeMap<String, usize> = BTreeMap::new();
     for (i, id) in order.iter().enumerate() {
-        let mut a = actions.remove(id).expect("every id ordered once");
+        let mut a = d.actions.remove(id).expect("every id ordered once");
         a.order = i + 1;
-        let mut d: Vec<String> = deps
+        a.depends_on = deps
             .get(id)
             .or_else(|| removed_deps.get(id))
             .map(|s| s.iter().filter(|x| *x != id).cloned().collect())
             .unwrap_or_default();
-        d.sort();
-        a.depends_on = d;
+        a.depends_on.sort();
         *summary.entry(a.action.as_str().to_string()).or_default() += 1;
         ordered.push(a);
     }
-    findings.sort_by(|a, b| (&a.id, &a.kind, &a.reason).cmp(&(&b.id, &b.kind, &b.reason)));
-
-    let observed_digest = observed_digest(input.observed, unit_states);
-    let mut plan = Plan {
-        schema_version: PLAN_SCHEMA_VERSION,
-        kind: "CoreOpsPlan".into(),
-        core_ops: Provenance::current(),
-        host: desired.host.clone(),
-        repo: input.repo.to_string(),
-        base: Base {
-            desired_revision: desired.revision.commit.clone(),
-            requested_ref: desired.revision.requested_ref.clone(),
-            last_applied_revision: last.map(|l| l.revision.clone()),
-            observed_digest,
-        },
-        summary,
-        actions: ordered,
-        findings,
-        warnings,
-        checksum: String::new(),
-    };
-    plan.checksum = checksum(&plan);
-    plan
+    (ordered, summary)
 }
 
 /// Digest over the observed files and the unit facts the plan acted on.

@@ -465,107 +465,177 @@ struct DropinDraft {
     replaced_base: Option<String>,
 }
 
+/// One service directory as read: its units, drop-ins (base and host), host files and
+/// service.yaml.
+struct ServiceDraft {
+    name: String,
+    units: BTreeMap<String, UnitDraft>,
+    /// By `<unit>.d/<name>`.
+    dropins: BTreeMap<String, DropinDraft>,
+    /// Host path -> (repository path, content).
+    host_files: BTreeMap<String, (String, Vec<u8>)>,
+    yaml: ServiceYaml,
+    yaml_path: String,
+}
+
+const UNEXPECTED_IN_SERVICE: &str =
+    "(expected a unit, Quadlet file, .mount/.automount, <unit>.d/*.conf, files/ or service.yaml)";
+
+/// Render one service: read its directory, check service.yaml against it, then build its
+/// units, drop-ins and host files (in that order: host files restart the service's units).
 fn render_service(
     repo: &RepoView<'_>,
     svc: &str,
     host_dropins: &[(String, String)],
     paths: &Paths,
 ) -> Result<Vec<Resource>, InputError> {
-    let prefix = format!("services/{svc}/");
+    let mut s = read_service_dir(repo, svc)?;
+    add_host_dropins(repo, host_dropins, &mut s.dropins)?;
+    check_service_yaml_names(&s)?;
     let rev = repo.short();
-    let mut units: BTreeMap<String, UnitDraft> = BTreeMap::new();
-    let mut dropins: BTreeMap<String, DropinDraft> = BTreeMap::new(); // "unit.d/name"
-    let mut host_files: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new(); // target -> (repo path, content)
-    let mut service_yaml = ServiceYaml::default();
-    let service_yaml_path = format!("{prefix}service.yaml");
+    let mut out = Vec::new();
+    for draft in s.units.values() {
+        out.push(unit_resource(&s, draft, &rev, paths)?);
+    }
+    let mut started_services: Vec<String> = out
+        .iter()
+        .filter_map(|r| r.unit.as_ref())
+        .filter(|u| u.start && u.name.ends_with(".service"))
+        .map(|u| u.name.clone())
+        .collect();
+    started_services.sort();
+    for (rel, d) in &s.dropins {
+        out.push(dropin_resource(&s, rel, d, &rev, paths));
+    }
+    for (target, (repo_path, content)) in &s.host_files {
+        out.push(host_file_resource(
+            &s,
+            target,
+            repo_path,
+            content,
+            &rev,
+            paths,
+            &started_services,
+        )?);
+    }
+    Ok(out)
+}
 
+/// Read `services/<svc>/`: each path is a unit, a drop-in, a host file, service.yaml or
+/// documentation (`*.md`); anything else is an input error.
+fn read_service_dir(repo: &RepoView<'_>, svc: &str) -> Result<ServiceDraft, InputError> {
+    let prefix = format!("services/{svc}/");
+    let mut s = ServiceDraft {
+        name: svc.to_string(),
+        units: BTreeMap::new(),
+        dropins: BTreeMap::new(),
+        host_files: BTreeMap::new(),
+        yaml: ServiceYaml::default(),
+        yaml_path: format!("{prefix}service.yaml"),
+    };
     for path in &repo.files.paths_under(&prefix)? {
         let rel = &path[prefix.len()..];
         let parts: Vec<&str> = rel.split('/').collect();
-        if parts[0] == "files" && parts.len() > 1 {
-            let target = format!("/{}", parts[1..].join("/"));
-            host_files.insert(target, (path.clone(), repo.read(path)?));
-            continue;
+        match parts.as_slice() {
+            ["files", rest @ ..] if !rest.is_empty() => {
+                let target = format!("/{}", rest.join("/"));
+                s.host_files
+                    .insert(target, (path.clone(), repo.read(path)?));
+            }
+            ["service.yaml"] => s.yaml = yaml::parse(path, &repo.read(path)?)?,
+            [name] if name.ends_with(".md") => {}
+            [name] => {
+                let draft = read_unit(repo, path, name)?;
+                s.units.insert(name.to_string(), draft);
+            }
+            [dir, name] if dir.ends_with(".d") => {
+                let draft = read_dropin(repo, path, dir, name)?;
+                s.dropins.insert(rel.to_string(), draft);
+            }
+            _ => {
+                return Err(InputError::new(
+                    Location::file(path),
+                    format!("unexpected path in a service directory {UNEXPECTED_IN_SERVICE}"),
+                ));
+            }
         }
-        if parts.len() == 1 {
-            let name = parts[0];
-            if name == "service.yaml" {
-                service_yaml = yaml::parse(path, &repo.read(path)?)?;
-                continue;
-            }
-            if name.ends_with(".md") {
-                continue;
-            }
-            let sfx = suffix_of(name);
-            let kind = if UNIT_SUFFIXES.contains(&sfx) {
-                Kind::Unit
-            } else if quadlet::is_quadlet(name) {
-                Kind::Quadlet
-            } else if sfx == "mount" {
-                Kind::Mount
-            } else if sfx == "automount" {
-                Kind::Automount
-            } else {
-                return Err(InputError::new(
-                    Location::file(path),
-                    "unexpected file in a service directory (expected a unit, Quadlet file, .mount/.automount, <unit>.d/*.conf, files/ or service.yaml)",
-                ));
-            };
-            if !valid_unit_name(name) {
-                return Err(InputError::new(
-                    Location::file(path),
-                    format!("invalid unit file name '{name}'"),
-                ));
-            }
-            let content = repo.read(path)?;
-            let file = parse_unit(path, &content)?;
-            units.insert(
-                name.to_string(),
-                UnitDraft {
-                    name: name.to_string(),
-                    kind,
-                    repo_path: path.clone(),
-                    file,
-                    content,
-                },
-            );
-            continue;
-        }
-        if parts.len() == 2 && parts[0].ends_with(".d") {
-            if !parts[1].ends_with(".conf") {
-                return Err(InputError::new(
-                    Location::file(path),
-                    "drop-ins must be named <name>.conf",
-                ));
-            }
-            let unit = parts[0].trim_end_matches(".d").to_string();
-            if !valid_unit_name(&unit) {
-                return Err(InputError::new(
-                    Location::file(path),
-                    format!("drop-in directory '{}' does not name a unit", parts[0]),
-                ));
-            }
-            let content = repo.read(path)?;
-            let file = parse_unit(path, &content)?;
-            dropins.insert(
-                rel.to_string(),
-                DropinDraft {
-                    unit,
-                    name: parts[1].to_string(),
-                    repo_path: path.clone(),
-                    file,
-                    content,
-                    from_host: false,
-                    replaced_base: None,
-                },
-            );
-            continue;
-        }
+    }
+    Ok(s)
+}
+
+/// A unit-like file of a service: its kind from its suffix, its name checked, parsed.
+fn read_unit(repo: &RepoView<'_>, path: &str, name: &str) -> Result<UnitDraft, InputError> {
+    let sfx = suffix_of(name);
+    let kind = if UNIT_SUFFIXES.contains(&sfx) {
+        Kind::Unit
+    } else if quadlet::is_quadlet(name) {
+        Kind::Quadlet
+    } else if sfx == "mount" {
+        Kind::Mount
+    } else if sfx == "automount" {
+        Kind::Automount
+    } else {
         return Err(InputError::new(
             Location::file(path),
-            "unexpected path in a service directory (expected a unit, Quadlet file, .mount/.automount, <unit>.d/*.conf, files/ or service.yaml)",
+            format!("unexpected file in a service directory {UNEXPECTED_IN_SERVICE}"),
+        ));
+    };
+    if !valid_unit_name(name) {
+        return Err(InputError::new(
+            Location::file(path),
+            format!("invalid unit file name '{name}'"),
         ));
     }
+    let content = repo.read(path)?;
+    let file = parse_unit(path, &content)?;
+    Ok(UnitDraft {
+        name: name.to_string(),
+        kind,
+        repo_path: path.to_string(),
+        file,
+        content,
+    })
+}
+
+/// A base drop-in `<unit>.d/<name>.conf` of a service.
+fn read_dropin(
+    repo: &RepoView<'_>,
+    path: &str,
+    dir: &str,
+    name: &str,
+) -> Result<DropinDraft, InputError> {
+    if !name.ends_with(".conf") {
+        return Err(InputError::new(
+            Location::file(path),
+            "drop-ins must be named <name>.conf",
+        ));
+    }
+    let unit = dir.trim_end_matches(".d").to_string();
+    if !valid_unit_name(&unit) {
+        return Err(InputError::new(
+            Location::file(path),
+            format!("drop-in directory '{dir}' does not name a unit"),
+        ));
+    }
+    let content = repo.read(path)?;
+    let file = parse_unit(path, &content)?;
+    Ok(DropinDraft {
+        unit,
+        name: name.to_string(),
+        repo_path: path.to_string(),
+        file,
+        content,
+        from_host: false,
+        replaced_base: None,
+    })
+}
+
+/// The host's drop-ins for this service's units; one with a base drop-in's name replaces it.
+fn add_host_dropins(
+    repo: &RepoView<'_>,
+    host_dropins: &[(String, String)],
+    dropins: &mut BTreeMap<String, DropinDraft>,
+) -> Result<(), InputError> {
     for (rel, path) in host_dropins {
         let (dir, name) = rel.split_once('/').expect("checked shape");
         let content = repo.read(path)?;
@@ -584,315 +654,378 @@ fn render_service(
             },
         );
     }
+    Ok(())
+}
 
-    // service.yaml must only speak of what exists
-    for unit in service_yaml.units.keys() {
-        if !units.contains_key(unit) {
+/// service.yaml must only speak of what exists.
+fn check_service_yaml_names(s: &ServiceDraft) -> Result<(), InputError> {
+    let svc = &s.name;
+    for unit in s.yaml.units.keys() {
+        if !s.units.contains_key(unit) {
             return Err(InputError::new(
-                Location::file(&service_yaml_path),
+                Location::file(&s.yaml_path),
                 format!("units: '{unit}' is not a unit of service '{svc}'"),
             ));
         }
     }
-    for target in service_yaml.files.keys() {
-        if !host_files.contains_key(target) {
+    for target in s.yaml.files.keys() {
+        if !s.host_files.contains_key(target) {
             return Err(InputError::new(
-                Location::file(&service_yaml_path),
+                Location::file(&s.yaml_path),
                 format!("files: '{target}' has no services/{svc}/files{target}"),
             ));
         }
     }
+    Ok(())
+}
 
-    let mut out = Vec::new();
-    let mut started_services: Vec<String> = Vec::new();
-    let automount_stems: BTreeSet<String> = units
-        .keys()
-        .filter_map(|n| n.strip_suffix(".automount").map(str::to_string))
+/// A unit, Quadlet file or mount with its drop-ins merged in the order systemd applies
+/// them, its role (enable, start, instances, ordering) and its layers.
+fn unit_resource(
+    s: &ServiceDraft,
+    draft: &UnitDraft,
+    rev: &str,
+    paths: &Paths,
+) -> Result<Resource, InputError> {
+    // layers in the order systemd applies them: the unit, then its drop-ins by file name
+    let mut mine: Vec<&DropinDraft> = s
+        .dropins
+        .values()
+        .filter(|d| d.unit == draft.name)
         .collect();
-
-    for draft in units.values() {
-        // layers in the order systemd applies them: the unit, then its drop-ins by file name
-        let mut mine: Vec<&DropinDraft> =
-            dropins.values().filter(|d| d.unit == draft.name).collect();
-        mine.sort_by(|a, b| a.name.cmp(&b.name));
-        let base_layers: Vec<&UnitFile> = std::iter::once(&draft.file)
-            .chain(mine.iter().filter(|d| !d.from_host).map(|d| &d.file))
-            .collect();
-        let all_layers: Vec<&UnitFile> = std::iter::once(&draft.file)
-            .chain(mine.iter().map(|d| &d.file))
-            .collect();
-        let effective = Effective::merge(all_layers.iter().copied());
-        let mut layers = vec![Layer {
-            file: draft.repo_path.clone(),
-            revision: rev.clone(),
-            role: "base".into(),
-        }];
-        for d in &mine {
-            layers.push(Layer {
-                file: d.repo_path.clone(),
-                revision: rev.clone(),
-                role: if d.from_host {
-                    match &d.replaced_base {
-                        Some(b) => format!("host drop-in (replaces {b})"),
-                        None => "host drop-in".into(),
-                    }
-                } else {
-                    "base drop-in".into()
-                },
-            });
-        }
-        let mut mount_view = None;
-        if matches!(draft.kind, Kind::Mount | Kind::Automount) {
-            let base_eff = Effective::merge(base_layers.iter().copied());
-            mount_view =
-                Some(mount::validate(&draft.name, &base_eff, &effective, &all_layers)?.into());
-        } else {
-            for layer in &all_layers {
-                if let Some(s) = layer.sections.iter().find(|s| s.name == mount::X_COREOPS) {
-                    let line = s.entries.first().map(|e| e.line).unwrap_or(s.line);
-                    return Err(InputError::new(
-                        Location::line(&layer.file, line),
-                        "unsupported X-CoreOps field: [X-CoreOps] is only valid in .mount and .automount units",
-                    ));
-                }
-            }
-        }
-        let systemd_name = match draft.kind {
-            Kind::Quadlet => quadlet::generated_unit(&draft.name, &draft.file),
-            _ => draft.name.clone(),
-        };
-        let has_install = |keys: &[&str]| {
-            effective
-                .sections
-                .get("Install")
-                .is_some_and(|s| keys.iter().any(|k| s.contains_key(*k)))
-        };
-        let wanted = has_install(&["WantedBy", "RequiredBy", "UpheldBy"]);
-        let spec = service_yaml
-            .units
-            .get(&draft.name)
-            .cloned()
-            .unwrap_or_default();
-        let (enable_default, start_default) = match draft.kind {
-            // the generator turns [Install] into wants links itself
-            Kind::Quadlet => (false, wanted),
-            // a mount behind an automount is activated by its automount only: enabled or
-            // started itself it would be mounted at boot directly (the hang the automount
-            // exists to avoid)
-            Kind::Mount if automount_stems.contains(draft.name.trim_end_matches(".mount")) => {
-                (false, false)
-            }
-            Kind::Mount => (
-                has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
-                true,
-            ),
-            Kind::Automount => (
-                has_install(&["WantedBy", "RequiredBy", "Alias", "Also"]),
-                true,
-            ),
-            _ => (
-                has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
-                wanted,
-            ),
-        };
-        let instances = template_instances(&systemd_name, &effective, &spec, draft, svc)?;
-        let (enable_default, start_default) = if is_template(&systemd_name) {
-            // a template runs only as instances
-            let any = !instances.is_empty();
-            (enable_default && any, start_default && any)
-        } else {
-            (enable_default, start_default)
-        };
-        let enable = spec.enable.unwrap_or(enable_default);
-        let start = spec.start.unwrap_or(start_default);
-        if is_template(&systemd_name) && (enable || start) && instances.is_empty() {
-            return Err(InputError::new(
-                Location::file(&service_yaml_path),
-                format!(
-                    "units: {}: a template is never enabled or started itself; name its instances (instances: [..]) or set DefaultInstance= in its [Install] section",
-                    draft.name
-                ),
-            ));
-        }
-        if start && systemd_name.ends_with(".service") {
-            started_services.push(systemd_name.clone());
-        }
-        let mut after: BTreeSet<String> = BTreeSet::new();
-        for key in ["After", "Requires", "BindsTo", "Requisite"] {
-            after.extend(effective.words("Unit", key));
-        }
-        let mut rmf: BTreeSet<String> = BTreeSet::new();
-        for section in ["Unit", "Service"] {
-            rmf.extend(effective.words(section, "RequiresMountsFor"));
-        }
-        let meta = FileMeta::unit_default();
-        let n = normalize(draft.kind, &draft.content, &meta);
-        let dir = if draft.kind == Kind::Quadlet {
-            &paths.quadlet_dir
-        } else {
-            &paths.unit_dir
-        };
-        out.push(Resource {
-            id: format!("{}:{}", draft.kind.as_str(), draft.name),
-            kind: draft.kind,
-            service: svc.to_string(),
-            path: dir.join(&draft.name),
-            content: draft.content.clone(),
-            meta,
-            digest: n.digest,
-            raw_digest: n.raw_digest,
-            layers,
-            unit: Some(UnitRole {
-                name: systemd_name,
-                enable,
-                start,
-                after: after.into_iter().collect(),
-                requires_mounts_for: rmf.into_iter().collect(),
-                mount: mount_view,
-                effective: effective.canonical_text(),
-                instances,
-            }),
-            restarts: Vec::new(),
-            drift: spec.drift,
-            adopt: spec.adopt,
-        });
+    mine.sort_by(|a, b| a.name.cmp(&b.name));
+    let all_layers: Vec<&UnitFile> = std::iter::once(&draft.file)
+        .chain(mine.iter().map(|d| &d.file))
+        .collect();
+    let effective = Effective::merge(all_layers.iter().copied());
+    let mount_view = mount_view(draft, &mine, &effective, &all_layers)?;
+    let systemd_name = match draft.kind {
+        Kind::Quadlet => quadlet::generated_unit(&draft.name, &draft.file),
+        _ => draft.name.clone(),
+    };
+    let spec = s.yaml.units.get(&draft.name).cloned().unwrap_or_default();
+    let instances = template_instances(&systemd_name, &effective, &spec, draft, &s.name)?;
+    let (enable, start) = enable_and_start(s, draft, &systemd_name, &effective, &spec, &instances)?;
+    let mut after: BTreeSet<String> = BTreeSet::new();
+    for key in ["After", "Requires", "BindsTo", "Requisite"] {
+        after.extend(effective.words("Unit", key));
     }
+    let mut rmf: BTreeSet<String> = BTreeSet::new();
+    for section in ["Unit", "Service"] {
+        rmf.extend(effective.words(section, "RequiresMountsFor"));
+    }
+    let meta = FileMeta::unit_default();
+    let n = normalize(draft.kind, &draft.content, &meta);
+    let dir = if draft.kind == Kind::Quadlet {
+        &paths.quadlet_dir
+    } else {
+        &paths.unit_dir
+    };
+    Ok(Resource {
+        id: format!("{}:{}", draft.kind.as_str(), draft.name),
+        kind: draft.kind,
+        service: s.name.clone(),
+        path: dir.join(&draft.name),
+        content: draft.content.clone(),
+        meta,
+        digest: n.digest,
+        raw_digest: n.raw_digest,
+        layers: unit_layers(draft, &mine, rev),
+        unit: Some(UnitRole {
+            name: systemd_name,
+            enable,
+            start,
+            after: after.into_iter().collect(),
+            requires_mounts_for: rmf.into_iter().collect(),
+            mount: mount_view,
+            effective: effective.canonical_text(),
+            instances,
+        }),
+        restarts: Vec::new(),
+        drift: spec.drift,
+        adopt: spec.adopt,
+    })
+}
 
-    for (rel, d) in &dropins {
-        // a drop-in for a Quadlet file lives beside it; drop-ins of a Quadlet's generated unit
-        // or of any other unit go to the unit dir
-        let dir = if quadlet::is_quadlet(&d.unit) {
-            &paths.quadlet_dir
-        } else {
-            &paths.unit_dir
-        };
-        let target_unit = match units.get(&d.unit) {
-            Some(u) if u.kind == Kind::Quadlet => quadlet::generated_unit(&u.name, &u.file),
-            _ => d.unit.clone(),
-        };
-        let meta = FileMeta::unit_default();
-        let n = normalize(Kind::Dropin, &d.content, &meta);
-        let mut layers = Vec::new();
-        if let Some(b) = &d.replaced_base {
-            layers.push(Layer {
-                file: b.clone(),
-                revision: rev.clone(),
-                role: "base drop-in (replaced)".into(),
-            });
-        }
+/// The repository files that make a unit, for `explain`.
+fn unit_layers(draft: &UnitDraft, mine: &[&DropinDraft], rev: &str) -> Vec<Layer> {
+    let mut layers = vec![Layer {
+        file: draft.repo_path.clone(),
+        revision: rev.to_string(),
+        role: "base".into(),
+    }];
+    for d in mine {
         layers.push(Layer {
             file: d.repo_path.clone(),
-            revision: rev.clone(),
-            role: if d.from_host {
-                "host drop-in".into()
-            } else {
-                "base drop-in".into()
+            revision: rev.to_string(),
+            role: match (d.from_host, &d.replaced_base) {
+                (true, Some(b)) => format!("host drop-in (replaces {b})"),
+                (true, None) => "host drop-in".into(),
+                (false, _) => "base drop-in".into(),
             },
         });
-        out.push(Resource {
-            id: format!("dropin:{rel}"),
-            kind: Kind::Dropin,
-            service: svc.to_string(),
-            path: dir.join(rel),
-            content: d.content.clone(),
-            meta,
-            digest: n.digest,
-            raw_digest: n.raw_digest,
-            layers,
-            unit: None,
-            restarts: vec![target_unit],
-            drift: DriftPolicy::Repair,
-            adopt: false,
-        });
     }
+    layers
+}
 
-    started_services.sort();
-    for (target, (repo_path, content)) in host_files {
-        let tpath = PathBuf::from(&target);
-        if !crate::config::plain_absolute(&tpath) {
+/// Mount facts of a `.mount`/`.automount` (checked by the native mount rules); any other unit
+/// must not carry `[X-CoreOps]`.
+fn mount_view(
+    draft: &UnitDraft,
+    mine: &[&DropinDraft],
+    effective: &Effective,
+    all_layers: &[&UnitFile],
+) -> Result<Option<MountView>, InputError> {
+    if matches!(draft.kind, Kind::Mount | Kind::Automount) {
+        let base_layers = std::iter::once(&draft.file)
+            .chain(mine.iter().filter(|d| !d.from_host).map(|d| &d.file));
+        let base_eff = Effective::merge(base_layers);
+        return Ok(Some(
+            mount::validate(&draft.name, &base_eff, effective, all_layers)?.into(),
+        ));
+    }
+    for layer in all_layers {
+        if let Some(s) = layer.sections.iter().find(|s| s.name == mount::X_COREOPS) {
+            let line = s.entries.first().map(|e| e.line).unwrap_or(s.line);
             return Err(InputError::new(
-                Location::file(&repo_path),
-                format!(
-                    "host file target {target} has an empty, '.' or '..' component; \
-                     core-ops writes only plain paths beneath the allowed roots"
-                ),
+                Location::line(&layer.file, line),
+                "unsupported X-CoreOps field: [X-CoreOps] is only valid in .mount and .automount units",
             ));
         }
-        if !paths.host_file_allowed(&tpath) {
-            let roots: Vec<String> = paths
-                .host_file_roots
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect();
-            return Err(InputError::new(
-                Location::file(&repo_path),
-                format!(
-                    "host file target {target} is outside the allowed roots {}",
-                    roots.join(":")
-                ),
-            ));
-        }
-        let spec = service_yaml.files.get(&target).cloned().unwrap_or_default();
-        let mode = match &spec.mode {
-            None => 0o644,
-            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .ok()
-                .filter(|m| *m <= 0o7777)
-                .ok_or_else(|| {
-                    InputError::new(
-                        Location::file(&service_yaml_path),
-                        format!("files: {target}: mode '{m}' is not an octal mode like \"0644\""),
-                    )
-                })?,
-        };
-        if mode & 0o7002 != 0 && !spec.allow_special_mode {
-            return Err(InputError::new(
-                Location::file(&service_yaml_path),
-                format!(
-                    "files: {target} ({repo_path}): mode {mode:04o} is setuid, setgid, sticky or \
-                     world-writable; set `allow_special_mode: true` for this file if that is \
-                     intended"
-                ),
-            ));
-        }
-        let meta = FileMeta {
-            mode,
-            owner: spec.owner.clone().unwrap_or_else(|| "root".into()),
-            group: spec.group.clone().unwrap_or_else(|| "root".into()),
-        };
-        let n = normalize(Kind::File, &content, &meta);
-        let mut layers = vec![Layer {
-            file: repo_path.clone(),
-            revision: rev.clone(),
-            role: "host file".into(),
-        }];
-        if service_yaml.files.contains_key(&target) {
-            layers.push(Layer {
-                file: service_yaml_path.clone(),
-                revision: rev.clone(),
-                role: "service.yaml".into(),
-            });
-        }
-        out.push(Resource {
-            id: format!("file:{target}"),
-            kind: Kind::File,
-            service: svc.to_string(),
-            path: tpath,
-            content,
-            meta,
-            digest: n.digest,
-            raw_digest: n.raw_digest,
-            layers,
-            unit: None,
-            restarts: spec
-                .restart
-                .clone()
-                .unwrap_or_else(|| started_services.clone()),
-            drift: spec.drift,
-            adopt: spec.adopt,
+    }
+    Ok(None)
+}
+
+/// Whether a unit is enabled and kept started: service.yaml, else what its kind and
+/// `[Install]` imply. A template runs only as instances.
+fn enable_and_start(
+    s: &ServiceDraft,
+    draft: &UnitDraft,
+    systemd_name: &str,
+    effective: &Effective,
+    spec: &yaml::UnitSpec,
+    instances: &[String],
+) -> Result<(bool, bool), InputError> {
+    let (mut enable_default, mut start_default) = install_defaults(s, draft, effective);
+    if is_template(systemd_name) {
+        let any = !instances.is_empty();
+        enable_default &= any;
+        start_default &= any;
+    }
+    let enable = spec.enable.unwrap_or(enable_default);
+    let start = spec.start.unwrap_or(start_default);
+    if is_template(systemd_name) && (enable || start) && instances.is_empty() {
+        return Err(InputError::new(
+            Location::file(&s.yaml_path),
+            format!(
+                "units: {}: a template is never enabled or started itself; name its instances (instances: [..]) or set DefaultInstance= in its [Install] section",
+                draft.name
+            ),
+        ));
+    }
+    Ok((enable, start))
+}
+
+/// Enable and start defaults from the kind and the `[Install]` section.
+fn install_defaults(s: &ServiceDraft, draft: &UnitDraft, effective: &Effective) -> (bool, bool) {
+    let has_install = |keys: &[&str]| {
+        effective
+            .sections
+            .get("Install")
+            .is_some_and(|sec| keys.iter().any(|k| sec.contains_key(*k)))
+    };
+    let wanted = has_install(&["WantedBy", "RequiredBy", "UpheldBy"]);
+    let behind_automount = draft
+        .name
+        .strip_suffix(".mount")
+        .is_some_and(|stem| s.units.contains_key(&format!("{stem}.automount")));
+    match draft.kind {
+        // the generator turns [Install] into wants links itself
+        Kind::Quadlet => (false, wanted),
+        // a mount behind an automount is activated by its automount only: enabled or started
+        // itself it would be mounted at boot directly (the hang the automount exists to avoid)
+        Kind::Mount if behind_automount => (false, false),
+        Kind::Mount => (
+            has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
+            true,
+        ),
+        Kind::Automount => (
+            has_install(&["WantedBy", "RequiredBy", "Alias", "Also"]),
+            true,
+        ),
+        _ => (
+            has_install(&["WantedBy", "RequiredBy", "UpheldBy", "Alias", "Also"]),
+            wanted,
+        ),
+    }
+}
+
+/// A drop-in: beside its Quadlet file, or in the unit dir (for a Quadlet's generated unit
+/// and any other unit); it restarts the unit it changes.
+fn dropin_resource(
+    s: &ServiceDraft,
+    rel: &str,
+    d: &DropinDraft,
+    rev: &str,
+    paths: &Paths,
+) -> Resource {
+    let dir = if quadlet::is_quadlet(&d.unit) {
+        &paths.quadlet_dir
+    } else {
+        &paths.unit_dir
+    };
+    let target_unit = match s.units.get(&d.unit) {
+        Some(u) if u.kind == Kind::Quadlet => quadlet::generated_unit(&u.name, &u.file),
+        _ => d.unit.clone(),
+    };
+    let meta = FileMeta::unit_default();
+    let n = normalize(Kind::Dropin, &d.content, &meta);
+    let mut layers = Vec::new();
+    if let Some(b) = &d.replaced_base {
+        layers.push(Layer {
+            file: b.clone(),
+            revision: rev.to_string(),
+            role: "base drop-in (replaced)".into(),
         });
     }
-    Ok(out)
+    layers.push(Layer {
+        file: d.repo_path.clone(),
+        revision: rev.to_string(),
+        role: if d.from_host {
+            "host drop-in"
+        } else {
+            "base drop-in"
+        }
+        .into(),
+    });
+    Resource {
+        id: format!("dropin:{rel}"),
+        kind: Kind::Dropin,
+        service: s.name.clone(),
+        path: dir.join(rel),
+        content: d.content.clone(),
+        meta,
+        digest: n.digest,
+        raw_digest: n.raw_digest,
+        layers,
+        unit: None,
+        restarts: vec![target_unit],
+        drift: DriftPolicy::Repair,
+        adopt: false,
+    }
+}
+
+/// A host file beneath the allowed roots, with its mode and owner from service.yaml; by
+/// default it restarts the service's started services.
+fn host_file_resource(
+    s: &ServiceDraft,
+    target: &str,
+    repo_path: &str,
+    content: &[u8],
+    rev: &str,
+    paths: &Paths,
+    started_services: &[String],
+) -> Result<Resource, InputError> {
+    let tpath = host_file_target(target, repo_path, paths)?;
+    let spec = s.yaml.files.get(target).cloned().unwrap_or_default();
+    let meta = host_file_meta(s, target, repo_path, &spec)?;
+    let n = normalize(Kind::File, content, &meta);
+    let mut layers = vec![Layer {
+        file: repo_path.to_string(),
+        revision: rev.to_string(),
+        role: "host file".into(),
+    }];
+    if s.yaml.files.contains_key(target) {
+        layers.push(Layer {
+            file: s.yaml_path.clone(),
+            revision: rev.to_string(),
+            role: "service.yaml".into(),
+        });
+    }
+    Ok(Resource {
+        id: format!("file:{target}"),
+        kind: Kind::File,
+        service: s.name.clone(),
+        path: tpath,
+        content: content.to_vec(),
+        meta,
+        digest: n.digest,
+        raw_digest: n.raw_digest,
+        layers,
+        unit: None,
+        restarts: spec
+            .restart
+            .clone()
+            .unwrap_or_else(|| started_services.to_vec()),
+        drift: spec.drift,
+        adopt: spec.adopt,
+    })
+}
+
+/// A host file's target: a plain absolute path beneath one of the allowed roots.
+fn host_file_target(target: &str, repo_path: &str, paths: &Paths) -> Result<PathBuf, InputError> {
+    let tpath = PathBuf::from(target);
+    if !crate::config::plain_absolute(&tpath) {
+        return Err(InputError::new(
+            Location::file(repo_path),
+            format!(
+                "host file target {target} has an empty, '.' or '..' component; \
+                 core-ops writes only plain paths beneath the allowed roots"
+            ),
+        ));
+    }
+    if !paths.host_file_allowed(&tpath) {
+        let roots: Vec<String> = paths
+            .host_file_roots
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(InputError::new(
+            Location::file(repo_path),
+            format!(
+                "host file target {target} is outside the allowed roots {}",
+                roots.join(":")
+            ),
+        ));
+    }
+    Ok(tpath)
+}
+
+/// Mode and ownership of a host file: 0644 root:root unless service.yaml says otherwise;
+/// setuid, setgid, sticky and world-writable modes only with `allow_special_mode`.
+fn host_file_meta(
+    s: &ServiceDraft,
+    target: &str,
+    repo_path: &str,
+    spec: &yaml::FileSpec,
+) -> Result<FileMeta, InputError> {
+    let mode = match &spec.mode {
+        None => 0o644,
+        Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .ok_or_else(|| {
+                InputError::new(
+                    Location::file(&s.yaml_path),
+                    format!("files: {target}: mode '{m}' is not an octal mode like \"0644\""),
+                )
+            })?,
+    };
+    if mode & 0o7002 != 0 && !spec.allow_special_mode {
+        return Err(InputError::new(
+            Location::file(&s.yaml_path),
+            format!(
+                "files: {target} ({repo_path}): mode {mode:04o} is setuid, setgid, sticky or \
+                 world-writable; set `allow_special_mode: true` for this file if that is \
+                 intended"
+            ),
+        ));
+    }
+    Ok(FileMeta {
+        mode,
+        owner: spec.owner.clone().unwrap_or_else(|| "root".into()),
+        group: spec.group.clone().unwrap_or_else(|| "root".into()),
+    })
 }
 
 /// The instances of a template unit: service.yaml `instances:` wins, else the template's
