@@ -353,40 +353,6 @@ fn plan_json_is_byte_identical_and_checksum_verifies() {
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
-    /// The plan depends on content, never on the order files were enumerated in or the order
-    /// services are listed in host.yaml.
-    #[test]
-    fn plan_does_not_depend_on_enumeration_order(seed in any::<u64>()) {
-        let s = scratch();
-        let base = files(&s, &[]);
-        let d = desired(&s, &base, 'a');
-        let reference = to_json_bytes(&do_plan(&s, &d, None));
-
-        let mut entries: Vec<(String, RepoEntry)> = base.into_iter().collect();
-        // deterministic shuffle from the seed
-        let mut x = seed | 1;
-        for i in (1..entries.len()).rev() {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
-            entries.swap(i, (x % (i as u64 + 1)) as usize);
-        }
-        let services = ["web", "db", "data"];
-        let k = (seed % 3) as usize;
-        let rotated: Vec<&str> = services.iter().cycle().skip(k).take(3).copied().collect();
-        let mut shuffled = BTreeMap::new();
-        for (p, e) in entries {
-            shuffled.insert(p, e);
-        }
-        shuffled.insert(
-            "hosts/h/host.yaml".into(),
-            RepoEntry::File { data: format!("services: [{}]\n", rotated.join(", ")).into_bytes(), executable: false },
-        );
-        let d2 = desired(&s, &shuffled, 'a');
-        prop_assert_eq!(to_json_bytes(&do_plan(&s, &d2, None)), reference);
-    }
-}
-
 #[test]
 fn drift_report_policy_reports_without_repairing() {
     let s = scratch();
@@ -592,4 +558,180 @@ fn a_unit_systemd_rejects_is_blocked_and_validation_findings_are_kept() {
     assert!(p.findings.contains(&warning), "{:#?}", p.findings);
     let json = String::from_utf8(to_json_bytes(&p)).unwrap();
     assert!(json.contains("\"invalid_unit\""), "{json}");
+}
+
+// ------------------------------------------------------------------ model-based property
+
+/// What the host did to one object between the last apply and this plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostChange {
+    Untouched,
+    Edited,
+    Deleted,
+}
+
+/// A small xorshift generator: one proptest seed drives every choice of a world.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A random revision: services `s<i>` with a unit each (ordered after random earlier units),
+/// optional drop-ins and host files, contents drawn from `gen` (so a second revision from the
+/// same generator changes some of them).
+fn random_revision(s: &Scratch, g: &mut Gen, services: &[usize]) -> BTreeMap<String, RepoEntry> {
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    let mut v: Vec<(String, String)> = vec![(
+        "hosts/h/host.yaml".into(),
+        format!(
+            "services: [{}]\n",
+            services
+                .iter()
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )];
+    for &i in services {
+        let after: Vec<String> = services
+            .iter()
+            .filter(|&&j| j < i && g.chance(40))
+            .map(|j| format!("u{j}.service"))
+            .collect();
+        let version = g.below(3);
+        v.push((
+            format!("services/s{i}/u{i}.service"),
+            format!(
+                "[Unit]\nAfter={}\n[Service]\nExecStart=/bin/sleep {version}\n[Install]\nWantedBy=multi-user.target\n",
+                after.join(" ")
+            ),
+        ));
+        if g.chance(50) {
+            v.push((
+                format!("services/s{i}/u{i}.service.d/10-env.conf"),
+                format!("[Service]\nEnvironment=V={}\n", g.below(3)),
+            ));
+        }
+        if g.chance(50) {
+            v.push((
+                format!("services/s{i}/files{etc}/s{i}/conf"),
+                format!("v={}\n", g.below(3)),
+            ));
+        }
+    }
+    v.into_iter()
+        .map(|(p, c)| {
+            let data = c.into_bytes();
+            (
+                p,
+                RepoEntry::File {
+                    data,
+                    executable: false,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The services of a revision: a random non-empty subset of 0..6.
+fn random_services(g: &mut Gen) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..6).filter(|_| g.chance(60)).collect();
+    if v.is_empty() {
+        v.push(g.below(6) as usize);
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Random worlds - a converged revision, host edits and deletions, a next revision that
+    /// adds, changes and drops services - planned against a model of what each object needs:
+    /// new -> create, dropped -> delete (or nothing when already gone), changed -> update,
+    /// edited on the host -> drift repair, deleted on the host -> recreate, otherwise nothing
+    /// (or a restart caused by a changed drop-in or file). Every plan is ordered by its
+    /// dependencies with removals last, numbered 1..n, checksummed and byte-identical when
+    /// planned again or with host.yaml listing the services in another order.
+    #[test]
+    fn plans_of_random_worlds_match_the_model(seed in any::<u64>()) {
+        let s = scratch();
+        let mut g = Gen(seed | 1);
+        let first_services = random_services(&mut g);
+        let first = desired(&s, &random_revision(&s, &mut g, &first_services), 'a');
+        let last = converge(&first);
+        let mut host: BTreeMap<String, HostChange> = BTreeMap::new();
+        for r in first.resources.values() {
+            let change = match g.below(6) {
+                0 => { std::fs::write(&r.path, b"edited by hand\n").unwrap(); HostChange::Edited }
+                1 => { std::fs::remove_file(&r.path).unwrap(); HostChange::Deleted }
+                _ => HostChange::Untouched,
+            };
+            host.insert(r.id.clone(), change);
+        }
+        let services = random_services(&mut g);
+        let files = random_revision(&s, &mut g, &services);
+        let second = desired(&s, &files, 'b');
+        let p = do_plan(&s, &second, Some(&last));
+
+        // one action per desired or previously applied object, numbered 1..n
+        let ids: BTreeSet<&String> = second.resources.keys().chain(first.resources.keys()).collect();
+        prop_assert_eq!(p.actions.len(), ids.len());
+        for (i, a) in p.actions.iter().enumerate() {
+            prop_assert_eq!(a.order, i + 1);
+        }
+        // the model
+        for a in &p.actions {
+            let was = first.resources.get(&a.id);
+            let now = second.resources.get(&a.id);
+            let change = host.get(&a.id).copied();
+            let expected: &[Action] = match (was, now, change) {
+                (None, Some(_), _) => &[Action::Create],
+                (Some(_), None, Some(HostChange::Deleted)) => &[Action::NoOp],
+                (Some(_), None, _) => &[Action::Delete],
+                (Some(_), Some(_), Some(HostChange::Deleted)) => &[Action::Create],
+                (Some(w), Some(n), Some(HostChange::Edited)) => {
+                    prop_assert_eq!(a.cause, if w.digest == n.digest { Cause::Drift } else { Cause::DesiredChange });
+                    &[Action::Update]
+                }
+                (Some(w), Some(n), _) if w.digest != n.digest => &[Action::Update],
+                (Some(_), Some(_), _) => &[Action::NoOp, Action::Restart],
+                (None, None, _) => unreachable!("ids come from the two revisions"),
+            };
+            prop_assert!(expected.contains(&a.action), "{}: {:?} ({:?}), expected {:?}", a.id, a.action, a.reason, expected);
+        }
+        // dependencies come first; removals after every forward action
+        let pos: BTreeMap<&str, usize> = p.actions.iter().map(|a| (a.id.as_str(), a.order)).collect();
+        let first_removal = p.actions.iter().filter(|a| !second.resources.contains_key(&a.id)).map(|a| a.order).min();
+        for a in p.actions.iter().filter(|a| second.resources.contains_key(&a.id)) {
+            prop_assert!(first_removal.is_none_or(|r| a.order < r), "{} after a removal", a.id);
+            for d in &a.depends_on {
+                if second.resources.contains_key(d) {
+                    prop_assert!(pos[d.as_str()] < a.order, "{} before its dependency {}", a.id, d);
+                }
+            }
+        }
+        prop_assert_eq!(&p.checksum, &checksum(&p));
+        // deterministic, and independent of the order host.yaml lists the services in
+        let again = to_json_bytes(&do_plan(&s, &second, Some(&last)));
+        prop_assert_eq!(&again, &to_json_bytes(&p));
+        let mut reordered = files.clone();
+        let reversed: Vec<String> = services.iter().rev().map(|i| format!("s{i}")).collect();
+        reordered.insert(
+            "hosts/h/host.yaml".into(),
+            RepoEntry::File { data: format!("services: [{}]\n", reversed.join(", ")).into_bytes(), executable: false },
+        );
+        let second_reordered = desired(&s, &reordered, 'b');
+        prop_assert_eq!(to_json_bytes(&do_plan(&s, &second_reordered, Some(&last))), again);
+    }
 }
