@@ -15,8 +15,10 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// Status snapshot (`<state dir>/status.json`).
     pub state_file: PathBuf,
-    /// Roots host files may be written under.
+    /// Roots host files may be written under, beneath [`Paths::host_root`].
     pub host_file_roots: Vec<PathBuf>,
+    /// The file system host files are written to (`/`; `--host-root` stages another one).
+    pub host_root: PathBuf,
     /// Which Quadlet generator validates the rendered Quadlet set before anything is written.
     pub quadlet_generator: QuadletGenerator,
     /// The local root-only trust policy (`/etc/core-ops/trust.yaml`; `crate::trust`).
@@ -87,10 +89,31 @@ impl Paths {
             state_dir,
             state_file,
             host_file_roots: parse_roots(host_file_roots.unwrap_or(DEFAULT_HOST_FILE_ROOTS)),
+            host_root: PathBuf::from("/"),
             quadlet_generator: QuadletGenerator::Auto,
             trust_file: PathBuf::from(DEFAULT_TRUST_FILE),
             read_limits: ReadLimits::default(),
         }
+    }
+
+    /// Write host files beneath `root` instead of `/`: a host file for `/etc/x` goes to
+    /// `<root>/etc/x`, and the allowed roots move with it.
+    ///
+    /// Why: staging the host files of a root file system that is not the running one (an
+    /// image being built), and tests that must never observe the machine's own `/etc`.
+    pub fn with_host_root(mut self, root: &Path) -> Paths {
+        self.host_file_roots = self
+            .host_file_roots
+            .iter()
+            .map(|r| rebase(root, r))
+            .collect();
+        self.host_root = root.to_path_buf();
+        self
+    }
+
+    /// Where the host file for `target` (as named in the repository, `/etc/x`) is written.
+    pub fn host_path(&self, target: &Path) -> PathBuf {
+        rebase(&self.host_root, target)
     }
 
     /// Whether an absolute host path lies under one of the allowed host-file roots and names
@@ -125,6 +148,11 @@ impl Paths {
     pub fn target_file(&self) -> PathBuf {
         self.state_dir.join("target.json")
     }
+}
+
+/// `path` (absolute) beneath `root`.
+fn rebase(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// Whether `path` is absolute and every component after the leading `/` is a plain name:
@@ -188,6 +216,19 @@ mod tests {
         assert!(!p.host_file_allowed(Path::new("/etc")));
         assert!(!p.host_file_allowed(Path::new("/usr/bin/x")));
         assert_eq!(p.state_file, PathBuf::from("/var/lib/core-ops/status.json"));
+    }
+
+    #[test]
+    fn a_host_root_moves_host_files_and_their_allowed_roots() {
+        let p = Paths::new(None, None, None, None, Some("/etc:/srv"))
+            .with_host_root(Path::new("/stage"));
+        let web = p.host_path(Path::new("/etc/web/app.env"));
+        assert_eq!(web, PathBuf::from("/stage/etc/web/app.env"));
+        assert!(p.host_file_allowed(&web));
+        assert!(!p.host_file_allowed(Path::new("/etc/web/app.env")));
+        assert_eq!(p.host_file_root(&web), Path::new("/stage/etc"));
+        // units and state are not host files: they stay where they are configured
+        assert_eq!(p.unit_dir, PathBuf::from(DEFAULT_UNIT_DIR));
     }
 
     #[test]

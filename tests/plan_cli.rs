@@ -19,14 +19,22 @@ fn example(s: &Scratch) -> String {
     repo.display().to_string()
 }
 
-/// Plans of the example never write, so they use the real default host-file roots.
+/// The example's host files name the default roots (`/etc`, `/srv`); they are observed
+/// beneath a host root in the scratch dir, never on the machine running the test, and unit
+/// state comes from a systemd that is not there (a socket in the scratch dir), never from the
+/// machine's own.
 fn scratch() -> Scratch {
     let mut s = Scratch::new();
+    let host = s.path("host");
+    let no_systemd = format!("unix:path={}", s.path("no-systemd").display());
+    s.env.push(("CORE_OPS_SYSTEMD_ADDRESS".into(), no_systemd));
     for (k, v) in s.env.iter_mut() {
         if k == "CORE_OPS_HOST_FILE_ROOTS" {
             *v = "/etc:/srv".into();
         }
     }
+    s.env
+        .push(("CORE_OPS_HOST_ROOT".into(), host.display().to_string()));
     s
 }
 

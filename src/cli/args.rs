@@ -43,6 +43,10 @@ pub struct Cli {
         value_name = "ROOTS"
     )]
     pub host_file_roots: Option<String>,
+    /// Write host files beneath this directory instead of / (the allowed roots move with
+    /// them): for staging a root file system other than the running one.
+    #[arg(long, global = true, env = "CORE_OPS_HOST_ROOT", value_name = "DIR")]
+    pub host_root: Option<std::path::PathBuf>,
     /// D-Bus bus address of systemd (default: the system bus).
     #[arg(
         long,

@@ -65,6 +65,9 @@ fn paths_of(cli: &Cli) -> Paths {
         cli.state_file.clone(),
         cli.host_file_roots.as_deref(),
     );
+    if let Some(root) = &cli.host_root {
+        paths = paths.with_host_root(root);
+    }
     if let Some(g) = &cli.quadlet_generator {
         paths.quadlet_generator = QuadletGenerator::parse(g);
     }

@@ -964,8 +964,8 @@ fn host_file_resource(
 
 /// A host file's target: a plain absolute path beneath one of the allowed roots.
 fn host_file_target(target: &str, repo_path: &str, paths: &Paths) -> Result<PathBuf, InputError> {
-    let tpath = PathBuf::from(target);
-    if !crate::config::plain_absolute(&tpath) {
+    let logical = PathBuf::from(target);
+    if !crate::config::plain_absolute(&logical) {
         return Err(InputError::new(
             Location::file(repo_path),
             format!(
@@ -974,11 +974,16 @@ fn host_file_target(target: &str, repo_path: &str, paths: &Paths) -> Result<Path
             ),
         ));
     }
+    let tpath = paths.host_path(&logical);
     if !paths.host_file_allowed(&tpath) {
+        // as the repository names them (beneath the host root when one is set)
         let roots: Vec<String> = paths
             .host_file_roots
             .iter()
-            .map(|p| p.display().to_string())
+            .map(|p| {
+                let logical = p.strip_prefix(&paths.host_root).unwrap_or(p);
+                Path::new("/").join(logical).display().to_string()
+            })
             .collect();
         return Err(InputError::new(
             Location::file(repo_path),
