@@ -233,59 +233,80 @@ impl Engine<'_> {
     pub fn install(&self, rt: &ResolvedRuntime, req: &InstallRequest<'_>) -> Result<Outcome> {
         let m = &rt.manifest;
         let layout = Layout::new(self.state_dir, &m.name);
+        let mut tx = self.begin(&layout, rt, req)?;
+        tracing::info!(runtime = %tx.name, version = %tx.version, transaction = %tx.id, "runtime install requested");
+        tx.save(&layout)?;
+        self.emit(&tx, InstallState::Requested, None)?;
+        failpoint(TxState::Requested)?;
+
+        tx.advance(&layout, TxState::ManifestResolved)?;
+        self.emit(&tx, InstallState::ManifestResolved, None)?;
+        failpoint(TxState::ManifestResolved)?;
+        if let Err(why) = &req.dependencies {
+            return self.finish(&layout, &mut tx, InstallState::Failed, Some(why.clone()));
+        }
+        if let Some((state, why)) = self.policy_refusal(&mut tx, req, m) {
+            return self.finish(&layout, &mut tx, state, Some(why));
+        }
+        if let Err(why) = self.fetch_artifacts(&mut tx, m) {
+            return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
+        }
+        tx.advance(&layout, TxState::ArtifactVerified)?;
+        self.emit(&tx, InstallState::ArtifactVerified, None)?;
+        failpoint(TxState::ArtifactVerified)?;
+
+        let reuse = match reusable_version_dir(&layout, &tx)? {
+            Ok(reuse) => reuse,
+            Err(why) => return self.finish(&layout, &mut tx, InstallState::Failed, Some(why)),
+        };
+        tx.version_dir_preexisted = reuse;
+        tx.advance(&layout, TxState::Installing)?;
+        self.emit(&tx, InstallState::Installing, None)?;
+        failpoint(TxState::Installing)?;
+        if !reuse && let Err(why) = self.unpack_version(&layout, &mut tx)? {
+            return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
+        }
+        tx.advance(&layout, TxState::Unpacked)?;
+        failpoint(TxState::Unpacked)?;
+
+        self.switch_to(&layout, &mut tx)?;
+        self.after_switch(&layout, tx)
+    }
+
+    /// A new transaction for `rt`: refused while another is in flight (start-up recovery
+    /// resolves that first) and on a platform no receipt could name; stale staging removed.
+    fn begin(
+        &self,
+        layout: &Layout,
+        rt: &ResolvedRuntime,
+        req: &InstallRequest<'_>,
+    ) -> Result<Transaction> {
+        let m = &rt.manifest;
         // no receipt could be written on a platform the schema does not know: refuse before
         // anything (a transaction file included) exists
         receipt::platform()?;
-        if let Some(tx) = Transaction::load(&layout)? {
+        if let Some(tx) = Transaction::load(layout)? {
             return Err(Error::Config(format!(
                 "runtime {}: transaction {} is still in flight; start-up recovery must resolve it first",
                 m.name, tx.id
             )));
         }
-        clean_staging(&layout)?;
+        clean_staging(layout)?;
         let now = now_rfc3339();
-        let record = layout.load_record();
-        let mut artifacts = Vec::new();
-        for a in &m.artifacts {
-            let (digest, size) = match (&a.digest, &a.source) {
-                (Some(d), ArtifactSource::Repo { data, .. }) => {
-                    (Some(d.clone()), Some(data.0.len() as u64))
-                }
-                (Some(d), ArtifactSource::Local { path }) => (
-                    Some(d.clone()),
-                    std::fs::metadata(path).ok().map(|md| md.len()),
-                ),
-                (Some(d), ArtifactSource::Https { .. }) => (Some(d.clone()), None),
-                // unpinned local: report what it hashes to now (never marked verified)
-                (None, ArtifactSource::Local { path }) => match store::hash_file(path) {
-                    Ok((d, n)) => (Some(d), Some(n)),
-                    Err(_) => (None, None),
-                },
-                (None, _) => (None, None),
-            };
-            artifacts.push(ArtifactFact {
-                reference: receipt::artifact_ref(&m.name, &m.version, &a.name),
-                digest,
-                size,
-                verification: Verification::NotChecked,
-            });
-        }
-        let mut tx = Transaction {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Ok(Transaction {
             schema_version: TX_SCHEMA_VERSION,
             kind: "CoreOpsRuntimeTransaction".into(),
-            id: {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                format!(
-                    "{}-{}-{}.{:09}-{}",
-                    m.name,
-                    m.version,
-                    t.as_secs(),
-                    t.subsec_nanos(),
-                    std::process::id()
-                )
-            },
+            id: format!(
+                "{}-{}-{}.{:09}-{}",
+                m.name,
+                m.version,
+                t.as_secs(),
+                t.subsec_nanos(),
+                std::process::id()
+            ),
             host: req.host.to_string(),
             revision: req.revision.to_string(),
             name: m.name.clone(),
@@ -299,11 +320,11 @@ impl Engine<'_> {
             started_at: now,
             state: TxState::Requested,
             from_version: layout.current_version(),
-            prior_previous: record.previous,
+            prior_previous: layout.load_record().previous,
             units: m.units.clone(),
             oneshot_units: req.oneshot_units.clone(),
             health_timeout_ms: m.health_timeout.as_millis() as u64,
-            artifacts,
+            artifacts: artifact_facts(m),
             sources: m.artifacts.iter().map(|a| a.source.display()).collect(),
             stored: Vec::new(),
             version_dir_preexisted: false,
@@ -314,44 +335,45 @@ impl Engine<'_> {
             warnings: Vec::new(),
             timings_ms: BTreeMap::new(),
             recovered: false,
-        };
-        tracing::info!(runtime = %tx.name, version = %tx.version, transaction = %tx.id, "runtime install requested");
-        tx.save(&layout)?;
-        self.emit(&tx, InstallState::Requested, None)?;
-        failpoint(TxState::Requested)?;
+        })
+    }
 
-        tx.advance(&layout, TxState::ManifestResolved)?;
-        self.emit(&tx, InstallState::ManifestResolved, None)?;
-        failpoint(TxState::ManifestResolved)?;
-        if let Err(why) = &req.dependencies {
-            return self.finish(&layout, &mut tx, InstallState::Failed, Some(why.clone()));
-        }
-
-        // policy decides before anything changes
+    /// The host's policy decides before anything changes: the final state and why when it
+    /// denies or defers; its warnings are kept when it allows.
+    fn policy_refusal(
+        &self,
+        tx: &mut Transaction,
+        req: &InstallRequest<'_>,
+        m: &crate::runtime::manifest::Manifest,
+    ) -> Option<(InstallState, String)> {
         let inputs = policy::Inputs::now(self.state_dir, m);
         let decision = policy::decide(req.policy, m, &inputs);
         tx.policy = Some(json!({ "policy": req.policy, "inputs": inputs, "decision": decision }));
         match decision {
-            Decision::Deny { reason } => {
-                return self.finish(&layout, &mut tx, InstallState::Denied, Some(reason));
-            }
-            Decision::Defer { reason } => {
-                return self.finish(&layout, &mut tx, InstallState::Deferred, Some(reason));
-            }
+            Decision::Deny { reason } => Some((InstallState::Denied, reason)),
+            Decision::Defer { reason } => Some((InstallState::Deferred, reason)),
             Decision::Allow { warnings } => {
                 for w in &warnings {
                     tracing::warn!(runtime = %tx.name, transaction = %tx.id, "{w}");
                 }
                 tx.warnings = warnings;
+                None
             }
         }
+    }
 
-        // fetch into the store, verifying while streaming
+    /// Fetch every artifact into the store, verifying while streaming; why when one fails.
+    fn fetch_artifacts(
+        &self,
+        tx: &mut Transaction,
+        m: &crate::runtime::manifest::Manifest,
+    ) -> std::result::Result<(), String> {
         let t0 = Instant::now();
+        let mut result = Ok(());
         for (i, a) in m.artifacts.iter().enumerate() {
+            let fact = &mut tx.artifacts[i];
             match store::fetch(self.state_dir, a) {
                 Ok(s) => {
-                    let fact = &mut tx.artifacts[i];
                     fact.digest = Some(s.digest.clone());
                     fact.size = Some(s.size);
                     fact.verification = if a.digest.is_some() {
@@ -362,86 +384,59 @@ impl Engine<'_> {
                     tx.stored.push(s.digest);
                 }
                 Err(e) => {
-                    let fact = &mut tx.artifacts[i];
                     if let FetchError::Mismatch { size, .. } = &e {
                         fact.size = Some(*size);
                     }
                     fact.verification = Verification::Failed;
-                    tx.timings_ms
-                        .insert("fetch".into(), t0.elapsed().as_millis() as u64);
-                    let why = format!("artifact '{}': {e}", a.name);
-                    return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
+                    result = Err(format!("artifact '{}': {e}", a.name));
+                    break;
                 }
             }
         }
         tx.timings_ms
             .insert("fetch".into(), t0.elapsed().as_millis() as u64);
-        tx.advance(&layout, TxState::ArtifactVerified)?;
-        self.emit(&tx, InstallState::ArtifactVerified, None)?;
-        failpoint(TxState::ArtifactVerified)?;
+        result
+    }
 
-        // installing: reuse an identical tree, refuse to replace the one in use
+    /// Unpack the stored artifacts into staging and rename it into place with its install
+    /// record; why when an artifact cannot be unpacked (staging removed again).
+    fn unpack_version(
+        &self,
+        layout: &Layout,
+        tx: &mut Transaction,
+    ) -> Result<std::result::Result<(), String>> {
+        let t0 = Instant::now();
         let vdir = layout.version_dir(&tx.version);
-        let mut reuse = false;
-        if vdir.exists() {
-            match layout.installed(&tx.version) {
-                Some(iv) if iv.material_digest == tx.material_digest => reuse = true,
-                _ if tx.from_version.as_deref() == Some(tx.version.as_str()) => {
-                    let why = format!(
-                        "version {} is installed and current with different artifacts; versions are immutable: publish a new version",
-                        tx.version
-                    );
-                    return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
-                }
-                _ => {
-                    fsutil::remove_synced(&layout.meta(&tx.version))?;
-                    fsutil::remove_dir_all_synced(&vdir)?;
-                }
-            }
-        }
-        tx.version_dir_preexisted = reuse;
-        tx.advance(&layout, TxState::Installing)?;
-        self.emit(&tx, InstallState::Installing, None)?;
-        failpoint(TxState::Installing)?;
-
-        if !reuse {
-            let t0 = Instant::now();
-            let staging = layout.staging(&tx.version);
+        let staging = layout.staging(&tx.version);
+        fsutil::remove_dir_all_synced(&staging)?;
+        let unpacked = tx
+            .stored
+            .iter()
+            .try_for_each(|d| {
+                unpack::unpack(&store::object_path(self.state_dir, d), &staging).map(|_| ())
+            })
+            .and_then(|()| unpack::sync_tree(&staging));
+        if let Err(why) = unpacked {
             fsutil::remove_dir_all_synced(&staging)?;
-            let mut result = Ok(());
-            for d in &tx.stored {
-                if let Err(e) = unpack::unpack(&store::object_path(self.state_dir, d), &staging) {
-                    result = Err(e);
-                    break;
-                }
-            }
-            let result = result.and_then(|()| unpack::sync_tree(&staging));
-            if let Err(why) = result {
-                fsutil::remove_dir_all_synced(&staging)?;
-                return self.finish(&layout, &mut tx, InstallState::Failed, Some(why));
-            }
-            fsutil::rename_synced(&staging, &vdir)?;
-            fsutil::write_json(
-                &layout.meta(&tx.version),
-                &InstalledVersion {
-                    schema_version: 1,
-                    name: tx.name.clone(),
-                    version: tx.version.clone(),
-                    material_digest: tx.material_digest.clone(),
-                    manifest_digest: tx.manifest_digest.clone(),
-                    artifacts: tx.stored.clone(),
-                    installed_at: now_rfc3339(),
-                    transaction: tx.id.clone(),
-                },
-            )?;
-            tx.timings_ms
-                .insert("unpack".into(), t0.elapsed().as_millis() as u64);
+            return Ok(Err(why));
         }
-        tx.advance(&layout, TxState::Unpacked)?;
-        failpoint(TxState::Unpacked)?;
-
-        self.switch_to(&layout, &mut tx)?;
-        self.after_switch(&layout, tx)
+        fsutil::rename_synced(&staging, &vdir)?;
+        fsutil::write_json(
+            &layout.meta(&tx.version),
+            &InstalledVersion {
+                schema_version: 1,
+                name: tx.name.clone(),
+                version: tx.version.clone(),
+                material_digest: tx.material_digest.clone(),
+                manifest_digest: tx.manifest_digest.clone(),
+                artifacts: tx.stored.clone(),
+                installed_at: now_rfc3339(),
+                transaction: tx.id.clone(),
+            },
+        )?;
+        tx.timings_ms
+            .insert("unpack".into(), t0.elapsed().as_millis() as u64);
+        Ok(Ok(()))
     }
 
     /// The commit point: `current` -> the new version, `previous` recorded.
@@ -780,6 +775,60 @@ impl Engine<'_> {
             out.push(outcome);
         }
         Ok(out)
+    }
+}
+/// What the receipts say of each artifact before it is fetched: its pinned digest and size
+/// where known (an unpinned local file: what it hashes to now, never marked verified).
+fn artifact_facts(m: &crate::runtime::manifest::Manifest) -> Vec<ArtifactFact> {
+    m.artifacts
+        .iter()
+        .map(|a| {
+            let (digest, size) = match (&a.digest, &a.source) {
+                (Some(d), ArtifactSource::Repo { data, .. }) => {
+                    (Some(d.clone()), Some(data.0.len() as u64))
+                }
+                (Some(d), ArtifactSource::Local { path }) => (
+                    Some(d.clone()),
+                    std::fs::metadata(path).ok().map(|md| md.len()),
+                ),
+                (Some(d), ArtifactSource::Https { .. }) => (Some(d.clone()), None),
+                (None, ArtifactSource::Local { path }) => match store::hash_file(path) {
+                    Ok((d, n)) => (Some(d), Some(n)),
+                    Err(_) => (None, None),
+                },
+                (None, _) => (None, None),
+            };
+            ArtifactFact {
+                reference: receipt::artifact_ref(&m.name, &m.version, &a.name),
+                digest,
+                size,
+                verification: Verification::NotChecked,
+            }
+        })
+        .collect()
+}
+
+/// Whether the version's directory can be reused (an identical tree is there); an unknown or
+/// different tree is removed, but never the one in use (versions are immutable: why).
+fn reusable_version_dir(
+    layout: &Layout,
+    tx: &Transaction,
+) -> Result<std::result::Result<bool, String>> {
+    let vdir = layout.version_dir(&tx.version);
+    if !vdir.exists() {
+        return Ok(Ok(false));
+    }
+    match layout.installed(&tx.version) {
+        Some(iv) if iv.material_digest == tx.material_digest => Ok(Ok(true)),
+        _ if tx.from_version.as_deref() == Some(tx.version.as_str()) => Ok(Err(format!(
+            "version {} is installed and current with different artifacts; versions are immutable: publish a new version",
+            tx.version
+        ))),
+        _ => {
+            fsutil::remove_synced(&layout.meta(&tx.version))?;
+            fsutil::remove_dir_all_synced(&vdir)?;
+            Ok(Ok(false))
+        }
     }
 }
 
