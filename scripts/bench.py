@@ -8,7 +8,7 @@ Parts (one plain-text table each; --json prints one machine-readable document in
             Issue goal: < 50 ms wall and < 20 MB max RSS, measured WITH systemd.
   2. apply: `core-ops apply` of N new units (N = 50, 200; 5 fresh-name repetitions each), its
             immediate no-op re-run (must be 0 jobs, 0 reloads), and interleaved the shell floor
-            of shared/docs/dbus-apply-performance.md (inside the bed: cp -a; systemctl
+            of docs/dbus-apply-performance.md (inside the bed: cp -a; systemctl
             daemon-reload; systemctl enable --no-reload --now U1..UN, timed with $EPOCHREALTIME).
             Timed with CORE_OPS_SETTLE_MS=0; one extra repetition per N with the default settle.
             Issue goals: apply median <= 1.5 x floor median; no-op re-run of 200 < 100 ms.

@@ -12,7 +12,7 @@
 #                                libvirtd and virtlogd by pid (waits for them to exit); idempotent
 #   scripts/libvirt.sh status    print the KEY=VALUE lines; exit 0 if qemu:///system answers, 3 if not
 #
-# Why each setting: ../shared/docs/libvirt-in-testbed.md, plus what this script ran into:
+# Why each setting (summarised in docs/vm-testbed.md, "libvirt without systemd"):
 #   - Only libvirt-daemon, libvirt-daemon-driver-qemu and libvirt-clients (--no-install-recommends,
 #     9.0.0-4+deb12u2). NOT libvirt-daemon-system: it pulls libvirt-daemon-system-systemd (upgrades
 #     the host's systemd packages); it ships the units, /etc/libvirt/{libvirtd,qemu}.conf and the

@@ -50,7 +50,7 @@ fi
 
 # ------------------------------------------------------------------ VM verification harness
 # What scripts/verify-image.sh (guest image) and core-ops-verify (guests
-# under QEMU TCG) need; see ../shared/docs/vm-testbed.md. qemu-system-x86 must come from
+# under QEMU TCG) need; see docs/vm-testbed.md. qemu-system-x86 must come from
 # bookworm-backports, matching the machine's qemu-utils 1:10.0.2 (bookworm's 7.2 would remove
 # it). That suite is read through a private sources file and apt state under the project cache;
 # /etc/apt is left as it is. The other packages come from plain bookworm: mmdebstrap (guest

@@ -18,7 +18,7 @@
 # libc: these binaries need glibc >= 2.38, Debian 12 has 2.36), a vfs image store, a containers.conf
 # that works without cgroup controllers, and the image localhost/core-ops-mini:1 (busybox-static
 # of Debian 13, imported with `podman import`; no registry is reachable).
-# Why each setting: ../shared/docs/quadlet-in-testbed.md (verified steps, traps, timings).
+# Why each setting: docs/quadlet-in-testbed.md (verified steps, traps, timings).
 #
 # Packages come from Debian's mirror only: `apt-get download` from the trixie suite with its own
 # sources list and apt state (the host's apt state is untouched), into a cache that survives runs:
@@ -60,7 +60,7 @@ fi
 inbed() { "$TESTBED" exec "$DIR" "$@"; }
 
 # ------------------------------------------------------------------ 1. packages (cached)
-# The set that was verified to run podman in the bed (quadlet-in-testbed.md, setup B), plus
+# The set that was verified to run podman in the bed (docs/quadlet-in-testbed.md), plus
 # busybox-static for the image. Not minimised.
 PKGS=(podman conmon crun golang-github-containers-common golang-github-containers-image netavark
       libc6 libgpgme11t64 libsubid5 libglib2.0-0t64 libsqlite3-0 libseccomp2 libyajl2 libcap2
@@ -139,7 +139,7 @@ else
         # no cgroup controllers in the bed: no pids limit; /proc/sys is read-only: no default
         # sysctls; overlay-on-overlay is refused: vfs, in the bed's tmpfs (re-imported per boot)
         cat > "$BROOT/etc/containers/containers.conf" <<'EOC'
-# core-ops test bed (scripts/quadlet-bed.sh): see ../shared/docs/quadlet-in-testbed.md
+# core-ops test bed (scripts/quadlet-bed.sh): see docs/quadlet-in-testbed.md
 [containers]
 pids_limit = 0
 default_sysctls = []

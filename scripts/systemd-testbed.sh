@@ -3,8 +3,8 @@
 # on a host whose PID 1 is not systemd (Debian 12, root, cgroup v1/hybrid host).
 #
 # This is core-ops' own copy (scripts/systemd-testbed.sh), used by scripts/test.sh, .ci/run and
-# tests/common/bed.rs; it started from the shared reference script
-# (shared/testbed/systemd-testbed.sh) and is maintained here. Changes from the reference:
+# tests/common/bed.rs; it started from the reference script of the project's first test-bed
+# study (what it found: docs/testbed.md) and is maintained here. Changes from the reference:
 #   - `up` no longer leaves the launcher running when it times out waiting for it.
 #
 #   systemd-testbed.sh up     DIR   start (idempotent); prints KEY=VALUE lines (eval-able)

@@ -1,5 +1,5 @@
 //! Host paths core-ops manages, resolved once from flags, environment and defaults
-//! (DESIGN section 3). Every path the agent touches comes from here, so tests can point the
+//! (docs/design.md section 3). Every path the agent touches comes from here, so tests can point the
 //! whole agent at a scratch root.
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Trust: which commits this host accepts, decided before a commit's tree is read
-//! (DESIGN section 10, "Trust lives outside the repository it judges").
+//! (docs/design.md section 10, "Trust").
 //!
 //! Two checks, one policy:
 //! - **signed commits**: with `require_signed: true` the commit to apply must carry an SSH

@@ -1,5 +1,5 @@
 //! Verify: after apply, re-observe the host and judge convergence. Health means readiness
-//! (DESIGN 9): a started unit must be loaded and active (a oneshot without
+//! (docs/design.md section 9): a started unit must be loaded and active (a oneshot without
 //! `RemainAfterExit=` must have succeeded), and must not be restarting during the settle
 //! window (NRestarts and InvocationID stable), not merely "not failed".
 

@@ -605,8 +605,8 @@ fn units_systemd_refuses_are_blocked_with_file_and_line() {
             .iter()
             .all(|w| { !w.as_str().unwrap().starts_with("units not validated") })
     );
-    // a plan with blocked actions changes nothing (DESIGN section 10 also wants exit 1 here;
-    // `plan` decides its exit code in src/cli)
+    // a plan with blocked actions changes nothing (docs/design.md section 10, "Exit codes":
+    // exit 1 here; `plan` decides its exit code in src/cli)
     assert!(tree(&s.path("units")).is_empty());
     assert!(!s.path("state/status.json").exists());
 }

@@ -1,5 +1,5 @@
 //! Command-line contract (clap derive). Every flag also reads its environment variable from
-//! DESIGN section 3; the flag wins.
+//! docs/design.md section 3; the flag wins.
 
 use std::path::PathBuf;
 

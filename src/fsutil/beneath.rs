@@ -7,7 +7,7 @@
 //! `/srv/app/conf/x` resolves when `conf` is a symlink to `/root`; and checking the path first
 //! and writing by path later leaves a window to swap a component. Resolving through open
 //! descriptors and refusing every symlink keeps writes, removals, mode changes and created
-//! directories beneath their root (DESIGN section 10).
+//! directories beneath their root (docs/design.md section 10, "Paths and writes").
 //!
 //! How: `openat2(2)` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` through `nix::fcntl::openat2`
 //! (the crate forbids `unsafe`, so no raw `syscall`; `cap-std` would add a dozen crates for

@@ -1,4 +1,4 @@
-//! Normalization per kind (DESIGN section 4): the *material* digest of a resource, computed
+//! Normalization per kind (docs/design.md section 4): the *material* digest of a resource, computed
 //! the same way for what the repository wants and for what is on disk.
 //!
 //! Why one function for both sides: desired and observed can only be compared if they went

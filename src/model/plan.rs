@@ -1,4 +1,4 @@
-//! The plan document: an *intent manifest* (DESIGN section 4). Its JSON is the operator
+//! The plan document: an *intent manifest* (docs/design.md section 4). Its JSON is the operator
 //! contract; human output renders the same struct.
 
 use std::collections::BTreeMap;

@@ -47,7 +47,7 @@ pub struct TrustPolicy {
     pub allow_rewind: bool,
 }
 
-/// Host policy (DESIGN section 2).
+/// Host policy (docs/design.md sections 2 and 11).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {

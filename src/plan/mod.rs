@@ -1,5 +1,6 @@
 //! Plan: the three-way diff of desired state, `last_applied` and the observed host, turned into
-//! ordered actions with causes, plus drift and `runtime_variance` findings (DESIGN section 4).
+//! ordered actions with causes, plus drift and `runtime_variance` findings (docs/design.md
+//! section 4).
 //!
 //! Pure: same inputs, same bytes. Maps are sorted, no clock is read, and the checksum is taken
 //! over canonical JSON.

@@ -154,7 +154,7 @@ fn a_generator_that_cannot_start_is_a_warning() {
 }
 
 /// stderr of quadlet 5.4.2 (Debian 13) `-dryrun` on this very set, captured verbatim with the
-/// temp dir `/tmp/qt/d` (see ../shared/docs/quadlet-in-testbed.md for the binary).
+/// temp dir `/tmp/qt/d` (see docs/quadlet-in-testbed.md for the binary).
 const REAL_STDERR: &str = "\
 quadlet-generator[17532]: Loading source unit file /tmp/qt/d/bogus.container
 quadlet-generator[17532]: Loading source unit file /tmp/qt/d/data.volume

@@ -1,5 +1,5 @@
 //! Record: the status snapshot, the persisted target, receipts and results documents, each
-//! written atomically and each carrying `schema_version` (DESIGN section 6).
+//! written atomically and each carrying `schema_version` (docs/design.md section 6).
 
 pub mod archive;
 pub mod control;

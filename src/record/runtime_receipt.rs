@@ -32,7 +32,7 @@ pub const UNKNOWN_DIGEST: &str =
 /// Marks a receipt written by start-up recovery of an interrupted transaction.
 pub const RECOVERED_CAUSE: &str = "urn:srcos:event:core-ops:recovered-after-interruption";
 
-/// The ten lifecycle states of the schema (DESIGN section 5), exactly these.
+/// The ten lifecycle states of the schema (docs/design.md section 5), exactly these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstallState {

@@ -1,5 +1,6 @@
 //! Render: turn one commit of the desired-state repository into this host's *desired state*,
-//! a sorted set of resources with stable ids and material digests (DESIGN section 2).
+//! a sorted set of resources with stable ids and material digests (docs/design.md sections 2
+//! and 4).
 //!
 //! Pure: it takes the commit's files as values and returns values, so every rule here is
 //! tested without git, a filesystem or systemd.
@@ -320,7 +321,7 @@ pub fn render(
     }
     link_quadlet_restarts(&mut resources);
 
-    // runtimes: manifests of this commit, in `depends:` order (DESIGN section 5)
+    // runtimes: manifests of this commit, in `depends:` order (docs/design.md section 5)
     let (runtimes, runtime_resources) = runtimes::render(
         &host_yaml,
         &host_file,

@@ -1,8 +1,9 @@
 //! Render step of the runtime object kind: resolve the runtimes host.yaml selects and build
 //! their `runtime:<name>` resources.
 //!
-//! Material (DESIGN section 4): name, version, artifact digests; the observed side compares the
-//! same material digest (`observe::runtimes`), so the planner never looks at unpacked trees.
+//! Material (docs/design.md section 4): name, version, artifact digests; the observed side
+//! compares the same material digest (`observe::runtimes`), so the planner never looks at
+//! unpacked trees.
 
 use std::collections::BTreeMap;
 use std::path::Path;

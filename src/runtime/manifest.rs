@@ -153,7 +153,7 @@ pub struct ResolvedRuntime {
     pub text: String,
     /// `sha256:<hex>` of the manifest bytes.
     pub manifest_digest: String,
-    /// Material text: name, version, artifact digests (DESIGN section 4).
+    /// Material text: name, version, artifact digests (docs/design.md section 4).
     pub material: String,
     /// `sha256:<hex>` of the material text.
     pub material_digest: String,

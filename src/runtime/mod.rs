@@ -1,4 +1,4 @@
-//! Runtimes (DESIGN section 5): versioned artifact sets installed side by side under
+//! Runtimes (docs/design.md section 5): versioned artifact sets installed side by side under
 //! `<state dir>/runtimes/<name>/<version>/` and switched atomically through a `current`
 //! symlink, with a persisted install transaction and a SourceOS `RuntimeInstallReceipt` per
 //! lifecycle transition.

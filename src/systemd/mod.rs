@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// Runtime state of one unit as systemd reports it.
 ///
-/// Why: health is readiness, not "not failed" (DESIGN 9); these are the properties the
-/// verifier needs to judge it.
+/// Why: health is readiness, not "not failed" (docs/design.md section 9); these are the
+/// properties the verifier needs to judge it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UnitStatus {
     /// Unit name, e.g. `web.service`.
