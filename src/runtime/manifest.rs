@@ -241,6 +241,53 @@ pub fn parse(
     let raw: RawManifest = yaml::parse(file, bytes)?;
     let text = String::from_utf8_lossy(bytes).to_string();
     let at = |needle: &str| line_of(&text, needle, file);
+    check_identity(&raw, file, &at)?;
+    let mut names = BTreeSet::new();
+    let mut artifacts = Vec::new();
+    for a in raw.artifacts {
+        if !names.insert(a.name.clone()) {
+            return Err(InputError::new(
+                at(&format!("name: {}", a.name)),
+                format!(
+                    "artifact name '{}' is empty, hidden, a path or a duplicate",
+                    a.name
+                ),
+            ));
+        }
+        artifacts.push(artifact(a, &at, files, read)?);
+    }
+    check_depends_and_units(&raw.name, &raw.depends, &raw.units, &at)?;
+    let health_timeout = match raw.health.and_then(|h| h.timeout) {
+        None => DEFAULT_HEALTH_TIMEOUT,
+        Some(t) => parse_duration(&t).ok_or_else(|| {
+            InputError::new(
+                at("timeout"),
+                format!(
+                    "health.timeout '{t}' is not a duration like 30s, 500ms or 2m (at most 1 h)"
+                ),
+            )
+        })?,
+    };
+    Ok((
+        Manifest {
+            name: raw.name,
+            version: raw.version,
+            publisher: raw.publisher,
+            artifacts,
+            depends: raw.depends,
+            units: raw.units,
+            health_timeout,
+        },
+        text,
+    ))
+}
+
+/// Name, version and the file they live in agree; a publisher and at least one artifact.
+fn check_identity(
+    raw: &RawManifest,
+    file: &str,
+    at: &dyn Fn(&str) -> Location,
+) -> Result<(), InputError> {
     if !valid_name(&raw.name) {
         return Err(InputError::new(
             at("name:"),
@@ -272,115 +319,140 @@ pub fn parse(
             "a runtime needs at least one artifact",
         ));
     }
-    let mut names = BTreeSet::new();
-    let mut artifacts = Vec::new();
-    for a in raw.artifacts {
-        let loc = at(&a.source);
-        if a.name.is_empty()
-            || a.name.starts_with('.')
-            || a.name.contains('/')
-            || !names.insert(a.name.clone())
-        {
-            return Err(InputError::new(
-                at(&format!("name: {}", a.name)),
+    Ok(())
+}
+
+/// One artifact: a plain `.tar.gz`/`.tgz` name, a well-formed digest, a known source; pinned
+/// unless it is a local file.
+fn artifact(
+    a: RawArtifact,
+    at: &dyn Fn(&str) -> Location,
+    files: &dyn RepoFiles,
+    read: &dyn Fn(&str) -> Result<Vec<u8>, InputError>,
+) -> Result<ArtifactSpec, InputError> {
+    let named = at(&format!("name: {}", a.name));
+    if a.name.is_empty() || a.name.starts_with('.') || a.name.contains('/') {
+        return Err(InputError::new(
+            named,
+            format!(
+                "artifact name '{}' is empty, hidden, a path or a duplicate",
+                a.name
+            ),
+        ));
+    }
+    if !(a.name.ends_with(".tar.gz") || a.name.ends_with(".tgz")) {
+        return Err(InputError::new(
+            named,
+            format!(
+                "artifact '{}': only .tar.gz / .tgz artifacts are supported",
+                a.name
+            ),
+        ));
+    }
+    let digest = match &a.digest {
+        None => None,
+        Some(d) => Some(parse_digest(d).ok_or_else(|| {
+            InputError::new(
+                at(d),
                 format!(
-                    "artifact name '{}' is empty, hidden, a path or a duplicate",
+                    "artifact '{}': digest must be sha256:<64 hex digits>",
                     a.name
                 ),
-            ));
-        }
-        if !(a.name.ends_with(".tar.gz") || a.name.ends_with(".tgz")) {
-            return Err(InputError::new(
-                at(&format!("name: {}", a.name)),
-                format!(
-                    "artifact '{}': only .tar.gz / .tgz artifacts are supported",
-                    a.name
-                ),
-            ));
-        }
-        let digest = match &a.digest {
-            None => None,
-            Some(d) => Some(parse_digest(d).ok_or_else(|| {
-                InputError::new(
-                    at(d),
-                    format!(
-                        "artifact '{}': digest must be sha256:<64 hex digits>",
-                        a.name
-                    ),
-                )
-            })?),
-        };
-        let source = if let Some(rest) = a.source.strip_prefix("file://") {
-            if !rest.starts_with('/') {
-                return Err(InputError::new(
-                    loc,
-                    format!(
-                        "artifact '{}': file:// needs an absolute path (file:///...)",
-                        a.name
-                    ),
-                ));
-            }
-            ArtifactSource::Local {
-                path: PathBuf::from(rest),
-            }
-        } else if a.source.starts_with('/') {
-            ArtifactSource::Local {
-                path: PathBuf::from(&a.source),
-            }
-        } else if a.source.starts_with("https://") {
-            ArtifactSource::Https {
-                url: a.source.clone(),
-            }
-        } else if a.source.contains("://") {
+            )
+        })?),
+    };
+    let source = artifact_source(&a, at(&a.source), files, read)?;
+    if digest.is_none() && !source.is_local() {
+        return Err(InputError::new(
+            named,
+            format!(
+                "artifact '{}': a digest is required for repository and https:// sources (only local files may be unpinned, where policy allows)",
+                a.name
+            ),
+        ));
+    }
+    Ok(ArtifactSpec {
+        name: a.name,
+        source,
+        digest,
+    })
+}
+
+/// Where an artifact comes from: `file://` or an absolute path (local), `https://`, or a
+/// path in the repository that must exist there.
+fn artifact_source(
+    a: &RawArtifact,
+    loc: Location,
+    files: &dyn RepoFiles,
+    read: &dyn Fn(&str) -> Result<Vec<u8>, InputError>,
+) -> Result<ArtifactSource, InputError> {
+    if let Some(rest) = a.source.strip_prefix("file://") {
+        if !rest.starts_with('/') {
             return Err(InputError::new(
                 loc,
                 format!(
-                    "artifact '{}': unsupported source scheme (use a repository path, file://, /abs/path or https://)",
-                    a.name
-                ),
-            ));
-        } else {
-            let path = repo_relative(&a.source).ok_or_else(|| {
-                InputError::new(
-                    loc.clone(),
-                    format!(
-                        "artifact '{}': repository path '{}' leaves the repository",
-                        a.name, a.source
-                    ),
-                )
-            })?;
-            if !files.exists(&path)? {
-                return Err(InputError::new(
-                    loc,
-                    format!(
-                        "artifact '{}': {path} does not exist in the repository",
-                        a.name
-                    ),
-                ));
-            }
-            ArtifactSource::Repo {
-                data: Blob(Arc::new(read(&path)?)),
-                path,
-            }
-        };
-        if digest.is_none() && !source.is_local() {
-            return Err(InputError::new(
-                at(&format!("name: {}", a.name)),
-                format!(
-                    "artifact '{}': a digest is required for repository and https:// sources (only local files may be unpinned, where policy allows)",
+                    "artifact '{}': file:// needs an absolute path (file:///...)",
                     a.name
                 ),
             ));
         }
-        artifacts.push(ArtifactSpec {
-            name: a.name,
-            source,
-            digest,
+        return Ok(ArtifactSource::Local {
+            path: PathBuf::from(rest),
         });
     }
+    if a.source.starts_with('/') {
+        return Ok(ArtifactSource::Local {
+            path: PathBuf::from(&a.source),
+        });
+    }
+    if a.source.starts_with("https://") {
+        return Ok(ArtifactSource::Https {
+            url: a.source.clone(),
+        });
+    }
+    if a.source.contains("://") {
+        return Err(InputError::new(
+            loc,
+            format!(
+                "artifact '{}': unsupported source scheme (use a repository path, file://, /abs/path or https://)",
+                a.name
+            ),
+        ));
+    }
+    let path = repo_relative(&a.source).ok_or_else(|| {
+        InputError::new(
+            loc.clone(),
+            format!(
+                "artifact '{}': repository path '{}' leaves the repository",
+                a.name, a.source
+            ),
+        )
+    })?;
+    if !files.exists(&path)? {
+        return Err(InputError::new(
+            loc,
+            format!(
+                "artifact '{}': {path} does not exist in the repository",
+                a.name
+            ),
+        ));
+    }
+    Ok(ArtifactSource::Repo {
+        data: Blob(Arc::new(read(&path)?)),
+        path,
+    })
+}
+
+/// `depends:` names other runtimes, each once; `units:` names units, each once.
+fn check_depends_and_units(
+    name: &str,
+    depends: &[String],
+    units: &[String],
+    at: &dyn Fn(&str) -> Location,
+) -> Result<(), InputError> {
     let mut seen = BTreeSet::new();
-    for d in &raw.depends {
-        if !valid_name(d) || d == &raw.name || !seen.insert(d) {
+    for d in depends {
+        if !valid_name(d) || d == name || !seen.insert(d) {
             return Err(InputError::new(
                 at("depends"),
                 format!("depends: '{d}' is not a valid, distinct other runtime"),
@@ -388,7 +460,7 @@ pub fn parse(
         }
     }
     let mut seen = BTreeSet::new();
-    for u in &raw.units {
+    for u in units {
         let ok = u.contains('.')
             && !u.starts_with('.')
             && u.chars()
@@ -400,29 +472,7 @@ pub fn parse(
             ));
         }
     }
-    let health_timeout = match raw.health.and_then(|h| h.timeout) {
-        None => DEFAULT_HEALTH_TIMEOUT,
-        Some(t) => parse_duration(&t).ok_or_else(|| {
-            InputError::new(
-                at("timeout"),
-                format!(
-                    "health.timeout '{t}' is not a duration like 30s, 500ms or 2m (at most 1 h)"
-                ),
-            )
-        })?,
-    };
-    Ok((
-        Manifest {
-            name: raw.name,
-            version: raw.version,
-            publisher: raw.publisher,
-            artifacts,
-            depends: raw.depends,
-            units: raw.units,
-            health_timeout,
-        },
-        text,
-    ))
+    Ok(())
 }
 
 /// Read the manifests a host selects (`runtimes:` in host.yaml), check `depends:` (selected,
