@@ -258,11 +258,10 @@ fn file_action(
                 "new in the desired state".to_string(),
             ),
             Some(_) => {
-                findings.push(Finding {
-                    kind: "drift".into(),
-                    id: r.id.clone(),
-                    reason: "managed file was removed from the host".into(),
-                });
+                findings.push(drift_finding(
+                    &r.id,
+                    "managed file was removed from the host".into(),
+                ));
                 (
                     Action::Create,
                     Cause::Drift,
@@ -272,11 +271,10 @@ fn file_action(
         },
         Some(ObservedFile::Other { what }) => {
             if what == "symlink" && last_digest.is_some() {
-                findings.push(Finding {
-                    kind: "drift".into(),
-                    id: r.id.clone(),
-                    reason: "managed file was replaced by a symlink".into(),
-                });
+                findings.push(drift_finding(
+                    &r.id,
+                    "managed file was replaced by a symlink".into(),
+                ));
                 (
                     Action::Replace,
                     Cause::Drift,
@@ -295,104 +293,126 @@ fn file_action(
             }
         }
         Some(ObservedFile::File {
+            digest, raw_digest, ..
+        }) if *digest == r.digest => {
+            matching_file_action(r, raw_digest, last_digest, adopt, findings)
+        }
+        Some(ObservedFile::File {
             digest,
             raw_digest,
             meta,
         }) => {
-            if *digest == r.digest && last_digest.is_none() && adopt {
-                (
-                    Action::Adopt,
-                    Cause::Adoption,
-                    format!(
-                        "{} exists and matches the desired state; core-ops takes it over",
-                        r.path.display()
-                    ),
+            let what = if r.kind == Kind::File
+                && *raw_digest == crate::model::normalize::sha256_hex(&r.content)
+            {
+                format!(
+                    "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
+                    meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
                 )
-            } else if *digest == r.digest && last_digest.is_none() {
-                (
-                    Action::NoOp,
-                    Cause::Unchanged,
-                    format!(
-                        "{} matches the desired state but existed before core-ops (not adopted): core-ops will not remove it",
-                        r.path.display()
-                    ),
-                )
-            } else if *digest == r.digest {
-                if *raw_digest != r.raw_digest && r.kind.is_ini() {
-                    findings.push(Finding {
-                        kind: "runtime_variance".into(),
-                        id: r.id.clone(),
-                        reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
-                    });
-                    (
-                        Action::NoOp,
-                        Cause::RuntimeVariance,
-                        "only non-material differences (formatting, comments, key order)".into(),
-                    )
-                } else {
-                    (
-                        Action::NoOp,
-                        Cause::Unchanged,
-                        "desired, applied and observed agree".into(),
-                    )
-                }
             } else {
-                let what = if r.kind == Kind::File
-                    && *raw_digest == crate::model::normalize::sha256_hex(&r.content)
-                {
-                    format!(
-                        "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
-                        meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
-                    )
-                } else {
-                    "content differs".to_string()
-                };
-                match &last_digest {
-                    None if adopt => (
-                        Action::Adopt,
-                        Cause::Adoption,
-                        format!(
-                            "{} exists and is not managed by core-ops ({what}); core-ops takes it over and writes the desired content",
-                            r.path.display()
-                        ),
-                    ),
-                    None => (
-                        Action::Blocked,
-                        Cause::UnmanagedConflict,
-                        format!(
-                            "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove it, or adopt it (adopt: true in service.yaml, or --adopt {})",
-                            r.path.display(),
-                            r.path.display()
-                        ),
-                    ),
-                    Some(l) if l == digest => (
-                        Action::Update,
-                        Cause::DesiredChange,
-                        format!("changed in the desired state ({what})"),
-                    ),
-                    Some(l) => {
-                        findings.push(Finding {
-                            kind: "drift".into(),
-                            id: r.id.clone(),
-                            reason: format!("host no longer matches what was applied ({what})"),
-                        });
-                        if *l == r.digest {
-                            (
-                                Action::Update,
-                                Cause::Drift,
-                                format!("edited on the host ({what}); repair"),
-                            )
-                        } else {
-                            (
-                                Action::Update,
-                                Cause::DesiredChange,
-                                format!(
-                                    "changed in the desired state and edited on the host ({what})"
-                                ),
-                            )
-                        }
-                    }
-                }
+                "content differs".to_string()
+            };
+            differing_file_action(r, digest, &what, last_digest, adopt, findings)
+        }
+    }
+}
+
+/// The host's file has the desired material: adopt it when asked, leave a pre-existing one
+/// alone, note formatting-only differences of a managed one.
+fn matching_file_action(
+    r: &Resource,
+    raw_digest: &str,
+    last_digest: &Option<String>,
+    adopt: bool,
+    findings: &mut Vec<Finding>,
+) -> (Action, Cause, String) {
+    match last_digest {
+        None if adopt => (
+            Action::Adopt,
+            Cause::Adoption,
+            format!(
+                "{} exists and matches the desired state; core-ops takes it over",
+                r.path.display()
+            ),
+        ),
+        None => (
+            Action::NoOp,
+            Cause::Unchanged,
+            format!(
+                "{} matches the desired state but existed before core-ops (not adopted): core-ops will not remove it",
+                r.path.display()
+            ),
+        ),
+        Some(_) if raw_digest != r.raw_digest && r.kind.is_ini() => {
+            findings.push(Finding {
+                kind: "runtime_variance".into(),
+                id: r.id.clone(),
+                reason: "file on the host differs only in formatting, comments, whitespace or key order; normalized content is identical".into(),
+            });
+            (
+                Action::NoOp,
+                Cause::RuntimeVariance,
+                "only non-material differences (formatting, comments, key order)".into(),
+            )
+        }
+        Some(_) => (
+            Action::NoOp,
+            Cause::Unchanged,
+            "desired, applied and observed agree".into(),
+        ),
+    }
+}
+
+/// The host's file differs from the desired state (`what` says how): a desired change, a
+/// hand edit to repair, an unmanaged file to adopt or refuse.
+fn differing_file_action(
+    r: &Resource,
+    digest: &str,
+    what: &str,
+    last_digest: &Option<String>,
+    adopt: bool,
+    findings: &mut Vec<Finding>,
+) -> (Action, Cause, String) {
+    match last_digest {
+        None if adopt => (
+            Action::Adopt,
+            Cause::Adoption,
+            format!(
+                "{} exists and is not managed by core-ops ({what}); core-ops takes it over and writes the desired content",
+                r.path.display()
+            ),
+        ),
+        None => (
+            Action::Blocked,
+            Cause::UnmanagedConflict,
+            format!(
+                "{} exists, is not managed by core-ops and differs from the desired state ({what}); remove it, or adopt it (adopt: true in service.yaml, or --adopt {})",
+                r.path.display(),
+                r.path.display()
+            ),
+        ),
+        Some(l) if l == digest => (
+            Action::Update,
+            Cause::DesiredChange,
+            format!("changed in the desired state ({what})"),
+        ),
+        Some(l) => {
+            findings.push(drift_finding(
+                &r.id,
+                format!("host no longer matches what was applied ({what})"),
+            ));
+            if *l == r.digest {
+                (
+                    Action::Update,
+                    Cause::Drift,
+                    format!("edited on the host ({what}); repair"),
+                )
+            } else {
+                (
+                    Action::Update,
+                    Cause::DesiredChange,
+                    format!("changed in the desired state and edited on the host ({what})"),
+                )
             }
         }
     }

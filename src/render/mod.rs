@@ -194,33 +194,90 @@ pub fn render(
 ) -> Result<DesiredState, InputError> {
     let repo = RepoView { files, revision };
     let host_file = format!("hosts/{host}/host.yaml");
-    let host_text = if files.exists(&host_file)? {
-        repo.read(&host_file)?
-    } else {
-        // only on this error path is the whole of hosts/ listed
-        let known = crate::error::known_list(files.paths_under("hosts").map(|paths| {
-            paths
-                .iter()
-                .filter_map(|p| p.strip_prefix("hosts/")?.strip_suffix("/host.yaml"))
-                .filter(|h| !h.contains('/'))
-                .map(str::to_string)
-                .collect()
-        }));
-        return Err(InputError::new(
-            Location::file(&host_file),
-            format!("host '{host}' is not defined in the repository (known hosts: {known})"),
-        ));
-    };
+    let host_text = read_host_yaml(&repo, host, &host_file)?;
     let host_yaml: HostYaml = yaml::parse(&host_file, &host_text)?;
     let host_text_str = String::from_utf8_lossy(&host_text).to_string();
+    check_selected_services(files, &host_yaml, &host_file, &host_text_str)?;
+    let host_dropins = host_overrides(files, host, &host_yaml)?;
+
+    let mut resources: BTreeMap<String, Resource> = BTreeMap::new();
+    for svc in &host_yaml.services {
+        let empty = Vec::new();
+        let rendered = render_service(&repo, svc, host_dropins.get(svc).unwrap_or(&empty), paths)?;
+        for r in rendered {
+            if let Some(prev) = resources.get(&r.id) {
+                return Err(InputError::new(
+                    Location::file(&r.layers[0].file),
+                    format!(
+                        "{} is declared by service '{}' and by service '{}'",
+                        r.id, prev.service, r.service
+                    ),
+                ));
+            }
+            resources.insert(r.id.clone(), r);
+        }
+    }
+    check_no_collisions(&resources)?;
+    link_quadlet_restarts(&mut resources);
+
+    // runtimes: manifests of this commit, in `depends:` order (docs/design.md section 5)
+    let (runtimes, runtime_resources) = runtimes::render(
+        &host_yaml,
+        &host_file,
+        &host_text_str,
+        files,
+        &|p: &str| repo.read(p),
+        &paths.state_dir,
+        &repo.short(),
+    )?;
+    for r in runtime_resources {
+        resources.insert(r.id.clone(), r);
+    }
+
+    Ok(DesiredState {
+        host: host.to_string(),
+        revision: revision.clone(),
+        host_yaml,
+        resources,
+        runtimes,
+    })
+}
+
+/// The host's `host.yaml`; a host the repository does not define is an input error naming
+/// the hosts it does define.
+fn read_host_yaml(repo: &RepoView<'_>, host: &str, host_file: &str) -> Result<Vec<u8>, InputError> {
+    if repo.files.exists(host_file)? {
+        return repo.read(host_file);
+    }
+    // only on this error path is the whole of hosts/ listed
+    let known = crate::error::known_list(repo.files.paths_under("hosts").map(|paths| {
+        paths
+            .iter()
+            .filter_map(|p| p.strip_prefix("hosts/")?.strip_suffix("/host.yaml"))
+            .filter(|h| !h.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }));
+    Err(InputError::new(
+        Location::file(host_file),
+        format!("host '{host}' is not defined in the repository (known hosts: {known})"),
+    ))
+}
+
+/// Every selected service is named once, validly, and exists in the repository.
+fn check_selected_services(
+    files: &dyn RepoFiles,
+    host_yaml: &HostYaml,
+    host_file: &str,
+    host_text: &str,
+) -> Result<(), InputError> {
     let line_of = |needle: &str| {
-        host_text_str
+        host_text
             .lines()
             .position(|l| l.contains(needle))
-            .map(|i| Location::line(&host_file, i + 1))
-            .unwrap_or_else(|| Location::file(&host_file))
+            .map(|i| Location::line(host_file, i + 1))
+            .unwrap_or_else(|| Location::file(host_file))
     };
-
     let mut seen = BTreeSet::new();
     for svc in &host_yaml.services {
         if !seen.insert(svc.as_str()) {
@@ -242,9 +299,17 @@ pub fn render(
             ));
         }
     }
+    Ok(())
+}
 
-    // host overrides: hosts/<host>/overrides/<service>/<unit>.d/<name>.conf
-    let mut host_dropins: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new(); // svc -> (unit.d/name, path)
+/// Host overrides `hosts/<host>/overrides/<service>/<unit>.d/<name>.conf`, by service:
+/// `(<unit>.d/<name>.conf, repository path)`; only for services the host selects.
+fn host_overrides(
+    files: &dyn RepoFiles,
+    host: &str,
+    host_yaml: &HostYaml,
+) -> Result<BTreeMap<String, Vec<(String, String)>>, InputError> {
+    let mut host_dropins: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let override_prefix = format!("hosts/{host}/overrides/");
     for path in &files.paths_under(&override_prefix)? {
         let rel = &path[override_prefix.len()..];
@@ -270,26 +335,13 @@ pub fn render(
             .or_default()
             .push((format!("{}/{}", parts[1], parts[2]), path.clone()));
     }
+    Ok(host_dropins)
+}
 
-    let mut resources: BTreeMap<String, Resource> = BTreeMap::new();
-    for svc in &host_yaml.services {
-        let empty = Vec::new();
-        let rendered = render_service(&repo, svc, host_dropins.get(svc).unwrap_or(&empty), paths)?;
-        for r in rendered {
-            if let Some(prev) = resources.get(&r.id) {
-                return Err(InputError::new(
-                    Location::file(&r.layers[0].file),
-                    format!(
-                        "{} is declared by service '{}' and by service '{}'",
-                        r.id, prev.service, r.service
-                    ),
-                ));
-            }
-            resources.insert(r.id.clone(), r);
-        }
-    }
-    // two resources writing the same host path (e.g. a Quadlet-generated name colliding with
-    // a plain unit) would fight each other
+/// Two resources defining one unit (a Quadlet-generated name colliding with a plain unit) or
+/// writing one host path (a host file aimed at a unit file) would overwrite each other on
+/// every run.
+fn check_no_collisions(resources: &BTreeMap<String, Resource>) -> Result<(), InputError> {
     let mut units: BTreeMap<String, &str> = BTreeMap::new();
     for r in resources.values() {
         if let Some(u) = &r.unit
@@ -301,9 +353,6 @@ pub fn render(
             ));
         }
     }
-
-    // two objects writing one host path (a host file aimed at a unit file, say) would
-    // overwrite each other on every run
     let mut by_path: BTreeMap<&Path, &Resource> = BTreeMap::new();
     for r in resources.values() {
         if let Some(prev) = by_path.insert(r.path.as_path(), r) {
@@ -319,29 +368,7 @@ pub fn render(
             ));
         }
     }
-    link_quadlet_restarts(&mut resources);
-
-    // runtimes: manifests of this commit, in `depends:` order (docs/design.md section 5)
-    let (runtimes, runtime_resources) = runtimes::render(
-        &host_yaml,
-        &host_file,
-        &host_text_str,
-        files,
-        &|p: &str| repo.read(p),
-        &paths.state_dir,
-        &repo.short(),
-    )?;
-    for r in runtime_resources {
-        resources.insert(r.id.clone(), r);
-    }
-
-    Ok(DesiredState {
-        host: host.to_string(),
-        revision: revision.clone(),
-        host_yaml,
-        resources,
-        runtimes,
-    })
+    Ok(())
 }
 
 /// A changed `.network`, `.volume`, `.pod`, `.image` or `.build` restarts the started Quadlet
