@@ -82,41 +82,82 @@ pub fn publish_request(
             how_to_enable: how_to_enable(host),
         });
     }
-    // the subject: a receipt (with its evidence refs), or one evidence bundle
-    let (subject, receipt_digest, evidence_refs): (Value, Option<String>, Vec<String>) =
-        match find_receipt(state_dir, id)? {
-            Some((r, digest)) => {
-                let refs = r
-                    .get("evidenceRefs")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_string)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (r, Some(digest), refs)
-            }
-            None if evidence::parse_id(id).is_some() => {
-                (json!({ "id": id }), None, vec![id.to_string()])
-            }
-            None => {
-                return Err(Error::Config(format!(
-                    "no receipt or evidence bundle '{id}' in {}",
-                    state_dir.display()
-                )));
-            }
-        };
+    let (subject, receipt_digest, evidence_refs) = subject_of(state_dir, id)?;
     let subject_id = subject
         .get("id")
         .and_then(Value::as_str)
         .unwrap_or(id)
         .to_string();
+    let bundles = verified_bundles(state_dir, &evidence_refs)?;
+    let now = now_rfc3339();
+    let local = sha256_hex(
+        format!(
+            "{subject_id}\n{}",
+            receipt_digest.clone().unwrap_or_default()
+        )
+        .as_bytes(),
+    );
+    let local = &local["sha256:".len().."sha256:".len() + 16];
+    let draft = Draft {
+        host,
+        subject: &subject,
+        subject_id: &subject_id,
+        local,
+        now: &now,
+    };
+    let entry = catalog_entry(&draft, &bundles, policy)?;
+    let request = json!({
+        "schema_version": 1,
+        "kind": "CoreOpsPublicationRequest",
+        "id": format!("urn:srcos:publication-request:core-ops:{host}:{local}"),
+        "requestedAt": now,
+        "host": host,
+        "subject": { "id": subject_id, "receiptDigest": receipt_digest },
+        "evidence": bundles,
+        "catalogEntry": entry,
+        "authorityRef": policy.authority,
+        "delivery": "manual: core-ops never sends publication requests; review this file and forward it to the catalog authority",
+        "core_ops": Provenance::current(),
+    });
+    let path = outbox_dir(state_dir).join(format!("publication-request-{local}.json"));
+    fsutil::write_json(&path, &request)?;
+    Ok(Outcome::Written {
+        path: path.display().to_string(),
+        request,
+    })
+}
 
-    // every evidence bundle must still be intact
+/// The subject of a request: a receipt (its digest and evidence refs), or one evidence
+/// bundle by id.
+fn subject_of(state_dir: &Path, id: &str) -> Result<(Value, Option<String>, Vec<String>)> {
+    match find_receipt(state_dir, id)? {
+        Some((r, digest)) => {
+            let refs = r
+                .get("evidenceRefs")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((r, Some(digest), refs))
+        }
+        None if evidence::parse_id(id).is_some() => {
+            Ok((json!({ "id": id }), None, vec![id.to_string()]))
+        }
+        None => Err(Error::Config(format!(
+            "no receipt or evidence bundle '{id}' in {}",
+            state_dir.display()
+        ))),
+    }
+}
+
+/// Every evidence bundle the subject names, each verified intact (else no request at all).
+fn verified_bundles(state_dir: &Path, evidence_refs: &[String]) -> Result<Vec<Value>> {
     let mut bundles = Vec::new();
-    for r in &evidence_refs {
+    for r in evidence_refs {
         let v = evidence::verify(state_dir, r)?;
         if !v.ok {
             return Err(Error::Config(format!(
@@ -137,23 +178,28 @@ pub fn publish_request(
             "verified": true,
         }));
     }
+    Ok(bundles)
+}
 
-    let now = now_rfc3339();
-    let local = sha256_hex(
-        format!(
-            "{subject_id}\n{}",
-            receipt_digest.clone().unwrap_or_default()
-        )
-        .as_bytes(),
-    );
-    let local = &local["sha256:".len().."sha256:".len() + 16];
+/// What a request's catalog entry is about.
+struct Draft<'a> {
+    host: &'a str,
+    subject: &'a Value,
+    subject_id: &'a str,
+    /// Short id shared by the request and its entry.
+    local: &'a str,
+    now: &'a str,
+}
+
+/// The draft SourceOS `CatalogEntry`, validated against the vendored schema.
+fn catalog_entry(d: &Draft<'_>, bundles: &[Value], policy: &Publication) -> Result<Value> {
     let first_bundle = bundles
         .first()
         .and_then(|b| b.get("evidenceBundleId"))
         .and_then(Value::as_str)
         .map(str::to_string);
     let mut labels = serde_json::Map::new();
-    labels.insert("host".into(), json!(host));
+    labels.insert("host".into(), json!(d.host));
     for k in [
         "transition",
         "installState",
@@ -161,24 +207,31 @@ pub fn publish_request(
         "runtimeName",
         "runtimeVersion",
     ] {
-        if let Some(v) = subject.get(k).and_then(Value::as_str) {
+        if let Some(v) = d.subject.get(k).and_then(Value::as_str) {
             labels.insert(k.into(), json!(v));
         }
     }
+    let object_type = if first_bundle.is_some() {
+        "EvidenceBundle"
+    } else {
+        d.subject
+            .get("type")
+            .or_else(|| d.subject.get("kind"))
+            .and_then(Value::as_str)
+            .unwrap_or("Receipt")
+    };
     let entry = json!({
-        "id": format!("urn:srcos:catalog-entry:core-ops:{host}:{local}"),
+        "id": format!("urn:srcos:catalog-entry:core-ops:{}:{}", d.host, d.local),
         "type": "CatalogEntry",
         "specVersion": "2.0.0",
-        "objectRef": first_bundle.clone().unwrap_or_else(|| subject_id.clone()),
-        "objectType": if first_bundle.is_some() { "EvidenceBundle" } else {
-            subject.get("type").or_else(|| subject.get("kind")).and_then(Value::as_str).unwrap_or("Receipt")
-        },
-        "title": format!("core-ops evidence of {subject_id} on {host}"),
+        "objectRef": first_bundle.clone().unwrap_or_else(|| d.subject_id.to_string()),
+        "objectType": object_type,
+        "title": format!("core-ops evidence of {} on {}", d.subject_id, d.host),
         "labels": labels,
         "status": "draft",
         "evidenceBundleRef": first_bundle,
         "authorityRef": policy.authority,
-        "updatedAt": now,
+        "updatedAt": d.now,
     });
     schema::validate(Schema::CatalogEntry, &entry).map_err(|errs| {
         Error::Config(format!(
@@ -186,25 +239,7 @@ pub fn publish_request(
             errs.join("; ")
         ))
     })?;
-    let request = json!({
-        "schema_version": 1,
-        "kind": "CoreOpsPublicationRequest",
-        "id": format!("urn:srcos:publication-request:core-ops:{host}:{local}"),
-        "requestedAt": now,
-        "host": host,
-        "subject": { "id": subject_id, "receiptDigest": receipt_digest },
-        "evidence": bundles,
-        "catalogEntry": entry,
-        "authorityRef": policy.authority,
-        "delivery": "manual: core-ops never sends publication requests; review this file and forward it to the catalog authority",
-        "core_ops": Provenance::current(),
-    });
-    let path = outbox_dir(state_dir).join(format!("publication-request-{local}.json"));
-    fsutil::write_json(&path, &request)?;
-    Ok(Outcome::Written {
-        path: path.display().to_string(),
-        request,
-    })
+    Ok(entry)
 }
 
 #[cfg(test)]
