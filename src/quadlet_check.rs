@@ -260,6 +260,58 @@ fn interpret(
 ) -> QuadletCheck {
     let tmp = run.dir.display().to_string();
     let shown = |s: &str| s.replace(&tmp, &quadlet_dir.display().to_string());
+    let mut said = read_stderr(set, run, &shown);
+    if !run.success && said.rejected.is_empty() {
+        if said.unattributed.is_empty() && !said.outside_refs {
+            said.unattributed
+                .push("the generator failed without saying why".into());
+        }
+        // a failure core-ops cannot pin on one file blocks every Quadlet file, unless every
+        // error was a reference outside the managed set (already a warning)
+        if !said.unattributed.is_empty() {
+            let all = said.unattributed.join("; ");
+            for (id, _, _) in set.iter().filter(|(id, _, _)| id.starts_with("quadlet:")) {
+                said.rejected.insert(id.to_string(), vec![all.clone()]);
+            }
+        }
+    } else {
+        for u in said.unattributed {
+            said.warnings.push(format!("Quadlet generator: {u}"));
+        }
+    }
+    if run.success {
+        said.warnings
+            .extend(unexpected_unit_names(desired, set, run, &said.rejected));
+    }
+    QuadletCheck {
+        rejected: said
+            .rejected
+            .into_iter()
+            .map(|(id, msgs)| (id, msgs.join("; ")))
+            .collect(),
+        warnings: said.warnings,
+        generator: None,
+        generated: generated_units(&shown(&run.stdout)),
+    }
+}
+
+/// What the generator said on stderr, pinned on the managed files it names.
+#[derive(Default)]
+struct Stderr {
+    rejected: BTreeMap<String, Vec<String>>,
+    warnings: Vec<String>,
+    /// Errors that name no managed file.
+    unattributed: Vec<String>,
+    /// An error was only a reference to a Quadlet unit core-ops does not manage.
+    outside_refs: bool,
+}
+
+fn read_stderr(
+    set: &[(&str, PathBuf, &[u8])],
+    run: &Run,
+    shown: &dyn Fn(&str) -> String,
+) -> Stderr {
+    let tmp = run.dir.display().to_string();
     let by_rel: BTreeMap<String, &str> = set
         .iter()
         .map(|(id, rel, _)| (rel.display().to_string(), *id))
@@ -269,10 +321,7 @@ fn interpret(
         .filter(|(id, _, _)| id.starts_with("quadlet:"))
         .map(|(_, rel, _)| rel.to_str().unwrap_or_default())
         .collect();
-    let mut rejected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut warnings: Vec<String> = Vec::new();
-    let mut unattributed: Vec<String> = Vec::new();
-    let mut outside_refs = false;
+    let mut out = Stderr::default();
     for raw in run.stderr.lines() {
         let msg = strip_prefix(raw).trim();
         if msg.is_empty()
@@ -282,18 +331,18 @@ fn interpret(
             continue;
         }
         if let Some(w) = msg.strip_prefix("Warning: ") {
-            warnings.push(format!("Quadlet generator: {}", shown(w)));
+            out.warnings
+                .push(format!("Quadlet generator: {}", shown(w)));
             continue;
         }
         let file = first_quoted(msg).map(|q| {
-            let rel = q
-                .strip_prefix(&tmp)
+            q.strip_prefix(&tmp)
                 .map(|r| r.trim_start_matches('/'))
-                .unwrap_or(q);
-            rel.to_string()
+                .unwrap_or(q)
+                .to_string()
         });
         let Some(id) = file.as_deref().and_then(|f| by_rel.get(f)) else {
-            unattributed.push(shown(msg));
+            out.unattributed.push(shown(msg));
             continue;
         };
         // a reference to a Quadlet unit core-ops does not manage cannot be validated here
@@ -301,68 +350,53 @@ fn interpret(
             && let Some(unit) = rest.strip_suffix(" was not found")
             && !managed_units.contains(unit)
         {
-            warnings.push(format!(
+            out.warnings.push(format!(
                 "{id} not fully validated: it refers to {unit}, which core-ops does not manage; the generator on the host needs it ({})",
                 shown(msg)
             ));
-            outside_refs = true;
+            out.outside_refs = true;
             continue;
         }
-        rejected.entry(id.to_string()).or_default().push(shown(msg));
+        out.rejected
+            .entry(id.to_string())
+            .or_default()
+            .push(shown(msg));
     }
-    if !run.success && rejected.is_empty() {
-        if unattributed.is_empty() && !outside_refs {
-            unattributed.push("the generator failed without saying why".into());
-        }
-        // a failure core-ops cannot pin on one file blocks every Quadlet file, unless every
-        // error was a reference outside the managed set (already a warning)
-        if !unattributed.is_empty() {
-            let all = unattributed.join("; ");
-            for (id, _, _) in set.iter().filter(|(id, _, _)| id.starts_with("quadlet:")) {
-                rejected.insert(id.to_string(), vec![all.clone()]);
-            }
-        }
-    } else {
-        for u in unattributed {
-            warnings.push(format!("Quadlet generator: {u}"));
-        }
-    }
+    out
+}
 
-    // the generated unit names are what core-ops starts and verifies: they must agree
+/// The generated unit names are what core-ops starts and verifies: a warning for each
+/// accepted Quadlet file whose generated unit is not the one core-ops expects.
+fn unexpected_unit_names(
+    desired: &DesiredState,
+    set: &[(&str, PathBuf, &[u8])],
+    run: &Run,
+    rejected: &BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
     let generated: BTreeSet<&str> = run
         .stdout
         .lines()
         .filter_map(|l| l.strip_prefix("---")?.strip_suffix("---"))
         .collect();
-    if run.success {
-        for r in desired.resources.values().filter(|r| {
-            r.kind == Kind::Quadlet && !rejected.contains_key(&r.id) && set_has(set, &r.id)
-        }) {
-            if let Some(u) = &r.unit
-                && !generated.contains(u.name.as_str())
-            {
-                warnings.push(format!(
-                    "{}: core-ops expects the generated unit {}, but the generator made {}",
-                    r.id,
-                    u.name,
-                    if generated.is_empty() {
-                        "none".to_string()
-                    } else {
-                        generated.iter().copied().collect::<Vec<_>>().join(", ")
-                    }
-                ));
-            }
-        }
-    }
-    QuadletCheck {
-        rejected: rejected
-            .into_iter()
-            .map(|(id, msgs)| (id, msgs.join("; ")))
-            .collect(),
-        warnings,
-        generator: None,
-        generated: generated_units(&shown(&run.stdout)),
-    }
+    let made = if generated.is_empty() {
+        "none".to_string()
+    } else {
+        generated.iter().copied().collect::<Vec<_>>().join(", ")
+    };
+    desired
+        .resources
+        .values()
+        .filter(|r| r.kind == Kind::Quadlet && !rejected.contains_key(&r.id) && set_has(set, &r.id))
+        .filter_map(|r| {
+            let u = r.unit.as_ref()?;
+            (!generated.contains(u.name.as_str())).then(|| {
+                format!(
+                    "{}: core-ops expects the generated unit {}, but the generator made {made}",
+                    r.id, u.name
+                )
+            })
+        })
+        .collect()
 }
 
 /// The dry run's stdout split into units: each starts after a `---name---` line.

@@ -1025,129 +1025,164 @@ fn interpret(
     output: &str,
     tmp: &Path,
 ) -> Result<Verified, String> {
-    let tmp_s = tmp.display().to_string();
-    let mut by_path: BTreeMap<String, &Layer> = BTreeMap::new();
+    let mut r = Reading {
+        set,
+        tmp: tmp.display().to_string(),
+        by_path: BTreeMap::new(),
+        v: Verified::default(),
+        generic: BTreeMap::new(),
+        unattributed: Vec::new(),
+    };
     for u in set.values() {
         for l in u.layers() {
-            by_path.insert(tmp.join(l.dir.name()).join(&l.rel).display().to_string(), l);
+            let shown = tmp.join(l.dir.name()).join(&l.rel).display().to_string();
+            r.by_path.insert(shown, l);
         }
     }
-    let unit_of = |name: &str| {
-        set.get(name)
-            .or_else(|| template_of(name).and_then(|t| set.get(&t)))
-    };
-    let ours = |name: &str| unit_of(name).is_some();
-    let mut v = Verified::default();
-    let mut generic: BTreeMap<String, Msg> = BTreeMap::new();
-    let mut unattributed = Vec::new();
     for raw in output.lines() {
         let line = raw.trim();
         if line.is_empty() {
             continue;
         }
-        if line.contains(&tmp_s) && line.contains("Permission denied") {
+        if line.contains(&r.tmp) && line.contains("Permission denied") {
             return Err(format!(
                 "systemd-analyze could not read the unit set: {line}"
             ));
         }
         match said(line) {
-            Said::AtLine { path, line: n, msg } => {
-                let Some(layer) = by_path.get(path) else {
-                    continue; // a unit of the host
-                };
-                let text = format!("{}: {msg}", at(layer, Some(n)));
-                match judge_line(msg) {
-                    Verdict::Reject => {
-                        v.rejected
-                            .entry(layer.id.to_string())
-                            .or_default()
-                            .push(Msg {
-                                text,
-                                line_level: true,
-                            })
-                    }
-                    Verdict::Finding => {
-                        v.findings.insert((layer.id.to_string(), text));
-                    }
-                    Verdict::Skip => {}
-                }
-            }
-            Said::Unit { unit, msg } => {
-                let Some(u) = unit_of(unit) else { continue };
-                let verdict = judge_unit(msg, &ours);
-                if verdict == Verdict::Skip {
-                    continue;
-                }
-                // pin it on the last layer that sets a key the message names
-                let p = Parsed::of(u);
-                let blamed = keys_named(msg).into_iter().find_map(|k| p.blame(k));
-                let (loc, culprit) = match (blamed, &u.main) {
-                    (Some((l, n)), _) => (at(l, Some(n)), Some(l.id)),
-                    (None, Some(m)) => (at(m, None), None),
-                    (None, None) => (
-                        u.dropins
-                            .first()
-                            .map(|l| at(l, None))
-                            .unwrap_or_else(|| Location::file(unit)),
-                        None,
-                    ),
-                };
-                let text = format!("{loc}: {unit}: {msg}");
-                if verdict == Verdict::Finding {
-                    v.findings
-                        .insert((culprit.unwrap_or(u.owner()).to_string(), text));
-                    continue;
-                }
-                let mut ids = vec![u.owner()];
-                ids.extend(culprit);
-                for id in ids {
-                    v.rejected.entry(id.to_string()).or_default().push(Msg {
-                        text: text.clone(),
-                        line_level: false,
-                    });
-                }
-            }
-            Said::LoadFailed { unit, msg } => {
-                let Some(u) = unit_of(unit) else { continue };
-                let loc = u
-                    .main
-                    .as_ref()
-                    .or(u.dropins.first())
-                    .map(|l| at(l, None))
-                    .unwrap_or_else(|| Location::file(unit));
-                generic.entry(u.owner().to_string()).or_insert(Msg {
-                    text: format!("{loc}: {msg}"),
-                    line_level: false,
-                });
-            }
+            Said::AtLine { path, line: n, msg } => r.at_line(path, n, msg),
+            Said::Unit { unit, msg } => r.about_unit(unit, msg),
+            Said::LoadFailed { unit, msg } => r.load_failed(unit, msg),
             Said::NotFound { .. } => {} // a unit only drop-ins are managed for: own check
-            Said::Other(text) => {
-                if let Some((path, layer)) = by_path.iter().find(|(p, _)| text.contains(*p)) {
-                    let shown = text.replace(path.as_str(), &layer.file);
-                    v.rejected
-                        .entry(layer.id.to_string())
-                        .or_default()
-                        .push(Msg {
-                            text: format!("{}: {shown}", layer.file),
-                            line_level: false,
-                        });
-                } else if !text.contains(&tmp_s) {
-                    unattributed.push(text.to_string());
-                }
+            Said::Other(text) => r.other(text),
+        }
+    }
+    Ok(r.finish())
+}
+
+/// systemd-analyze's output being read: what it said, pinned on the managed layers.
+struct Reading<'s, 'a> {
+    set: &'s BTreeMap<String, SetUnit<'a>>,
+    /// The temp dir as systemd-analyze prints it.
+    tmp: String,
+    /// Layers by the path systemd-analyze saw them at.
+    by_path: BTreeMap<String, &'s Layer<'a>>,
+    v: Verified,
+    /// "bad unit file setting" per object, used only when nothing more precise was said.
+    generic: BTreeMap<String, Msg>,
+    unattributed: Vec<String>,
+}
+
+impl<'s, 'a> Reading<'s, 'a> {
+    /// The managed unit `name` is (or the template it is an instance of).
+    fn unit_of(&self, name: &str) -> Option<&'s SetUnit<'a>> {
+        self.set
+            .get(name)
+            .or_else(|| template_of(name).and_then(|t| self.set.get(&t)))
+    }
+
+    fn reject(&mut self, id: &str, text: String, line_level: bool) {
+        self.v
+            .rejected
+            .entry(id.to_string())
+            .or_default()
+            .push(Msg { text, line_level });
+    }
+
+    /// `<path>:<line>: <message>` about one line of a managed layer.
+    fn at_line(&mut self, path: &str, n: usize, msg: &str) {
+        let Some(layer) = self.by_path.get(path).copied() else {
+            return; // a unit of the host
+        };
+        let text = format!("{}: {msg}", at(layer, Some(n)));
+        match judge_line(msg) {
+            Verdict::Reject => self.reject(layer.id, text, true),
+            Verdict::Finding => {
+                self.v.findings.insert((layer.id.to_string(), text));
+            }
+            Verdict::Skip => {}
+        }
+    }
+
+    /// `<unit>: <message>`: pinned on the last layer that sets a key the message names.
+    fn about_unit(&mut self, unit: &str, msg: &str) {
+        let Some(u) = self.unit_of(unit) else { return };
+        let verdict = judge_unit(msg, &|name: &str| self.unit_of(name).is_some());
+        if verdict == Verdict::Skip {
+            return;
+        }
+        let p = Parsed::of(u);
+        let blamed = keys_named(msg).into_iter().find_map(|k| p.blame(k));
+        let (loc, culprit) = match (blamed, &u.main) {
+            (Some((l, n)), _) => (at(l, Some(n)), Some(l.id)),
+            (None, Some(m)) => (at(m, None), None),
+            (None, None) => (
+                u.dropins
+                    .first()
+                    .map(|l| at(l, None))
+                    .unwrap_or_else(|| Location::file(unit)),
+                None,
+            ),
+        };
+        let text = format!("{loc}: {unit}: {msg}");
+        if verdict == Verdict::Finding {
+            self.v
+                .findings
+                .insert((culprit.unwrap_or(u.owner()).to_string(), text));
+            return;
+        }
+        let mut ids = vec![u.owner()];
+        ids.extend(culprit);
+        for id in ids {
+            self.reject(id, text.clone(), false);
+        }
+    }
+
+    /// `Unit <name> has a bad unit file setting.` and the like: kept in case nothing more
+    /// precise is said about that object.
+    fn load_failed(&mut self, unit: &str, msg: &str) {
+        let Some(u) = self.unit_of(unit) else { return };
+        let loc = u
+            .main
+            .as_ref()
+            .or(u.dropins.first())
+            .map(|l| at(l, None))
+            .unwrap_or_else(|| Location::file(unit));
+        self.generic.entry(u.owner().to_string()).or_insert(Msg {
+            text: format!("{loc}: {msg}"),
+            line_level: false,
+        });
+    }
+
+    /// Anything else: a rejection when it names a managed layer's path, else a warning
+    /// (unless it is about the temp dir itself).
+    fn other(&mut self, text: &str) {
+        let named = self
+            .by_path
+            .iter()
+            .find(|(p, _)| text.contains(p.as_str()))
+            .map(|(p, l)| (p.clone(), *l));
+        if let Some((path, layer)) = named {
+            let shown = text.replace(path.as_str(), &layer.file);
+            self.reject(layer.id, format!("{}: {shown}", layer.file), false);
+        } else if !text.contains(&self.tmp) {
+            self.unattributed.push(text.to_string());
+        }
+    }
+
+    /// "bad unit file setting" only when systemd said nothing more precise.
+    fn finish(mut self) -> Verified {
+        for (id, msg) in std::mem::take(&mut self.generic) {
+            let entry = self.v.rejected.entry(id).or_default();
+            if entry.is_empty() {
+                entry.push(msg);
             }
         }
-    }
-    // "bad unit file setting" only when systemd said nothing more precise
-    for (id, msg) in generic {
-        let entry = v.rejected.entry(id).or_default();
-        if entry.is_empty() {
-            entry.push(msg);
+        for u in self.unattributed {
+            self.v.warnings.push(format!("systemd-analyze: {u}"));
         }
+        self.v
     }
-    for u in unattributed {
-        v.warnings.push(format!("systemd-analyze: {u}"));
-    }
-    Ok(v)
 }
 
 #[cfg(test)]
