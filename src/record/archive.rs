@@ -162,97 +162,18 @@ pub(crate) fn walk(
     };
     let mut prev_archive: Option<String> = None;
     for (i, (mpath, m)) in ms.iter().enumerate() {
-        let brk = |detail: String| ChainBreak {
-            kind: BreakKind::Archive,
-            file: mpath.display().to_string(),
-            detail,
-        };
-        if m.previous_archive_digest != prev_archive {
-            return Ok(Err(brk(format!(
-                "names previous archive digest {}, but the archive before it has {}",
-                m.previous_archive_digest.as_deref().unwrap_or("none"),
-                prev_archive
-                    .as_deref()
-                    .unwrap_or("none (no archive before it)")
-            ))));
-        }
-        if m.first_sequence != walk.next || m.previous_receipt_digest != walk.prev {
-            return Ok(Err(brk(format!(
-                "starts at receipt {} after digest {}, but the chain before it ends at {} with digest {}",
-                m.first_sequence,
-                m.previous_receipt_digest.as_deref().unwrap_or("none"),
-                walk.next - 1,
-                walk.prev.as_deref().unwrap_or("none")
-            ))));
+        if let Err(b) = links(mpath, m, prev_archive.as_deref(), walk) {
+            return Ok(Err(b));
         }
         let newest = i + 1 == ms.len();
         if depth == Depth::Full || newest {
             let apath = archive_dir(state_dir).join(&m.archive);
-            let bytes = match std::fs::read(&apath) {
-                Ok(b) => b,
-                Err(e) => {
-                    return Ok(Err(ChainBreak {
-                        kind: BreakKind::Archive,
-                        file: apath.display().to_string(),
-                        detail: format!("cannot read the archive: {e}"),
-                    }));
-                }
+            let digests = match walk_archive(&apath, mpath, m, walk)? {
+                Ok(d) => d,
+                Err(b) => return Ok(Err(b)),
             };
-            let actual = sha256_hex(&bytes);
-            if actual != m.archive_sha256 {
-                return Ok(Err(ChainBreak {
-                    kind: BreakKind::Archive,
-                    file: apath.display().to_string(),
-                    detail: format!(
-                        "its digest {actual} differs from its manifest's {}: the archive was edited",
-                        m.archive_sha256
-                    ),
-                }));
-            }
-            for (n, raw) in bytes.split(|b| *b == b'\n').enumerate() {
-                if raw.is_empty() {
-                    continue;
-                }
-                let at = format!("{}:{}", apath.display(), n + 1);
-                let line: Line = match serde_json::from_slice(raw) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        return Ok(Err(ChainBreak {
-                            kind: BreakKind::NotJson,
-                            file: at,
-                            detail: format!("not an archive line: {e}"),
-                        }));
-                    }
-                };
-                let Some((seq, _)) = receipts::parse_name(&line.file) else {
-                    return Ok(Err(ChainBreak {
-                        kind: BreakKind::BadName,
-                        file: at,
-                        detail: format!("{} is no receipt name", line.file),
-                    }));
-                };
-                match walk.step(
-                    &format!("{at} ({})", line.file),
-                    seq,
-                    line.content.as_bytes(),
-                ) {
-                    Ok(d) => {
-                        if newest {
-                            out.newest_digests.insert(seq, d);
-                        }
-                    }
-                    Err(b) => return Ok(Err(b)),
-                }
-            }
-            if walk.next - 1 != m.last_sequence
-                || walk.prev.as_deref() != Some(m.last_receipt_digest.as_str())
-            {
-                return Ok(Err(brk(format!(
-                    "the archive ends at receipt {}, the manifest says {} with digest {}",
-                    walk.next - 1,
-                    m.last_sequence,
-                    m.last_receipt_digest
-                ))));
+            if newest {
+                out.newest_digests = digests;
             }
         } else {
             walk.next = m.last_sequence + 1;
@@ -262,6 +183,126 @@ pub(crate) fn walk(
         prev_archive = Some(m.archive_sha256.clone());
     }
     Ok(Ok(out))
+}
+
+fn archive_break(file: &Path, detail: String) -> ChainBreak {
+    ChainBreak {
+        kind: BreakKind::Archive,
+        file: file.display().to_string(),
+        detail,
+    }
+}
+
+/// A manifest links to the archive and the receipt before it.
+fn links(
+    mpath: &Path,
+    m: &Manifest,
+    prev_archive: Option<&str>,
+    walk: &Walk,
+) -> std::result::Result<(), ChainBreak> {
+    if m.previous_archive_digest.as_deref() != prev_archive {
+        return Err(archive_break(
+            mpath,
+            format!(
+                "names previous archive digest {}, but the archive before it has {}",
+                m.previous_archive_digest.as_deref().unwrap_or("none"),
+                prev_archive.unwrap_or("none (no archive before it)")
+            ),
+        ));
+    }
+    if m.first_sequence != walk.next || m.previous_receipt_digest != walk.prev {
+        return Err(archive_break(
+            mpath,
+            format!(
+                "starts at receipt {} after digest {}, but the chain before it ends at {} with digest {}",
+                m.first_sequence,
+                m.previous_receipt_digest.as_deref().unwrap_or("none"),
+                walk.next - 1,
+                walk.prev.as_deref().unwrap_or("none")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Re-hash one archive and walk its receipts; it must end where its manifest says. Returns
+/// the digests of its receipts by sequence.
+fn walk_archive(
+    apath: &Path,
+    mpath: &Path,
+    m: &Manifest,
+    walk: &mut Walk,
+) -> Result<std::result::Result<BTreeMap<u64, String>, ChainBreak>> {
+    let bytes = match std::fs::read(apath) {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(Err(archive_break(
+                apath,
+                format!("cannot read the archive: {e}"),
+            )));
+        }
+    };
+    let actual = sha256_hex(&bytes);
+    if actual != m.archive_sha256 {
+        return Ok(Err(archive_break(
+            apath,
+            format!(
+                "its digest {actual} differs from its manifest's {}: the archive was edited",
+                m.archive_sha256
+            ),
+        )));
+    }
+    let mut digests = BTreeMap::new();
+    for (n, raw) in bytes.split(|b| *b == b'\n').enumerate() {
+        if raw.is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", apath.display(), n + 1);
+        match archive_line(&at, raw, walk) {
+            Ok((seq, d)) => digests.insert(seq, d),
+            Err(b) => return Ok(Err(b)),
+        };
+    }
+    if walk.next - 1 != m.last_sequence
+        || walk.prev.as_deref() != Some(m.last_receipt_digest.as_str())
+    {
+        return Ok(Err(archive_break(
+            mpath,
+            format!(
+                "the archive ends at receipt {}, the manifest says {} with digest {}",
+                walk.next - 1,
+                m.last_sequence,
+                m.last_receipt_digest
+            ),
+        )));
+    }
+    Ok(Ok(digests))
+}
+
+/// One archived receipt (`at` is `file:line`): its sequence and digest, walked in order.
+fn archive_line(
+    at: &str,
+    raw: &[u8],
+    walk: &mut Walk,
+) -> std::result::Result<(u64, String), ChainBreak> {
+    let line: Line = serde_json::from_slice(raw).map_err(|e| ChainBreak {
+        kind: BreakKind::NotJson,
+        file: at.to_string(),
+        detail: format!("not an archive line: {e}"),
+    })?;
+    let Some((seq, _)) = receipts::parse_name(&line.file) else {
+        return Err(ChainBreak {
+            kind: BreakKind::BadName,
+            file: at.to_string(),
+            detail: format!("{} is no receipt name", line.file),
+        });
+    };
+    let d = walk.step(
+        &format!("{at} ({})", line.file),
+        seq,
+        line.content.as_bytes(),
+    )?;
+    Ok((seq, d))
 }
 
 /// The newest archived receipt's sequence and digest (an append continues from it when no
