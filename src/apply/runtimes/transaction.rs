@@ -590,49 +590,7 @@ impl Engine<'_> {
         if let Some((_, id)) = recorded.iter().find(|(s, _)| *s == state) {
             return Ok(id.clone());
         }
-        let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        files.insert(
-            "manifest.yaml".into(),
-            tx.manifest_text.clone().into_bytes(),
-        );
-        let view = json!({
-            "transaction": tx.id,
-            "install_state": state,
-            "transaction_state": tx.state,
-            "runtime": tx.name,
-            "version": tx.version,
-            "from_version": tx.from_version,
-            "desired_revision": tx.revision,
-            "manifest": {
-                "file": tx.manifest_file,
-                "digest": tx.manifest_digest,
-                "material_digest": tx.material_digest,
-            },
-            "artifacts": tx.artifacts.iter().zip(&tx.sources).map(|(a, s)| json!({
-                "ref": a.reference,
-                "source": s,
-                "digest": a.digest,
-                "size": a.size,
-                "verification": a.verification,
-            })).collect::<Vec<_>>(),
-            "store": tx.stored,
-            "failure_reason": reason,
-            "warnings": tx.warnings,
-            "timings_ms": tx.timings_ms,
-            "recovered": tx.recovered,
-        });
-        files.insert("transaction.json".into(), fsutil::json_bytes(&view));
-        if let Some(p) = &tx.policy {
-            files.insert("policy.json".into(), fsutil::json_bytes(p));
-        }
-        if tx.health.is_some() || tx.rollback_health.is_some() {
-            files.insert(
-                "health.json".into(),
-                fsutil::json_bytes(
-                    &json!({ "after_switch": tx.health, "after_rollback": tx.rollback_health }),
-                ),
-            );
-        }
+        let files = evidence_files(tx, state, reason);
         let mut artifact_refs = vec![receipt::manifest_ref(&tx.name, &tx.version)];
         artifact_refs.extend(tx.artifacts.iter().map(|a| a.reference.clone()));
         let evidence_ref = evidence::write(
@@ -830,6 +788,59 @@ fn reusable_version_dir(
             Ok(Ok(false))
         }
     }
+}
+
+/// The files of a transition's evidence bundle: the manifest, the transaction as it stands,
+/// the policy decision and the health judgements when there are any.
+fn evidence_files(
+    tx: &Transaction,
+    state: InstallState,
+    reason: Option<&str>,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    files.insert(
+        "manifest.yaml".into(),
+        tx.manifest_text.clone().into_bytes(),
+    );
+    let view = json!({
+        "transaction": tx.id,
+        "install_state": state,
+        "transaction_state": tx.state,
+        "runtime": tx.name,
+        "version": tx.version,
+        "from_version": tx.from_version,
+        "desired_revision": tx.revision,
+        "manifest": {
+            "file": tx.manifest_file,
+            "digest": tx.manifest_digest,
+            "material_digest": tx.material_digest,
+        },
+        "artifacts": tx.artifacts.iter().zip(&tx.sources).map(|(a, s)| json!({
+            "ref": a.reference,
+            "source": s,
+            "digest": a.digest,
+            "size": a.size,
+            "verification": a.verification,
+        })).collect::<Vec<_>>(),
+        "store": tx.stored,
+        "failure_reason": reason,
+        "warnings": tx.warnings,
+        "timings_ms": tx.timings_ms,
+        "recovered": tx.recovered,
+    });
+    files.insert("transaction.json".into(), fsutil::json_bytes(&view));
+    if let Some(p) = &tx.policy {
+        files.insert("policy.json".into(), fsutil::json_bytes(p));
+    }
+    if tx.health.is_some() || tx.rollback_health.is_some() {
+        files.insert(
+            "health.json".into(),
+            fsutil::json_bytes(
+                &json!({ "after_switch": tx.health, "after_rollback": tx.rollback_health }),
+            ),
+        );
+    }
+    files
 }
 
 /// Remove staging directories (unpacks a killed run left behind).
