@@ -131,6 +131,30 @@ fn package_contents_scripts_and_lintian() {
             "{u}"
         );
     }
+    // the shipped binary is the agent alone: no harness, release tool, test support or
+    // failpoints compiled in (their crate and module names would survive stripping in panic
+    // locations and type names)
+    let bin = std::fs::read(x.path().join("usr/bin/core-ops")).unwrap();
+    for needle in [
+        "core_ops_verify",
+        "core_ops_release",
+        "core_ops_testkit",
+        "tools/verify/src",
+        "tools/release/src",
+        "FakeSystemd",
+        "failpoint: paused",
+    ] {
+        assert!(
+            !bin.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "the shipped core-ops binary contains {needle}"
+        );
+    }
+    // (and the check can see what is there)
+    assert!(
+        bin.windows(b"CoreOpsPlan".len())
+            .any(|w| w == b"CoreOpsPlan"),
+        "the shipped binary does not look like core-ops"
+    );
 
     // control: depends on systemd; maintainer scripts never enable or start anything, and
     // remove state only on purge
