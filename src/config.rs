@@ -24,6 +24,9 @@ pub struct Paths {
     /// Caps on reading one revision of the desired-state repository
     /// (`CORE_OPS_MAX_TREE_ENTRIES`, `_TREE_BYTES`, `_FILE_BYTES`, `_TREE_DEPTH`).
     pub read_limits: ReadLimits,
+    /// How remote repositories are fetched: credentials directory, fetch timeout, git program
+    /// (`--credentials-dir`, `--fetch-timeout`, `CORE_OPS_GIT`).
+    pub remote: crate::source::RemoteOptions,
 }
 
 /// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
@@ -90,6 +93,7 @@ impl Paths {
             quadlet_generator: QuadletGenerator::Auto,
             trust_file: PathBuf::from(DEFAULT_TRUST_FILE),
             read_limits: ReadLimits::default(),
+            remote: crate::source::RemoteOptions::default(),
         }
     }
 
