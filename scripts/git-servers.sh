@@ -4,7 +4,7 @@
 #   git://    git daemon (--export-all) over DIR/repos
 #   https://  git http-backend (CGI) behind lighttpd with TLS (a CA and a server certificate
 #             for 127.0.0.1 made here) and HTTP basic auth (user "deploy", password in
-#             DIR/https/password)
+#             DIR/https/password); a second port also demands a client certificate (made here)
 #   ssh://    OpenSSH sshd with a pinned ed25519 host key; deploy keys DIR/ssh/deploy (no
 #             passphrase) and DIR/ssh/deploy-pass (passphrase in DIR/ssh/passphrase); login as
 #             root, repositories by absolute path
@@ -72,6 +72,7 @@ setup_https() {
     [ -x "$LIGHTTPD" ] || die "lighttpd is not unpacked in $CACHE (run scripts/prereqs.sh)"
     local d=$DIR/https; mkdir -p "$d"
     echo "$(free_port)" >"$DIR/https.port"
+    echo "$(free_port)" >"$DIR/https-mtls.port"
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=core-ops test CA" \
         -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
     openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout "$d/server.key" \
@@ -80,6 +81,11 @@ setup_https() {
     openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
         -days 2 -extfile "$d/ext" -out "$d/server.crt" 2>/dev/null
     cat "$d/server.crt" "$d/server.key" >"$d/server.pem"
+    # a client certificate by the same CA (the second port demands one)
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=core-ops test host" -keyout "$d/client.key" \
+        -out "$d/client.csr" 2>/dev/null
+    openssl x509 -req -in "$d/client.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -out "$d/client.crt" 2>/dev/null
     # a second CA nobody trusts (the unknown-CA test)
     openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=other CA" \
         -keyout "$d/other-ca.key" -out "$d/other-ca.pem" 2>/dev/null
@@ -96,6 +102,13 @@ server.errorlog = "$DIR/https.log"
 accesslog.filename = "$DIR/https-access.log"
 ssl.engine = "enable"
 ssl.pemfile = "$d/server.pem"
+\$SERVER["socket"] == "127.0.0.1:$(cat "$DIR/https-mtls.port")" {
+    ssl.engine = "enable"
+    ssl.pemfile = "$d/server.pem"
+    ssl.ca-file = "$d/ca.pem"
+    ssl.verifyclient.activate = "enable"
+    ssl.verifyclient.enforce = "enable"
+}
 auth.backend = "plain"
 auth.backend.plain.userfile = "$d/htpasswd"
 auth.require = ( "/git/" => ( "method" => "basic", "realm" => "core-ops test", "require" => "valid-user" ) )
@@ -170,6 +183,9 @@ env_lines() {
         echo "CORE_OPS_GITSRV_HTTPS_OTHER_CA=$DIR/https/other-ca.pem"
         echo "CORE_OPS_GITSRV_HTTPS_USER=deploy"
         echo "CORE_OPS_GITSRV_HTTPS_PASSWORD_FILE=$DIR/https/password"
+        echo "CORE_OPS_GITSRV_HTTPS_MTLS_URL=https://127.0.0.1:$(cat "$DIR/https-mtls.port")/git"
+        echo "CORE_OPS_GITSRV_HTTPS_CLIENT_CERT=$DIR/https/client.crt"
+        echo "CORE_OPS_GITSRV_HTTPS_CLIENT_KEY=$DIR/https/client.key"
     fi
     if [ -f "$DIR/ssh.port" ]; then
         echo "CORE_OPS_GITSRV_SSH_URL=ssh://root@127.0.0.1:$(cat "$DIR/ssh.port")"

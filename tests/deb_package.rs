@@ -365,6 +365,29 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
         serde_json::from_str(&bed.exec_ok(["cat", "/var/lib/core-ops/fetch.json"])).unwrap();
     assert_eq!(fetch["consecutive_failures"], 0, "{fetch:#}");
     assert!(fetch["last_success_at"].is_string(), "{fetch:#}");
+    // the secret is in no journal field of the runs and in no record
+    let password = std::fs::read_to_string(stage.join("password")).unwrap();
+    let password = password.trim();
+    let journal = bed.exec(["journalctl", "--no-pager", "-o", "verbose"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains("core-ops"),
+        "the bed's journal has no core-ops lines to search"
+    );
+    assert!(
+        !journal.contains(password),
+        "the password is in the journal"
+    );
+    let records = bed.exec([
+        "sh",
+        "-c",
+        "cat /var/lib/core-ops/*.json /var/lib/core-ops/receipts/*",
+    ]);
+    assert!(!records.stdout.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&records.stdout).contains(password),
+        "the password is in a record"
+    );
     assert_eq!(show("ActiveState", &unit), "active");
     // the installed binary, with a clean environment (as an operator's shell would have)
     let ops = |args: &[&str]| {

@@ -338,7 +338,8 @@ impl Source {
     }
 
     /// Open (creating on first use) the mirror of `url` and fetch into it: in process for
-    /// `file://` (`remote` is `None`), with the git program otherwise.
+    /// `file://` (`remote` is `None`), with the git program otherwise (recorded in
+    /// `fetch.json`, success or failure).
     fn open_mirror(
         url: &str,
         location: String,
@@ -348,6 +349,10 @@ impl Source {
         let started = std::time::Instant::now();
         let result = Self::open_mirror_inner(url, location.clone(), state_dir, remote);
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        if remote.is_none() {
+            // file://: no network, nothing to track, and a no-op tick stays one write lighter
+            return result;
+        }
         match &result {
             Ok(_) => fetch_state::record_success(state_dir, &location, elapsed_ms),
             Err(e @ Error::Fetch(m)) => {

@@ -449,6 +449,8 @@ pub fn classify(stderr: &str, timed_out: bool) -> FailureKind {
         || has("certificate verify failed")
         || has("ssl_connect")
         || has("tls connect error")
+        || has("tls fatal alert")
+        || has("alert certificate required")
     {
         FailureKind::Tls
     } else if has("connection refused")
@@ -694,6 +696,12 @@ mod tests {
         assert_eq!(
             c(
                 "fatal: unable to access 'https://127.0.0.1:8443/r/': SSL certificate problem: unable to get local issuer certificate"
+            ),
+            FailureKind::Tls
+        );
+        assert_eq!(
+            c(
+                "fatal: unable to access 'https://127.0.0.1:46797/git/r.git/': GnuTLS recv error (-12): A TLS fatal alert has been received."
             ),
             FailureKind::Tls
         );
