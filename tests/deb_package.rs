@@ -243,6 +243,10 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
     // this test and put it back afterwards, even when the test fails.
     let _policy = PolicyRcAside::new(bed);
 
+    // a fresh host has no state dir: one the machine under the bed's overlay happens to have
+    // (another run of core-ops on it) is hidden inside the bed only; the host keeps its own
+    bed.exec_ok(["rm", "-rf", "/var/lib/core-ops"]);
+
     // install: the units are there, nothing is enabled or running, the state dir is private
     let t0 = Instant::now();
     let out = bed.exec(["dpkg", "-i", pkg.to_str().unwrap()]);
