@@ -75,6 +75,20 @@ fn git_daemon_remote_applies_recovers_a_killed_fetch_and_survives_an_outage() {
     assert_eq!(st["snapshot"]["last_run"]["outcome"], "fetch_failed");
     assert_eq!(st["fetch"]["failures_total"], 1);
     assert_eq!(r.metric("core_ops_fetch_failures_total"), Some(1.0));
+    // the fetch metrics (a counter among gauges) are valid exposition text
+    let promtool = std::env::var("CORE_OPS_PROMTOOL")
+        .unwrap_or_else(|_| "/var/cache/core-ops-test/prometheus/usr/bin/promtool".into());
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(r.w.s.path("metrics/core-ops.prom")).unwrap())
+        .output()
+        .unwrap_or_else(|e| panic!("{promtool} (installed by scripts/prereqs.sh): {e}"));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let (code, _, err) = r.agent();
     assert_eq!(code, 0, "retry: {err}");
