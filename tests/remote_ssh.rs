@@ -1,6 +1,7 @@
 //! An ssh:// repository on a real OpenSSH sshd on loopback with a pinned host key
 //! (scripts/git-servers.sh), applied by `core-ops agent` in the systemd test bed: first apply
-//! with a deploy key, a pushed change with a passphrase-protected key, a key the server does
+//! with a deploy key, a pushed change with a passphrase-protected key, the key held by an
+//! ssh-agent only, a key the server does
 //! not accept, an unknown and a changed host key (refused with the fingerprint seen), the
 //! server stopped (exit 5, host unchanged, status, metric) and the retry; no secret anywhere.
 
@@ -75,6 +76,34 @@ fn ssh_remote_with_pinned_host_key_applies_refuses_unknown_keys_and_never_leaks(
         "ssh no-change tick: {} ms wall (fetch {fetch_ms} ms)",
         tick.as_millis()
     );
+
+    // 3b. the deploy key held by an ssh-agent only (SSH_AUTH_SOCK), no key file in the entry
+    let sock = r.w.s.path("agent.sock");
+    let out = std::process::Command::new("ssh-agent")
+        .args(["-s", "-a", sock.to_str().unwrap()])
+        .output()
+        .expect("ssh-agent (openssh-client)");
+    let agent_pid = String::from_utf8_lossy(&out.stdout)
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("SSH_AGENT_PID=").map(str::to_string))
+        .expect("ssh-agent prints its pid");
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "ssh-add: {added:?}");
+    r.credential(&format!(
+        "url: {prefix}\nssh_agent: true\nknown_hosts: {kh}\n"
+    ));
+    let o = r.w.s.run_env(
+        &["agent", "--repo", &r.url, "--rev", "main", "--host", "h"],
+        &[("SSH_AUTH_SOCK", sock.to_str().unwrap())],
+    );
+    let _ = std::process::Command::new("kill").arg(&agent_pid).status();
+    let err = common::cli::stderr(&o);
+    r.outputs.borrow_mut().push(err.clone());
+    assert_eq!(o.status.code(), Some(0), "through ssh-agent: {err}");
 
     // 4. a key the server does not accept
     r.credential(&entry(
