@@ -48,6 +48,27 @@ if [ ! -x "$PROMTOOL" ]; then
     rm -rf "$tmp"
 fi
 
+# The loopback git servers of the remote-repository tests (scripts/git-servers.sh): lighttpd
+# (+ its TLS module) in front of git http-backend, and OpenSSH's sshd. Only unpacked into a
+# project cache, like promtool: installing openssh-server would generate host keys in /etc/ssh
+# and register a service on the host. openssl (test CA), openssh-client (ssh, ssh-keygen) and
+# python3 (free ports) come from the base system; git daemon and git http-backend from git.
+GITSRV=${CORE_OPS_TEST_CACHE:-/var/cache/core-ops-test}/gitservers
+if [ ! -x "$GITSRV/usr/sbin/lighttpd" ] || [ ! -x "$GITSRV/usr/sbin/sshd" ] ||
+    [ ! -f "$GITSRV/usr/lib/lighttpd/mod_openssl.so" ]; then
+    echo "==> unpacking lighttpd and sshd (Debian packages) into $GITSRV" >&2
+    for p in openssl openssh-client python3; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >&2; }
+    done
+    tmp=$(mktemp -d)
+    (cd "$tmp" && { apt-get download lighttpd lighttpd-mod-openssl openssh-server >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get download lighttpd lighttpd-mod-openssl openssh-server >/dev/null; }; })
+    mkdir -p "$GITSRV"
+    for d in "$tmp"/*.deb; do dpkg -x "$d" "$GITSRV"; done
+    rm -rf "$tmp"
+fi
+
 # ------------------------------------------------------------------ VM verification harness
 # What scripts/verify-image.sh (guest image) and core-ops-verify (guests
 # under QEMU TCG) need; see docs/vm-testbed.md. qemu-system-x86 must come from

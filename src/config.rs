@@ -3,6 +3,7 @@
 //! whole agent at a scratch root.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where things live on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub struct Paths {
     /// Caps on reading one revision of the desired-state repository
     /// (`CORE_OPS_MAX_TREE_ENTRIES`, `_TREE_BYTES`, `_FILE_BYTES`, `_TREE_DEPTH`).
     pub read_limits: ReadLimits,
+    /// How remote repositories are fetched: credentials directory, fetch timeout, git program
+    /// (`--credentials-dir`, `--fetch-timeout`, `CORE_OPS_GIT`).
+    pub remote: RemoteOptions,
 }
 
 /// Which Quadlet generator `plan` runs in dry-run mode (`CORE_OPS_QUADLET_GENERATOR`).
@@ -93,6 +97,7 @@ impl Paths {
             quadlet_generator: QuadletGenerator::Auto,
             trust_file: PathBuf::from(DEFAULT_TRUST_FILE),
             read_limits: ReadLimits::default(),
+            remote: RemoteOptions::default(),
         }
     }
 
@@ -176,6 +181,39 @@ pub fn parse_roots(s: &str) -> Vec<PathBuf> {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .collect()
+}
+
+// ------------------------------------------------------------------ remote repositories
+
+/// Default directory of credential entries.
+pub const DEFAULT_CREDENTIALS_DIR: &str = "/etc/core-ops/credentials.d";
+
+/// Default fetch timeout (`--fetch-timeout`, `CORE_OPS_FETCH_TIMEOUT`).
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How remote repositories are fetched: where the credential entries are, how long a fetch
+/// may take, which `git` to run.
+///
+/// Why a value: the CLI fills it from flags and environment; tests point it at their own
+/// credentials directory and servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteOptions {
+    /// Directory of credential entries (`/etc/core-ops/credentials.d`).
+    pub credentials_dir: PathBuf,
+    /// Longest a fetch may take (connect, negotiate, transfer) before it is killed.
+    pub timeout: Duration,
+    /// The git program (`CORE_OPS_GIT`, default `git` from `PATH`).
+    pub git: PathBuf,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            credentials_dir: PathBuf::from(DEFAULT_CREDENTIALS_DIR),
+            timeout: DEFAULT_FETCH_TIMEOUT,
+            git: PathBuf::from("git"),
+        }
+    }
 }
 
 /// A scratch root for unit tests: unit dir, Quadlet dir, state dir and the host-file roots

@@ -76,6 +76,12 @@ pub enum Error {
     /// The repository could not be opened, fetched, or the ref did not resolve.
     #[error("source: {0}")]
     Source(String),
+    /// Fetching the remote repository failed (unreachable, DNS, timeout, authentication,
+    /// host key, TLS): nothing was planned or changed, the host stays on its last applied
+    /// revision, and the next run retries. Its own exit code, so a fleet tells a network
+    /// or credential problem from a bad desired state.
+    #[error("fetch: {0}")]
+    Fetch(String),
     /// Configuration (flags, environment, persisted target) is incomplete or contradictory.
     #[error("configuration: {0}")]
     Config(String),

@@ -42,6 +42,11 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // ssh runs core-ops as SSH_ASKPASS for a deploy key with a passphrase (set only by the
+    // fetch, for its own ssh child): answer the one prompt from the root-only passphrase file
+    if let Some(code) = core_ops::source::remote::askpass() {
+        return code;
+    }
     #[cfg(feature = "failpoints")]
     let _failpoints = core_ops::failpoint::setup();
     let cli = Cli::parse();

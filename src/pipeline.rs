@@ -148,7 +148,7 @@ fn read_trusted(
     requested_ref: &str,
     host: &str,
 ) -> Result<(Source, Revision, crate::source::RevisionTree, trust::Trust)> {
-    let source = Source::open(repo, &paths.state_dir)?;
+    let source = Source::open_with(repo, &paths.state_dir, &paths.remote)?;
     let revision = source.resolve(requested_ref)?;
     let policy = trust::policy_for(&paths.trust_file, source.repository(), &revision, host)?;
     trust::verify_commit(source.repository(), &revision, &policy)?;

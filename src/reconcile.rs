@@ -125,7 +125,11 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
                 // a revision refused before anything was touched is still the host's last
                 // run: status says so (nothing else changes, no receipt: no transition)
                 if opts.record_status && !plan_only {
-                    record_refused_run(paths, target, &e.to_string(), None);
+                    let outcome = match e {
+                        Error::Fetch(_) => "fetch_failed",
+                        _ => "refused",
+                    };
+                    record_refused_run(paths, target, outcome, &e.to_string(), None);
                 }
                 return Err(e);
             }
@@ -183,6 +187,7 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         record_refused_run(
             paths,
             target,
+            "refused",
             &format!("the plan has blocked actions: {}", blocked.join("; ")),
             Some(&planned),
         );
@@ -391,12 +396,13 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
     status::save(&paths.state_file, &snap)
 }
 
-/// A run refused at plan (an input error, a blocked action) is still the host's last run:
-/// status.json's `last_run` says `refused` and why, so `status` never keeps showing an older
+/// A run refused at plan (an input error, a blocked action; `fetch_failed`: the remote could
+/// not be fetched) is still the host's last run: status.json's `last_run` says so and why, so `status` never keeps showing an older
 /// run's outcome. Best effort: failing to record it must not hide the refusal itself.
 fn record_refused_run(
     paths: &Paths,
     target: &ResolvedTarget,
+    outcome: &str,
     why: &str,
     planned: Option<&Planned>,
 ) {
@@ -411,7 +417,7 @@ fn record_refused_run(
     snap.last_run = Some(RunRecord {
         started_at: now.clone(),
         finished_at: now,
-        outcome: "refused".into(),
+        outcome: outcome.into(),
         desired_revision: planned
             .map(|p| p.desired.revision.commit.clone())
             .unwrap_or_default(),

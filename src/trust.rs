@@ -21,7 +21,6 @@ mod allowed_signers;
 mod tests;
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use git2::{ErrorCode, ObjectType, Oid, Repository};
@@ -213,63 +212,8 @@ fn validate(p: &TrustPolicy, file: &str, local: bool) -> Result<(), InputError> 
 fn read_private(path: &Path) -> Result<String> {
     let euid = nix::unistd::geteuid().as_raw();
     let trusted: &[u32] = if euid == 0 { &[0] } else { &[0, euid] };
-    check_private(path, trusted)?;
+    crate::fsutil::check_private(path, trusted)?;
     std::fs::read_to_string(path).map_err(|e| Error::io(format!("read {}", path.display()), e))
-}
-
-/// Refuse `path` unless it (after symlinks) and each directory above it is owned by one of
-/// `trusted` and is not writable by group or others (a sticky directory may be).
-pub(crate) fn check_private(path: &Path, trusted: &[u32]) -> Result<()> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| Error::io(format!("resolve {}", path.display()), e))?;
-    let shown = if real == path {
-        path.display().to_string()
-    } else {
-        format!("{} ({})", path.display(), real.display())
-    };
-    if !meta.is_file() {
-        return Err(refuse(format!("{shown} is not a regular file")));
-    }
-    let owners = trusted
-        .iter()
-        .map(|u| {
-            if *u == 0 {
-                "root".to_string()
-            } else {
-                format!("uid {u}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" or ");
-    if !trusted.contains(&meta.uid()) {
-        return Err(refuse(format!(
-            "{shown} is owned by uid {}, not {owners}: a trust anchor must be root-only",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(refuse(format!(
-            "{shown} is writable by group or others (mode {:o}): a trust anchor must be root-only",
-            meta.mode() & 0o7777
-        )));
-    }
-    for dir in real.ancestors().skip(1) {
-        let m =
-            std::fs::metadata(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
-        let sticky = m.mode() & 0o1000 != 0;
-        if !trusted.contains(&m.uid()) || (m.mode() & 0o022 != 0 && !sticky) {
-            return Err(refuse(format!(
-                "{shown} lies in {}, which is owned by uid {} with mode {:o}: every directory \
-                 above a trust anchor must be owned by {owners} and not writable by others",
-                dir.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn find_commit<'r>(repo: &'r Repository, rev: &Revision) -> Result<git2::Commit<'r>> {

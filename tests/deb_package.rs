@@ -1,8 +1,10 @@
 //! The Debian package (scripts/build-deb.sh): its contents and maintainer scripts, lintian
 //! without errors, and a real install in the systemd test bed: `dpkg -i` leaves the timer
-//! disabled, the shipped example drop-in pointed at a fixture repository plus
-//! `systemctl enable --now core-ops.timer` converge the host, `dpkg -r` keeps the managed
-//! units running and the state in place, `dpkg --purge` removes the state.
+//! disabled, the shipped example drop-in pointed at a fixture repository served over https://
+//! (the loopback lighttpd + git http-backend of scripts/git-servers.sh, basic auth from a
+//! root-only credentials entry, the test's own CA) plus `systemctl enable --now
+//! core-ops.timer` converge the host, `dpkg -r` keeps the managed units running and the state
+//! in place, `dpkg --purge` removes the state.
 //!
 //! The package: `CORE_OPS_DEB` (scripts/test.sh builds it once and exports it); otherwise this
 //! binary runs scripts/build-deb.sh itself (as root; a release build, minutes).
@@ -209,6 +211,9 @@ fn package_contents_scripts_and_lintian() {
 fn install_enable_converge_then_remove_keeps_units_and_state() {
     let Some(bed) = bed() else { return };
     let Some(deb) = deb() else { return };
+    let Some(srv) = common::remote::servers(&["https"]) else {
+        return;
+    };
     let p = prefix("deb");
     let work = tempfile::Builder::new()
         .prefix("deb-")
@@ -231,6 +236,23 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
             "v1",
         )
         .unwrap();
+    // published on the https server; the agent in the bed fetches it from there
+    let bare = PathBuf::from(srv.get("CORE_OPS_GITSRV_REPOS")).join(format!("{p}.git"));
+    let git = |args: &[&str]| {
+        let o = Command::new("git").args(args).output().unwrap();
+        assert!(o.status.success(), "git {args:?}: {o:?}");
+    };
+    git(&["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    git(&[
+        "-C",
+        repo_path.to_str().unwrap(),
+        "push",
+        "-q",
+        bare.to_str().unwrap(),
+        "HEAD:refs/heads/main",
+    ]);
+    let https_base = srv.get("CORE_OPS_GITSRV_HTTPS_URL");
+    let repo_url = format!("{https_base}/{p}.git");
     let show = |prop: &str, u: &str| {
         bed.exec_ok(["systemctl", "show", "--value", "-p", prop, u])
             .trim()
@@ -242,6 +264,10 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
     // maintainer scripts skip their systemctl calls, unlike on a real host. Set it aside for
     // this test and put it back afterwards, even when the test fails.
     let _policy = PolicyRcAside::new(bed);
+
+    // a fresh host has no state dir: one the machine under the bed's overlay happens to have
+    // (another run of core-ops on it) is hidden inside the bed only; the host keeps its own
+    bed.exec_ok(["rm", "-rf", "/var/lib/core-ops"]);
 
     // install: the units are there, nothing is enabled or running, the state dir is private
     let t0 = Instant::now();
@@ -284,7 +310,7 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
         .lines()
         .map(|l| {
             if l.starts_with("Environment=CORE_OPS_REPO=") {
-                format!("Environment=CORE_OPS_REPO={}\n", repo_path.display())
+                format!("Environment=CORE_OPS_REPO={repo_url}\n")
             } else {
                 format!("{l}\n")
             }
@@ -292,6 +318,32 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
         .collect();
     assert_ne!(dropin, example, "the example has no CORE_OPS_REPO line");
     bed.write_unit("core-ops.service.d/50-desired-state.conf", &dropin);
+    // the credentials entry, root-only, where the packaged service looks for it
+    let stage = work.path().join("cred");
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::copy(
+        srv.get("CORE_OPS_GITSRV_HTTPS_PASSWORD_FILE"),
+        stage.join("password"),
+    )
+    .unwrap();
+    std::fs::copy(srv.get("CORE_OPS_GITSRV_HTTPS_CA"), stage.join("ca.pem")).unwrap();
+    std::fs::write(
+        stage.join("fleet.yaml"),
+        format!(
+            "url: {https_base}/\nusername: deploy\npassword_file: /etc/core-ops/secrets/password\nca_file: /etc/core-ops/secrets/ca.pem\n"
+        ),
+    )
+    .unwrap();
+    let s = stage.display();
+    bed.exec_ok([
+        "sh",
+        "-c",
+        &format!(
+            "install -d -m 0700 /etc/core-ops/credentials.d /etc/core-ops/secrets && \
+             install -m 0600 {s}/fleet.yaml /etc/core-ops/credentials.d/ && \
+             install -m 0600 {s}/password {s}/ca.pem /etc/core-ops/secrets/"
+        ),
+    ]);
     // test only: this host's name in the fixture, a short settle window
     bed.write_unit(
         "core-ops.service.d/60-test.conf",
@@ -334,6 +386,34 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
         converged.as_millis()
     );
     assert_eq!(status["last_run"]["outcome"], "converged");
+    assert_eq!(status["source"]["repo"], repo_url.as_str(), "{status:#}");
+    let fetch: serde_json::Value =
+        serde_json::from_str(&bed.exec_ok(["cat", "/var/lib/core-ops/fetch.json"])).unwrap();
+    assert_eq!(fetch["consecutive_failures"], 0, "{fetch:#}");
+    assert!(fetch["last_success_at"].is_string(), "{fetch:#}");
+    // the secret is in no journal field of the runs and in no record
+    let password = std::fs::read_to_string(stage.join("password")).unwrap();
+    let password = password.trim();
+    let journal = bed.exec(["journalctl", "--no-pager", "-o", "verbose"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains("core-ops"),
+        "the bed's journal has no core-ops lines to search"
+    );
+    assert!(
+        !journal.contains(password),
+        "the password is in the journal"
+    );
+    let records = bed.exec([
+        "sh",
+        "-c",
+        "cat /var/lib/core-ops/*.json /var/lib/core-ops/receipts/*",
+    ]);
+    assert!(!records.stdout.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&records.stdout).contains(password),
+        "the password is in a record"
+    );
     assert_eq!(show("ActiveState", &unit), "active");
     // the installed binary, with a clean environment (as an operator's shell would have)
     let ops = |args: &[&str]| {
@@ -369,6 +449,12 @@ fn install_enable_converge_then_remove_keeps_units_and_state() {
     assert_eq!(show("ActiveState", &unit), "active");
 
     // leave the shared bed as found
+    let _ = bed.exec([
+        "rm",
+        "-rf",
+        "/etc/core-ops/credentials.d",
+        "/etc/core-ops/secrets",
+    ]);
     let _ = bed.exec(["systemctl", "disable", "--now", &unit]);
     bed.remove_units(&[
         unit,

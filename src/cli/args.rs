@@ -59,6 +59,25 @@ pub struct Cli {
     /// /etc/core-ops/trust.yaml; wins over `trust:` in host.yaml).
     #[arg(long, global = true, env = "CORE_OPS_TRUST_FILE", value_name = "FILE")]
     pub trust_file: Option<std::path::PathBuf>,
+    /// Root-only directory of credential entries for remote repositories, matched by URL
+    /// prefix (default /etc/core-ops/credentials.d; README "Remote repositories").
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_CREDENTIALS_DIR",
+        value_name = "DIR"
+    )]
+    pub credentials_dir: Option<std::path::PathBuf>,
+    /// Longest a fetch of a remote repository may take, in seconds, before it is killed and
+    /// the run exits 5 (default 60).
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_FETCH_TIMEOUT",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub fetch_timeout: Option<u64>,
     /// Most tree entries read from one revision, counted as expanded: an entry reached
     /// through a shared subtree counts each time (default 100000).
     #[arg(

@@ -43,6 +43,10 @@ pub enum ExitStatus {
     /// 4: `apply`/`agent`: the desired revision is quarantined (non_converging or
     /// oscillating); nothing was done. A new desired revision or `core-ops resume` lifts it.
     Quarantined = 4,
+    /// 5: the remote repository could not be fetched (unreachable, DNS, timeout,
+    /// authentication, host key, TLS); nothing was planned or changed, the host stays on its
+    /// last applied revision, and the next run retries.
+    FetchFailed = 5,
     /// 75 (EX_TEMPFAIL): another core-ops run holds the lock; try again later.
     Locked = 75,
 }
@@ -51,6 +55,7 @@ pub enum ExitStatus {
 pub fn exit_for(err: &Error) -> ExitStatus {
     match err {
         Error::Locked(_) => ExitStatus::Locked,
+        Error::Fetch(_) => ExitStatus::FetchFailed,
         // 1 means "nothing changed"; this run did change the host
         Error::HostChanged(_) => ExitStatus::NotConverged,
         _ => ExitStatus::Error,
@@ -73,6 +78,15 @@ fn paths_of(cli: &Cli) -> Paths {
     }
     if let Some(t) = &cli.trust_file {
         paths.trust_file = t.clone();
+    }
+    if let Some(d) = &cli.credentials_dir {
+        paths.remote.credentials_dir = d.clone();
+    }
+    if let Some(t) = cli.fetch_timeout {
+        paths.remote.timeout = Duration::from_secs(t);
+    }
+    if let Some(g) = std::env::var_os("CORE_OPS_GIT").filter(|g| !g.is_empty()) {
+        paths.remote.git = g.into();
     }
     let limits = &mut paths.read_limits;
     limits.max_entries = cli.max_tree_entries.unwrap_or(limits.max_entries);
@@ -252,6 +266,7 @@ fn emit_metrics(
         return;
     };
     let outcome = match report.map(|r| r.outcome) {
+        Err(Error::Fetch(_)) => "fetch_failed".to_string(),
         Err(_) => "error".to_string(),
         Ok(o) => serde_json::to_value(o)
             .ok()
@@ -291,6 +306,7 @@ fn emit_metrics(
         quarantined: control::load(&paths.state_dir)
             .map(|c| c.quarantine.is_some())
             .unwrap_or(false),
+        fetch: crate::source::fetch_state::load(&paths.state_dir),
         ..Default::default()
     };
     if let Ok(r) = report {
@@ -366,6 +382,7 @@ pub fn print_error_json(err: &Error, exit_code: u8) {
     let kind = match err {
         Error::Input(_) => "input",
         Error::Source(_) => "source",
+        Error::Fetch(_) => "fetch",
         Error::Config(_) => "configuration",
         Error::Locked(_) => "locked",
         Error::StalePlan(_) => "stale_plan",
@@ -411,7 +428,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
     match &cli.command {
         Command::Init { repo, rev } => {
             // prove the target works before persisting it
-            let source = Source::open(repo, &paths.state_dir)?;
+            let source = Source::open_with(repo, &paths.state_dir, &paths.remote)?;
             let revision = source.resolve(rev)?;
             fsutil::private_dir(&paths.state_dir)?;
             let t = target::save(&paths.target_file(), repo, rev)?;
@@ -599,6 +616,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
         }
         Command::Status => {
             let snap = status::load(&paths.state_file);
+            let fetch = crate::source::fetch_state::load(&paths.state_dir);
             let t = target::load(&paths.target_file()).ok().flatten();
             let ctl = control::load(&paths.state_dir);
             let convergence = match &ctl {
@@ -627,6 +645,7 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                     Ok(c) => serde_json::to_value(c).expect("control serializes"),
                     Err(e) => serde_json::json!({ "error": e.to_string() }),
                 };
+                view["fetch"] = serde_json::to_value(fetch).expect("fetch state serializes");
                 print_json(&view);
             } else {
                 let mut text = output::status_text(
@@ -644,6 +663,9 @@ pub fn run(cli: &Cli) -> Result<ExitStatus, Error> {
                         }
                     }
                     Err(e) => text.push_str(&format!("control    unreadable: {e}\n")),
+                }
+                if let Some(f) = &fetch {
+                    text.push_str(&output::fetch_text(f));
                 }
                 print_text(&text);
             }

@@ -37,6 +37,29 @@ fn change_counts(plan: &Plan) -> String {
     }
 }
 
+/// The `fetch` lines of `status`: the last successful fetch and, while fetches fail, the
+/// failure streak and the last error (credentials never appear in it).
+pub fn fetch_text(f: &crate::source::fetch_state::FetchState) -> String {
+    let mut t = format!(
+        "fetch      last success {}{}\n",
+        f.last_success_at.as_deref().unwrap_or("never"),
+        f.last_success_ms
+            .map(|ms| format!(" ({ms} ms)"))
+            .unwrap_or_default()
+    );
+    if f.consecutive_failures > 0 {
+        t.push_str(&format!(
+            "           FAILING: {} failed fetch(es) in a row since then ({} in all), last at {} ({}): the host stays on its last applied revision; the next run retries\n           {}\n",
+            f.consecutive_failures,
+            f.failures_total,
+            f.last_failure_at.as_deref().unwrap_or("?"),
+            f.last_failure_kind.as_deref().unwrap_or("other"),
+            f.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    t
+}
+
 /// `454ac5f1 (v2) quarantined since T (non_converging after 3 attempts: ids)`.
 pub fn quarantine_text(q: &crate::record::control::Quarantine) -> String {
     format!(

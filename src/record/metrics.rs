@@ -23,6 +23,7 @@ pub const OUTCOMES: &[&str] = &[
     "rolled_back",
     "quarantined",
     "plan_only",
+    "fetch_failed",
     "error",
 ];
 
@@ -47,6 +48,9 @@ pub struct RunMetrics {
     pub runtimes: BTreeMap<String, String>,
     /// Whether the receipt chain verified (`None`: not known, no gauge).
     pub receipt_chain_ok: Option<bool>,
+    /// Fetches of the remote repository (`None`: the repository was never fetched, e.g. a
+    /// local path: no fetch metrics).
+    pub fetch: Option<crate::source::fetch_state::FetchState>,
 }
 
 impl RunMetrics {
@@ -170,6 +174,30 @@ pub fn render(m: &RunMetrics) -> String {
             &rows,
         );
     }
+    if let Some(f) = &m.fetch {
+        let _ = writeln!(
+            o,
+            "# HELP core_ops_fetch_failures_total Failed fetches of the remote repository (the host stayed on its last applied revision).\n\
+             # TYPE core_ops_fetch_failures_total counter\n\
+             core_ops_fetch_failures_total {}",
+            f.failures_total
+        );
+        let _ = writeln!(
+            o,
+            "# HELP core_ops_fetch_consecutive_failures Failed fetches since the last successful one.\n\
+             # TYPE core_ops_fetch_consecutive_failures gauge\n\
+             core_ops_fetch_consecutive_failures {}",
+            f.consecutive_failures
+        );
+        if let Some(t) = f.last_success_unix {
+            let _ = writeln!(
+                o,
+                "# HELP core_ops_last_successful_fetch_timestamp_seconds Unix time of the last successful fetch of the remote repository.\n\
+                 # TYPE core_ops_last_successful_fetch_timestamp_seconds gauge\n\
+                 core_ops_last_successful_fetch_timestamp_seconds {t}"
+            );
+        }
+    }
     o
 }
 
@@ -225,6 +253,24 @@ mod tests {
         assert!(
             render(&m).ends_with("core_ops_runtime_info{runtime=\"hello\",version=\"1.2.0\"} 1\n")
         );
+    }
+
+    #[test]
+    fn fetch_counters_only_for_fetched_repositories() {
+        let mut m = RunMetrics::default();
+        assert!(!render(&m).contains("core_ops_fetch"));
+        m.fetch = Some(crate::source::fetch_state::FetchState {
+            failures_total: 3,
+            consecutive_failures: 1,
+            last_success_unix: Some(1700000000),
+            ..Default::default()
+        });
+        let t = render(&m);
+        assert!(t.contains(
+            "# TYPE core_ops_fetch_failures_total counter\ncore_ops_fetch_failures_total 3\n"
+        ));
+        assert!(t.contains("core_ops_fetch_consecutive_failures 1\n"));
+        assert!(t.ends_with("core_ops_last_successful_fetch_timestamp_seconds 1700000000\n"));
     }
 
     #[test]

@@ -360,13 +360,15 @@ fn unsafe_trust_anchors_are_refused() {
     let f = fx.path("trust.yaml");
     write_private(&f, "require_signed: false\n");
     let me = std::fs::metadata(&f).unwrap().uid();
-    assert!(check_private(&f, &[me]).is_ok());
+    assert!(crate::fsutil::check_private(&f, &[me]).is_ok());
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o620)).unwrap();
     let e = load_local(&f).unwrap_err().to_string();
     assert!(e.contains("writable by group or others"), "{e}");
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
     // owned by someone not trusted (as root: not owned by root)
-    let e = check_private(&f, &[me + 1]).unwrap_err().to_string();
+    let e = crate::fsutil::check_private(&f, &[me + 1])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&format!("owned by uid {me}")), "{e}");
     // a directory others can write above it
     let open = fx.path("open");

@@ -2,4 +2,5 @@
 
 pub mod bed;
 pub mod cli;
+pub mod remote;
 pub mod world;

@@ -6,12 +6,22 @@
 //!
 //! Two kinds of location:
 //! - a local path (work tree or bare repository) is opened in place and only read;
-//! - a URL (`file://`, and `https://`/`ssh://` in builds with those transports) is fetched
-//!   into a bare mirror `<state_dir>/mirrors/<sha256(url)[..16]>.git`, with the refspecs
-//!   `+refs/heads/*:refs/heads/*` and `+refs/tags/*:refs/tags/*` (pruned), so names resolve in
-//!   the mirror exactly as in the source.
+//! - a URL (`file://`, `https://`, `ssh://` or scp-like `[user@]host:path`, `git://`) is
+//!   fetched into a bare mirror `<state_dir>/mirrors/<sha256(url)[..16]>.git`, with the
+//!   refspecs `+refs/heads/*:refs/heads/*` and `+refs/tags/*:refs/tags/*` (pruned), so names
+//!   resolve in the mirror exactly as in the source. `file://` is fetched in process by
+//!   libgit2; remote URLs by the `git` program ([`remote`]), so a run that talks to no remote
+//!   pays no TLS or SSH set-up. Credentials come from the local credentials directory
+//!   ([`credentials`]), never from the URL; how each fetch went is kept in
+//!   `<state_dir>/fetch.json` ([`fetch_state`]).
 //!
 //! Callers hold the state-dir lock, so one process at a time touches a mirror.
+
+pub mod credentials;
+pub mod fetch_state;
+pub mod remote;
+
+pub use remote::RemoteOptions;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,11 +153,13 @@ enum Transport {
     Local,
     /// `file://` URL, fetched by libgit2's in-process local transport.
     File,
-    /// `https://`, needs a build with the `https` transport.
+    /// `https://`, fetched by the git program.
     Https,
-    /// `ssh://` or scp-like `[user@]host:path`, needs a build with the `ssh` transport.
+    /// `ssh://` or scp-like `[user@]host:path`, fetched by the git program through OpenSSH.
     Ssh,
-    /// Any other scheme (`http://`, `git://`, ...): refused.
+    /// `git://` (git daemon: no authentication, no encryption), fetched by the git program.
+    Git,
+    /// Any other scheme (`http://`, ...): refused.
     Unsupported(String),
 }
 
@@ -157,6 +169,7 @@ fn transport(repo: &str) -> Transport {
             "file" => Transport::File,
             "https" => Transport::Https,
             "ssh" | "git+ssh" | "ssh+git" => Transport::Ssh,
+            "git" => Transport::Git,
             other => Transport::Unsupported(other.to_string()),
         };
     }
@@ -229,6 +242,18 @@ fn src_err(msg: impl Into<String>) -> Error {
     Error::Source(redact(&msg.into()))
 }
 
+/// Whether the URL's user-info carries a password (`user:secret@`).
+fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .map(|(_, rest)| {
+            let authority = rest.split('/').next().unwrap_or("");
+            authority
+                .rsplit_once('@')
+                .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        })
+        .unwrap_or(false)
+}
+
 impl Source {
     /// Open `repo`: a local path (work tree or bare) in place and read-only, or a URL fetched
     /// into the bare mirror `<state_dir>/mirrors/<sha256(url without credentials)[..16]>.git`.
@@ -236,6 +261,14 @@ impl Source {
     /// Why fetch here: a run then works on one consistent set of refs; a failed fetch fails the
     /// run rather than silently using stale refs.
     pub fn open(repo: &str, state_dir: &Path) -> Result<Source> {
+        Self::open_with(repo, state_dir, &RemoteOptions::default())
+    }
+
+    /// [`Source::open`] with explicit remote options (credentials directory, fetch timeout).
+    ///
+    /// Why: the CLI passes the operator's settings; a failed fetch of a remote is
+    /// [`Error::Fetch`] (its own exit code) and is recorded in `<state_dir>/fetch.json`.
+    pub fn open_with(repo: &str, state_dir: &Path, opts: &RemoteOptions) -> Result<Source> {
         if repo.is_empty() {
             return Err(src_err("no repository given"));
         }
@@ -249,20 +282,22 @@ impl Source {
                         "repository path '{path}' of {location} does not exist"
                     )));
                 }
-                Self::open_mirror(repo, location, state_dir)
+                Self::open_mirror(repo, location, state_dir, None)
             }
-            Transport::Https if !git2::Version::get().https() => Err(src_err(format!(
-                "cannot fetch {location}: this build of core-ops has no https/ssh transport \
-                 (git2 built without the https and ssh features); use a local path or a file:// URL"
-            ))),
-            Transport::Ssh if !git2::Version::get().ssh() => Err(src_err(format!(
-                "cannot fetch {location}: this build of core-ops has no https/ssh transport \
-                 (git2 built without the https and ssh features); use a local path or a file:// URL"
-            ))),
-            Transport::Https | Transport::Ssh => Self::open_mirror(repo, location, state_dir),
+            Transport::Https | Transport::Ssh | Transport::Git => {
+                if has_password(repo) {
+                    return Err(Error::Config(format!(
+                        "{location}: a password or token in the repository URL is refused (it \
+                         would show in process lists and records); put it in a file named by \
+                         an entry of the credentials directory {}",
+                        opts.credentials_dir.display()
+                    )));
+                }
+                Self::open_mirror(repo, location, state_dir, Some(opts))
+            }
             Transport::Unsupported(scheme) => Err(src_err(format!(
                 "unsupported URL scheme '{scheme}://' in {location}: use a local path, file://, \
-                 https:// or ssh://"
+                 https://, ssh:// or git://"
             ))),
         }
     }
@@ -302,7 +337,44 @@ impl Source {
         })
     }
 
-    fn open_mirror(url: &str, location: String, state_dir: &Path) -> Result<Source> {
+    /// Open (creating on first use) the mirror of `url` and fetch into it: in process for
+    /// `file://` (`remote` is `None`), with the git program otherwise (recorded in
+    /// `fetch.json`, success or failure).
+    fn open_mirror(
+        url: &str,
+        location: String,
+        state_dir: &Path,
+        remote: Option<&RemoteOptions>,
+    ) -> Result<Source> {
+        let started = std::time::Instant::now();
+        let result = Self::open_mirror_inner(url, location.clone(), state_dir, remote);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if remote.is_none() {
+            // file://: no network, nothing to track, and a no-op tick stays one write lighter
+            return result;
+        }
+        match &result {
+            Ok(_) => fetch_state::record_success(state_dir, &location, elapsed_ms),
+            Err(e @ Error::Fetch(m)) => {
+                let kind = remote::kind_of(m);
+                tracing::warn!(
+                    repo = %location,
+                    kind = kind.as_str(),
+                    "fetch failed; the host stays on its last applied revision"
+                );
+                fetch_state::record_failure(state_dir, &location, kind.as_str(), &e.to_string());
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    fn open_mirror_inner(
+        url: &str,
+        location: String,
+        state_dir: &Path,
+        remote: Option<&RemoteOptions>,
+    ) -> Result<Source> {
         let mirrors = state_dir.join("mirrors");
         // the state dir is private (0700) whoever creates it first
         crate::fsutil::private_dir(state_dir)?;
@@ -314,7 +386,12 @@ impl Source {
             match Repository::open_bare(&dir) {
                 Ok(repo) if repo.is_bare() => {
                     remove_stale_locks(&dir)?;
-                    fetch(&repo, url, &location)?;
+                    match remote {
+                        None => fetch(&repo, url, &location)?,
+                        // HEAD is followed when the mirror is made, and again only when it
+                        // dangles (the default branch was deleted): one round trip per tick
+                        Some(o) => remote::fetch(&dir, url, &location, o, repo.head().is_err())?,
+                    }
                     return Ok(Source {
                         repo: Rc::new(repo),
                         location,
@@ -347,7 +424,10 @@ impl Source {
             let repo = Repository::init_bare(&tmp).map_err(|e| {
                 src_err(format!("create mirror {}: {}", tmp.display(), e.message()))
             })?;
-            fetch(&repo, url, &location)?;
+            match remote {
+                None => fetch(&repo, url, &location)?,
+                Some(o) => remote::fetch(&tmp, url, &location, o, true)?,
+            }
         }
         fs::rename(&tmp, &dir)
             .map_err(|e| Error::io(format!("rename {} to {}", tmp.display(), dir.display()), e))?;
@@ -948,7 +1028,21 @@ fn remove_stale_locks(mirror: &Path) -> Result<()> {
         Ok(())
     }
     walk(mirror, false)?;
-    walk(&mirror.join("refs"), true)
+    walk(&mirror.join("refs"), true)?;
+    // half-written packs of a killed `git fetch` (`objects/pack/tmp_pack_*`, `tmp_idx_*`):
+    // never referenced, only space
+    let packs = mirror.join("objects/pack");
+    if let Ok(rd) = fs::read_dir(&packs) {
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("tmp_") {
+                tracing::warn!(file = %entry.path().display(), "removing a partial pack left by an interrupted fetch");
+                fs::remove_file(entry.path()).map_err(|e| {
+                    Error::io(format!("remove stale {}", entry.path().display()), e)
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fetch branches and tags of `url` into the bare mirror `repo`.
@@ -1138,18 +1232,35 @@ mod tests {
     }
 
     #[test]
-    fn remote_urls_without_transport_fail_clearly_and_never_show_credentials() {
+    fn remote_urls_refuse_passwords_and_unpinned_ssh_without_showing_credentials() {
         let t = tempfile::tempdir().unwrap();
+        let opts = RemoteOptions {
+            credentials_dir: t.path().join("credentials.d"),
+            ..RemoteOptions::default()
+        };
         for u in [
             "https://user:s3cret@example.invalid/repo.git",
             "ssh://git:s3cret@example.invalid/repo.git",
-            "git@example.invalid:org/repo.git",
         ] {
             assert!(is_remote(u));
-            let e = Source::open(u, t.path()).unwrap_err().to_string();
-            assert!(e.contains("no https/ssh transport"), "{e}");
+            let e = Source::open_with(u, t.path(), &opts).unwrap_err();
+            assert!(matches!(e, Error::Config(_)), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("password or token in the repository URL"), "{e}");
             assert!(!e.contains("s3cret") && !e.contains("user:"), "{e}");
         }
+        // ssh without a pinned host key: refused before any connection, as a fetch failure
+        for u in [
+            "git@example.invalid:org/repo.git",
+            "ssh://git@example.invalid/repo.git",
+        ] {
+            let e = Source::open_with(u, &t.path().join("state"), &opts).unwrap_err();
+            assert!(matches!(e, Error::Fetch(_)), "{e}");
+            assert!(e.to_string().contains("no pinned host key"), "{e}");
+        }
+        let st = fetch_state::load(&t.path().join("state")).unwrap();
+        assert_eq!(st.failures_total, 2);
+        assert_eq!(st.last_failure_kind.as_deref(), Some("host_key"));
         let e = Source::open("http://tok@example.invalid/r", t.path())
             .unwrap_err()
             .to_string();
@@ -1158,7 +1269,7 @@ mod tests {
             "{e}"
         );
         assert!(!is_remote("/srv/repo") && !is_remote("./a:b") && !is_remote("repo"));
-        assert!(is_remote("file:///srv/repo"));
+        assert!(is_remote("file:///srv/repo") && is_remote("git://h/r.git"));
         assert_eq!(
             redact("failed 'https://u:p@h.invalid/x' and ssh://k@h/y"),
             "failed 'https://h.invalid/x' and ssh://h/y"
