@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod lock;
+pub mod names;
 pub mod pipeline;
 pub mod provenance;
 pub mod systemd;
