@@ -88,10 +88,7 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
             a.order,
             a.action.as_str(),
             a.id,
-            serde_json::to_value(a.cause)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            crate::names::serde_name(&a.cause),
             a.reason,
         );
         if !a.restarts.is_empty() && a.action != Action::NoOp {
@@ -458,10 +455,7 @@ pub fn explain_text(e: &Explanation) -> String {
         o,
         "  action    {} [{}] {}",
         e.action.action.as_str(),
-        serde_json::to_value(e.action.cause)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        crate::names::serde_name(&e.action.cause),
         e.action.reason
     );
     if !e.layers.is_empty() {
@@ -489,40 +483,45 @@ pub fn explain_text(e: &Explanation) -> String {
         }
     }
     if let Some(h) = &e.runtime {
-        let _ = writeln!(
-            o,
-            "  runtime   current {}, previous {}, on disk: {}",
-            h.current.as_deref().unwrap_or("none"),
-            h.previous.as_deref().unwrap_or("none"),
-            if h.installed.is_empty() {
-                "-".to_string()
-            } else {
-                h.installed.join(", ")
-            }
-        );
-        if let Some(t) = &h.in_flight {
-            let _ = writeln!(o, "  in flight {t} (the next apply resolves it)");
-        }
-        let _ = writeln!(o, "  transactions ({}):", h.transactions.len());
-        for t in &h.transactions {
-            let states: Vec<&str> = t.steps.iter().map(|s| s.state.as_str()).collect();
-            let _ = writeln!(
-                o,
-                "    {} {}: {}{}",
-                t.steps.first().map(|s| s.at.as_str()).unwrap_or(""),
-                t.version,
-                states.join(" -> "),
-                if t.recovered { " (recovered)" } else { "" }
-            );
-            if let Some(r) = &t.failure_reason {
-                let _ = writeln!(o, "      reason: {r}");
-            }
-            if let Some(last) = t.steps.last() {
-                let _ = writeln!(o, "      receipt {}  {}", last.receipt, last.evidence);
-            }
-        }
+        runtime_history_text(&mut o, h);
     }
     o
+}
+
+/// The runtime part of `explain runtime:NAME`: versions on disk and every transaction.
+fn runtime_history_text(o: &mut String, h: &crate::runtime::history::RuntimeHistory) {
+    let _ = writeln!(
+        o,
+        "  runtime   current {}, previous {}, on disk: {}",
+        h.current.as_deref().unwrap_or("none"),
+        h.previous.as_deref().unwrap_or("none"),
+        if h.installed.is_empty() {
+            "-".to_string()
+        } else {
+            h.installed.join(", ")
+        }
+    );
+    if let Some(t) = &h.in_flight {
+        let _ = writeln!(o, "  in flight {t} (the next apply resolves it)");
+    }
+    let _ = writeln!(o, "  transactions ({}):", h.transactions.len());
+    for t in &h.transactions {
+        let states: Vec<&str> = t.steps.iter().map(|s| s.state.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "    {} {}: {}{}",
+            t.steps.first().map(|s| s.at.as_str()).unwrap_or(""),
+            t.version,
+            states.join(" -> "),
+            if t.recovered { " (recovered)" } else { "" }
+        );
+        if let Some(r) = &t.failure_reason {
+            let _ = writeln!(o, "      reason: {r}");
+        }
+        if let Some(last) = t.steps.last() {
+            let _ = writeln!(o, "      receipt {}  {}", last.receipt, last.evidence);
+        }
+    }
 }
 
 #[cfg(test)]
