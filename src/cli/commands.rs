@@ -121,7 +121,7 @@ pub fn status(cli: &Cli, paths: &Paths) -> Result<Outcome, Error> {
         cli,
         &StatusView {
             schema_version: SCHEMA_VERSION,
-            kind: "CoreOpsStatus",
+            kind: "CoreOpsStatusReport",
             state_file: paths.state_file.display().to_string(),
             target: target::load(&paths.target_file()).ok().flatten(),
             snapshot,

@@ -13,6 +13,9 @@ pub mod run;
 pub mod surface;
 pub mod views;
 
+#[cfg(test)]
+mod view_fixtures;
+
 use std::io::Write;
 use std::path::Path;
 

@@ -194,7 +194,7 @@ pub enum ControlView {
 pub struct StatusView {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// `CoreOpsStatus`.
+    /// `CoreOpsStatusReport` (the snapshot inside is a `CoreOpsStatus`).
     pub kind: &'static str,
     /// Path of `status.json`.
     pub state_file: String,
