@@ -452,7 +452,7 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
     snap.last_run = Some(RunRecord {
         started_at: now.clone(),
         finished_at: now,
-        outcome: "no_changes".into(),
+        outcome: crate::names::serde_name(&RunOutcome::NoChanges).into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
@@ -510,7 +510,7 @@ fn record_quarantined_run(planned: &Planned, paths: &Paths, q: &Quarantine) -> R
     snap.last_run = Some(RunRecord {
         started_at: now.clone(),
         finished_at: now,
-        outcome: "quarantined".into(),
+        outcome: crate::names::serde_name(&RunOutcome::Quarantined).into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
@@ -552,5 +552,18 @@ mod tests {
         );
         assert!(find_in_history(&hist, "v3").is_none());
         assert!(find_in_history(&hist, "aa").is_none());
+    }
+
+    #[test]
+    fn recorded_run_outcomes_are_the_json_names() {
+        // status.json's last_run.outcome uses the same words as the run's JSON
+        assert_eq!(
+            crate::names::serde_name(&RunOutcome::NoChanges),
+            "no_changes"
+        );
+        assert_eq!(
+            crate::names::serde_name(&RunOutcome::Quarantined),
+            "quarantined"
+        );
     }
 }
