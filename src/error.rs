@@ -73,7 +73,7 @@ pub enum Error {
     /// The desired-state repository is invalid.
     #[error("invalid desired state: {0}")]
     Input(#[from] InputError),
-    /// The repository could not be opened, fetched, or the ref did not resolve.
+    /// The repository could not be opened, or the ref did not resolve.
     #[error("source: {0}")]
     Source(String),
     /// Fetching the remote repository failed (unreachable, DNS, timeout, authentication,
@@ -95,6 +95,10 @@ pub enum Error {
     /// A saved plan no longer matches the host or the repository.
     #[error("stale plan: {0}")]
     StalePlan(String),
+    /// The plan has blocked actions (a file in the way, a unit the generator or
+    /// `systemd-analyze` rejects): it cannot be applied as it stands; nothing was changed.
+    #[error("{0}")]
+    BlockedPlan(String),
     /// The receipt chain is broken, truncated or forked: nothing is appended to it (and an
     /// appending run is refused before it changes the host).
     #[error("receipt chain: {0}")]
@@ -117,7 +121,65 @@ pub enum Error {
     },
 }
 
+/// The kind of an [`Error`], as `--json` failures name it (`error.kind`).
+///
+/// Why a type: callers and the JSON contract see one name per variant, spelled by serde.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// [`Error::Input`].
+    Input,
+    /// [`Error::Source`].
+    Source,
+    /// [`Error::Fetch`].
+    Fetch,
+    /// [`Error::Config`].
+    Configuration,
+    /// [`Error::Locked`].
+    Locked,
+    /// [`Error::StalePlan`].
+    StalePlan,
+    /// [`Error::BlockedPlan`].
+    BlockedPlan,
+    /// [`Error::Trust`].
+    Trust,
+    /// [`Error::ReceiptChain`].
+    ReceiptChain,
+    /// [`Error::Systemd`].
+    Systemd,
+    /// [`Error::HostChanged`].
+    HostChangedUnrecorded,
+    /// [`Error::Io`].
+    Io,
+}
+
 impl Error {
+    /// What kind of error this is (the `error.kind` of a `--json` failure).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Input(_) => ErrorKind::Input,
+            Error::Source(_) => ErrorKind::Source,
+            Error::Fetch(_) => ErrorKind::Fetch,
+            Error::Config(_) => ErrorKind::Configuration,
+            Error::Locked(_) => ErrorKind::Locked,
+            Error::StalePlan(_) => ErrorKind::StalePlan,
+            Error::BlockedPlan(_) => ErrorKind::BlockedPlan,
+            Error::Trust(_) => ErrorKind::Trust,
+            Error::ReceiptChain(_) => ErrorKind::ReceiptChain,
+            Error::Systemd(_) => ErrorKind::Systemd,
+            Error::HostChanged(_) => ErrorKind::HostChangedUnrecorded,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+
+    /// The file and line an input error names (both `None` for other errors).
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            Error::Input(e) => Some(&e.location),
+            _ => None,
+        }
+    }
+
     /// Wrap an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -162,6 +224,21 @@ pub fn known_list(listed: Result<Vec<String>, InputError>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_kinds_keep_their_json_names() {
+        let cases = [
+            (Error::Config("x".into()), "configuration"),
+            (Error::BlockedPlan("x".into()), "blocked_plan"),
+            (Error::Fetch("x".into()), "fetch"),
+            (Error::HostChanged("x".into()), "host_changed_unrecorded"),
+            (Error::StalePlan("x".into()), "stale_plan"),
+            (Error::io("x", std::io::ErrorKind::NotFound.into()), "io"),
+        ];
+        for (e, name) in cases {
+            assert_eq!(crate::model::names::serde_name(&e.kind()), name, "{e}");
+        }
+    }
 
     #[test]
     fn read_only_file_system_names_the_unit_sandbox() {

@@ -1,5 +1,5 @@
 //! The `core-ops` binary: parse, log, run one command, exit. All work is in the library; the
-//! exit code is decided by `cli::exit_for` / `cli::ExitStatus` only.
+//! exit code is decided by `cli::exit_status` (one table) only.
 
 use std::process::ExitCode;
 
@@ -51,16 +51,10 @@ fn main() -> ExitCode {
     let _failpoints = core_ops::failpoint::setup();
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match cli::run(&cli) {
-        Ok(status) => ExitCode::from(status as u8),
-        Err(err) => {
-            let code = cli::exit_for(&err) as u8;
-            eprintln!("core-ops: error: {err}");
-            if cli.json {
-                // the JSON contract holds for failures too: one document on stdout
-                cli::print_error_json(&err, code);
-            }
-            ExitCode::from(code)
-        }
+    let result = cli::run(&cli);
+    let status = cli::exit_status(&result);
+    if let Err(err) = &result {
+        cli::report_error(&cli, err, status);
     }
+    ExitCode::from(status as u8)
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::apply::{self, ApplyKind, ApplyOptions, ApplyResult, RollbackSummary};
 use crate::config::Paths;
 use crate::error::{Error, Result};
+use crate::model::applied::LastApplied;
 use crate::model::time::now_rfc3339;
 use crate::pipeline::{self, Planned, ResolvedTarget};
 use crate::plan::{Action, Cause, Plan};
@@ -105,94 +106,20 @@ pub struct Request<'a> {
     pub check: &'a dyn Fn(&Plan) -> Result<()>,
 }
 
-/// Run once.
+/// Run once: plan the revision the mode asks for, then decide what to do with it, in this
+/// order: refuse a stale or blocked plan, stop at the plan (`--rollback-plan-only`), refuse a
+/// quarantined revision, skip an agent run with nothing to change, else apply (and judge it).
 pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<RunReport> {
-    let Request {
-        target,
-        mode,
-        opts,
-        agent,
-        plan_only,
-        check,
-    } = req;
-    let mode = &mode;
-    let opts = &opts;
     let mut ctl = control::load(&paths.state_dir)?;
-    let planned = match mode {
-        Mode::Forward => match pipeline::plan_revision(paths, target, &systemd) {
-            Ok(p) => p,
-            Err(e) => {
-                // a revision refused before anything was touched is still the host's last
-                // run: status says so (nothing else changes, no receipt: no transition)
-                if opts.record_status && !plan_only {
-                    let outcome = match e {
-                        Error::Fetch(_) => "fetch_failed",
-                        _ => "refused",
-                    };
-                    record_refused_run(paths, target, outcome, &e.to_string(), None);
-                }
-                return Err(e);
-            }
-        },
-        Mode::RollbackTo(rev) => {
-            let (status, why) = pipeline::load_status(paths);
-            let history = status.map(|s| s.history).unwrap_or_default();
-            let Some(entry) = find_in_history(&history, rev) else {
-                let known: Vec<String> = history
-                    .iter()
-                    .map(|h| {
-                        format!(
-                            "{} ({})",
-                            &h.revision[..8.min(h.revision.len())],
-                            h.requested_ref
-                        )
-                    })
-                    .collect();
-                return Err(Error::Config(format!(
-                    "'{rev}' is not an applied revision of this host; applied history: {}{}",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    },
-                    why.map(|w| format!(" ({w})")).unwrap_or_default()
-                )));
-            };
-            pipeline::plan_pinned(
-                paths,
-                target,
-                &entry.revision,
-                &entry.requested_ref,
-                &systemd,
-            )
-            .map_err(|e| match e {
-                Error::Source(m) => Error::Source(format!(
-                    "applied revision {} is no longer in the repository: {m}",
-                    entry.revision
-                )),
-                other => other,
-            })?
-        }
+    let planned = match &req.mode {
+        Mode::Forward => plan_forward(paths, &req, systemd)?,
+        Mode::RollbackTo(rev) => plan_rollback(paths, req.target, rev, systemd)?,
     };
-    check(&planned.plan)?;
-    let desired_rev = planned.desired.revision.clone();
-    if planned.plan.is_blocked() && !plan_only && opts.record_status {
-        let blocked: Vec<String> = planned
-            .plan
-            .actions
-            .iter()
-            .filter(|a| a.action == Action::Blocked)
-            .map(|a| format!("{}: {}", a.id, a.reason))
-            .collect();
-        record_refused_run(
-            paths,
-            target,
-            "refused",
-            &format!("the plan has blocked actions: {}", blocked.join("; ")),
-            Some(&planned),
-        );
+    (req.check)(&planned.plan)?;
+    if planned.plan.is_blocked() && !req.plan_only && req.opts.record_status {
+        record_blocked_run(paths, req.target, &planned);
     }
-    if plan_only {
+    if req.plan_only {
         return Ok(RunReport {
             outcome: RunOutcome::PlanOnly,
             planned,
@@ -201,64 +128,175 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
             lifted: None,
         });
     }
-
-    let lifted = if *mode == Mode::Forward {
-        ctl.lift_if_superseded(&desired_rev.commit)
+    let forward = req.mode == Mode::Forward;
+    let desired = planned.desired.revision.commit.clone();
+    let lifted = if forward {
+        ctl.lift_if_superseded(&desired)
     } else {
         None
     };
-    if *mode == Mode::Forward
-        && let Some(q) = ctl.quarantined(&desired_rev.commit)
-    {
-        let q = q.clone();
-        tracing::warn!(revision = %q.revision, reason = %q.reason, "desired revision is quarantined; not applying");
-        record_quarantined_run(&planned, paths, &q)?;
-        return Ok(RunReport {
-            outcome: RunOutcome::Quarantined,
-            planned,
-            result: None,
-            quarantine: Some(q),
-            lifted,
-        });
+    if forward && let Some(q) = ctl.quarantined(&desired).cloned() {
+        return refuse_quarantined(paths, planned, q, lifted);
     }
     if lifted.is_some() {
         control::save(&paths.state_dir, &ctl)?;
     }
-    // a new desired revision whose objects already match is still a transition: apply
-    // records it and advances last_applied, so only the same revision is skipped
+    if req.agent && nothing_to_apply(&planned) {
+        return skip_unchanged(paths, &mut ctl, planned, lifted);
+    }
+    apply_and_judge(paths, &req, systemd, &mut ctl, planned, lifted)
+}
+
+/// Forward: the plan of the target's requested ref. A revision refused before anything was
+/// touched is still the host's last run: status says so (nothing else changes, no receipt:
+/// no transition).
+fn plan_forward(paths: &Paths, req: &Request<'_>, systemd: &dyn Systemd) -> Result<Planned> {
+    pipeline::plan_revision(paths, req.target, &systemd).inspect_err(|e| {
+        if req.opts.record_status && !req.plan_only {
+            let outcome = match e {
+                Error::Fetch(_) => "fetch_failed",
+                _ => "refused",
+            };
+            record_refused_run(paths, req.target, outcome, &e.to_string(), None);
+        }
+    })
+}
+
+/// Rollback: the plan of a revision from the applied history, which must still be in the
+/// repository.
+fn plan_rollback(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    rev: &str,
+    systemd: &dyn Systemd,
+) -> Result<Planned> {
+    let (status, why) = pipeline::load_status(paths);
+    let history = status.map(|s| s.history).unwrap_or_default();
+    let Some(entry) = find_in_history(&history, rev) else {
+        let known: Vec<String> = history
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} ({})",
+                    &h.revision[..8.min(h.revision.len())],
+                    h.requested_ref
+                )
+            })
+            .collect();
+        return Err(Error::Config(format!(
+            "'{rev}' is not an applied revision of this host; applied history: {}{}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        )));
+    };
+    pipeline::plan_pinned(
+        paths,
+        target,
+        &entry.revision,
+        &entry.requested_ref,
+        &systemd,
+    )
+    .map_err(|e| match e {
+        Error::Source(m) => Error::Source(format!(
+            "applied revision {} is no longer in the repository: {m}",
+            entry.revision
+        )),
+        other => other,
+    })
+}
+
+/// A plan with blocked actions is refused (apply says why); status records the refusal.
+fn record_blocked_run(paths: &Paths, target: &ResolvedTarget, planned: &Planned) {
+    let blocked: Vec<String> = planned
+        .plan
+        .actions
+        .iter()
+        .filter(|a| a.action == Action::Blocked)
+        .map(|a| format!("{}: {}", a.id, a.reason))
+        .collect();
+    record_refused_run(
+        paths,
+        target,
+        "refused",
+        &format!("the plan has blocked actions: {}", blocked.join("; ")),
+        Some(planned),
+    );
+}
+
+/// Quarantine: the desired revision kept failing (or drifting back); nothing is done.
+fn refuse_quarantined(
+    paths: &Paths,
+    planned: Planned,
+    q: Quarantine,
+    lifted: Option<Quarantine>,
+) -> Result<RunReport> {
+    tracing::warn!(revision = %q.revision, reason = %q.reason, "desired revision is quarantined; not applying");
+    record_quarantined_run(&planned, paths, &q)?;
+    Ok(RunReport {
+        outcome: RunOutcome::Quarantined,
+        planned,
+        result: None,
+        quarantine: Some(q),
+        lifted,
+    })
+}
+
+/// Whether an agent run may skip the apply: nothing changes and the revision is the one
+/// already applied. A new desired revision whose objects already match is still a
+/// transition: apply records it and advances last_applied, so only the same revision is
+/// skipped.
+fn nothing_to_apply(planned: &Planned) -> bool {
     let same_revision = planned
         .status
         .as_ref()
         .and_then(|s| s.last_applied.as_ref())
-        .is_some_and(|l| l.revision == desired_rev.commit);
-    if agent && !planned.plan.has_changes() && same_revision {
-        ctl.record_clean();
-        control::save(&paths.state_dir, &ctl)?;
-        record_reported_drift(&planned, paths)?;
-        return Ok(RunReport {
-            outcome: RunOutcome::NoChanges,
-            planned,
-            result: None,
-            quarantine: None,
-            lifted,
-        });
-    }
+        .is_some_and(|l| l.revision == planned.desired.revision.commit);
+    !planned.plan.has_changes() && same_revision
+}
 
-    let kind = match mode {
+/// The agent's quiet tick: a clean attempt, and drift it only reports shown in status.
+fn skip_unchanged(
+    paths: &Paths,
+    ctl: &mut control::Control,
+    planned: Planned,
+    lifted: Option<Quarantine>,
+) -> Result<RunReport> {
+    ctl.record_clean();
+    control::save(&paths.state_dir, ctl)?;
+    record_reported_drift(&planned, paths)?;
+    Ok(RunReport {
+        outcome: RunOutcome::NoChanges,
+        planned,
+        result: None,
+        quarantine: None,
+        lifted,
+    })
+}
+
+/// Apply the plan (forward or the requested rollback), count the attempt, and roll back
+/// automatically when a forward apply did not converge.
+fn apply_and_judge(
+    paths: &Paths,
+    req: &Request<'_>,
+    systemd: &dyn Systemd,
+    ctl: &mut control::Control,
+    planned: Planned,
+    lifted: Option<Quarantine>,
+) -> Result<RunReport> {
+    let kind = match req.mode {
         Mode::Forward => ApplyKind::Forward,
         Mode::RollbackTo(_) => ApplyKind::Rollback,
     };
     let before = planned.status.as_ref().and_then(|s| s.last_applied.clone());
-    let policy = planned.desired.host_yaml.policy.clone();
-    let mut result = apply::apply(
-        &planned,
-        systemd,
-        paths,
-        &ApplyOptions {
-            kind,
-            ..opts.clone()
-        },
-    )?;
+    let opts = ApplyOptions {
+        kind,
+        ..req.opts.clone()
+    };
+    let mut result = apply::apply(&planned, systemd, paths, &opts)?;
     let failed_at = Instant::now();
     let now = now_rfc3339();
     let mut outcome = if result.outcome.is_converged() {
@@ -266,89 +304,28 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     } else {
         RunOutcome::NotConverged
     };
-    // what failed is only runtimes deferred by policy (maintenance window, free disk): "not
-    // now" is no failed attempt and no reason to roll back; the next run asks again
-    let only_deferred = !result.outcome.is_converged()
-        && !result.deferred.is_empty()
-        && result
-            .diagnostics
-            .iter()
-            .all(|d| result.deferred.contains(&d.id));
-
-    // count the attempt: failures, and drift that had to be repaired (oscillation)
+    let deferred = only_deferred(&result);
+    let forward = req.mode == Mode::Forward;
     let mut new_quarantine = None;
-    if *mode == Mode::Forward && !only_deferred {
-        if !result.outcome.is_converged() {
-            new_quarantine = ctl.record(
-                &desired_rev.commit,
-                &desired_rev.requested_ref,
-                result.outcome.as_str(),
-                failing_objects(&result),
-                &now,
-                policy.max_attempts,
-            );
-        } else {
-            let repaired = drift_repairs(&planned.plan);
-            if repaired.is_empty() {
-                ctl.record_clean();
-            } else {
-                new_quarantine = ctl.record(
-                    &desired_rev.commit,
-                    &desired_rev.requested_ref,
-                    "repaired_drift",
-                    repaired,
-                    &now,
-                    policy.max_attempts,
-                );
-            }
-        }
-        control::save(&paths.state_dir, &ctl)?;
+    if forward && !deferred {
+        new_quarantine = count_attempt(ctl, &planned, &result, &now);
+        control::save(&paths.state_dir, ctl)?;
     }
-
-    // health-gated automatic rollback to the last converged revision
+    let rollback_to = before
+        .as_ref()
+        .filter(|p| p.revision != planned.desired.revision.commit);
     if !result.outcome.is_converged()
-        && !only_deferred
-        && *mode == Mode::Forward
-        && policy.auto_rollback
-        && opts.record_status
-        && let Some(prev) = before.as_ref().filter(|p| p.revision != desired_rev.commit)
+        && !deferred
+        && forward
+        && planned.desired.host_yaml.policy.auto_rollback
+        && req.opts.record_status
+        && let Some(prev) = rollback_to
     {
-        let reason = format!(
-            "verification of {} failed: {}",
-            &desired_rev.commit[..8.min(desired_rev.commit.len())],
-            result
-                .diagnostics
-                .iter()
-                .map(|d| format!("{}: {}", d.id, d.problem))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        tracing::warn!(to = %prev.revision, "{reason}; rolling back");
-        let back =
-            pipeline::plan_pinned(paths, target, &prev.revision, &prev.requested_ref, &systemd)?;
-        let rb = apply::apply(
-            &back,
-            systemd,
-            paths,
-            &ApplyOptions {
-                kind: ApplyKind::AutoRollback {
-                    reason: reason.clone(),
-                },
-                ..opts.clone()
-            },
-        )?;
-        let duration_ms = failed_at.elapsed().as_millis() as u64;
+        let rb = auto_rollback(paths, req, systemd, &planned, &result, prev, failed_at)?;
         if rb.outcome.is_converged() {
             outcome = RunOutcome::RolledBack;
         }
-        result.rollback = Some(RollbackSummary {
-            to_revision: prev.revision.clone(),
-            outcome: rb.outcome,
-            reason,
-            duration_ms,
-            receipt: rb.receipt.clone(),
-            results_path: rb.results_path.clone(),
-        });
+        result.rollback = Some(rb);
     }
     result.quarantine = new_quarantine.clone();
     Ok(RunReport {
@@ -357,6 +334,100 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         result: Some(result),
         quarantine: new_quarantine,
         lifted,
+    })
+}
+
+/// What failed is only runtimes deferred by policy (maintenance window, free disk): "not
+/// now" is no failed attempt and no reason to roll back; the next run asks again.
+fn only_deferred(result: &ApplyResult) -> bool {
+    !result.outcome.is_converged()
+        && !result.deferred.is_empty()
+        && result
+            .diagnostics
+            .iter()
+            .all(|d| result.deferred.contains(&d.id))
+}
+
+/// Count the forward attempt: a failure, or drift that had to be repaired (oscillation),
+/// counts towards quarantine; a clean converged run resets the count. Returns a quarantine
+/// this attempt started.
+fn count_attempt(
+    ctl: &mut control::Control,
+    planned: &Planned,
+    result: &ApplyResult,
+    now: &str,
+) -> Option<Quarantine> {
+    let rev = &planned.desired.revision;
+    let max_attempts = planned.desired.host_yaml.policy.max_attempts;
+    if !result.outcome.is_converged() {
+        return ctl.record(
+            &rev.commit,
+            &rev.requested_ref,
+            result.outcome.as_str(),
+            failing_objects(result),
+            now,
+            max_attempts,
+        );
+    }
+    let repaired = drift_repairs(&planned.plan);
+    if repaired.is_empty() {
+        ctl.record_clean();
+        return None;
+    }
+    ctl.record(
+        &rev.commit,
+        &rev.requested_ref,
+        "repaired_drift",
+        repaired,
+        now,
+        max_attempts,
+    )
+}
+
+/// Auto-rollback: health-gated return to the last converged revision after a forward apply
+/// that did not converge.
+fn auto_rollback(
+    paths: &Paths,
+    req: &Request<'_>,
+    systemd: &dyn Systemd,
+    planned: &Planned,
+    result: &ApplyResult,
+    prev: &LastApplied,
+    failed_at: Instant,
+) -> Result<RollbackSummary> {
+    let desired = &planned.desired.revision.commit;
+    let reason = format!(
+        "verification of {} failed: {}",
+        &desired[..8.min(desired.len())],
+        result
+            .diagnostics
+            .iter()
+            .map(|d| format!("{}: {}", d.id, d.problem))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    tracing::warn!(to = %prev.revision, "{reason}; rolling back");
+    let back = pipeline::plan_pinned(
+        paths,
+        req.target,
+        &prev.revision,
+        &prev.requested_ref,
+        &systemd,
+    )?;
+    let opts = ApplyOptions {
+        kind: ApplyKind::AutoRollback {
+            reason: reason.clone(),
+        },
+        ..req.opts.clone()
+    };
+    let rb = apply::apply(&back, systemd, paths, &opts)?;
+    Ok(RollbackSummary {
+        to_revision: prev.revision.clone(),
+        outcome: rb.outcome,
+        reason,
+        duration_ms: failed_at.elapsed().as_millis() as u64,
+        receipt: rb.receipt.clone(),
+        results_path: rb.results_path.clone(),
     })
 }
 
@@ -387,7 +458,7 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
     snap.last_run = Some(RunRecord {
         started_at: now.clone(),
         finished_at: now,
-        outcome: "no_changes".into(),
+        outcome: crate::model::names::serde_name(&RunOutcome::NoChanges).into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
@@ -397,8 +468,9 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
 }
 
 /// A run refused at plan (an input error, a blocked action; `fetch_failed`: the remote could
-/// not be fetched) is still the host's last run: status.json's `last_run` says so and why, so `status` never keeps showing an older
-/// run's outcome. Best effort: failing to record it must not hide the refusal itself.
+/// not be fetched) is still the host's last run: status.json's `last_run` says so and why, so
+/// `status` never keeps showing an older run's outcome. Best effort: failing to record it
+/// must not hide the refusal itself.
 fn record_refused_run(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -446,7 +518,7 @@ fn record_quarantined_run(planned: &Planned, paths: &Paths, q: &Quarantine) -> R
     snap.last_run = Some(RunRecord {
         started_at: now.clone(),
         finished_at: now,
-        outcome: "quarantined".into(),
+        outcome: crate::model::names::serde_name(&RunOutcome::Quarantined).into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
@@ -488,5 +560,18 @@ mod tests {
         );
         assert!(find_in_history(&hist, "v3").is_none());
         assert!(find_in_history(&hist, "aa").is_none());
+    }
+
+    #[test]
+    fn recorded_run_outcomes_are_the_json_names() {
+        // status.json's last_run.outcome uses the same words as the run's JSON
+        assert_eq!(
+            crate::model::names::serde_name(&RunOutcome::NoChanges),
+            "no_changes"
+        );
+        assert_eq!(
+            crate::model::names::serde_name(&RunOutcome::Quarantined),
+            "quarantined"
+        );
     }
 }

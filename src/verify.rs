@@ -31,12 +31,7 @@ pub enum Outcome {
 impl Outcome {
     /// The JSON name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Converged => "converged",
-            Outcome::ConvergedWithToleratedVariance => "converged_with_tolerated_variance",
-            Outcome::PartiallyApplied => "partially_applied",
-            Outcome::Failed => "failed",
-        }
+        crate::model::names::serde_name(&self)
     }
 
     /// Whether `last_applied` may advance.

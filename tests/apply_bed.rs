@@ -595,6 +595,17 @@ fn a_pre_existing_file_is_adopted_only_when_asked_and_then_owned() {
         b"HAND=made\n",
         "nothing written"
     );
+    // the refusal is a typed error, not a configuration problem
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            err["kind"].as_str(),
+            err["error"]["kind"].as_str(),
+            err["exit_code"].as_u64()
+        ),
+        (Some("CoreOpsError"), Some("blocked_plan"), Some(1)),
+        "{err:#}"
+    );
 
     let path = env.display().to_string();
     let o = w.run(&["--json", "plan", "--rev", &v1, "--adopt", &path]);

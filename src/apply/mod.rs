@@ -391,7 +391,7 @@ pub fn apply(
             .filter(|a| a.action == Action::Blocked)
             .map(|a| format!("{}: {}", a.id, a.reason))
             .collect();
-        return Err(Error::Config(format!(
+        return Err(Error::BlockedPlan(format!(
             "the plan has blocked actions; nothing was changed:\n  {}",
             blocked.join("\n  ")
         )));

@@ -3,8 +3,14 @@
 
 use std::fmt::Write;
 
+use super::views::{
+    AppliedView, ControlView, ErrorView, InitView, ManpagesView, PublicationView, ResumeView,
+    RunView, SnapshotView, StatusView,
+};
 use crate::explain::Explanation;
 use crate::plan::{Action, Plan};
+use crate::record::control::Quarantine;
+use crate::record::publication;
 use crate::record::status::{Absent, StatusSnapshot};
 use crate::record::target::Target;
 
@@ -105,10 +111,7 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
             a.order,
             a.action.as_str(),
             a.id,
-            serde_json::to_value(a.cause)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            crate::model::names::serde_name(&a.cause),
             a.reason,
         );
         if !a.restarts.is_empty() && a.action != Action::NoOp {
@@ -140,6 +143,113 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
         plan.checksum
     );
     o
+}
+
+/// Text of [`InitView`].
+pub fn init_text(v: &InitView) -> String {
+    format!(
+        "core-ops will follow {} at {}\n  saved to {}\n",
+        v.repo,
+        revision_label(&v.resolved_revision, &v.requested_ref),
+        v.target_file
+    )
+}
+
+/// The line a run adds when it lifted a quarantine (empty when it did not).
+fn lifted_text(lifted: Option<&Quarantine>) -> String {
+    lifted
+        .map(|l| {
+            format!(
+                "quarantine of {} lifted: the desired revision moved on\n",
+                revision_label(&l.revision, &l.requested_ref)
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// Text of [`AppliedView`]: the apply, then a lifted quarantine.
+pub fn applied_text(v: &AppliedView<'_>, verbose: bool) -> String {
+    apply_text(v.plan, v.result, verbose) + &lifted_text(v.quarantine_lifted.as_ref())
+}
+
+/// Text of [`RunView`]: why nothing was applied, then a lifted quarantine.
+pub fn run_text(v: &RunView<'_>) -> String {
+    let head = match v.quarantine {
+        Some(q) => format!(
+            "not applied: {}; review, then run core-ops resume\n",
+            quarantine_text(q)
+        ),
+        None => format!(
+            "no changes: host {} matches {}\n",
+            v.host,
+            revision_label(v.desired_revision, v.requested_ref)
+        ),
+    };
+    head + &lifted_text(v.quarantine_lifted.as_ref())
+}
+
+/// Text of [`ResumeView`].
+pub fn resume_text(v: &ResumeView) -> String {
+    match &v.lifted {
+        Some(q) => format!(
+            "quarantine of {} lifted on {} ({} after {} attempts: {}); the next run applies it again\n",
+            revision_label(&q.revision, &q.requested_ref),
+            v.host,
+            q.reason,
+            q.attempts,
+            q.objects.join(", ")
+        ),
+        None => format!("no quarantine on {}; nothing to resume\n", v.host),
+    }
+}
+
+/// Text of [`StatusView`]: the snapshot, then the quarantine or an unreadable control file.
+pub fn status_view_text(v: &StatusView) -> String {
+    let snapshot = match &v.snapshot {
+        SnapshotView::Present { snapshot } => Ok(snapshot.as_ref()),
+        SnapshotView::Absent { absent, .. } => Err(absent),
+    };
+    let mut text = status_text(&v.state_file, snapshot, v.target.as_ref());
+    match &v.control {
+        ControlView::Read(c) => {
+            if let Some(q) = &c.quarantine {
+                let _ = writeln!(
+                    text,
+                    "state      non_converging: {}\n  the agent will not apply it again until a new desired revision or `core-ops resume`",
+                    quarantine_text(q)
+                );
+            }
+        }
+        ControlView::Unreadable { error } => {
+            let _ = writeln!(text, "control    unreadable: {error}");
+        }
+    }
+    if let Some(f) = &v.fetch {
+        text.push_str(&fetch_text(f));
+    }
+    text
+}
+
+/// Text of [`PublicationView`].
+pub fn publication_text(v: &PublicationView) -> String {
+    match &v.outcome {
+        publication::Outcome::Disabled { how_to_enable } => {
+            format!("nothing written: {how_to_enable}\n")
+        }
+        publication::Outcome::Written { path, .. } => {
+            format!("publication request written for review: {path}\n(core-ops never sends it)\n")
+        }
+    }
+}
+
+/// Text of [`ManpagesView`]: one path a line.
+pub fn manpages_text(v: &ManpagesView) -> String {
+    v.pages.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// Text of [`ErrorView`] (printed on stderr).
+pub fn error_text(v: &ErrorView) -> String {
+    format!("core-ops: error: {}\n", v.error.message)
 }
 
 /// Text of `apply`: counts and outcome; `-v` adds phases and every diagnostic.
@@ -332,10 +442,7 @@ pub fn receipts_text(r: &crate::record::receipts::ChainReport) -> String {
         let _ = writeln!(o, "  {} {s} {d}", if r.ok { "head" } else { "last intact" });
     }
     if let Some(p) = &r.problem {
-        let kind = serde_json::to_value(p.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        let kind = crate::model::names::serde_name(&p.kind);
         let _ = writeln!(o, "  broken at {} ({kind}): {}", p.file, p.detail);
         let _ = writeln!(
             o,
@@ -374,10 +481,7 @@ pub fn explain_text(e: &Explanation) -> String {
         o,
         "  action    {} [{}] {}",
         e.action.action.as_str(),
-        serde_json::to_value(e.action.cause)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
+        crate::model::names::serde_name(&e.action.cause),
         e.action.reason
     );
     if !e.layers.is_empty() {
@@ -405,40 +509,45 @@ pub fn explain_text(e: &Explanation) -> String {
         }
     }
     if let Some(h) = &e.runtime {
-        let _ = writeln!(
-            o,
-            "  runtime   current {}, previous {}, on disk: {}",
-            h.current.as_deref().unwrap_or("none"),
-            h.previous.as_deref().unwrap_or("none"),
-            if h.installed.is_empty() {
-                "-".to_string()
-            } else {
-                h.installed.join(", ")
-            }
-        );
-        if let Some(t) = &h.in_flight {
-            let _ = writeln!(o, "  in flight {t} (the next apply resolves it)");
-        }
-        let _ = writeln!(o, "  transactions ({}):", h.transactions.len());
-        for t in &h.transactions {
-            let states: Vec<&str> = t.steps.iter().map(|s| s.state.as_str()).collect();
-            let _ = writeln!(
-                o,
-                "    {} {}: {}{}",
-                t.steps.first().map(|s| s.at.as_str()).unwrap_or(""),
-                t.version,
-                states.join(" -> "),
-                if t.recovered { " (recovered)" } else { "" }
-            );
-            if let Some(r) = &t.failure_reason {
-                let _ = writeln!(o, "      reason: {r}");
-            }
-            if let Some(last) = t.steps.last() {
-                let _ = writeln!(o, "      receipt {}  {}", last.receipt, last.evidence);
-            }
-        }
+        runtime_history_text(&mut o, h);
     }
     o
+}
+
+/// The runtime part of `explain runtime:NAME`: versions on disk and every transaction.
+fn runtime_history_text(o: &mut String, h: &crate::apply::runtimes::history::RuntimeHistory) {
+    let _ = writeln!(
+        o,
+        "  runtime   current {}, previous {}, on disk: {}",
+        h.current.as_deref().unwrap_or("none"),
+        h.previous.as_deref().unwrap_or("none"),
+        if h.installed.is_empty() {
+            "-".to_string()
+        } else {
+            h.installed.join(", ")
+        }
+    );
+    if let Some(t) = &h.in_flight {
+        let _ = writeln!(o, "  in flight {t} (the next apply resolves it)");
+    }
+    let _ = writeln!(o, "  transactions ({}):", h.transactions.len());
+    for t in &h.transactions {
+        let states: Vec<&str> = t.steps.iter().map(|s| s.state.as_str()).collect();
+        let _ = writeln!(
+            o,
+            "    {} {}: {}{}",
+            t.steps.first().map(|s| s.at.as_str()).unwrap_or(""),
+            t.version,
+            states.join(" -> "),
+            if t.recovered { " (recovered)" } else { "" }
+        );
+        if let Some(r) = &t.failure_reason {
+            let _ = writeln!(o, "      reason: {r}");
+        }
+        if let Some(last) = t.steps.last() {
+            let _ = writeln!(o, "      receipt {}  {}", last.receipt, last.evidence);
+        }
+    }
 }
 
 #[cfg(test)]

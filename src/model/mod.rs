@@ -2,7 +2,7 @@
 //! ([`normalize`]), the unit-file (INI) model ([`unit_file`]), the desired-state documents
 //! ([`yaml`]: host.yaml, service.yaml), deterministic dependency order ([`order`]), the plan's
 //! vocabulary ([`plan`]: actions, causes, the plan document), what was last applied
-//! ([`applied`]) and time ([`time`]).
+//! ([`applied`]), time ([`time`]) and the serde names of unit enum variants ([`names`]).
 //!
 //! Why a module of its own: the pipeline `source -> render -> observe -> plan -> apply ->
 //! verify -> record` runs one way only if the types two stages share live below all of them.
@@ -10,6 +10,7 @@
 //! (`tests/module_graph.rs`) fails on any cycle between top-level modules.
 
 pub mod applied;
+pub mod names;
 pub mod normalize;
 pub mod order;
 pub mod plan;

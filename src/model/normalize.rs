@@ -33,15 +33,7 @@ pub enum Kind {
 impl Kind {
     /// The id prefix (`unit`, `dropin`, ...).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Unit => "unit",
-            Kind::Dropin => "dropin",
-            Kind::Quadlet => "quadlet",
-            Kind::Mount => "mount",
-            Kind::Automount => "automount",
-            Kind::File => "file",
-            Kind::Runtime => "runtime",
-        }
+        crate::model::names::serde_name(&self)
     }
 
     /// Parse an id prefix.

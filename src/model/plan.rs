@@ -39,17 +39,7 @@ pub enum Action {
 impl Action {
     /// The JSON name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Replace => "replace",
-            Action::Delete => "delete",
-            Action::Restart => "restart",
-            Action::Recover => "recover",
-            Action::Adopt => "adopt",
-            Action::NoOp => "no_op",
-            Action::Blocked => "blocked",
-        }
+        crate::model::names::serde_name(&self)
     }
 }
 

@@ -65,18 +65,7 @@ pub enum InstallState {
 impl InstallState {
     /// The schema's name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            InstallState::Requested => "requested",
-            InstallState::ManifestResolved => "manifest_resolved",
-            InstallState::ArtifactVerified => "artifact_verified",
-            InstallState::Installing => "installing",
-            InstallState::Installed => "installed",
-            InstallState::Failed => "failed",
-            InstallState::RolledBack => "rolled_back",
-            InstallState::Partial => "partial",
-            InstallState::Denied => "denied",
-            InstallState::Deferred => "deferred",
-        }
+        crate::model::names::serde_name(&self)
     }
 
     /// Whether the transaction ends in this state.
