@@ -77,40 +77,65 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The text exposition of the metrics.
+/// The text exposition of the metrics: the run, the plan, the state, the remote fetch.
 pub fn render(m: &RunMetrics) -> String {
     let mut o = String::new();
-    let mut gauge = |name: &str, help: &str, rows: &[(String, String)]| {
-        let _ = writeln!(o, "# HELP {name} {help}");
-        let _ = writeln!(o, "# TYPE {name} gauge");
-        for (labels, value) in rows {
-            let _ = writeln!(o, "{name}{labels} {value}");
-        }
-    };
+    run_metrics(&mut o, m);
+    plan_metrics(&mut o, m);
+    state_metrics(&mut o, m);
+    if let Some(f) = &m.fetch {
+        fetch_metrics(&mut o, f);
+    }
+    o
+}
+
+/// One metric family: `# HELP`, `# TYPE` and its rows (`labels`, value).
+fn family(o: &mut String, kind: &str, name: &str, help: &str, rows: &[(String, String)]) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+    for (labels, value) in rows {
+        let _ = writeln!(o, "{name}{labels} {value}");
+    }
+}
+
+fn gauge(o: &mut String, name: &str, help: &str, rows: &[(String, String)]) {
+    family(o, "gauge", name, help, rows);
+}
+
+/// One unlabelled value.
+fn value(v: impl std::fmt::Display) -> [(String, String); 1] {
+    [(String::new(), v.to_string())]
+}
+
+fn run_metrics(o: &mut String, m: &RunMetrics) {
     gauge(
+        o,
         "core_ops_last_run_timestamp_seconds",
         "Unix time the last core-ops run finished.",
-        &[(String::new(), format!("{:.3}", m.finished_unix))],
+        &value(format!("{:.3}", m.finished_unix)),
     );
     gauge(
+        o,
         "core_ops_last_run_duration_seconds",
         "Wall time of the last core-ops run.",
-        &[(String::new(), format!("{:.3}", m.duration_seconds))],
+        &value(format!("{:.3}", m.duration_seconds)),
     );
     let outcomes: Vec<(String, String)> = OUTCOMES
         .iter()
-        .map(|o| {
-            (
-                format!("{{outcome=\"{o}\"}}"),
-                if *o == m.outcome { "1" } else { "0" }.to_string(),
-            )
+        .map(|out| {
+            let on = if *out == m.outcome { "1" } else { "0" };
+            (format!("{{outcome=\"{out}\"}}"), on.to_string())
         })
         .collect();
     gauge(
+        o,
         "core_ops_last_run_outcome",
         "Outcome of the last run (1 for the outcome it had).",
         &outcomes,
     );
+}
+
+fn plan_metrics(o: &mut String, m: &RunMetrics) {
     let actions: Vec<(String, String)> = m
         .actions
         .iter()
@@ -122,17 +147,23 @@ pub fn render(m: &RunMetrics) -> String {
         })
         .collect();
     gauge(
+        o,
         "core_ops_plan_actions",
         "Actions of the last plan by action and cause.",
         &actions,
     );
     gauge(
+        o,
         "core_ops_drift_objects",
         "Objects found drifted in the last plan.",
-        &[(String::new(), m.drift.to_string())],
+        &value(m.drift),
     );
+}
+
+fn state_metrics(o: &mut String, m: &RunMetrics) {
     if let Some((rev, r)) = &m.last_applied {
         gauge(
+            o,
             "core_ops_last_applied_info",
             "The last revision that verifiably converged.",
             &[(
@@ -146,15 +177,17 @@ pub fn render(m: &RunMetrics) -> String {
         );
     }
     gauge(
+        o,
         "core_ops_quarantined",
         "1 when a desired revision is quarantined (non_converging or oscillating).",
-        &[(String::new(), if m.quarantined { "1" } else { "0" }.into())],
+        &value(u8::from(m.quarantined)),
     );
     if let Some(ok) = m.receipt_chain_ok {
         gauge(
+            o,
             "core_ops_receipt_chain_ok",
             "1 when the receipt chain verified at the last run; 0 when it is broken, truncated or forked (runs are refused; see core-ops receipts verify).",
-            &[(String::new(), if ok { "1" } else { "0" }.into())],
+            &value(u8::from(ok)),
         );
     }
     if !m.runtimes.is_empty() {
@@ -169,36 +202,36 @@ pub fn render(m: &RunMetrics) -> String {
             })
             .collect();
         gauge(
+            o,
             "core_ops_runtime_info",
             "Current version of each installed runtime.",
             &rows,
         );
     }
-    if let Some(f) = &m.fetch {
-        let _ = writeln!(
+}
+
+fn fetch_metrics(o: &mut String, f: &crate::source::fetch_state::FetchState) {
+    family(
+        o,
+        "counter",
+        "core_ops_fetch_failures_total",
+        "Failed fetches of the remote repository (the host stayed on its last applied revision).",
+        &value(f.failures_total),
+    );
+    gauge(
+        o,
+        "core_ops_fetch_consecutive_failures",
+        "Failed fetches since the last successful one.",
+        &value(f.consecutive_failures),
+    );
+    if let Some(t) = f.last_success_unix {
+        gauge(
             o,
-            "# HELP core_ops_fetch_failures_total Failed fetches of the remote repository (the host stayed on its last applied revision).\n\
-             # TYPE core_ops_fetch_failures_total counter\n\
-             core_ops_fetch_failures_total {}",
-            f.failures_total
+            "core_ops_last_successful_fetch_timestamp_seconds",
+            "Unix time of the last successful fetch of the remote repository.",
+            &value(t),
         );
-        let _ = writeln!(
-            o,
-            "# HELP core_ops_fetch_consecutive_failures Failed fetches since the last successful one.\n\
-             # TYPE core_ops_fetch_consecutive_failures gauge\n\
-             core_ops_fetch_consecutive_failures {}",
-            f.consecutive_failures
-        );
-        if let Some(t) = f.last_success_unix {
-            let _ = writeln!(
-                o,
-                "# HELP core_ops_last_successful_fetch_timestamp_seconds Unix time of the last successful fetch of the remote repository.\n\
-                 # TYPE core_ops_last_successful_fetch_timestamp_seconds gauge\n\
-                 core_ops_last_successful_fetch_timestamp_seconds {t}"
-            );
-        }
     }
-    o
 }
 
 /// Where to write: `None` when metrics are off (empty setting). The default location is only
