@@ -152,9 +152,9 @@ fn package_contents_scripts_and_lintian() {
         );
     }
     // (and the check can see what is there)
+    let plan_header = b"core-ops plan for host";
     assert!(
-        bin.windows(b"CoreOpsPlan".len())
-            .any(|w| w == b"CoreOpsPlan"),
+        bin.windows(plan_header.len()).any(|w| w == plan_header),
         "the shipped binary does not look like core-ops"
     );
 
