@@ -116,6 +116,10 @@ pub struct ApplyResult {
     pub phases: Vec<PhaseReport>,
     /// Every job and how it ended.
     pub jobs: Vec<JobResult>,
+    /// What verification's settle step saw of each unit this run started: watched through a
+    /// window (and what ended it), or decided by its job result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settled: Vec<crate::systemd::Settled>,
     /// Per-object problems.
     pub diagnostics: Vec<Diagnostic>,
     /// systemd calls made (reloads, jobs, enablement).

@@ -17,7 +17,7 @@ use crate::record::ledger::{self, Ledger};
 use crate::record::status::AppliedResource;
 use crate::record::time::now_rfc3339;
 use crate::render::{DesiredState, Resource, runtime_units};
-use crate::systemd::{CallCounts, JobKind, JobResult, Systemd};
+use crate::systemd::{CallCounts, JobKind, JobResult, SettleRequest, Systemd};
 use crate::verify::{self, Diagnostic, Removed, Verification};
 
 /// The phases run so far, with their durations (the results document's `phases`).
@@ -569,7 +569,8 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Verify: re-observe and judge every desired and removed object.
+    /// Verify: re-observe and judge every desired and removed object, waiting only where a
+    /// unit this run started can still fail (its settle window).
     pub(super) fn verify(&mut self) -> Result<Verification> {
         let removed: Vec<Removed> = self
             .deletes()
@@ -579,15 +580,6 @@ impl<'a> Run<'a> {
                 unit: a.unit.clone(),
             })
             .collect();
-        let settle = if self
-            .jobs_done
-            .iter()
-            .any(|j| !matches!(j.kind, JobKind::Stop | JobKind::StopAlone))
-        {
-            self.opts.settle
-        } else {
-            Duration::ZERO
-        };
         let reported_only: BTreeSet<String> = self
             .planned
             .plan
@@ -597,24 +589,61 @@ impl<'a> Run<'a> {
             .map(|a| a.id.clone())
             .collect();
         let started_ok = self.started_ok();
+        let settle = self.settle_requests();
         let preread = match (&self.planned.units, self.changed.is_empty()) {
-            (crate::observe::UnitObservation::Known(m), true) => Some(m),
+            (crate::observe::UnitObservation::Known(units), true) => Some(verify::Preread {
+                files: &self.planned.observed,
+                units,
+            }),
             _ => None,
         };
-        let (desired, systemd) = (self.desired, self.systemd);
+        let input = verify::VerifyInput {
+            desired: self.desired,
+            removed: &removed,
+            reported_only: &reported_only,
+            started_ok: &started_ok,
+            settle: &settle,
+            preread,
+            unit_dir: &self.paths.unit_dir,
+        };
+        let systemd = self.systemd;
         let verification = self.phases.run("verify", || {
-            let r = verify::verify(
-                desired,
-                &removed,
-                systemd,
-                settle,
-                &reported_only,
-                preread,
-                &started_ok,
-            );
-            (r, format!("settle {} ms", settle.as_millis()))
+            let r = verify::verify(&input, systemd);
+            let detail = match &r {
+                Ok(v) => settle_detail(v),
+                Err(_) => String::new(),
+            };
+            (r, detail)
         })?;
         Ok(verification)
+    }
+
+    /// The units this run started (start or restart job `done`) that keep a started role,
+    /// each with its settle window: `settle:` of its service, else of the host, else the
+    /// `--settle-ms` default. A zero window asks for none.
+    fn settle_requests(&self) -> Vec<SettleRequest> {
+        let host = self.desired.host_yaml.settle.map(|s| s.0);
+        let mut out: Vec<SettleRequest> = Vec::new();
+        for j in self.jobs_done.iter().filter(|j| {
+            matches!(j.kind, JobKind::Start | JobKind::Restart) && j.outcome.is_success()
+        }) {
+            let Some(role) = self
+                .desired
+                .runtime_unit_resource(&j.unit)
+                .and_then(|r| r.unit.as_ref())
+                .filter(|u| u.start)
+            else {
+                continue;
+            };
+            let window = role.settle.or(host).unwrap_or(self.opts.settle);
+            if !window.is_zero() && !out.iter().any(|r| r.unit == j.unit) {
+                out.push(SettleRequest {
+                    unit: j.unit.clone(),
+                    window,
+                });
+            }
+        }
+        out
     }
 
     /// Units whose start or restart job of this run ended `done`, and units already seen to
@@ -642,6 +671,19 @@ impl<'a> Run<'a> {
         );
         started_ok
     }
+}
+
+/// The verify phase's detail: how many started units were watched, how long, and how many
+/// were decided by their job result.
+fn settle_detail(v: &Verification) -> String {
+    let watched = v.settled.iter().filter(|s| s.watched).count();
+    let waited = v.settled.iter().map(|s| s.waited_ms).max().unwrap_or(0);
+    let early = v.settled.iter().filter(|s| s.ended_by.is_some()).count();
+    format!(
+        "{} started units: {watched} watched (longest wait {waited} ms, {early} ended early by a signal), {} decided by their job",
+        v.settled.len(),
+        v.settled.len() - watched
+    )
 }
 
 /// Temp files a killed run left beside any object this plan touches.

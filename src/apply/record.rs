@@ -52,7 +52,7 @@ pub(super) fn finish(
 ) -> Result<ApplyResult> {
     let completed = ownership::ran_to_completion(run.desired, &verification.units, &run.jobs_done);
     let mut diagnostics = run.diagnostics.clone();
-    diagnostics.extend(verification.diagnostics);
+    diagnostics.extend(verification.diagnostics.iter().cloned());
     diagnostics.sort_by(|a, b| (&a.id, &a.problem).cmp(&(&b.id, &b.problem)));
     diagnostics.dedup();
     let outcome = outcome(&run, &diagnostics);
@@ -85,6 +85,7 @@ pub(super) fn finish(
         finished_at: now_rfc3339(),
         phases: run.phases.list,
         jobs: run.jobs_done,
+        settled: verification.settled,
         diagnostics,
         calls,
         changed_objects: run.changed.len(),
