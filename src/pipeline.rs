@@ -208,7 +208,7 @@ pub fn plan_desired(
     }
     let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted = match crate::apply::journal::load(&paths.state_dir) {
+    let interrupted: BTreeSet<String> = match crate::apply::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {
             warnings.push(format!(
                 "a previous run (plan {}) was interrupted at {}; its objects are re-applied",
@@ -222,35 +222,62 @@ pub fn plan_desired(
             Default::default()
         }
     };
-    // the real generator judges the Quadlet set before anything is written
-    let quadlet = quadlet_check::check(&desired, paths);
-    // and systemd's own parser the merged unit set, the generator's output included
-    let units_check = unit_check::check(&desired, paths, &quadlet);
-    warnings.extend(quadlet.warnings);
-    warnings.extend(units_check.warnings);
-    let plan = plan::plan(PlanInput {
-        desired: &desired,
-        repo: repo_display,
-        last_applied: last,
-        owned: &ledger.objects,
-        adopt: &target.adopt,
-        observed: &observed,
-        units: &units,
-        warnings,
-        interrupted,
-        invalid_quadlet: quadlet.rejected,
-        foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
-        invalid_units: units_check.rejected,
-        findings: units_check
-            .findings
-            .into_iter()
-            .map(|(id, reason)| plan::Finding {
-                kind: "warning".into(),
-                id,
-                reason,
-            })
-            .collect(),
-    });
+    let foreign_dropins = crate::observe::foreign_dropins(&desired, &paths.unit_dir);
+    let input =
+        |warnings: Vec<String>,
+         checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>| {
+            let (invalid_quadlet, invalid_units, findings) = match checks {
+                Some((q, u)) => (
+                    q.rejected.clone(),
+                    u.rejected,
+                    u.findings
+                        .into_iter()
+                        .map(|(id, reason)| plan::Finding {
+                            kind: "warning".into(),
+                            id,
+                            reason,
+                        })
+                        .collect(),
+                ),
+                None => Default::default(),
+            };
+            PlanInput {
+                desired: &desired,
+                repo: repo_display,
+                last_applied: last,
+                owned: &ledger.objects,
+                adopt: &target.adopt,
+                observed: &observed,
+                units: &units,
+                warnings,
+                interrupted: interrupted.clone(),
+                invalid_quadlet,
+                foreign_dropins: foreign_dropins.clone(),
+                invalid_units,
+                findings,
+            }
+        };
+    // The Quadlet generator and systemd-analyze judge what is about to be written, before it
+    // is. A plan that writes nothing (every object already matches what was applied, nothing
+    // interrupted) has nothing for them to judge: systemd loaded these very files, and its
+    // verdict (LoadState) is what the plan and verification read. That is the no-op path of
+    // every agent tick: no child process, no temp files.
+    let unchecked = plan::plan(input(warnings.clone(), None));
+    let plan = if unchecked
+        .actions
+        .iter()
+        .all(|a| a.action == plan::Action::NoOp)
+    {
+        unchecked
+    } else {
+        // the real generator judges the Quadlet set before anything is written
+        let quadlet = quadlet_check::check(&desired, paths);
+        // and systemd's own parser the merged unit set, the generator's output included
+        let units_check = unit_check::check(&desired, paths, &quadlet);
+        warnings.extend(quadlet.warnings.iter().cloned());
+        warnings.extend(units_check.warnings.iter().cloned());
+        plan::plan(input(warnings, Some((&quadlet, units_check))))
+    };
     Ok(Planned {
         target: target.clone(),
         desired,

@@ -227,9 +227,14 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         .and_then(|s| s.last_applied.as_ref())
         .is_some_and(|l| l.revision == desired_rev.commit);
     if agent && !planned.plan.has_changes() && same_revision {
-        ctl.record_clean();
-        control::save(&paths.state_dir, &ctl)?;
-        record_reported_drift(&planned, paths)?;
+        // a quiet host is not rewritten on every tick: control state only when it changes
+        if !ctl.attempts.is_empty() {
+            ctl.record_clean();
+            control::save(&paths.state_dir, &ctl)?;
+        }
+        if opts.record_status {
+            record_no_change_run(&planned, paths)?;
+        }
         return Ok(RunReport {
             outcome: RunOutcome::NoChanges,
             planned,
@@ -355,10 +360,11 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
     })
 }
 
-/// A run with nothing to change still shows drift it only reports in status.json (an agent
-/// tick that skips the apply would otherwise leave `status` silent about it). Written only
-/// when what is reported changed, so a quiet host is not rewritten on every tick.
-fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
+/// A tick with nothing to change is still the host's last run: `last_run` says `no_changes`,
+/// with the drift it only reports, in one small write beside status.json
+/// (`status::save_last_run`). The whole snapshot is rewritten only when what is reported
+/// changed (status.json's own `last_run` then shows it too).
+fn record_no_change_run(planned: &Planned, paths: &Paths) -> Result<()> {
     use crate::record::status::{self, RunRecord};
     let Some(mut snap) = planned.status.clone() else {
         return Ok(());
@@ -375,19 +381,20 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    if drift == shown {
-        return Ok(());
-    }
     let now = now_rfc3339();
-    snap.last_run = Some(RunRecord {
+    let run = RunRecord {
         started_at: now.clone(),
         finished_at: now,
         outcome: "no_changes".into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
-        diagnostics: drift,
-    });
+        diagnostics: drift.clone(),
+    };
+    if drift == shown {
+        return status::save_last_run(&paths.state_file, &run);
+    }
+    snap.last_run = Some(run);
     status::save(&paths.state_file, &snap)
 }
 

@@ -104,7 +104,10 @@ impl<'a> Run<'a> {
             .filter(|a| a.action != Action::NoOp)
             .collect();
         let started_at = now_rfc3339();
-        clean_temp_files(paths, &changed)?;
+        // (a plan that changes nothing touches no object: nothing to clean beside them)
+        if !changed.is_empty() {
+            clean_temp_files(paths, &changed)?;
+        }
         let interrupted = journal::load(&paths.state_dir).ok().flatten();
         let completes_interrupted = interrupted.as_ref().map(|j| {
             format!(

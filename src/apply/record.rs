@@ -124,7 +124,15 @@ fn record(
     chain: receipts::ChainReport,
 ) -> Result<()> {
     if opts.record_status {
-        write_status(planned, paths, opts, result, &chain)?;
+        let snap = next_status(planned, paths, opts, result, &chain);
+        let transition = result.changed_objects > 0 || result.last_applied_advanced;
+        match (&snap.last_run, &planned.status) {
+            // nothing else in the snapshot moved: one small write
+            (Some(run), Some(old)) if !transition && same_but_last_run(old, &snap) => {
+                status::save_last_run(&paths.state_file, run)?
+            }
+            _ => status::save(&paths.state_file, &snap)?,
+        }
     }
     if result.changed_objects > 0 || result.last_applied_advanced {
         write_transition(planned, paths, opts, result)?;
@@ -172,14 +180,29 @@ fn run_record(planned: &Planned, opts: &ApplyOptions, result: &ApplyResult) -> R
     }
 }
 
-/// status.json: source, `last_run`, runtimes, and `last_applied` + history when it advanced.
-fn write_status(
+/// Whether two snapshots differ in nothing but `last_run` and when the receipt chain was
+/// last checked.
+fn same_but_last_run(old: &StatusSnapshot, new: &StatusSnapshot) -> bool {
+    let strip = |s: &StatusSnapshot| {
+        let mut s = s.clone();
+        s.last_run = None;
+        if let Some(r) = s.receipts.as_mut() {
+            r.checked_at.clear();
+        }
+        s
+    };
+    strip(old) == strip(new)
+}
+
+/// status.json as this run leaves it: source, `last_run`, runtimes, and `last_applied` +
+/// history when it advanced.
+fn next_status(
     planned: &Planned,
     paths: &Paths,
     opts: &ApplyOptions,
     result: &ApplyResult,
     chain: &receipts::ChainReport,
-) -> Result<()> {
+) -> StatusSnapshot {
     let desired = &planned.desired;
     let mut snap = planned
         .status
@@ -207,7 +230,7 @@ fn write_status(
     }
     crate::record::retention::trim_history(&mut snap.history, opts.retention.keep);
     snap.receipts = Some(receipts::health_after_run(&paths.state_dir, chain));
-    status::save(&paths.state_file, &snap)
+    snap
 }
 
 /// A transition: the results document, then the reconcile receipt that names its digest.
