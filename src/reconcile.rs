@@ -277,6 +277,7 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
 
     // count the attempt: failures, and drift that had to be repaired (oscillation)
     let mut new_quarantine = None;
+    let ctl_before = ctl.clone();
     if *mode == Mode::Forward && !only_deferred {
         if !result.outcome.is_converged() {
             new_quarantine = ctl.record(
@@ -302,7 +303,10 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
                 );
             }
         }
-        control::save(&paths.state_dir, &ctl)?;
+        // written only when it changed: a quiet host is not rewritten by every run
+        if ctl != ctl_before {
+            control::save(&paths.state_dir, &ctl)?;
+        }
     }
 
     // health-gated automatic rollback to the last converged revision

@@ -341,6 +341,9 @@ impl<'a> Run<'a> {
             })
             .filter_map(|a| self.desired.resources.get(&a.id))
             .collect();
+        if to_write.is_empty() && self.deletes().next().is_none() {
+            return Ok(()); // nothing to claim, write or remove: no phase, no ledger write
+        }
         let t0 = Instant::now();
         let _span = tracing::info_span!("phase", phase = "write").entered();
         let r = self.write_and_remove(&to_write);
@@ -630,19 +633,27 @@ impl<'a> Run<'a> {
         for j in self.jobs_done.iter().filter(|j| {
             matches!(j.kind, JobKind::Start | JobKind::Restart) && j.outcome.is_success()
         }) {
-            let Some(role) = self
-                .desired
-                .runtime_unit_resource(&j.unit)
-                .and_then(|r| r.unit.as_ref())
-                .filter(|u| u.start)
-            else {
+            let Some(r) = self.desired.runtime_unit_resource(&j.unit) else {
+                continue;
+            };
+            let Some(role) = r.unit.as_ref().filter(|u| u.start) else {
                 continue;
             };
             let window = role.settle.or(host).unwrap_or(self.opts.settle);
+            // a Quadlet container's READY=1 comes from conmon when the container starts,
+            // unless the payload itself notifies (Notify=true) or a health check does
+            let container =
+                r.kind == Kind::Quadlet && r.path.extension().is_some_and(|e| e == "container");
+            let ready_means_started = container
+                && !matches!(
+                    role.value("Container", "Notify"),
+                    Some("true" | "yes" | "1" | "on" | "healthy")
+                );
             if !window.is_zero() && !out.iter().any(|r| r.unit == j.unit) {
                 out.push(SettleRequest {
                     unit: j.unit.clone(),
                     window,
+                    ready_means_started,
                 });
             }
         }

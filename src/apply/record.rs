@@ -98,8 +98,14 @@ pub(super) fn finish(
     };
     let mut ledger = run.ledger;
     ownership::settle_ledger(&mut ledger, desired, outcome.is_converged(), &completed);
-    let recorded = ledger::save(&paths.state_dir, &ledger)
-        .and_then(|_| record(planned, paths, opts, &mut result, chain));
+    // written when it changed (or was only seeded from status.json so far)
+    let save_ledger = ledger != planned.ledger || !ledger::path(&paths.state_dir).exists();
+    let recorded = if save_ledger {
+        ledger::save(&paths.state_dir, &ledger)
+    } else {
+        Ok(())
+    }
+    .and_then(|_| record(planned, paths, opts, &mut result, chain));
     match recorded {
         Ok(()) => Ok(result),
         // exit 3, not 1: the host changed; the journal stays for the next run to finish

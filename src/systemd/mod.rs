@@ -151,6 +151,11 @@ pub struct SettleRequest {
     pub unit: String,
     /// How long after it became active (`ActiveEnterTimestampMonotonic`) it is watched.
     pub window: Duration,
+    /// Its `Type=notify` only says that its process started, not that it is ready: a Quadlet
+    /// container without `Notify=true`/`healthy` (conmon sends `READY=1` when the container
+    /// starts). Watched like `Type=simple`, so a crash - or a run-to-completion payload that
+    /// exits - is seen.
+    pub ready_means_started: bool,
 }
 
 /// What the settle step saw of one unit.

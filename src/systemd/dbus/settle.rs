@@ -260,7 +260,8 @@ impl DbusSystemd {
                 s.ended_by = Some(format!("NRestarts={n} when the window began"));
                 continue;
             }
-            if !needs_settle(&s.service_type) {
+            let notify_is_start = requests[i].ready_means_started && s.service_type == "notify";
+            if !needs_settle(&s.service_type) && !notify_is_start {
                 continue;
             }
             s.watched = true;
