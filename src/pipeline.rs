@@ -163,6 +163,7 @@ pub fn plan_revision(
     target: &ResolvedTarget,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let t0 = std::time::Instant::now();
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
     if let (Some(snap), _) = load_status(paths)
@@ -170,7 +171,13 @@ pub fn plan_revision(
     {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
     }
+    let t1 = std::time::Instant::now();
     let desired = render::render(&snapshot, &revision, &target.host, paths)?;
+    tracing::debug!(
+        source_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        render_ms = t1.elapsed().as_secs_f64() * 1000.0,
+        "revision read and rendered"
+    );
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
@@ -198,14 +205,23 @@ pub fn plan_desired(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let t0 = std::time::Instant::now();
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
+    let t1 = std::time::Instant::now();
     let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects), paths);
+    let t2 = std::time::Instant::now();
     let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);
     }
+    tracing::debug!(
+        records_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "observed"
+    );
     let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
     let interrupted: BTreeSet<String> = match crate::apply::journal::load(&paths.state_dir) {
@@ -262,7 +278,9 @@ pub fn plan_desired(
     // interrupted) has nothing for them to judge: systemd loaded these very files, and its
     // verdict (LoadState) is what the plan and verification read. That is the no-op path of
     // every agent tick: no child process, no temp files.
+    let t3 = std::time::Instant::now();
     let unchecked = plan::plan(input(warnings.clone(), None));
+    tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
     let plan = if unchecked
         .actions
         .iter()

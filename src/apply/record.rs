@@ -98,6 +98,7 @@ pub(super) fn finish(
     };
     let mut ledger = run.ledger;
     ownership::settle_ledger(&mut ledger, desired, outcome.is_converged(), &completed);
+    let t0 = std::time::Instant::now();
     // written when it changed (or was only seeded from status.json so far)
     let save_ledger = ledger != planned.ledger || !ledger::path(&paths.state_dir).exists();
     let recorded = if save_ledger {
@@ -106,6 +107,11 @@ pub(super) fn finish(
         Ok(())
     }
     .and_then(|_| record(planned, paths, opts, &mut result, chain));
+    tracing::debug!(
+        record_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        ledger_written = save_ledger,
+        "recorded"
+    );
     match recorded {
         Ok(()) => Ok(result),
         // exit 3, not 1: the host changed; the journal stays for the next run to finish
