@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::config::Paths;
 use crate::error::{Error, Result};
-use crate::observe::{ObservedFile, UnitObservation, UnitStateSource, observe_files};
+use crate::observe::{ObservedFile, UnitObservation, UnitStateSource};
 use crate::plan::{self, Plan, PlanInput};
 use crate::quadlet_check;
 use crate::record::ledger::{self, Ledger};
@@ -210,7 +210,11 @@ pub fn plan_desired(
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
     let t1 = std::time::Instant::now();
-    let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects), paths);
+    let observed = crate::observe::observe_files_expecting(
+        &plan::managed_paths(&desired, &ledger.objects),
+        paths,
+        Some(&desired),
+    );
     let t2 = std::time::Instant::now();
     let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
