@@ -6,16 +6,19 @@ Parts (one plain-text table each; --json prints one machine-readable document in
             child (15 runs after 2 warm-ups), with systemd (the bed, over D-Bus) and without
             (no address, no /run/systemd/system: unit state "unknown", files only).
             Issue goal: < 50 ms wall and < 20 MB max RSS, measured WITH systemd.
-  2. apply: `core-ops apply` of N new units (N = 50, 200; 5 fresh-name repetitions each), its
-            immediate no-op re-run (must be 0 jobs, 0 reloads), and interleaved the shell floor
-            of docs/dbus-apply-performance.md (inside the bed: cp -a; systemctl
-            daemon-reload; systemctl enable --no-reload --now U1..UN, timed with $EPOCHREALTIME).
-            Timed with CORE_OPS_SETTLE_MS=0; one extra repetition per N with the default settle.
-            Issue goals: apply median <= 1.5 x floor median; no-op re-run of 200 < 100 ms.
+  2. anchor: core-ops INSIDE the bed (default settings, and CORE_OPS_SETTLE_MS=0 as an extra
+            column) against the shell floor, both timed in the bed with $EPOCHREALTIME:
+            apply of N new units (N = 50, 200; floor: cp -a; systemctl daemon-reload; systemctl
+            enable --no-reload --now), at the largest N the change of one drop-in (floor: cp;
+            daemon-reload; systemctl restart) and the no-op re-run (floor: diff -rq of the
+            desired tree + one systemctl list-units of the N units). Ratios against the floor
+            of the same run; issue 17's goals: apply <= 1.0x with exactly 1 reload, change
+            <= 1.2x with exactly 1 restart, no-op <= 1.5x the floor no-op with unit state and
+            < 20 ms, peak RSS < 20 MB.
   A header line gives nproc, kernel, load, systemd version (from the bed) and core-ops --version.
 
 Python 3.11 standard library only. Must run as root (the bed needs namespaces and mounts).
-Usage: scripts/bench.py [--json] [--no-build] [--bed-dir /tmp/cob-bench] [--reps 5]
+Usage: scripts/bench.py [--json] [--no-build] [--bed-dir /tmp/cob-bench] [--reps 3]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ UNIT_TEXT = (
     "[Install]\nWantedBy=multi-user.target\n"
 )
 DROPIN_TEXT = "[Service]\nEnvironment=X=1\n"
+DROPIN_CHANGED = "[Service]\nEnvironment=X=2\n"
 
 
 class BenchError(Exception):
@@ -203,8 +207,9 @@ class Repo:
         return run(["git", "-c", "commit.gpgsign=false", *args], cwd=self.path,
                    env=self.env, what="git").stdout.strip()
 
-    def commit(self, n: int, prefix: str, msg: str) -> str:
-        """One revision: host `bench` runs services s000..s{n-1}, each one unit + drop-in."""
+    def commit(self, n: int, prefix: str, msg: str, changed: int | None = None) -> str:
+        """One revision: host `bench` runs services s000..s{n-1}, each one unit + drop-in
+        (service `changed`, if given, with the changed drop-in)."""
         for d in ("hosts", "services"):
             shutil.rmtree(self.path / d, ignore_errors=True)
         (self.path / "hosts" / HOST).mkdir(parents=True)
@@ -212,7 +217,8 @@ class Repo:
         (self.path / "hosts" / HOST / "host.yaml").write_text(
             f"services: [{', '.join(names)}]\n")
         for i, s in enumerate(names):
-            write_unit_pair(self.path / "services" / s, unit_name(prefix, i))
+            write_unit_pair(self.path / "services" / s, unit_name(prefix, i),
+                            DROPIN_CHANGED if i == changed else DROPIN_TEXT)
         self.git("add", "-A")
         self.git("commit", "-q", "--allow-empty", "-m", msg)
         return self.git("rev-parse", "HEAD")
@@ -222,10 +228,10 @@ def unit_name(prefix: str, i: int) -> str:
     return f"{prefix}-b{i:03d}.service"
 
 
-def write_unit_pair(d: Path, unit: str) -> None:
+def write_unit_pair(d: Path, unit: str, dropin: str = None) -> None:
     (d / f"{unit}.d").mkdir(parents=True, exist_ok=True)
     (d / unit).write_text(UNIT_TEXT)
-    (d / f"{unit}.d" / "10-bench.conf").write_text(DROPIN_TEXT)
+    (d / f"{unit}.d" / "10-bench.conf").write_text(dropin or DROPIN_TEXT)
 
 
 # ------------------------------------------------------------------------ the bench
@@ -235,7 +241,7 @@ class Bench:
         self.bed = bed
         self.work = bed.dir / "w"
         self.scratch = bed.dir / "scratch"
-        for d in ("state", "quadlet", "etc", "srv"):
+        for d in ("state", "state-bed", "quadlet", "etc", "srv"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(exist_ok=True)
         self.repo = Repo(bed.dir / "repo")
@@ -326,72 +332,151 @@ class Bench:
         self.cleanup_coreops(units, "plan")
         return rows
 
-    # --------------------------------------------------------------- part 2: apply
-    def floor(self, n: int, prefix: str):
-        units = [unit_name(prefix, i) for i in range(n)]
-        stage = self.bed.dir / f"stage-{prefix}"
-        for u in units:
-            write_unit_pair(stage, u)
+    # --------------------------------------------------------------- part 2: anchor
+    def in_bed_timed(self, script: str, *args, what: str):
+        """Run a bash script inside the bed that prints `T <ms>` (and optionally `R <KiB>`)."""
+        p = self.bed.exec("bash", "-c", script, "bash", *map(str, args), what=what)
+        t = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("T ")]
+        r = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("R ")]
+        if not t:
+            raise BenchError(f"{what}: no timing printed\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        return float(t[-1]), (int(r[-1]) if r else None), p.stdout
+
+    def coreops_in_bed(self, rev: str, settle: int | None, what: str):
+        """`core-ops --json apply` INSIDE the bed (its own systemd on the default bus, unit dir
+        /etc/systemd/system, as on a real host), timed there with $EPOCHREALTIME like the
+        floor; max RSS by GNU time. Returns (wall ms, max RSS KiB, results document)."""
+        env = [f"CORE_OPS_STATE_DIR={self.work / 'state-bed'}",
+               f"CORE_OPS_QUADLET_DIR={self.work / 'quadlet'}",
+               f"CORE_OPS_HOST_FILE_ROOTS={self.work / 'etc'}:{self.work / 'srv'}"]
+        if settle is not None:
+            env.append(f"CORE_OPS_SETTLE_MS={settle}")
+        out = self.scratch / "bed-apply.json"
+        rss = self.scratch / "bed-apply.rss"
+        script = ('out=$1; rss=$2; shift 2; t0=$EPOCHREALTIME;'
+                  ' /usr/bin/time -f %M -o "$rss" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"'
+                  ' > "$out"; rc=$?; t1=$EPOCHREALTIME;'
+                  ' echo "T $(echo "($t1 - $t0) * 1000" | bc -l)"; echo "R $(tail -1 "$rss")";'
+                  ' echo "C $rc"')
+        wall, kib, stdout = self.in_bed_timed(
+            script, out, rss, *env, str(BIN), "--json", "apply", *self.target(rev), what=what)
+        try:
+            doc = json.loads(out.read_text())
+        except (OSError, json.JSONDecodeError):
+            doc = None
+        if doc is None or doc.get("outcome") != "converged":
+            raise BenchError(f"{what}: core-ops apply in the bed did not converge: "
+                             f"{json.dumps(doc)[:4000] if doc else stdout[-2000:]}")
+        return wall, kib, doc
+
+    def floor_apply(self, stage: Path, units):
         script = ('S=$1; shift; t0=$EPOCHREALTIME; cp -a "$S"/. /etc/systemd/system/ || exit 11;'
-                  ' t1=$EPOCHREALTIME; systemctl daemon-reload || exit 12; t2=$EPOCHREALTIME;'
+                  ' systemctl daemon-reload || exit 12;'
                   ' systemctl enable --no-reload --now "$@" || exit 13;'
-                  ' t3=$EPOCHREALTIME; echo "T $t0 $t1 $t2 $t3"')
-        p = self.bed.exec("bash", "-c", script, "bash", str(stage), *units, what="floor")
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("T ")][-1]
-        t = [float(x) for x in line.split()[1:]]
-        res = {"wall": (t[3] - t[0]) * 1000, "cp": (t[1] - t[0]) * 1000,
-               "daemon-reload": (t[2] - t[1]) * 1000, "enable --now": (t[3] - t[2]) * 1000}
-        self.bed.verify_active(units, "10-bench.conf", f"floor {prefix}")
-        # untimed cleanup
+                  ' t1=$EPOCHREALTIME; echo "T $(echo "($t1 - $t0) * 1000" | bc -l)"')
+        return self.in_bed_timed(script, stage, *units, what="floor apply")[0]
+
+    def floor_change(self, stage: Path, unit: str):
+        """The floor of a one-object change: copy the changed drop-in, one daemon-reload, one
+        restart."""
+        (stage / f"{unit}.d" / "10-bench.conf").write_text(DROPIN_CHANGED)
+        script = ('S=$1; U=$2; t0=$EPOCHREALTIME;'
+                  ' cp -a "$S/$U.d/10-bench.conf" "/etc/systemd/system/$U.d/" || exit 11;'
+                  ' systemctl daemon-reload || exit 12; systemctl restart "$U" || exit 13;'
+                  ' t1=$EPOCHREALTIME; echo "T $(echo "($t1 - $t0) * 1000" | bc -l)"')
+        return self.in_bed_timed(script, stage, unit, what="floor change")[0]
+
+    def floor_noop(self, stage: Path, units, with_state: bool):
+        """The floor of a no-op: one tree walk comparing the desired tree with the unit dir
+        (diff -rq, only differing files count), and with unit state one `systemctl list-units`
+        of the N units (one ListUnitsByPatterns call); no per-unit calls, no writes."""
+        state = (' systemctl list-units --all --plain --no-legend --no-pager "$@" > /dev/null'
+                 ' || exit 12;') if with_state else ''
+        script = ('S=$1; shift; t0=$EPOCHREALTIME;'
+                  ' if diff -rq "$S" /etc/systemd/system | grep -q "^Files "; then exit 11; fi;'
+                  f'{state} t1=$EPOCHREALTIME; echo "T $(echo "($t1 - $t0) * 1000" | bc -l)"')
+        return self.in_bed_timed(script, stage, *units, what="floor no-op")[0]
+
+    def floor_cleanup(self, prefix: str, units):
         clean = ('systemctl stop "$@" && systemctl disable --no-reload "$@" 2>/dev/null &&'
                  f' rm -rf /etc/systemd/system/{prefix}-* && systemctl daemon-reload &&'
                  ' systemctl reset-failed')
         self.bed.exec("bash", "-c", clean, "bash", *units, what="floor cleanup")
-        shutil.rmtree(stage)
         self.bed.verify_gone(units, f"floor cleanup {prefix}")
+
+    def floor(self, n: int, prefix: str, change: bool):
+        units = [unit_name(prefix, i) for i in range(n)]
+        stage = self.bed.dir / f"stage-{prefix}"
+        for u in units:
+            write_unit_pair(stage, u)
+        res = {"apply": self.floor_apply(stage, units)}
+        self.bed.verify_active(units, "10-bench.conf", f"floor {prefix}")
+        if change:
+            res["noop"] = self.floor_noop(stage, units, False)
+            res["noop_state"] = self.floor_noop(stage, units, True)
+            res["change"] = self.floor_change(stage, units[0])
+        self.floor_cleanup(prefix, units)
+        shutil.rmtree(stage)
         return res
 
-    def coreops(self, n: int, prefix: str, settle: int | None):
+    def coreops(self, n: int, prefix: str, settle: int | None, change: bool):
         units = [unit_name(prefix, i) for i in range(n)]
         rev = self.repo.commit(n, prefix, f"apply bench {prefix}")
-        wall, rss, doc = self.apply(rev, settle, f"apply {prefix}")
-        calls = doc.get("calls", {})
+        tag = "default" if settle is None else f"settle {settle}"
+        wall, rss, doc = self.coreops_in_bed(rev, settle, f"apply {prefix} ({tag})")
         self.bed.verify_active(units, "10-bench.conf", f"core-ops apply {prefix}")
-        nwall, nrss, ndoc = self.apply(rev, settle, f"no-op re-run {prefix}")
-        ncalls = ndoc.get("calls", {})
-        if ncalls.get("jobs") != 0 or ncalls.get("reloads") != 0 or ndoc.get("changed_objects"):
-            raise BenchError(f"no-op re-run {prefix} did work: calls {ncalls}, changed "
-                             f"{ndoc.get('changed_objects')}\n{json.dumps(ndoc)[:3000]}")
-        self.cleanup_coreops(units, prefix)
+        res = {"apply": self.sample(wall, rss, doc)}
+        nwall, nrss, ndoc = self.coreops_in_bed(rev, settle, f"no-op re-run {prefix}")
+        self.check_calls(ndoc, 0, 0, f"no-op re-run {prefix}")
+        res["noop"] = self.sample(nwall, nrss, ndoc)
+        if change:
+            rev2 = self.repo.commit(n, prefix, f"change 1 {prefix}", changed=0)
+            cwall, crss, cdoc = self.coreops_in_bed(rev2, settle, f"change 1 {prefix}")
+            self.check_calls(cdoc, 1, 1, f"change 1 {prefix}")
+            res["change"] = self.sample(cwall, crss, cdoc)
+        empty = self.repo.commit(0, "none", f"empty after {prefix}")
+        self.coreops_in_bed(empty, 0, f"cleanup apply ({prefix})")
+        self.bed.verify_gone(units, f"cleanup of {prefix}")
+        return res
+
+    @staticmethod
+    def sample(wall, rss_kib, doc):
         ph = {x["name"]: x["duration_ms"] for x in doc.get("phases", [])}
-        nph = {x["name"]: x["duration_ms"] for x in ndoc.get("phases", [])}
-        return {
-            "apply": {"wall": wall, "rss_kib": rss, "reloads": calls.get("reloads"),
-                      "jobs": calls.get("jobs"), "phases": ph,
-                      "outside_phases": wall - sum(ph.values())},
-            "noop": {"wall": nwall, "rss_kib": nrss, "reloads": ncalls.get("reloads"),
-                     "jobs": ncalls.get("jobs"), "phases": nph,
-                     "outside_phases": nwall - sum(nph.values())},
-        }
+        calls = doc.get("calls", {})
+        return {"wall": wall, "rss_kib": rss_kib, "reloads": calls.get("reloads"),
+                "jobs": calls.get("jobs"), "phases": ph,
+                "outside_phases": wall - sum(ph.values()),
+                "watched": sum(1 for x in doc.get("settled", []) if x.get("watched"))}
+
+    @staticmethod
+    def check_calls(doc, reloads: int, jobs: int, what: str):
+        calls = doc.get("calls", {})
+        if calls.get("reloads") != reloads or calls.get("jobs") != jobs:
+            raise BenchError(f"{what}: expected {reloads} reloads and {jobs} jobs, got {calls}"
+                             f"\n{json.dumps(doc)[:3000]}")
 
     def part_apply(self):
+        """The anchor bench: per N, `reps` interleaved repetitions with fresh unit names of the
+        floor and of core-ops (inside the bed) with default settings and with
+        CORE_OPS_SETTLE_MS=0; at N=200 also the one-object change and the no-op re-run."""
         out = {}
         for n in self.args.sizes:
-            fl, co, co_default = [], [], []
+            runs = {"floor": [], "default": [], "settle0": []}
+            change = n == max(self.args.sizes)
             for rep in range(self.args.reps):
                 base = f"cob{self.run_id}n{n}r{rep}"
-                order = ("coreops", "floor") if rep % 2 == 0 else ("floor", "coreops")
+                order = ["floor", "default", "settle0"]
+                order = order[rep % 3:] + order[:rep % 3]
                 for what in order:
                     if what == "floor":
-                        fl.append(self.floor(n, base + "f"))
+                        runs["floor"].append(self.floor(n, base + "f", change))
                     else:
-                        co.append(self.coreops(n, base + "c", 0))
-                log(f"apply N={n} rep {rep + 1}/{self.args.reps}: core-ops "
-                    f"{co[-1]['apply']['wall']:.0f} ms (no-op {co[-1]['noop']['wall']:.0f} ms),"
-                    f" floor {fl[-1]['wall']:.0f} ms")
-            co_default.append(self.coreops(n, f"cob{self.run_id}n{n}d", None))
-            log(f"apply N={n} default settle: {co_default[-1]['apply']['wall']:.0f} ms")
-            out[n] = {"floor": fl, "coreops_settle0": co, "coreops_default_settle": co_default}
+                        settle = None if what == "default" else 0
+                        runs[what].append(self.coreops(n, base + what[0], settle, change))
+                log(f"N={n} rep {rep + 1}/{self.args.reps}: floor {runs['floor'][-1]['apply']:.0f}"
+                    f" ms, core-ops default {runs['default'][-1]['apply']['wall']:.0f} ms,"
+                    f" settle 0 {runs['settle0'][-1]['apply']['wall']:.0f} ms")
+            out[n] = runs
         return out
 
 
@@ -408,6 +493,74 @@ def table(headers, rows, left=("variant", "phase")) -> str:
         return "  ".join(str(c).ljust(w[i]) if headers[i] in left else str(c).rjust(w[i])
                          for i, c in enumerate(r)).rstrip()
     return "\n".join([line(headers), line(["-" * x for x in w]), *map(line, rows)])
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def anchor_report(apply_res) -> str:
+    """The anchor table: medians of the floor and of core-ops (default settings, and
+    CORE_OPS_SETTLE_MS=0 as an extra column), ratios against the floor of the same run, the
+    goals of issue 17, and a phase split."""
+    o = ["Part 2 (anchor): core-ops INSIDE the bed vs the shell floor, wall ms (median of the "
+         "repetitions, interleaved, fresh unit names), ratios against the floor of this run"]
+    rows, verdict, prow = [], [], []
+    rss_all = []
+    largest = max(apply_res)
+    for n, r in apply_res.items():
+        cases = [(f"apply {n} new services", "apply", "apply", 1, n)]
+        if n == largest:
+            cases.append((f"change 1 of {n}", "change", "change", 1, 1))
+            cases.append((f"no-op re-run, {n} services", "noop", "noop_state", 0, 0))
+        for name, key, fkey, want_reloads, want_jobs in cases:
+            fl = med(x.get(fkey) for x in r["floor"])
+            d = [x[key] for x in r["default"]]
+            z = [x[key] for x in r["settle0"]]
+            dm, zm = med(x["wall"] for x in d), med(x["wall"] for x in z)
+            rss = max(x["rss_kib"] for x in d + z) / 1024.0
+            rss_all.append(rss)
+            reloads = span([x["reloads"] for x in d + z])
+            jobs = span([x["jobs"] for x in d + z])
+            rows.append([name, f"{fl:.1f}", f"{dm:.1f}", f"{dm / fl:.2f}", f"{zm:.1f}",
+                         f"{zm / fl:.2f}", reloads, jobs,
+                         span([x["watched"] for x in d]), f"{rss:.1f}"])
+            ok_calls = all(x["reloads"] == want_reloads and x["jobs"] == want_jobs
+                           for x in d + z)
+            if key == "apply":
+                ok = dm / fl <= 1.0 and ok_calls
+                verdict.append(f"{name}: {dm / fl:.2f}x (goal <= 1.0x, exactly 1 reload): "
+                               f"{'PASS' if ok else 'FAIL'}")
+            elif key == "change":
+                ok = dm / fl <= 1.2 and ok_calls
+                verdict.append(f"{name}: {dm / fl:.2f}x (goal <= 1.2x, exactly 1 restart): "
+                               f"{'PASS' if ok else 'FAIL'}")
+            else:
+                bare = med(x.get("noop") for x in r["floor"])
+                ok = dm / fl <= 1.5 and dm < 20
+                verdict.append(f"{name}: {dm / fl:.2f}x the floor no-op with unit state "
+                               f"({dm / bare:.2f}x the bare one, {bare:.1f} ms), {dm:.1f} ms "
+                               f"(goal <= 1.5x and < 20 ms): {'PASS' if ok else 'FAIL'}")
+            for k in sorted({k for x in d for k in x["phases"]}):
+                prow.append([name, f"core-ops: {k}", f"{med(x['phases'].get(k, 0) for x in d):.0f}",
+                             f"{med(x['phases'].get(k, 0) for x in z):.0f}"])
+            prow.append([name, "core-ops: outside phases (exec, git, render, observe, plan, "
+                         "records)", f"{med(x['outside_phases'] for x in d):.0f}",
+                         f"{med(x['outside_phases'] for x in z):.0f}"])
+    o.append(table(["case", "floor", "default", "/floor", "settle 0", "/floor", "reloads",
+                    "jobs", "watched", "max RSS MiB"], rows, left=("case",)))
+    o.append("floor: apply = cp -a; systemctl daemon-reload; systemctl enable --no-reload --now;"
+             " change = cp of the drop-in; daemon-reload; systemctl restart; no-op = diff -rq of "
+             "the desired tree against the unit dir + systemctl list-units of the N units "
+             "(one ListUnitsByPatterns call)")
+    verdict.append(f"peak RSS {max(rss_all):.1f} MiB (goal < 20 MB): "
+                   f"{'PASS' if max(rss_all) < 20 else 'FAIL'}")
+    o.append("goals:\n  " + "\n  ".join(verdict))
+    o.append("")
+    o.append("Part 2 phases, ms (median): the results document's `phases`")
+    o.append(table(["case", "phase", "default", "settle 0"], prow, left=("case", "phase")))
+    return "\n".join(o)
 
 
 def report(header: dict, plan_rows, apply_res) -> str:
@@ -436,75 +589,7 @@ def report(header: dict, plan_rows, apply_res) -> str:
                      f"{'PASS' if ok_m else 'FAIL'}")
         o.append("")
     if apply_res:
-        o.append("Part 2: apply N new units (wall ms; core-ops timed with CORE_OPS_SETTLE_MS=0 "
-                 "unless noted), interleaved with the shell floor")
-        rows, prow = [], []
-        verdict = []
-        for n, r in apply_res.items():
-            fmed = statistics.median(x["wall"] for x in r["floor"])
-            variants = [
-                ("floor (cp; daemon-reload; enable --now)", [x["wall"] for x in r["floor"]],
-                 None, None),
-                ("core-ops apply, settle 0",
-                 [x["apply"]["wall"] for x in r["coreops_settle0"]],
-                 [x["apply"]["reloads"] for x in r["coreops_settle0"]],
-                 [x["apply"]["jobs"] for x in r["coreops_settle0"]]),
-                ("core-ops no-op re-run, settle 0",
-                 [x["noop"]["wall"] for x in r["coreops_settle0"]],
-                 [x["noop"]["reloads"] for x in r["coreops_settle0"]],
-                 [x["noop"]["jobs"] for x in r["coreops_settle0"]]),
-                ("core-ops apply, default settle (1500)",
-                 [x["apply"]["wall"] for x in r["coreops_default_settle"]],
-                 [x["apply"]["reloads"] for x in r["coreops_default_settle"]],
-                 [x["apply"]["jobs"] for x in r["coreops_default_settle"]]),
-                ("core-ops no-op re-run, default settle",
-                 [x["noop"]["wall"] for x in r["coreops_default_settle"]],
-                 [x["noop"]["reloads"] for x in r["coreops_default_settle"]],
-                 [x["noop"]["jobs"] for x in r["coreops_default_settle"]]),
-            ]
-            for name, walls, rl, jb in variants:
-                s = stats(walls)
-                rows.append([n, name, s["n"], fmt(s["min"]), fmt(s["median"]), fmt(s["max"]),
-                             f"{s['median'] / fmed:.2f}", span(rl or []), span(jb or [])])
-            amed = statistics.median(x["apply"]["wall"] for x in r["coreops_settle0"])
-            nmed = statistics.median(x["noop"]["wall"] for x in r["coreops_settle0"])
-            verdict.append(f"N={n}: apply/floor {amed / fmed:.2f} (goal <= 1.5: "
-                           f"{'PASS' if amed / fmed <= 1.5 else 'FAIL'})")
-            if n == 200:
-                verdict.append(f"no-op re-run of 200 median {nmed:.0f} ms (goal < 100 ms: "
-                               f"{'PASS' if nmed < 100 else 'FAIL'})")
-            # phases
-            def med(xs):
-                xs = list(xs)
-                return f"{statistics.median(xs):.0f} ({min(xs):.0f}-{max(xs):.0f})"
-            c0 = r["coreops_settle0"]
-            names = []
-            for x in c0:
-                for k in [*x["apply"]["phases"], *x["noop"]["phases"]]:
-                    if k not in names:
-                        names.append(k)
-            for k in names:
-                prow.append([n, f"core-ops: {k}",
-                             med(x["apply"]["phases"].get(k, 0) for x in c0),
-                             med(x["noop"]["phases"].get(k, 0) for x in c0)])
-            prow.append([n, "core-ops: outside phases (exec, git, render, observe, plan, records)",
-                         med(x["apply"]["outside_phases"] for x in c0),
-                         med(x["noop"]["outside_phases"] for x in c0)])
-            prow.append([n, "core-ops: wall", med(x["apply"]["wall"] for x in c0),
-                         med(x["noop"]["wall"] for x in c0)])
-            dd = r["coreops_default_settle"][0]
-            prow.append([n, "core-ops, default settle: verify",
-                         f"{dd['apply']['phases'].get('verify', 0):.0f}",
-                         f"{dd['noop']['phases'].get('verify', 0):.0f}"])
-            for k in ("cp", "daemon-reload", "enable --now"):
-                prow.append([n, f"floor: {k}", med(x[k] for x in r["floor"]), ""])
-        o.append(table(["N", "variant", "runs", "min", "median", "max", "/floor", "reloads",
-                        "jobs"], rows))
-        o.append("goals: " + "; ".join(verdict))
-        o.append("")
-        o.append("Part 2 phases, ms: median (min-max) over the runs above (core-ops: the results "
-                 "document's `phases`; floor: $EPOCHREALTIME inside the bed)")
-        o.append(table(["N", "phase", "apply", "no-op re-run"], prow))
+        o.append(anchor_report(apply_res))
     return "\n".join(o)
 
 
@@ -530,7 +615,7 @@ def main() -> int:
     ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
     ap.add_argument("--build-retries", type=int, default=3)
     ap.add_argument("--bed-dir", default="/tmp/cob-bench", help="test bed dir (short, plain)")
-    ap.add_argument("--reps", type=int, default=5, help="apply repetitions per N")
+    ap.add_argument("--reps", type=int, default=3, help="anchor repetitions per N")
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                     default=[50, 200], help="comma-separated N for the apply part")
     ap.add_argument("--plan-runs", type=int, default=15)

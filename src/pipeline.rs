@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use crate::config::Paths;
 use crate::error::{Error, Result};
-use crate::observe::{ObservedFile, UnitObservation, UnitStateSource, observe_files};
+use crate::observe::{ObservedFile, UnitObservation, UnitStateSource};
 use crate::plan::{self, Plan, PlanInput};
 use crate::quadlet_check;
 use crate::record::ledger::{self, Ledger};
@@ -163,6 +163,7 @@ pub fn plan_revision(
     target: &ResolvedTarget,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let t0 = std::time::Instant::now();
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
     if let (Some(snap), _) = load_status(paths)
@@ -170,7 +171,13 @@ pub fn plan_revision(
     {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
     }
+    let t1 = std::time::Instant::now();
     let desired = render::render(&snapshot, &revision, &target.host, paths)?;
+    tracing::debug!(
+        source_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        render_ms = t1.elapsed().as_secs_f64() * 1000.0,
+        "revision read and rendered"
+    );
     plan_desired(paths, target, source.location(), desired, units_source)
 }
 
@@ -198,17 +205,30 @@ pub fn plan_desired(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let t0 = std::time::Instant::now();
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
-    let observed = observe_files(&plan::managed_paths(&desired, &ledger.objects), paths);
+    let t1 = std::time::Instant::now();
+    let observed = crate::observe::observe_files_expecting(
+        &plan::managed_paths(&desired, &ledger.objects),
+        paths,
+        Some(&desired),
+    );
+    let t2 = std::time::Instant::now();
     let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);
     }
+    tracing::debug!(
+        records_ms = (t1 - t0).as_secs_f64() * 1000.0,
+        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "observed"
+    );
     let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted = match crate::record::journal::load(&paths.state_dir) {
+    let interrupted: BTreeSet<String> = match crate::record::journal::load(&paths.state_dir) {
         Ok(Some(j)) => {
             warnings.push(format!(
                 "a previous run (plan {}) was interrupted at {}; its objects are re-applied",
@@ -222,35 +242,68 @@ pub fn plan_desired(
             Default::default()
         }
     };
-    // the real generator judges the Quadlet set before anything is written
-    let quadlet = quadlet_check::check(&desired, paths);
-    // and systemd's own parser the merged unit set, the generator's output included
-    let units_check = unit_check::check(&desired, paths, &quadlet);
-    warnings.extend(quadlet.warnings);
-    warnings.extend(units_check.warnings);
-    let plan = plan::plan(PlanInput {
-        desired: &desired,
-        repo: repo_display,
-        last_applied: last,
-        owned: &ledger.objects,
-        adopt: &target.adopt,
-        observed: &observed,
-        units: &units,
-        warnings,
-        interrupted,
-        invalid_quadlet: quadlet.rejected,
-        foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
-        invalid_units: units_check.rejected,
-        findings: units_check
-            .findings
-            .into_iter()
-            .map(|(id, reason)| plan::Finding {
-                kind: "warning".into(),
-                id,
-                reason,
-            })
-            .collect(),
-    });
+    let foreign_dropins = crate::observe::foreign_dropins(&desired, &paths.unit_dir);
+    let input =
+        |warnings: Vec<String>,
+         checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>| {
+            let (invalid_quadlet, invalid_units, findings) = match checks {
+                Some((q, u)) => (
+                    q.rejected.clone(),
+                    u.rejected,
+                    u.findings
+                        .into_iter()
+                        .map(|(id, reason)| plan::Finding {
+                            kind: "warning".into(),
+                            id,
+                            reason,
+                        })
+                        .collect(),
+                ),
+                None => Default::default(),
+            };
+            PlanInput {
+                desired: &desired,
+                repo: repo_display,
+                last_applied: last,
+                owned: &ledger.objects,
+                adopt: &target.adopt,
+                observed: &observed,
+                units: &units,
+                warnings,
+                interrupted: interrupted.clone(),
+                invalid_quadlet,
+                foreign_dropins: foreign_dropins.clone(),
+                invalid_units,
+                findings,
+            }
+        };
+    // The Quadlet generator and systemd-analyze judge what is about to be written, before it
+    // is. A plan that writes nothing (every object already matches what was applied, nothing
+    // interrupted) has nothing for them to judge: systemd loaded these very files, and its
+    // verdict (LoadState) is what the plan and verification read. That is the no-op path of
+    // every agent tick: no child process, no temp files.
+    let t3 = std::time::Instant::now();
+    let unchecked = plan::plan(input(warnings.clone(), None));
+    tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
+    let plan = if unchecked
+        .actions
+        .iter()
+        .all(|a| a.action == plan::Action::NoOp)
+    {
+        unchecked
+    } else {
+        // the real generator judges the Quadlet set before anything is written
+        let quadlet = quadlet_check::check(&desired, paths);
+        // and systemd's own parser the merged units of the services being written, the
+        // generator's output included (the others are on the host as desired, where the
+        // verify finds them through the host's unit path; a change of one service of 200
+        // does not re-verify 400 files)
+        let units_check =
+            unit_check::check(&services_written(&desired, &unchecked), paths, &quadlet);
+        warnings.extend(quadlet.warnings.iter().cloned());
+        warnings.extend(units_check.warnings.iter().cloned());
+        plan::plan(input(warnings, Some((&quadlet, units_check))))
+    };
     Ok(Planned {
         target: target.clone(),
         desired,
@@ -260,4 +313,28 @@ pub fn plan_desired(
         ledger,
         plan,
     })
+}
+
+/// The part of the desired state that belongs to services with an object to write or
+/// restart in `plan` (what plan-time validation judges).
+fn services_written(desired: &DesiredState, plan: &Plan) -> DesiredState {
+    let touched: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .filter(|a| a.action != plan::Action::NoOp)
+        .filter_map(|a| desired.resources.get(&a.id))
+        .map(|r| r.service.as_str())
+        .collect();
+    DesiredState {
+        resources: desired
+            .resources
+            .iter()
+            .filter(|(_, r)| touched.contains(r.service.as_str()))
+            .map(|(id, r)| (id.clone(), r.clone()))
+            .collect(),
+        host: desired.host.clone(),
+        revision: desired.revision.clone(),
+        host_yaml: desired.host_yaml.clone(),
+        runtimes: desired.runtimes.clone(),
+    }
 }

@@ -142,7 +142,7 @@ pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<Run
         control::save(&paths.state_dir, &ctl)?;
     }
     if req.agent && nothing_to_apply(&planned) {
-        return skip_unchanged(paths, &mut ctl, planned, lifted);
+        return skip_unchanged(paths, &req, &mut ctl, planned, lifted);
     }
     apply_and_judge(paths, &req, systemd, &mut ctl, planned, lifted)
 }
@@ -261,13 +261,19 @@ fn nothing_to_apply(planned: &Planned) -> bool {
 /// The agent's quiet tick: a clean attempt, and drift it only reports shown in status.
 fn skip_unchanged(
     paths: &Paths,
+    req: &Request<'_>,
     ctl: &mut control::Control,
     planned: Planned,
     lifted: Option<Quarantine>,
 ) -> Result<RunReport> {
-    ctl.record_clean();
-    control::save(&paths.state_dir, ctl)?;
-    record_reported_drift(&planned, paths)?;
+    // a quiet host is not rewritten on every tick: control state only when it changes
+    if !ctl.attempts.is_empty() {
+        ctl.record_clean();
+        control::save(&paths.state_dir, ctl)?;
+    }
+    if req.opts.record_status {
+        record_no_change_run(&planned, paths)?;
+    }
     Ok(RunReport {
         outcome: RunOutcome::NoChanges,
         planned,
@@ -308,8 +314,12 @@ fn apply_and_judge(
     let forward = req.mode == Mode::Forward;
     let mut new_quarantine = None;
     if forward && !deferred {
+        let ctl_before = ctl.clone();
         new_quarantine = count_attempt(ctl, &planned, &result, &now);
-        control::save(&paths.state_dir, ctl)?;
+        // written only when it changed: a quiet host is not rewritten by every run
+        if *ctl != ctl_before {
+            control::save(&paths.state_dir, ctl)?;
+        }
     }
     let rollback_to = before
         .as_ref()
@@ -431,10 +441,11 @@ fn auto_rollback(
     })
 }
 
-/// A run with nothing to change still shows drift it only reports in status.json (an agent
-/// tick that skips the apply would otherwise leave `status` silent about it). Written only
-/// when what is reported changed, so a quiet host is not rewritten on every tick.
-fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
+/// A tick with nothing to change is still the host's last run: `last_run` says `no_changes`,
+/// with the drift it only reports, in one small write beside status.json
+/// (`status::save_last_run`). The whole snapshot is rewritten only when what is reported
+/// changed (status.json's own `last_run` then shows it too).
+fn record_no_change_run(planned: &Planned, paths: &Paths) -> Result<()> {
     use crate::record::status::{self, RunRecord};
     let Some(mut snap) = planned.status.clone() else {
         return Ok(());
@@ -451,19 +462,20 @@ fn record_reported_drift(planned: &Planned, paths: &Paths) -> Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    if drift == shown {
-        return Ok(());
-    }
     let now = now_rfc3339();
-    snap.last_run = Some(RunRecord {
+    let run = RunRecord {
         started_at: now.clone(),
         finished_at: now,
         outcome: crate::model::names::serde_name(&RunOutcome::NoChanges).into(),
         desired_revision: planned.desired.revision.commit.clone(),
         requested_ref: planned.desired.revision.requested_ref.clone(),
         intent_checksum: planned.plan.checksum.clone(),
-        diagnostics: drift,
-    });
+        diagnostics: drift.clone(),
+    };
+    if drift == shown {
+        return status::save_last_run(&paths.state_file, &run);
+    }
+    snap.last_run = Some(run);
     status::save(&paths.state_file, &snap)
 }
 

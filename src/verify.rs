@@ -1,10 +1,17 @@
 //! Verify: after apply, re-observe the host and judge convergence. Health means readiness
 //! (docs/design.md section 9): a started unit must be loaded and active (a oneshot without
-//! `RemainAfterExit=` must have succeeded), and must not be restarting during the settle
+//! `RemainAfterExit=` must have succeeded), and must not be restarting during its settle
 //! window (NRestarts and InvocationID stable), not merely "not failed".
+//!
+//! Verification waits only where a unit can still fail (docs/design.md section 10): a service with a running
+//! main process and no readiness protocol (`simple`, `exec`, `forking`, `idle`) is watched
+//! from its own `ActiveEnterTimestampMonotonic` for its window (`settle:` of its service,
+//! else of the host, else `--settle-ms`); a oneshot, a notify/dbus service that reached
+//! active, timers, sockets, paths, mounts and automounts are decided by their job result and
+//! one read of their state.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::normalize::Kind;
 use crate::observe::{ObservedFile, observe_file};
 use crate::render::DesiredState;
-use crate::systemd::{Systemd, UnitStatus};
+use crate::systemd::{SettleRequest, Settled, Systemd, UnitStatus};
 
 /// How an apply ended. Distinct terminal states: a rollback is never reported as success.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +79,8 @@ pub struct Verification {
     pub diagnostics: Vec<Diagnostic>,
     /// Unit states as last read.
     pub units: BTreeMap<String, UnitStatus>,
+    /// What the settle step saw of each unit this run started.
+    pub settled: Vec<Settled>,
 }
 
 /// What is wrong with one runtime unit of a desired unit role, as (unit, problem): it must be
@@ -166,30 +175,77 @@ fn until_settled(
     }
 }
 
-/// Re-observe files and units. `settle` > 0 reads unit state twice, that far apart, and
-/// flags units whose restart counter or invocation changed in between.
-///
-/// `preread` is unit state already read (by the plan) when nothing was changed.
-/// `started_ok` are units whose start or restart job of this run ended `done`, and units
-/// known to run to completion (see `AppliedResource::runs_to_completion`): such a unit found
-/// inactive with `Result=success` finished what it was asked (it ran and exited, or its
-/// conditions skipped it) even when systemd has since unloaded it and forgot how.
-/// `reported_only` are objects whose drift policy is `report` and that the plan left alone:
-/// they are not judged (their drift is a finding, not a failure).
+/// What verification judges, and what it may reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyInput<'a> {
+    /// The desired state.
+    pub desired: &'a DesiredState,
+    /// Objects removed by this run (they must stay gone).
+    pub removed: &'a [Removed],
+    /// Objects whose drift policy is `report` and that the plan left alone: not judged
+    /// (their drift is a finding, not a failure).
+    pub reported_only: &'a BTreeSet<String>,
+    /// Units whose start or restart job of this run ended `done`, and units known to run to
+    /// completion (see `AppliedResource::runs_to_completion`): such a unit found inactive
+    /// with `Result=success` finished what it was asked (it ran and exited, or its conditions
+    /// skipped it) even when systemd has since unloaded it and forgot how.
+    pub started_ok: &'a BTreeSet<String>,
+    /// Units this run started, each with its settle window (empty: nothing is waited for).
+    pub settle: &'a [SettleRequest],
+    /// When nothing was changed: the plan's own observation of files and units, which then
+    /// is the verification (no second read).
+    pub preread: Option<Preread<'a>>,
+    /// The unit dir, where enablement links are read (one directory walk, no D-Bus call per
+    /// unit).
+    pub unit_dir: &'a Path,
+}
+
+/// The plan's observation, reused when a run changed nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Preread<'a> {
+    /// Files by resource id.
+    pub files: &'a BTreeMap<String, ObservedFile>,
+    /// Unit state by unit name.
+    pub units: &'a BTreeMap<String, UnitStatus>,
+}
+
+/// Re-observe files and units and judge them. Units this run started are first watched
+/// through their settle windows ([`Systemd::settle`]: only services with a running main
+/// process and no readiness protocol are waited for), then read once; a unit that restarted
+/// or failed meanwhile is flagged.
 pub fn verify(
-    desired: &DesiredState,
-    removed: &[Removed],
+    input: &VerifyInput<'_>,
     systemd: &dyn Systemd,
-    settle: Duration,
-    reported_only: &BTreeSet<String>,
-    preread: Option<&BTreeMap<String, UnitStatus>>,
-    started_ok: &BTreeSet<String>,
 ) -> Result<Verification, crate::systemd::SystemdError> {
+    let mut diagnostics = file_problems(input);
+    let (states, settled) = match input.preread {
+        // nothing was changed: the plan's own observation is the verification
+        Some(pre) => (pre.units.clone(), Vec::new()),
+        None => {
+            let settled = systemd.settle(input.settle)?;
+            let states = read_states(input, systemd, &settled)?;
+            (until_settled(systemd, states, input.started_ok)?, settled)
+        }
+    };
+    diagnostics.extend(restart_problems(input, &settled, &states));
+    diagnostics.extend(unit_state_problems(input, &states));
+    diagnostics.sort_by(|a, b| (&a.id, &a.problem).cmp(&(&b.id, &b.problem)));
+    diagnostics.dedup();
+    Ok(Verification {
+        diagnostics,
+        units: states,
+        settled,
+    })
+}
+
+/// Every desired file must hold the desired content; every removed one must be gone.
+fn file_problems(input: &VerifyInput<'_>) -> Vec<Diagnostic> {
     let mut diagnostics = Vec::new();
-    for r in desired
+    for r in input
+        .desired
         .resources
         .values()
-        .filter(|r| !reported_only.contains(&r.id))
+        .filter(|r| !input.reported_only.contains(&r.id))
     {
         if r.kind == Kind::Runtime {
             if let Some(problem) = runtime_problem(r) {
@@ -201,7 +257,11 @@ pub fn verify(
             }
             continue;
         }
-        match observe_file(r.kind, &r.path) {
+        let seen = match input.preread.and_then(|p| p.files.get(&r.id)) {
+            Some(o) => o.clone(),
+            None => observe_file(r.kind, &r.path),
+        };
+        match seen {
             ObservedFile::File { digest, .. } if digest == r.digest => {}
             other => diagnostics.push(Diagnostic {
                 id: r.id.clone(),
@@ -218,7 +278,7 @@ pub fn verify(
             }),
         }
     }
-    for r in removed {
+    for r in input.removed {
         if !matches!(observe_file(Kind::File, &r.path), ObservedFile::Absent) {
             diagnostics.push(Diagnostic {
                 id: r.id.clone(),
@@ -227,78 +287,138 @@ pub fn verify(
             });
         }
     }
+    diagnostics
+}
 
-    let mut names: Vec<String> = desired
+/// Unit state after the settle step, in as few calls as possible: one `ListUnitsByNames`
+/// for all units, enablement from the unit dir's links; the full read (`UnitFileState` from
+/// systemd, `NRestarts`, `InvocationID`) only for watched units and for units that should be
+/// enabled but have no link in the unit dir (generated, linked elsewhere, or really not
+/// enabled: systemd says which).
+fn read_states(
+    input: &VerifyInput<'_>,
+    systemd: &dyn Systemd,
+    settled: &[Settled],
+) -> Result<BTreeMap<String, UnitStatus>, crate::systemd::SystemdError> {
+    let mut names: Vec<String> = input
+        .desired
         .resources
         .values()
         .filter_map(|r| r.unit.as_ref())
         .flat_map(|u| u.runtime_units())
         .collect();
-    names.extend(removed.iter().filter_map(|r| r.unit.clone()));
+    names.extend(input.removed.iter().filter_map(|r| r.unit.clone()));
     names.sort();
     names.dedup();
-    let states: BTreeMap<String, UnitStatus> = if let Some(pre) = preread {
-        // nothing was changed: the plan's own observation is the verification
-        names
-            .iter()
-            .filter_map(|n| pre.get(n).map(|s| (n.clone(), s.clone())))
-            .collect()
-    } else if settle.is_zero() {
-        let first = systemd.unit_statuses(&names)?;
-        first.into_iter().map(|s| (s.name.clone(), s)).collect()
-    } else {
-        let first = systemd.unit_statuses(&names)?;
-        std::thread::sleep(settle);
-        let second = systemd.unit_statuses(&names)?;
-        for (a, b) in first.iter().zip(&second) {
-            let Some(r) = desired.runtime_unit_resource(&a.name) else {
-                continue;
-            };
-            let started = r.unit.as_ref().is_some_and(|u| u.start);
-            if a.active_state == "active"
-                && started
-                && !reported_only.contains(&r.id)
-                && (a.n_restarts != b.n_restarts || a.invocation_id != b.invocation_id)
-            {
+    let mut states: BTreeMap<String, UnitStatus> = systemd
+        .unit_states_brief(&names)?
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    crate::observe::enablement_from_disk(input.unit_dir, &mut states);
+    let mut full: BTreeSet<String> = settled
+        .iter()
+        .filter(|s| s.watched || s.ended_by.is_some())
+        .map(|s| s.unit.clone())
+        .collect();
+    for u in input
+        .desired
+        .resources
+        .values()
+        .filter_map(|r| r.unit.as_ref())
+    {
+        if u.enable {
+            full.extend(u.runtime_units().into_iter().filter(|n| {
+                states
+                    .get(n)
+                    .is_some_and(|s| s.load_state == "loaded" && s.unit_file_state != "enabled")
+            }));
+        }
+    }
+    let full: Vec<String> = full.into_iter().collect();
+    for s in systemd.unit_statuses(&full)? {
+        states.insert(s.name.clone(), s);
+    }
+    Ok(states)
+}
+
+/// Units watched through their settle window that restarted or failed during it: a restart
+/// counter or invocation that moved, a restart before the window began, or a signal that
+/// ended the window early (a unit that is `failed` now is reported by its state instead).
+fn restart_problems(
+    input: &VerifyInput<'_>,
+    settled: &[Settled],
+    states: &BTreeMap<String, UnitStatus>,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let windows: BTreeMap<&str, Duration> = input
+        .settle
+        .iter()
+        .map(|r| (r.unit.as_str(), r.window))
+        .collect();
+    for s in settled.iter().filter(|s| s.watched || s.ended_by.is_some()) {
+        let Some(r) = input.desired.runtime_unit_resource(&s.unit) else {
+            continue;
+        };
+        if input.reported_only.contains(&r.id) || !r.unit.as_ref().is_some_and(|u| u.start) {
+            continue;
+        }
+        let Some(now) = states.get(&s.unit) else {
+            continue;
+        };
+        let before = s.n_restarts.unwrap_or(0);
+        let after = now.n_restarts.unwrap_or(before);
+        let restarted = before > 0
+            || after != before
+            || (!s.invocation_id.is_empty()
+                && !now.invocation_id.is_empty()
+                && now.invocation_id != s.invocation_id);
+        let failed_now = now.active_state != "active" || now.sub_state == "auto-restart";
+        if !restarted && (s.ended_by.is_none() || failed_now) {
+            continue;
+        }
+        let window = windows.get(s.unit.as_str()).copied().unwrap_or_default();
+        let seen = s
+            .ended_by
+            .as_deref()
+            .map(|w| format!(", {w} after {} ms", s.waited_ms))
+            .unwrap_or_default();
+        out.push(Diagnostic {
+            id: r.id.clone(),
+            unit: Some(s.unit.clone()),
+            problem: format!(
+                "unit is restarting (NRestarts {before} -> {after}{seen}) during its {} ms settle window",
+                window.as_millis()
+            ),
+        });
+    }
+    out
+}
+
+/// Each desired unit judged by its state; each removed unit must not be running.
+fn unit_state_problems(
+    input: &VerifyInput<'_>,
+    states: &BTreeMap<String, UnitStatus>,
+) -> Vec<Diagnostic> {
+    let mut diagnostics = Vec::new();
+    for r in input
+        .desired
+        .resources
+        .values()
+        .filter(|r| !input.reported_only.contains(&r.id))
+    {
+        let Some(u) = &r.unit else { continue };
+        for st in u.runtime_units().iter().filter_map(|n| states.get(n)) {
+            for (unit, problem) in unit_problems(u, st, input.started_ok.contains(&st.name)) {
                 diagnostics.push(Diagnostic {
                     id: r.id.clone(),
-                    unit: Some(a.name.clone()),
-                    problem: format!(
-                        "unit is restarting (NRestarts {} -> {}) during the {} ms settle window",
-                        a.n_restarts.unwrap_or(0),
-                        b.n_restarts.unwrap_or(0),
-                        settle.as_millis()
-                    ),
+                    unit: Some(unit),
+                    problem,
                 });
             }
         }
-        second.into_iter().map(|s| (s.name.clone(), s)).collect()
-    };
-    let states = if preread.is_some() {
-        states
-    } else {
-        until_settled(systemd, states, started_ok)?
-    };
-
-    for r in desired
-        .resources
-        .values()
-        .filter(|r| !reported_only.contains(&r.id))
-    {
-        let Some(u) = &r.unit else { continue };
-        let mut problems = Vec::new();
-        for st in u.runtime_units().iter().filter_map(|n| states.get(n)) {
-            problems.extend(unit_problems(u, st, started_ok.contains(&st.name)));
-        }
-        for (unit, p) in problems {
-            diagnostics.push(Diagnostic {
-                id: r.id.clone(),
-                unit: Some(unit),
-                problem: p,
-            });
-        }
     }
-    for r in removed {
+    for r in input.removed {
         let Some(u) = &r.unit else { continue };
         if let Some(st) = states.get(u)
             && matches!(
@@ -313,12 +433,7 @@ pub fn verify(
             });
         }
     }
-    diagnostics.sort_by(|a, b| (&a.id, &a.problem).cmp(&(&b.id, &b.problem)));
-    diagnostics.dedup();
-    Ok(Verification {
-        diagnostics,
-        units: states,
-    })
+    diagnostics
 }
 
 /// Verify step: `None` when the runtime's `current` holds the desired version, else what is
@@ -363,6 +478,7 @@ mod tests {
             mount: None,
             effective: "[Service]\nExecStart=/bin/true\n".into(),
             instances: Vec::new(),
+            settle: None,
         }
     }
 

@@ -647,3 +647,49 @@ fn a_pre_existing_file_is_adopted_only_when_asked_and_then_owned() {
         "the adopted file is removed with its service"
     );
 }
+
+#[test]
+fn a_no_change_run_records_last_run_in_one_small_write() {
+    let Some(mut w) = world("quiet") else { return };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let status_file = w.s.path("state/status.json");
+    let last_run_file = w.s.path("state/status.last-run.json");
+    let control_file = w.s.path("state/control.json");
+    let before = std::fs::read(&status_file).unwrap();
+    let control_before = std::fs::read(&control_file).ok();
+    // the timestamps have second resolution: the tick must be visibly later
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // an agent tick with nothing to do: status.json and control.json untouched, last_run
+    // recorded beside them, and `status` shows it
+    let o = w.run(&["agent", "--rev", &v1]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&status_file).unwrap(), before);
+    assert_eq!(std::fs::read(&control_file).ok(), control_before);
+    let small: Value = serde_json::from_slice(&std::fs::read(&last_run_file).unwrap()).unwrap();
+    assert_eq!(small["last_run"]["outcome"], "no_changes", "{small:#}");
+    assert_eq!(small["last_run"]["desired_revision"], v1.as_str());
+    let st = w.s.run(&["--json", "status"]);
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        st["snapshot"]["last_run"]["outcome"], "no_changes",
+        "{st:#}"
+    );
+
+    // a no-op re-run of apply: the same one small write, with its own outcome
+    std::thread::sleep(Duration::from_millis(1100));
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(std::fs::read(&status_file).unwrap(), before);
+    let small: Value = serde_json::from_slice(&std::fs::read(&last_run_file).unwrap()).unwrap();
+    assert_eq!(small["last_run"]["outcome"], "converged", "{small:#}");
+
+    // the next transition writes status.json again, whose last_run is then the newest
+    let mut fx = w.fx();
+    fx.level = "2";
+    let v2 = w.commit(fx);
+    assert_eq!(w.apply(&v2, &[]).0, 0);
+    assert_eq!(w.status()["last_run"]["desired_revision"], v2.as_str());
+    w.teardown();
+}

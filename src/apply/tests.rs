@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::pipeline::{ResolvedTarget, plan_desired};
+use crate::record::{journal, ledger, status};
 use crate::render::render;
 use crate::source::{RepoEntry, Revision};
 use crate::systemd::fake::FakeSystemd;
+use std::path::PathBuf;
+use std::time::Instant;
 
 fn desired(s: &Scratch, web_level: &str) -> crate::render::DesiredState {
     let etc = s.paths.host_file_roots[0].display().to_string();

@@ -308,7 +308,9 @@ pub struct ApplyTuning {
         value_name = "SECS"
     )]
     pub job_timeout: u64,
-    /// Milliseconds to watch started units for restart loops before declaring them healthy.
+    /// Default settle window in milliseconds for started services that can still fail after
+    /// their start (a running main process, no readiness protocol); `settle:` in
+    /// service.yaml or host.yaml wins; other units are judged by their job result.
     #[arg(
         long,
         env = "CORE_OPS_SETTLE_MS",

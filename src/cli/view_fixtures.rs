@@ -118,6 +118,7 @@ fn apply_result() -> ApplyResult {
             unit: Some("web.service".into()),
             problem: "failed (exit-code)".into(),
         }],
+        settled: Vec::new(),
         calls: CallCounts {
             reloads: 1,
             jobs: 2,

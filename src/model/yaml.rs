@@ -26,6 +26,62 @@ pub struct HostYaml {
     /// when there is no local trust file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustPolicy>,
+    /// Settle window of this host's services that can still fail after their start (a
+    /// running main process, no readiness protocol), e.g. `1500ms`, `2s`; `0s` waits for
+    /// none. Default: `--settle-ms` / `CORE_OPS_SETTLE_MS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<Settle>,
+}
+
+/// A settle window as written in YAML: `<n>ms`, `<n>s` or `<n>m`, at most 10 minutes.
+///
+/// Why a type: the text is checked once, where the file is read, and the error names the
+/// file and line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(into = "String")]
+pub struct Settle(pub std::time::Duration);
+
+impl From<Settle> for String {
+    fn from(s: Settle) -> String {
+        format!("{}ms", s.0.as_millis())
+    }
+}
+
+impl TryFrom<String> for Settle {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let bad =
+            || format!("settle: '{text}' is not a duration like 1500ms, 2s or 1m (at most 10m)");
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let n: u64 = t[..split].parse().map_err(|_| bad())?;
+        let d = match &t[split..] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+            _ => return Err(bad()),
+        };
+        if d > std::time::Duration::from_secs(600) {
+            return Err(bad());
+        }
+        Ok(Settle(d))
+    }
+}
+
+impl<'de> Deserialize<'de> for Settle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Settle;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration like 1500ms, 2s or 1m")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Settle, E> {
+                Settle::try_from(v.to_string()).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A trust policy, as written in the local trust file or under `trust:` in `host.yaml`.
@@ -121,6 +177,10 @@ pub struct ServiceYaml {
     /// Per-unit settings by unit name.
     #[serde(default)]
     pub units: BTreeMap<String, UnitSpec>,
+    /// Settle window of this service's units that can still fail after their start (see
+    /// [`HostYaml::settle`]); wins over the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settle: Option<Settle>,
 }
 
 /// Mode, ownership and restart semantics of one host file.

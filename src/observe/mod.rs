@@ -21,6 +21,7 @@ use crate::config::Paths;
 use crate::fsutil::beneath::{self, Create, Refused};
 use crate::fsutil::owner_names;
 use crate::model::normalize::{FileMeta, Kind, normalize};
+use crate::render::Resource;
 use crate::systemd::{Systemd, UnitStatus};
 
 /// What a managed path holds.
@@ -61,6 +62,10 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
         // `current` and the install record of the version it points at
         return runtimes::observe(path);
     }
+    observe_plain_expecting(kind, path, None)
+}
+
+fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -> ObservedFile {
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(_) => return ObservedFile::Absent,
@@ -81,7 +86,7 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
             what: "unreadable file".into(),
         };
     };
-    file_observation(kind, &content, &md)
+    file_observation(kind, &content, &md, expect)
 }
 
 /// Read one host file beneath its root without following a symlink anywhere below the root:
@@ -91,6 +96,15 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
 /// Why: what the plan reads must be what apply would write; apply refuses to write through a
 /// symlinked parent, so the plan must neither judge the file behind it as the managed one.
 pub fn observe_file_beneath(kind: Kind, path: &Path, root: &Path) -> ObservedFile {
+    observe_beneath_expecting(kind, path, root, None)
+}
+
+fn observe_beneath_expecting(
+    kind: Kind,
+    path: &Path,
+    root: &Path,
+    expect: Option<&Resource>,
+) -> ObservedFile {
     let (dir, name) = match beneath::open_parent(root, path, Create::No) {
         Ok(x) => x,
         Err(r @ Refused::Symlink { .. }) => {
@@ -138,16 +152,35 @@ pub fn observe_file_beneath(kind: Kind, path: &Path, root: &Path) -> ObservedFil
             what: "special file".into(),
         };
     }
-    file_observation(kind, &content, &md)
+    file_observation(kind, &content, &md, expect)
 }
 
-fn file_observation(kind: Kind, content: &[u8], md: &fs::Metadata) -> ObservedFile {
+/// The observation of one regular file. When `expect` (the desired resource at that path)
+/// has the same kind, raw bytes and mode/ownership, its material digest is the desired one
+/// (the digest is a function of exactly those), so the file is not parsed again: a converged
+/// host is observed with one sha256 per file.
+fn file_observation(
+    kind: Kind,
+    content: &[u8],
+    md: &fs::Metadata,
+    expect: Option<&Resource>,
+) -> ObservedFile {
     let (owner, group) = owner_names(md);
     let meta = FileMeta {
         mode: md.mode() & 0o7777,
         owner,
         group,
     };
+    if let Some(r) = expect.filter(|r| r.kind == kind && r.meta == meta) {
+        let raw_digest = crate::model::normalize::sha256_hex(content);
+        if raw_digest == r.raw_digest {
+            return ObservedFile::File {
+                digest: r.digest.clone(),
+                raw_digest,
+                meta,
+            };
+        }
+    }
     let n = normalize(kind, content, &meta);
     ObservedFile::File {
         digest: n.digest,
@@ -162,13 +195,31 @@ pub fn observe_files(
     managed: &BTreeMap<String, (Kind, PathBuf)>,
     paths: &Paths,
 ) -> BTreeMap<String, ObservedFile> {
+    observe_files_expecting(managed, paths, None)
+}
+
+/// [`observe_files`], knowing the desired state: a file that holds exactly the desired bytes
+/// with the desired mode and owner is not parsed again (see `file_observation`).
+///
+/// Why: on a converged host every run reads every managed file; parsing and canonicalizing
+/// 400 unit files that are byte-identical to what was rendered is most of that cost.
+pub fn observe_files_expecting(
+    managed: &BTreeMap<String, (Kind, PathBuf)>,
+    paths: &Paths,
+    desired: Option<&crate::render::DesiredState>,
+) -> BTreeMap<String, ObservedFile> {
     managed
         .iter()
         .map(|(id, (kind, path))| {
-            let o = if *kind == Kind::File {
-                observe_file_beneath(*kind, path, paths.host_file_root(path))
-            } else {
-                observe_file(*kind, path)
+            let expect = desired
+                .and_then(|d| d.resources.get(id))
+                .filter(|r| r.path == *path);
+            let o = match kind {
+                Kind::File => {
+                    observe_beneath_expecting(*kind, path, paths.host_file_root(path), expect)
+                }
+                Kind::Runtime => observe_file(*kind, path),
+                _ => observe_plain_expecting(*kind, path, expect),
             };
             (id.clone(), o)
         })
@@ -322,6 +373,71 @@ mod tests {
             ObservedFile::File { meta, .. } => assert_eq!(meta.mode, 0o640),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn knowing_the_desired_state_never_changes_an_observation() {
+        use crate::source::{RepoEntry, Revision};
+        let s = crate::config::scratch();
+        let etc = s.paths.host_file_roots[0].display().to_string();
+        let files: BTreeMap<String, RepoEntry> = [
+            ("hosts/h/host.yaml", "services: [web]\n".to_string()),
+            (
+                "services/web/web.service",
+                "[Service]\nExecStart=/bin/true\n".to_string(),
+            ),
+            (&*format!("services/web/files{etc}/web.env"), "A=1\n".into()),
+        ]
+        .into_iter()
+        .map(|(p, c)| {
+            let data = c.into_bytes();
+            (
+                p.to_string(),
+                RepoEntry::File {
+                    data,
+                    executable: false,
+                },
+            )
+        })
+        .collect();
+        let rev = Revision {
+            commit: "a".repeat(40),
+            requested_ref: "main".into(),
+        };
+        let d = crate::render::render(&files, &rev, "h", &s.paths).unwrap();
+        let managed: BTreeMap<String, (Kind, PathBuf)> = d
+            .resources
+            .values()
+            .map(|r| (r.id.clone(), (r.kind, r.path.clone())))
+            .collect();
+        let both = || {
+            (
+                observe_files(&managed, &s.paths),
+                observe_files_expecting(&managed, &s.paths, Some(&d)),
+            )
+        };
+        // absent, then exactly as desired, then reformatted, then with another mode
+        let (plain, known) = both();
+        assert_eq!(plain, known);
+        for r in d.resources.values() {
+            fs::create_dir_all(r.path.parent().unwrap()).unwrap();
+            fs::write(&r.path, &r.content).unwrap();
+            fs::set_permissions(&r.path, fs::Permissions::from_mode(r.meta.mode)).unwrap();
+        }
+        let (plain, known) = both();
+        assert_eq!(plain, known);
+        assert!(
+            d.resources
+                .values()
+                .all(|r| known[&r.id].digest() == Some(r.digest.as_str()))
+        );
+        let unit = &d.resources["unit:web.service"];
+        fs::write(&unit.path, "# comment\n[Service]\nExecStart=/bin/true\n").unwrap();
+        let env = &d.resources[&format!("file:{etc}/web.env")];
+        fs::set_permissions(&env.path, fs::Permissions::from_mode(0o600)).unwrap();
+        let (plain, known) = both();
+        assert_eq!(plain, known);
+        assert_ne!(known[&env.id].digest(), Some(env.digest.as_str()));
     }
 
     #[test]

@@ -223,10 +223,63 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
             });
         }
     }
-    serde_json::from_value(value).map_err(|e| Absent::Invalid {
+    let mut snap: StatusSnapshot = serde_json::from_value(value).map_err(|e| Absent::Invalid {
         path: p,
         detail: e.to_string(),
-    })
+    })?;
+    // a later run that changed nothing recorded only its `last_run`, beside the snapshot
+    if let Some(newer) = load_last_run(path).filter(|r| {
+        snap.last_run
+            .as_ref()
+            .is_none_or(|old| r.finished_at > old.finished_at)
+    }) {
+        snap.last_run = Some(newer);
+    }
+    Ok(snap)
+}
+
+/// `status.json`'s sibling that holds only the `last_run` of a run that changed nothing:
+/// `<stem>.last-run.json`.
+///
+/// Why: a no-change run (an agent tick, a re-run of apply) must still say when it ran and
+/// how it ended, in one small write instead of rewriting the whole snapshot (which holds the
+/// digests of every applied object).
+pub fn last_run_path(state_file: &Path) -> PathBuf {
+    let stem = state_file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "status".into());
+    state_file.with_file_name(format!("{stem}.last-run.json"))
+}
+
+/// The small `last_run` record of [`last_run_path`], versioned like the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LastRunFile {
+    schema_version: u32,
+    kind: String,
+    last_run: RunRecord,
+}
+
+fn load_last_run(state_file: &Path) -> Option<RunRecord> {
+    let bytes = std::fs::read(last_run_path(state_file)).ok()?;
+    let f: LastRunFile = serde_json::from_slice(&bytes).ok()?;
+    (f.schema_version == STATUS_SCHEMA_VERSION).then_some(f.last_run)
+}
+
+/// Record the `last_run` of a run that changed nothing in one small atomic write; `load`
+/// shows it when it is newer than the snapshot's own.
+///
+/// Why: see [`last_run_path`].
+pub fn save_last_run(state_file: &Path, run: &RunRecord) -> Result<()> {
+    fsutil::write_json(
+        &last_run_path(state_file),
+        &LastRunFile {
+            schema_version: STATUS_SCHEMA_VERSION,
+            kind: "CoreOpsLastRun".into(),
+            last_run: run.clone(),
+        },
+    )
 }
 
 /// Write the snapshot atomically.

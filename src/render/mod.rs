@@ -59,6 +59,9 @@ pub struct UnitRole {
     /// other units.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<String>,
+    /// Settle window from its service's `service.yaml` (`None`: the host's, else the default).
+    #[serde(skip)]
+    pub settle: Option<std::time::Duration>,
 }
 
 impl UnitRole {
@@ -768,6 +771,7 @@ fn unit_resource(
             mount: mount_view,
             effective: effective.canonical_text(),
             instances,
+            settle: s.yaml.settle.map(|s| s.0),
         }),
         restarts: Vec::new(),
         drift: spec.drift,

@@ -11,6 +11,8 @@
 //! - properties are read with raw `org.freedesktop.DBus.Properties.Get` calls, not per-unit
 //!   proxies (a proxy would `GetAll` and add a match rule per unit).
 
+mod settle;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -23,7 +25,10 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Str};
 use zbus::{Connection, MatchRule, MessageStream};
 use zbus_systemd::systemd1::ManagerProxy;
 
-use super::{CallCounts, JobKind, JobOutcome, JobResult, Systemd, SystemdError, UnitStatus};
+use super::{
+    CallCounts, JobKind, JobOutcome, JobResult, SettleRequest, Settled, Systemd, SystemdError,
+    UnitStatus,
+};
 
 /// Environment variable naming the bus address of the systemd to manage (unset: system bus).
 ///
@@ -40,6 +45,9 @@ const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
+const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
+/// Where systemd keeps its unit objects (the settle step's signal match covers all of them).
+const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 /// Capacity of the `JobRemoved` signal queue (zbus' default is 64; a full queue stops the
 /// connection from reading anything, replies included).
@@ -466,6 +474,22 @@ impl DbusSystemd {
         Ok(statuses)
     }
 
+    /// `Subscribe()` once per handle: without it systemd sends no `JobRemoved` and no
+    /// `PropertiesChanged` to this client.
+    async fn subscribe(&self, inner: &Inner) -> Result<(), SystemdError> {
+        if self.subscribed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match bounded("Subscribe", CALL_TIMEOUT, inner.manager.subscribe()).await {
+            Ok(()) => {}
+            // Another call on this handle already did it.
+            Err(SystemdError::Call { message, .. }) if message.contains("AlreadySubscribed") => {}
+            Err(e) => return Err(e),
+        }
+        self.subscribed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     async fn jobs_async(
         &self,
         inner: &Inner,
@@ -516,16 +540,7 @@ impl DbusSystemd {
         };
 
         let work = async {
-            if !self.subscribed.load(Ordering::Relaxed) {
-                match bounded("Subscribe", CALL_TIMEOUT, inner.manager.subscribe()).await {
-                    Ok(()) => {}
-                    // Another call on this handle already did it.
-                    Err(SystemdError::Call { message, .. })
-                        if message.contains("AlreadySubscribed") => {}
-                    Err(e) => return Err(e),
-                }
-                self.subscribed.store(true, Ordering::Relaxed);
-            }
+            self.subscribe(inner).await?;
             let n = jobs.len();
             let mut outcomes: Vec<Option<JobOutcome>> = vec![None; n];
             let mut deadlines: Vec<Option<Instant>> = vec![None; n];
@@ -771,6 +786,14 @@ impl Systemd for DbusSystemd {
         }
         let inner = self.inner();
         self.rt.block_on(self.jobs_async(inner, jobs, timeout))
+    }
+
+    fn settle(&self, requests: &[SettleRequest]) -> Result<Vec<Settled>, SystemdError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner();
+        self.rt.block_on(self.settle_async(inner, requests))
     }
 
     fn counts(&self) -> CallCounts {

@@ -142,6 +142,62 @@ pub struct CallCounts {
     pub enablement_calls: u32,
 }
 
+/// A unit this run started, and its settle window if it turns out to need one.
+///
+/// Why: verification waits only where a unit can still fail (DESIGN 10); the window is per
+/// service (`settle:` in service.yaml, host.yaml, or the `--settle-ms` default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettleRequest {
+    /// The unit whose start or restart job of this run ended `done`.
+    pub unit: String,
+    /// How long after it became active (`ActiveEnterTimestampMonotonic`) it is watched.
+    pub window: Duration,
+    /// Its `Type=notify` only says that its process started, not that it is ready: a Quadlet
+    /// container without `Notify=true`/`healthy` (conmon sends `READY=1` when the container
+    /// starts). Watched like `Type=simple`, so a crash - or a run-to-completion payload that
+    /// exits - is seen.
+    pub ready_means_started: bool,
+}
+
+/// What the settle step saw of one unit.
+///
+/// Why: the results document says, per unit, whether core-ops waited and why not, so a slow
+/// or fast verification can be explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settled {
+    /// The unit.
+    pub unit: String,
+    /// A window was kept: a service with a running main process and no readiness protocol
+    /// (`Type=simple`, `exec`, `forking`, `idle`). Everything else is decided by its job
+    /// result and the state read right after.
+    pub watched: bool,
+    /// The service's `Type=` as systemd reports it (read only for running services).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_type: String,
+    /// ms core-ops waited for this unit after the start phase.
+    pub waited_ms: u64,
+    /// What ended the window before its end, from a `PropertiesChanged` signal
+    /// (`ActiveState=failed`, `NRestarts=1`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
+    /// `NRestarts` when the window began (a unit started by this run restarted since, if > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_restarts: Option<u32>,
+    /// `InvocationID` when the window began.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub invocation_id: String,
+}
+
+/// Whether a service of this `Type=` can still fail after its start job succeeded: it has a
+/// running main process and told systemd nothing about being ready.
+///
+/// Why: `oneshot` is decided when its job ends, `notify`/`notify-reload`/`dbus` only become
+/// active once the service says it is ready; `simple`, `exec`, `forking` and `idle` are
+/// active as soon as a process runs, which may crash a moment later.
+pub fn needs_settle(service_type: &str) -> bool {
+    matches!(service_type, "simple" | "exec" | "forking" | "idle")
+}
+
 /// Errors talking to systemd.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
@@ -191,6 +247,26 @@ pub trait Systemd {
         jobs: &[(JobKind, String)],
         timeout: Duration,
     ) -> Result<Vec<JobResult>, SystemdError>;
+    /// Watch the units this run started through their settle windows, all at once: only
+    /// running services without a readiness protocol ([`needs_settle`]) are waited for, each
+    /// until `window` after it became active, or until systemd signals that it failed or
+    /// restarted. Returns one report per request, in order.
+    ///
+    /// The default reads the state once and waits for nothing (the fake; a manager without
+    /// signals).
+    fn settle(&self, requests: &[SettleRequest]) -> Result<Vec<Settled>, SystemdError> {
+        let names: Vec<String> = requests.iter().map(|r| r.unit.clone()).collect();
+        Ok(self
+            .unit_statuses(&names)?
+            .into_iter()
+            .map(|s| Settled {
+                unit: s.name,
+                n_restarts: s.n_restarts,
+                invocation_id: s.invocation_id,
+                ..Settled::default()
+            })
+            .collect())
+    }
     /// Calls made through this handle so far.
     fn counts(&self) -> CallCounts;
 }
