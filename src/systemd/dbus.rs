@@ -75,6 +75,121 @@ pub(crate) fn result_interface(unit: &str) -> Option<&'static str> {
         _ => return None,
     })
 }
+/// The properties to read for one unit beyond its `ListUnitsByNames` row: why it is not
+/// loaded, how an inactive one ended (stopped, finished, skipped by a condition), and in the
+/// full read its enablement, invocation, result and restarts.
+fn property_reads(row: &Row, brief: bool, fresh_file_state: bool) -> Vec<Read> {
+    // the object path comes from systemd, so aliases and escaping are right by construction
+    let (id, load_state, active_state) = (&row.0, row.2.as_str(), row.3.as_str());
+    let path = row.6.as_str().to_string();
+    let prop = |iface, name| Read::Property {
+        path: path.clone(),
+        iface,
+        name,
+    };
+    let result_iface = result_interface(id);
+    let mut reads = Vec::new();
+    if load_state != "loaded" {
+        // systemd's own reason (bad setting, not found, masked...)
+        reads.push(prop(UNIT_IFACE, "LoadError"));
+    } else if active_state == "inactive" {
+        // inactive can mean stopped, finished (a oneshot) or skipped by a condition: these
+        // tell them apart, in both modes
+        reads.push(prop(UNIT_IFACE, "ConditionResult"));
+        reads.push(prop(UNIT_IFACE, "ConditionTimestampMonotonic"));
+        if brief {
+            reads.push(prop(UNIT_IFACE, "InvocationID"));
+            reads.extend(result_iface.map(|iface| prop(iface, "Result")));
+        }
+    }
+    if brief {
+        // only why a failed unit failed
+        if active_state == "failed" {
+            reads.extend(result_iface.map(|iface| prop(iface, "Result")));
+        }
+    } else if load_state != "not-found" {
+        reads.push(if fresh_file_state {
+            Read::FileState(id.clone())
+        } else {
+            prop(UNIT_IFACE, "UnitFileState")
+        });
+        reads.push(prop(UNIT_IFACE, "InvocationID"));
+        if let Some(iface) = result_iface {
+            reads.push(prop(iface, "Result"));
+            if id.ends_with(".service") {
+                reads.push(prop(iface, "NRestarts"));
+            }
+        }
+    }
+    reads
+}
+
+/// Every read, at most [`MAX_IN_FLIGHT`] pending at once (dbus-daemon's limit per
+/// connection is 128).
+async fn fetch_reads(
+    conn: &zbus::Connection,
+    gets: Vec<(usize, Read)>,
+) -> Vec<Result<Fetched, SystemdError>> {
+    stream::iter(gets)
+        .map(|(i, read)| async move {
+            match read {
+                Read::Property { path, iface, name } => {
+                    Ok((i, name, get_property(conn, &path, iface, name).await?))
+                }
+                Read::FileState(unit) => {
+                    let v = unit_file_state(conn, &unit).await?;
+                    Ok((
+                        i,
+                        "UnitFileState",
+                        v.map(|v| OwnedValue::from(Str::from(v))),
+                    ))
+                }
+            }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Put what was read into the statuses; a unit is skipped by a condition when its
+/// conditions were checked and did not hold.
+fn fill_properties(
+    statuses: &mut [UnitStatus],
+    values: Vec<Result<Fetched, SystemdError>>,
+) -> Result<(), SystemdError> {
+    let mut condition_ok: Vec<Option<bool>> = vec![None; statuses.len()];
+    let mut condition_checked: Vec<bool> = vec![false; statuses.len()];
+    for v in values {
+        let (i, prop, value) = v?;
+        let Some(value) = value else { continue };
+        let s = &mut statuses[i];
+        let bad = |e: zbus::zvariant::Error| SystemdError::Call {
+            method: format!("Get({prop})"),
+            message: format!("{}: {e}", s.name),
+        };
+        match prop {
+            "UnitFileState" => s.unit_file_state = String::try_from(value).map_err(bad)?,
+            "Result" => s.result = String::try_from(value).map_err(bad)?,
+            "NRestarts" => s.n_restarts = Some(u32::try_from(value).map_err(bad)?),
+            "InvocationID" => {
+                s.invocation_id = invocation_hex(&Vec::<u8>::try_from(value).map_err(bad)?)
+            }
+            "ConditionResult" => condition_ok[i] = Some(bool::try_from(value).map_err(bad)?),
+            "ConditionTimestampMonotonic" => {
+                condition_checked[i] = u64::try_from(value).map_err(bad)? > 0
+            }
+            "LoadError" => {
+                let (name, message) = <(String, String)>::try_from(value).map_err(bad)?;
+                s.load_error = if message.is_empty() { name } else { message };
+            }
+            _ => {}
+        }
+    }
+    for (i, s) in statuses.iter_mut().enumerate() {
+        s.skipped_by_condition = condition_checked[i] && condition_ok[i] == Some(false);
+    }
+    Ok(())
+}
 
 /// Lowercase hex of an invocation id; empty when unset (empty or all-zero).
 fn invocation_hex(bytes: &[u8]) -> String {
@@ -319,159 +434,66 @@ impl DbusSystemd {
         names: &[String],
         brief: bool,
     ) -> Result<Vec<UnitStatus>, SystemdError> {
-        let not_found = |asked: &str| UnitStatus {
-            name: asked.to_string(),
-            load_state: "not-found".into(),
-            active_state: "inactive".into(),
-            sub_state: "dead".into(),
-            ..UnitStatus::default()
-        };
+        let rows = self.rows_by_name(inner, names).await?;
+        // systemd caches `UnitFileState` per loaded unit and refreshes it only on `Reload()`
+        // (or when the unit is unloaded): after our own enable/disable, ask the manager's
+        // `GetUnitFileState`, which reads the disk every time (slower: ~0.6 ms per unit).
+        let fresh_file_state = self.enablement_since_reload.load(Ordering::Relaxed);
+        let mut statuses = Vec::with_capacity(names.len());
+        let mut gets: Vec<(usize, Read)> = Vec::new();
+        for (asked, row) in names.iter().zip(rows) {
+            let Some(row) = row else {
+                statuses.push(UnitStatus {
+                    name: asked.to_string(),
+                    load_state: "not-found".into(),
+                    active_state: "inactive".into(),
+                    sub_state: "dead".into(),
+                    ..UnitStatus::default()
+                });
+                continue;
+            };
+            let i = statuses.len();
+            gets.extend(
+                property_reads(&row, brief, fresh_file_state)
+                    .into_iter()
+                    .map(|r| (i, r)),
+            );
+            // The row carries the canonical name (it differs for an alias): report the asked
+            // one; the canonical id decided the unit type of the reads.
+            statuses.push(UnitStatus {
+                name: asked.to_string(),
+                load_state: row.2,
+                active_state: row.3,
+                sub_state: row.4,
+                ..UnitStatus::default()
+            });
+        }
+        let values = fetch_reads(&inner.conn, gets).await;
+        fill_properties(&mut statuses, values)?;
+        Ok(statuses)
+    }
 
+    /// One `ListUnitsByNames` row per name (`None`: systemd does not know it).
+    async fn rows_by_name(
+        &self,
+        inner: &Inner,
+        names: &[String],
+    ) -> Result<Vec<Option<Row>>, SystemdError> {
         let one_call = tokio::time::timeout(
             CALL_TIMEOUT,
             inner.manager.list_units_by_names(names.to_vec()),
         )
         .await
         .map_err(|_| timeout_error("ListUnitsByNames", CALL_TIMEOUT))?;
-        let rows: Vec<Option<Row>> = match one_call {
-            Ok(rows) if rows.len() == names.len() => rows.into_iter().map(Some).collect(),
+        match one_call {
+            Ok(rows) if rows.len() == names.len() => Ok(rows.into_iter().map(Some).collect()),
             // systemd 252 silently skips invalid names (so rows no longer line up with names)
             // and fails the whole call when one valid name cannot be loaded (e.g. a template
             // without instance). Ask one by one: the bad ones become not-found.
-            Ok(_) => self.list_units_one_by_one(inner, names).await?,
-            Err(e) if error_name(&e).is_some() => self.list_units_one_by_one(inner, names).await?,
-            Err(e) => return Err(call_error("ListUnitsByNames", &e)),
-        };
-
-        let mut statuses = Vec::with_capacity(names.len());
-        // systemd caches `UnitFileState` per loaded unit and refreshes it only on `Reload()`
-        // (or when the unit is unloaded): after our own enable/disable, ask the manager's
-        // `GetUnitFileState`, which reads the disk every time (slower: ~0.6 ms per unit).
-        let fresh_file_state = self.enablement_since_reload.load(Ordering::Relaxed);
-        let mut gets: Vec<(usize, Read)> = Vec::new();
-        for (asked, row) in names.iter().zip(rows) {
-            let Some(row) = row else {
-                statuses.push(not_found(asked));
-                continue;
-            };
-            // The row carries the canonical name (it differs for an alias): report the asked
-            // one, but let the canonical id decide the unit type. The object path comes from
-            // systemd, so aliases and escaping are right by construction.
-            let (id, load_state, active_state, sub_state, path) =
-                (row.0, row.2, row.3, row.4, row.6.as_str().to_string());
-            let i = statuses.len();
-            let prop = |iface, name| Read::Property {
-                path: path.clone(),
-                iface,
-                name,
-            };
-            if load_state != "loaded" {
-                // systemd's own reason (bad setting, not found, masked...)
-                gets.push((i, prop(UNIT_IFACE, "LoadError")));
-            } else if active_state == "inactive" {
-                // inactive can mean stopped, finished (a oneshot) or skipped by a condition:
-                // these tell them apart, in both modes
-                gets.push((i, prop(UNIT_IFACE, "ConditionResult")));
-                gets.push((i, prop(UNIT_IFACE, "ConditionTimestampMonotonic")));
-                if brief {
-                    gets.push((i, prop(UNIT_IFACE, "InvocationID")));
-                    if let Some(iface) = result_interface(&id) {
-                        gets.push((i, prop(iface, "Result")));
-                    }
-                }
-            }
-            if brief {
-                // only why a failed unit failed
-                if active_state == "failed"
-                    && let Some(iface) = result_interface(&id)
-                {
-                    gets.push((
-                        statuses.len(),
-                        Read::Property {
-                            path: path.clone(),
-                            iface,
-                            name: "Result",
-                        },
-                    ));
-                }
-            } else if load_state != "not-found" {
-                gets.push((
-                    i,
-                    if fresh_file_state {
-                        Read::FileState(id.clone())
-                    } else {
-                        prop(UNIT_IFACE, "UnitFileState")
-                    },
-                ));
-                gets.push((i, prop(UNIT_IFACE, "InvocationID")));
-                if let Some(iface) = result_interface(&id) {
-                    gets.push((i, prop(iface, "Result")));
-                    if id.ends_with(".service") {
-                        gets.push((i, prop(iface, "NRestarts")));
-                    }
-                }
-            }
-            statuses.push(UnitStatus {
-                name: asked.to_string(),
-                load_state,
-                active_state,
-                sub_state,
-                ..UnitStatus::default()
-            });
+            Ok(_) => self.list_units_one_by_one(inner, names).await,
+            Err(e) if error_name(&e).is_some() => self.list_units_one_by_one(inner, names).await,
+            Err(e) => Err(call_error("ListUnitsByNames", &e)),
         }
-
-        let conn = &inner.conn;
-        let values: Vec<Result<Fetched, SystemdError>> = stream::iter(gets)
-            .map(|(i, read)| async move {
-                match read {
-                    Read::Property { path, iface, name } => {
-                        Ok((i, name, get_property(conn, &path, iface, name).await?))
-                    }
-                    Read::FileState(unit) => {
-                        let v = unit_file_state(conn, &unit).await?;
-                        Ok((
-                            i,
-                            "UnitFileState",
-                            v.map(|v| OwnedValue::from(Str::from(v))),
-                        ))
-                    }
-                }
-            })
-            .buffer_unordered(MAX_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut condition_ok: Vec<Option<bool>> = vec![None; statuses.len()];
-        let mut condition_checked: Vec<bool> = vec![false; statuses.len()];
-        for v in values {
-            let (i, prop, value) = v?;
-            let Some(value) = value else { continue };
-            let s = &mut statuses[i];
-            let bad = |e: zbus::zvariant::Error| SystemdError::Call {
-                method: format!("Get({prop})"),
-                message: format!("{}: {e}", s.name),
-            };
-            match prop {
-                "UnitFileState" => s.unit_file_state = String::try_from(value).map_err(bad)?,
-                "Result" => s.result = String::try_from(value).map_err(bad)?,
-                "NRestarts" => s.n_restarts = Some(u32::try_from(value).map_err(bad)?),
-                "InvocationID" => {
-                    s.invocation_id = invocation_hex(&Vec::<u8>::try_from(value).map_err(bad)?)
-                }
-                "ConditionResult" => condition_ok[i] = Some(bool::try_from(value).map_err(bad)?),
-                "ConditionTimestampMonotonic" => {
-                    condition_checked[i] = u64::try_from(value).map_err(bad)? > 0
-                }
-                "LoadError" => {
-                    let (name, message) = <(String, String)>::try_from(value).map_err(bad)?;
-                    s.load_error = if message.is_empty() { name } else { message };
-                }
-                _ => {}
-            }
-        }
-        for (i, s) in statuses.iter_mut().enumerate() {
-            s.skipped_by_condition = condition_checked[i] && condition_ok[i] == Some(false);
-        }
-        Ok(statuses)
     }
 
     /// `Subscribe()` once per handle: without it systemd sends no `JobRemoved` and no
@@ -497,149 +519,18 @@ impl DbusSystemd {
         timeout: Duration,
     ) -> Result<Vec<JobResult>, SystemdError> {
         // Match first, then Subscribe, then the calls: a fast job's signal cannot be missed.
-        // A raw match stream, not `ManagerProxy::receive_job_removed`: that one makes two more
-        // round trips (NameOwnerChanged match, GetNameOwner) and has a fixed 64-message queue.
-        let rule = MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender(DEST)
-            .and_then(|b| b.path(MANAGER_PATH))
-            .and_then(|b| b.interface(MANAGER_IFACE))
-            .and_then(|b| b.member("JobRemoved"))
-            .map_err(|e| call_error("AddMatch(JobRemoved)", &e))?
-            .build();
-        let mut signals = bounded(
-            "AddMatch(JobRemoved)",
-            CALL_TIMEOUT,
-            MessageStream::for_match_rule(rule, &inner.conn, Some(SIGNAL_QUEUE)),
-        )
-        .await?;
-
+        let signals = job_removed_signals(inner).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Removed>();
         // Drain the stream from now on, concurrently with everything else: when a zbus stream
         // queue is full the connection stops reading, so the replies we wait for (Subscribe,
         // StartUnit) would never arrive while other clients' jobs flood JobRemoved.
-        let drain = async move {
-            while let Some(msg) = signals.next().await {
-                let Ok(msg) = msg else { continue };
-                let body = msg.body();
-                let Ok((id, job, unit, result)) =
-                    body.deserialize::<(u32, OwnedObjectPath, String, String)>()
-                else {
-                    continue;
-                };
-                let removed = Removed {
-                    id,
-                    job: job.as_str().to_string(),
-                    unit,
-                    result,
-                };
-                if tx.send(removed).is_err() {
-                    break;
-                }
-            }
-        };
-
+        let drain = drain_job_removed(signals, tx);
         let work = async {
             self.subscribe(inner).await?;
-            let n = jobs.len();
-            let mut outcomes: Vec<Option<JobOutcome>> = vec![None; n];
-            let mut deadlines: Vec<Option<Instant>> = vec![None; n];
-            let mut ids: Vec<u32> = vec![0; n];
-            let mut by_path: HashMap<String, Vec<usize>> = HashMap::new();
-
-            let manager = inner.manager.inner();
-            let replies: Vec<_> = stream::iter(jobs.iter().enumerate())
-                .map(|(i, (kind, unit))| async move {
-                    let (method, mode) = match kind {
-                        JobKind::Start => ("StartUnit", "replace"),
-                        JobKind::Stop => ("StopUnit", "replace"),
-                        JobKind::StopAlone => ("StopUnit", "ignore-requirements"),
-                        JobKind::Restart => ("RestartUnit", "replace"),
-                    };
-                    self.jobs.fetch_add(1, Ordering::Relaxed);
-                    let reply = tokio::time::timeout(
-                        CALL_TIMEOUT,
-                        manager.call::<_, _, OwnedObjectPath>(method, &(unit.as_str(), mode)),
-                    )
-                    .await;
-                    (i, reply, Instant::now())
-                })
-                .buffer_unordered(MAX_IN_FLIGHT)
-                .collect()
-                .await;
-            for (i, reply, at) in replies {
-                match reply {
-                    Ok(Ok(path)) => {
-                        let path = path.as_str().to_string();
-                        ids[i] = job_id(&path).unwrap_or(0);
-                        deadlines[i] = Some(at + timeout);
-                        by_path.entry(path).or_default().push(i);
-                    }
-                    Ok(Err(e)) if error_name(&e).is_some() => {
-                        outcomes[i] = Some(JobOutcome::Refused(describe(&e)));
-                    }
-                    Ok(Err(e)) => return Err(call_error("StartUnit/StopUnit/RestartUnit", &e)),
-                    // No reply at all: whether the job exists is unknown; we stop waiting.
-                    Err(_) => outcomes[i] = Some(JobOutcome::WaitTimedOut),
-                }
-            }
-
-            loop {
-                let next = (0..n)
-                    .filter(|&i| outcomes[i].is_none())
-                    .filter_map(|i| deadlines[i])
-                    .min();
-                let Some(next) = next else { break };
-                match tokio::time::timeout_at(next, rx.recv()).await {
-                    Ok(Some(sig)) => {
-                        let matched: Vec<usize> = match by_path.get(&sig.job) {
-                            Some(idx) => idx.clone(),
-                            // Unknown path: fall back to the unit name, but never for a job
-                            // older than ours (someone else's earlier job on that unit).
-                            None => (0..n)
-                                .find(|&i| {
-                                    outcomes[i].is_none()
-                                        && deadlines[i].is_some()
-                                        && jobs[i].1 == sig.unit
-                                        && sig.id >= ids[i]
-                                })
-                                .into_iter()
-                                .collect(),
-                        };
-                        for i in matched {
-                            if outcomes[i].is_none() {
-                                outcomes[i] = Some(JobOutcome::from_result(&sig.result));
-                            }
-                        }
-                    }
-                    Ok(None) => {
-                        return Err(SystemdError::Call {
-                            method: "JobRemoved".into(),
-                            message: "signal stream ended (connection lost?)".into(),
-                        });
-                    }
-                    Err(_) => {
-                        let now = Instant::now();
-                        for i in 0..n {
-                            if outcomes[i].is_none() && deadlines[i].is_some_and(|d| d <= now) {
-                                outcomes[i] = Some(JobOutcome::WaitTimedOut);
-                            }
-                        }
-                    }
-                }
-            }
-
-            Ok(jobs
-                .iter()
-                .zip(outcomes)
-                .map(|((kind, unit), outcome)| JobResult {
-                    unit: unit.clone(),
-                    kind: *kind,
-                    outcome: outcome.unwrap_or(JobOutcome::WaitTimedOut),
-                })
-                .collect())
+            let mut waiting = self.queue_jobs(inner, jobs, timeout).await?;
+            waiting.wait_all(&mut rx, jobs).await?;
+            Ok(waiting.results(jobs))
         };
-
         tokio::select! {
             r = work => r,
             () = drain => Err(SystemdError::Call {
@@ -647,6 +538,186 @@ impl DbusSystemd {
                 message: "signal stream ended (connection lost?)".into(),
             }),
         }
+    }
+
+    /// Ask systemd for every job (at most [`MAX_IN_FLIGHT`] calls pending); a refused job is
+    /// decided at once, a queued one is waited for until its deadline.
+    async fn queue_jobs(
+        &self,
+        inner: &Inner,
+        jobs: &[(JobKind, String)],
+        timeout: Duration,
+    ) -> Result<Waiting, SystemdError> {
+        let manager = inner.manager.inner();
+        let replies: Vec<_> = stream::iter(jobs.iter().enumerate())
+            .map(|(i, (kind, unit))| async move {
+                let (method, mode) = match kind {
+                    JobKind::Start => ("StartUnit", "replace"),
+                    JobKind::Stop => ("StopUnit", "replace"),
+                    JobKind::StopAlone => ("StopUnit", "ignore-requirements"),
+                    JobKind::Restart => ("RestartUnit", "replace"),
+                };
+                self.jobs.fetch_add(1, Ordering::Relaxed);
+                let reply = tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    manager.call::<_, _, OwnedObjectPath>(method, &(unit.as_str(), mode)),
+                )
+                .await;
+                (i, reply, Instant::now())
+            })
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut w = Waiting::new(jobs.len());
+        for (i, reply, at) in replies {
+            match reply {
+                Ok(Ok(path)) => {
+                    let path = path.as_str().to_string();
+                    w.ids[i] = job_id(&path).unwrap_or(0);
+                    w.deadlines[i] = Some(at + timeout);
+                    w.by_path.entry(path).or_default().push(i);
+                }
+                Ok(Err(e)) if error_name(&e).is_some() => {
+                    w.outcomes[i] = Some(JobOutcome::Refused(describe(&e)));
+                }
+                Ok(Err(e)) => return Err(call_error("StartUnit/StopUnit/RestartUnit", &e)),
+                // No reply at all: whether the job exists is unknown; we stop waiting.
+                Err(_) => w.outcomes[i] = Some(JobOutcome::WaitTimedOut),
+            }
+        }
+        Ok(w)
+    }
+}
+
+/// A raw match stream of the manager's `JobRemoved` signals, not
+/// `ManagerProxy::receive_job_removed`: that one makes two more round trips
+/// (NameOwnerChanged match, GetNameOwner) and has a fixed 64-message queue.
+async fn job_removed_signals(inner: &Inner) -> Result<MessageStream, SystemdError> {
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(DEST)
+        .and_then(|b| b.path(MANAGER_PATH))
+        .and_then(|b| b.interface(MANAGER_IFACE))
+        .and_then(|b| b.member("JobRemoved"))
+        .map_err(|e| call_error("AddMatch(JobRemoved)", &e))?
+        .build();
+    bounded(
+        "AddMatch(JobRemoved)",
+        CALL_TIMEOUT,
+        MessageStream::for_match_rule(rule, &inner.conn, Some(SIGNAL_QUEUE)),
+    )
+    .await
+}
+
+/// Forward every `JobRemoved` to `tx` until the stream or the receiver ends.
+async fn drain_job_removed(
+    mut signals: MessageStream,
+    tx: tokio::sync::mpsc::UnboundedSender<Removed>,
+) {
+    while let Some(msg) = signals.next().await {
+        let Ok(msg) = msg else { continue };
+        let body = msg.body();
+        let Ok((id, job, unit, result)) =
+            body.deserialize::<(u32, OwnedObjectPath, String, String)>()
+        else {
+            continue;
+        };
+        let removed = Removed {
+            id,
+            job: job.as_str().to_string(),
+            unit,
+            result,
+        };
+        if tx.send(removed).is_err() {
+            break;
+        }
+    }
+}
+
+/// The jobs of one batch being waited for: their outcomes so far, deadlines, job ids and
+/// object paths.
+struct Waiting {
+    outcomes: Vec<Option<JobOutcome>>,
+    deadlines: Vec<Option<Instant>>,
+    ids: Vec<u32>,
+    by_path: HashMap<String, Vec<usize>>,
+}
+
+impl Waiting {
+    fn new(n: usize) -> Waiting {
+        Waiting {
+            outcomes: vec![None; n],
+            deadlines: vec![None; n],
+            ids: vec![0; n],
+            by_path: HashMap::new(),
+        }
+    }
+
+    /// Until every queued job has ended or passed its deadline.
+    async fn wait_all(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Removed>,
+        jobs: &[(JobKind, String)],
+    ) -> Result<(), SystemdError> {
+        let n = jobs.len();
+        loop {
+            let next = (0..n)
+                .filter(|&i| self.outcomes[i].is_none())
+                .filter_map(|i| self.deadlines[i])
+                .min();
+            let Some(next) = next else { return Ok(()) };
+            match tokio::time::timeout_at(next, rx.recv()).await {
+                Ok(Some(sig)) => self.removed(&sig, jobs),
+                Ok(None) => {
+                    return Err(SystemdError::Call {
+                        method: "JobRemoved".into(),
+                        message: "signal stream ended (connection lost?)".into(),
+                    });
+                }
+                Err(_) => {
+                    let now = Instant::now();
+                    for i in 0..n {
+                        if self.outcomes[i].is_none() && self.deadlines[i].is_some_and(|d| d <= now)
+                        {
+                            self.outcomes[i] = Some(JobOutcome::WaitTimedOut);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job ended: ours by its object path, else by unit name - but never for a job older
+    /// than ours (someone else's earlier job on that unit).
+    fn removed(&mut self, sig: &Removed, jobs: &[(JobKind, String)]) {
+        let matched: Vec<usize> = match self.by_path.get(&sig.job) {
+            Some(idx) => idx.clone(),
+            None => (0..jobs.len())
+                .find(|&i| {
+                    self.outcomes[i].is_none()
+                        && self.deadlines[i].is_some()
+                        && jobs[i].1 == sig.unit
+                        && sig.id >= self.ids[i]
+                })
+                .into_iter()
+                .collect(),
+        };
+        for i in matched {
+            if self.outcomes[i].is_none() {
+                self.outcomes[i] = Some(JobOutcome::from_result(&sig.result));
+            }
+        }
+    }
+
+    fn results(self, jobs: &[(JobKind, String)]) -> Vec<JobResult> {
+        jobs.iter()
+            .zip(self.outcomes)
+            .map(|((kind, unit), outcome)| JobResult {
+                unit: unit.clone(),
+                kind: *kind,
+                outcome: outcome.unwrap_or(JobOutcome::WaitTimedOut),
+            })
+            .collect()
     }
 }
 
