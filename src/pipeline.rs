@@ -209,39 +209,14 @@ pub fn plan_desired(
     let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
-    let t1 = std::time::Instant::now();
-    let observed = crate::observe::observe_files_expecting(
-        &plan::managed_paths(&desired, &ledger.objects),
-        paths,
-        Some(&desired),
-    );
-    let t2 = std::time::Instant::now();
-    let mut units = units_source.observe_units(&plan::managed_units(&desired, &ledger.objects));
-    if let UnitObservation::Known(map) = &mut units {
-        crate::observe::enablement_from_disk(&paths.unit_dir, map);
-    }
     tracing::debug!(
-        records_ms = (t1 - t0).as_secs_f64() * 1000.0,
-        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
-        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
-        "observed"
+        records_ms = t0.elapsed().as_secs_f64() * 1000.0,
+        "records read"
     );
+    let (observed, units) = observe_host(paths, &desired, &ledger, units_source);
     let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
     warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted: BTreeSet<String> = match crate::record::journal::load(&paths.state_dir) {
-        Ok(Some(j)) => {
-            warnings.push(format!(
-                "a previous run (plan {}) was interrupted at {}; its objects are re-applied",
-                j.intent_checksum, j.started_at
-            ));
-            j.objects.into_iter().collect()
-        }
-        Ok(None) => Default::default(),
-        Err(e) => {
-            warnings.push(e.to_string());
-            Default::default()
-        }
-    };
+    let interrupted = interrupted_objects(paths, &mut warnings);
     let foreign_dropins = crate::observe::foreign_dropins(&desired, &paths.unit_dir);
     let input =
         |warnings: Vec<String>,
@@ -313,6 +288,52 @@ pub fn plan_desired(
         ledger,
         plan,
     })
+}
+
+/// What the host has of what core-ops manages: the files (a file byte-identical to the
+/// desired one is not parsed again) and the units, with enablement read from disk.
+fn observe_host(
+    paths: &Paths,
+    desired: &DesiredState,
+    ledger: &Ledger,
+    units_source: &dyn UnitStateSource,
+) -> (BTreeMap<String, ObservedFile>, UnitObservation) {
+    let t1 = std::time::Instant::now();
+    let observed = crate::observe::observe_files_expecting(
+        &plan::managed_paths(desired, &ledger.objects),
+        paths,
+        Some(desired),
+    );
+    let t2 = std::time::Instant::now();
+    let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
+    if let UnitObservation::Known(map) = &mut units {
+        crate::observe::enablement_from_disk(&paths.unit_dir, map);
+    }
+    tracing::debug!(
+        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "observed"
+    );
+    (observed, units)
+}
+
+/// The objects an interrupted run was changing (from the in-flight journal), re-applied by
+/// this plan; a warning says so (or why the journal could not be read).
+fn interrupted_objects(paths: &Paths, warnings: &mut Vec<String>) -> BTreeSet<String> {
+    match crate::record::journal::load(&paths.state_dir) {
+        Ok(Some(j)) => {
+            warnings.push(format!(
+                "a previous run (plan {}) was interrupted at {}; its objects are re-applied",
+                j.intent_checksum, j.started_at
+            ));
+            j.objects.into_iter().collect()
+        }
+        Ok(None) => BTreeSet::new(),
+        Err(e) => {
+            warnings.push(e.to_string());
+            BTreeSet::new()
+        }
+    }
 }
 
 /// The part of the desired state that belongs to services with an object to write or
