@@ -562,81 +562,127 @@ const SYNCFS_THRESHOLD: usize = 8;
 /// relative to that descriptor. Any refusal (a symlinked parent) or error happens before the
 /// first rename, so a failed batch changes no target.
 pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize)) -> Result<()> {
-    let large = items.len() >= SYNCFS_THRESHOLD;
-    let mut dirs: Vec<DirFd> = Vec::new();
-    // (dir index, temp name) per item written so far
-    let mut temps: Vec<(usize, OsString)> = Vec::with_capacity(items.len());
-    let mut renamed = 0;
+    let mut b = Batch {
+        large: items.len() >= SYNCFS_THRESHOLD,
+        dirs: Vec::new(),
+        temps: Vec::with_capacity(items.len()),
+        renamed: 0,
+    };
     let result = (|| -> Result<()> {
         let mut by_dir: HashMap<(Option<&Path>, &Path), usize> = HashMap::new();
         let mut files: Vec<File> = Vec::with_capacity(items.len());
         for it in items {
-            let (dir, name) = split(it.path)?;
-            let di = match by_dir.get(&(it.beneath, dir)) {
-                Some(i) => *i,
-                None => {
-                    let d = match it.beneath {
-                        Some(root) => {
-                            // made durable by the final syncfs when large
-                            let create = if large {
-                                Create::Unsynced
-                            } else {
-                                Create::Synced
-                            };
-                            beneath::open_dir(root, dir, create, it.path)?
-                        }
-                        None => DirFd::open_owned(dir, !large)?,
-                    };
-                    dirs.push(d);
-                    by_dir.insert((it.beneath, dir), dirs.len() - 1);
-                    dirs.len() - 1
-                }
-            };
-            let (tmp, mut f) = create_temp(&dirs[di], name)?;
-            temps.push((di, tmp));
-            let shown = dirs[di].path().join(&temps[temps.len() - 1].1);
-            f.write_all(it.data)
-                .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
-            if let Some(m) = it.meta {
-                fchown_by_name(&f, it.path, &m.owner, &m.group)?;
-            }
-            // after the chown, which clears set-id bits
-            let mode = match it.meta {
-                Some(m) => m.mode,
-                None => default_file_mode(&dirs[di]),
-            };
-            f.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(|e| Error::io(format!("chmod {}", shown.display()), e))?;
-            files.push(f);
+            let di = b.dir_for(&mut by_dir, it)?;
+            files.push(b.write_temp(di, it)?);
         }
-        // one open file per file system, for syncfs
+        let devices = b.sync_temps(files, items)?;
+        b.rename_all(items, &mut after_rename)?;
+        b.sync_dirs(&devices)
+    })();
+    if result.is_err() {
+        for (di, tmp) in b.temps.iter().skip(b.renamed) {
+            unlink_temp(&b.dirs[*di], tmp);
+        }
+    }
+    result
+}
+
+/// One batch of writes in progress: the directories opened, the temp files written (dir
+/// index, temp name) and how many were renamed into place.
+struct Batch {
+    /// Made durable by `syncfs` per file system instead of one fsync per file and directory.
+    large: bool,
+    dirs: Vec<DirFd>,
+    temps: Vec<(usize, OsString)>,
+    renamed: usize,
+}
+
+impl Batch {
+    /// The directory of `it`, opened once per (root, directory).
+    fn dir_for<'i>(
+        &mut self,
+        by_dir: &mut HashMap<(Option<&'i Path>, &'i Path), usize>,
+        it: &'i BatchItem<'i>,
+    ) -> Result<usize> {
+        let (dir, _) = split(it.path)?;
+        if let Some(i) = by_dir.get(&(it.beneath, dir)) {
+            return Ok(*i);
+        }
+        let d = match it.beneath {
+            Some(root) => {
+                // made durable by the final syncfs when large
+                let create = if self.large {
+                    Create::Unsynced
+                } else {
+                    Create::Synced
+                };
+                beneath::open_dir(root, dir, create, it.path)?
+            }
+            None => DirFd::open_owned(dir, !self.large)?,
+        };
+        self.dirs.push(d);
+        by_dir.insert((it.beneath, dir), self.dirs.len() - 1);
+        Ok(self.dirs.len() - 1)
+    }
+
+    /// The content of `it` in an exclusive temp file beside its target, owner and mode set
+    /// (the mode after the chown, which clears set-id bits).
+    fn write_temp(&mut self, di: usize, it: &BatchItem<'_>) -> Result<File> {
+        let (_, name) = split(it.path)?;
+        let (tmp, mut f) = create_temp(&self.dirs[di], name)?;
+        let shown = self.dirs[di].path().join(&tmp);
+        self.temps.push((di, tmp));
+        f.write_all(it.data)
+            .map_err(|e| Error::io(format!("write {}", shown.display()), e))?;
+        if let Some(m) = it.meta {
+            fchown_by_name(&f, it.path, &m.owner, &m.group)?;
+        }
+        let mode = match it.meta {
+            Some(m) => m.mode,
+            None => default_file_mode(&self.dirs[di]),
+        };
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(format!("chmod {}", shown.display()), e))?;
+        Ok(f)
+    }
+
+    /// Every temp file durable before any rename: one fsync each, or when large one syncfs
+    /// per file system (returns one open file per file system for the final syncfs).
+    fn sync_temps(&self, files: Vec<File>, items: &[BatchItem<'_>]) -> Result<HashMap<u64, File>> {
         let mut devices: HashMap<u64, File> = HashMap::new();
-        if large {
-            for (f, it) in files.iter().zip(items) {
-                let dev = f
-                    .metadata()
-                    .map_err(|e| Error::io(format!("stat temp of {}", it.path.display()), e))?
-                    .dev();
-                if let std::collections::hash_map::Entry::Vacant(v) = devices.entry(dev) {
-                    v.insert(
-                        f.try_clone().map_err(|e| {
-                            Error::io(format!("dup temp of {}", it.path.display()), e)
-                        })?,
-                    );
-                }
-            }
-            for f in devices.values() {
-                nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
-            }
-        } else {
+        if !self.large {
             for (f, it) in files.iter().zip(items) {
                 f.sync_all()
                     .map_err(|e| Error::io(format!("fsync temp of {}", it.path.display()), e))?;
             }
+            return Ok(devices);
         }
-        drop(files);
-        for (i, (it, (di, tmp))) in items.iter().zip(&temps).enumerate() {
-            let d = &dirs[*di];
+        for (f, it) in files.iter().zip(items) {
+            let dev = f
+                .metadata()
+                .map_err(|e| Error::io(format!("stat temp of {}", it.path.display()), e))?
+                .dev();
+            if let std::collections::hash_map::Entry::Vacant(v) = devices.entry(dev) {
+                v.insert(
+                    f.try_clone()
+                        .map_err(|e| Error::io(format!("dup temp of {}", it.path.display()), e))?,
+                );
+            }
+        }
+        for f in devices.values() {
+            nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
+        }
+        Ok(devices)
+    }
+
+    /// Rename every temp file over its target, in order.
+    fn rename_all(
+        &mut self,
+        items: &[BatchItem<'_>],
+        after_rename: &mut impl FnMut(usize),
+    ) -> Result<()> {
+        for (i, (it, (di, tmp))) in items.iter().zip(&self.temps).enumerate() {
+            let d = &self.dirs[*di];
             let name = it.path.file_name().expect("checked above");
             renameat(d, tmp.as_os_str(), d, name).map_err(|e| {
                 Error::io(
@@ -648,26 +694,25 @@ pub fn write_batch(items: &[BatchItem<'_>], mut after_rename: impl FnMut(usize))
                     e.into(),
                 )
             })?;
-            renamed = i + 1;
+            self.renamed = i + 1;
             after_rename(i + 1);
         }
-        if large {
+        Ok(())
+    }
+
+    /// The renames durable: each directory fsynced, or one syncfs per file system.
+    fn sync_dirs(&self, devices: &HashMap<u64, File>) -> Result<()> {
+        if self.large {
             for f in devices.values() {
                 nix::unistd::syncfs(f).map_err(|e| Error::io("syncfs".to_string(), e.into()))?;
             }
         } else {
-            for d in &dirs {
+            for d in &self.dirs {
                 d.sync()?;
             }
         }
         Ok(())
-    })();
-    if result.is_err() {
-        for (di, tmp) in temps.iter().skip(renamed) {
-            unlink_temp(&dirs[*di], tmp);
-        }
     }
-    result
 }
 
 /// A private scratch directory for a check that runs a tool on files of the desired state
