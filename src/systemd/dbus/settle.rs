@@ -189,65 +189,8 @@ impl DbusSystemd {
     ) -> Result<Vec<Watch>, SystemdError> {
         let names: Vec<String> = requests.iter().map(|r| r.unit.clone()).collect();
         let brief = self.list_units(inner, &names, true).await?;
-        // only a running service may still fail on its own; one that is already on its way
-        // to a restart (auto-restart, stopping, starting again) restarted since this run
-        // started it, and that is its verdict
-        let mut running: Vec<usize> = Vec::new();
-        for (i, st) in brief.iter().enumerate() {
-            if !st.name.ends_with(".service") {
-                continue;
-            }
-            if st.active_state == "active" && st.sub_state == "running" {
-                running.push(i);
-            } else if st.sub_state == "auto-restart"
-                || matches!(st.active_state.as_str(), "activating" | "deactivating")
-            {
-                out[i].ended_by = Some(format!(
-                    "ActiveState={} SubState={} when the window began",
-                    st.active_state, st.sub_state
-                ));
-                running.push(i);
-            }
-        }
-        let conn = &inner.conn;
-        let reads: Vec<(usize, &'static str, &'static str)> = running
-            .iter()
-            .flat_map(|&i| {
-                [
-                    (i, SERVICE_IFACE, "Type"),
-                    (i, UNIT_IFACE, "ActiveEnterTimestampMonotonic"),
-                    (i, SERVICE_IFACE, "NRestarts"),
-                    (i, UNIT_IFACE, "InvocationID"),
-                ]
-            })
-            .collect();
-        let values: Vec<Result<_, SystemdError>> = stream::iter(reads)
-            .map(|(i, iface, name)| {
-                let path = unit_object_path(&requests[i].unit);
-                async move { Ok((i, name, get_property(conn, &path, iface, name).await?)) }
-            })
-            .buffer_unordered(MAX_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut entered_us: HashMap<usize, u64> = HashMap::new();
-        for v in values {
-            let (i, name, value) = v?;
-            let Some(value) = value else { continue };
-            let s = &mut out[i];
-            match name {
-                "Type" => s.service_type = String::try_from(value).unwrap_or_default(),
-                "NRestarts" => s.n_restarts = u32::try_from(value).ok(),
-                "InvocationID" => {
-                    s.invocation_id = Vec::<u8>::try_from(value)
-                        .map(|b| invocation_hex(&b))
-                        .unwrap_or_default()
-                }
-                "ActiveEnterTimestampMonotonic" => {
-                    entered_us.insert(i, u64::try_from(value).unwrap_or(0));
-                }
-                _ => {}
-            }
-        }
+        let running = running_services(&brief, out);
+        let entered_us = read_window_facts(&inner.conn, requests, &running, out).await?;
         let (now_us, now) = (monotonic_now_us(), Instant::now());
         let mut watches = Vec::new();
         for &i in &running {
@@ -282,6 +225,79 @@ impl DbusSystemd {
         }
         Ok(watches)
     }
+}
+
+/// The services that may still fail on their own: running ones, and ones already on their
+/// way to a restart (auto-restart, stopping, starting again), which restarted since this run
+/// started them - that is their verdict, noted in `out`.
+fn running_services(brief: &[crate::systemd::UnitStatus], out: &mut [Settled]) -> Vec<usize> {
+    let mut running: Vec<usize> = Vec::new();
+    for (i, st) in brief.iter().enumerate() {
+        if !st.name.ends_with(".service") {
+            continue;
+        }
+        if st.active_state == "active" && st.sub_state == "running" {
+            running.push(i);
+        } else if st.sub_state == "auto-restart"
+            || matches!(st.active_state.as_str(), "activating" | "deactivating")
+        {
+            out[i].ended_by = Some(format!(
+                "ActiveState={} SubState={} when the window began",
+                st.active_state, st.sub_state
+            ));
+            running.push(i);
+        }
+    }
+    running
+}
+
+/// Type, NRestarts and InvocationID of each running service into `out`; returns when each
+/// entered `active` (`ActiveEnterTimestampMonotonic`, µs), where its window starts.
+async fn read_window_facts(
+    conn: &zbus::Connection,
+    requests: &[SettleRequest],
+    running: &[usize],
+    out: &mut [Settled],
+) -> Result<HashMap<usize, u64>, SystemdError> {
+    let reads: Vec<(usize, &'static str, &'static str)> = running
+        .iter()
+        .flat_map(|&i| {
+            [
+                (i, SERVICE_IFACE, "Type"),
+                (i, UNIT_IFACE, "ActiveEnterTimestampMonotonic"),
+                (i, SERVICE_IFACE, "NRestarts"),
+                (i, UNIT_IFACE, "InvocationID"),
+            ]
+        })
+        .collect();
+    let values: Vec<Result<_, SystemdError>> = stream::iter(reads)
+        .map(|(i, iface, name)| {
+            let path = unit_object_path(&requests[i].unit);
+            async move { Ok((i, name, get_property(conn, &path, iface, name).await?)) }
+        })
+        .buffer_unordered(MAX_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut entered_us: HashMap<usize, u64> = HashMap::new();
+    for v in values {
+        let (i, name, value) = v?;
+        let Some(value) = value else { continue };
+        let s = &mut out[i];
+        match name {
+            "Type" => s.service_type = String::try_from(value).unwrap_or_default(),
+            "NRestarts" => s.n_restarts = u32::try_from(value).ok(),
+            "InvocationID" => {
+                s.invocation_id = Vec::<u8>::try_from(value)
+                    .map(|b| invocation_hex(&b))
+                    .unwrap_or_default()
+            }
+            "ActiveEnterTimestampMonotonic" => {
+                entered_us.insert(i, u64::try_from(value).unwrap_or(0));
+            }
+            _ => {}
+        }
+    }
+    Ok(entered_us)
 }
 
 #[cfg(test)]
