@@ -123,8 +123,14 @@ fn a_service_in_a_restart_loop_is_caught() {
             || p.contains("start-limit")),
         "the restart loop is a diagnostic of {unit}: {d:?}\n{r:#}"
     );
-    // systemd keeps restarting it: NRestarts only grows
-    let n: u32 = w.show(&unit, "NRestarts").parse().unwrap_or(0);
+    // systemd keeps restarting it (core-ops may have caught it in auto-restart, before
+    // the first restart was counted): NRestarts grows within a few RestartSec
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut n: u32 = 0;
+    while n < 1 && std::time::Instant::now() < deadline {
+        n = w.show(&unit, "NRestarts").parse().unwrap_or(0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(n >= 1, "NRestarts={n}");
     w.teardown();
 }
