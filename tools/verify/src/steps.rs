@@ -32,10 +32,25 @@ pub fn core_ops_env(share: &str, host: &str, policy: &PolicyProfile) -> String {
     )
 }
 
-/// The shell for one step (not for `assert`, which the runner evaluates itself).
+/// The timeout of a step: its own `timeout:`, else the policy's.
+pub fn timeout(step: &Step, policy: &PolicyProfile) -> Duration {
+    Duration::from_secs(step.timeout.unwrap_or(policy.step_timeout_s))
+}
+
+/// The transient unit `hold_busy: PATH` runs as (one per path, so `release_busy` finds it).
+pub fn busy_unit(path: &str) -> String {
+    format!(
+        "core-ops-verify-busy-{}.service",
+        &core_ops::normalize::sha256_hex(path.as_bytes())[7..19]
+    )
+}
+
+/// The shell for one step (not for `assert`, `git` and `remember_unit`, which the runner
+/// does itself).
 pub fn command(step: &Step, share: &str, host: &str, policy: &PolicyProfile) -> StepCommand {
+    let host = step.host.as_deref().unwrap_or(host);
     let env = core_ops_env(share, host, policy);
-    let t = Duration::from_secs(policy.step_timeout_s);
+    let t = timeout(step, policy);
     let core = |args: String| StepCommand {
         script: format!("{env}exec core-ops {args} --json"),
         timeout: t,
@@ -49,19 +64,43 @@ pub fn command(step: &Step, share: &str, host: &str, policy: &PolicyProfile) -> 
     let (name, arg) = step.action();
     match name {
         "apply" => core(format!("apply --rev {}", quote(&arg))),
-        "plan" => core(format!("plan --rev {}", quote(&arg))),
+        "plan" => core(format!(
+            "plan --rev {}{}",
+            quote(&arg),
+            if step.detailed_exitcode == Some(true) {
+                " --detailed-exitcode"
+            } else {
+                ""
+            }
+        )),
         "explain" => core(format!("explain {}", quote(&arg))),
         "rollback_to" => core(format!("apply --rollback-to {}", quote(&arg))),
+        "rollback_plan_only" => core(format!(
+            "apply --rollback-to {} --rollback-plan-only",
+            quote(&arg)
+        )),
         "agent_tick" => core(format!("agent --rev {}", quote(&arg))),
         "status" => core("status".into()),
         "resume" => core("resume".into()),
         "timer_run" => shell(timer_run(share, host, policy, &arg)),
+        "concurrent" => {
+            let (runs, rev) = step
+                .concurrent
+                .as_ref()
+                .map_or((0, String::new()), |c| (c.runs, c.apply.clone()));
+            shell(format!("{env}{}", concurrent(runs, &rev)))
+        }
         "edit_file" => {
-            let e = step.edit_file.as_ref().expect("validated");
+            let (path, content) = step
+                .edit_file
+                .as_ref()
+                .map_or((String::new(), String::new()), |e| {
+                    (e.path.clone(), e.content.clone())
+                });
             shell(format!(
                 "mkdir -p \"$(dirname {p})\"\nprintf '%s' {c} > {p}",
-                p = quote(&e.path),
-                c = quote(&e.content)
+                p = quote(&path),
+                c = quote(&content)
             ))
         }
         "remove_file" => shell(format!("rm -v -- {}", quote(&arg))),
@@ -70,18 +109,122 @@ pub fn command(step: &Step, share: &str, host: &str, policy: &PolicyProfile) -> 
             "systemctl kill --signal=SIGKILL {u}\nsleep 1\nsystemctl show {u} -p ActiveState -p SubState -p Result",
             u = quote(&arg)
         )),
-        "kill_apply" => shell(format!(
-            "{env}{}",
-            kill_apply(&arg, super::assertions::STATE_DIR)
-        )),
+        "kill_apply" => {
+            let script = match step.kill_apply.as_ref() {
+                Some(k) => match k.failpoint() {
+                    Some((setting, point)) => kill_apply_at(k.rev(), &setting, &point, t),
+                    None => kill_apply(k.rev(), super::assertions::STATE_DIR),
+                },
+                None => "exit 1".into(),
+            };
+            shell(format!("{env}{script}"))
+        }
         "fill_disk" => shell(format!(
             "avail=$(df --output=avail -B1M / | tail -1 | tr -d ' ')\nsize=$((avail - {arg}))\nif [ \"$size\" -gt 0 ]; then fallocate -l \"${{size}}M\" {FILL_FILE}; fi\ndf -h /",
             arg = step.fill_disk.unwrap_or(0)
         )),
         "free_disk" => shell(format!("rm -f {FILL_FILE}\ndf -h /")),
+        "set_clock" => shell(format!(
+            "timedatectl set-ntp false 2>/dev/null || true\ndate -s {}",
+            quote(&arg)
+        )),
+        "chmod" => {
+            let (path, mode) = step
+                .chmod
+                .as_ref()
+                .map_or((String::new(), String::new()), |c| {
+                    (c.path.clone(), c.mode.clone())
+                });
+            shell(format!("chmod {} -- {}", quote(&mode), quote(&path)))
+        }
+        "chown" => {
+            let (path, owner) = step
+                .chown
+                .as_ref()
+                .map_or((String::new(), String::new()), |c| {
+                    (c.path.clone(), c.owner.clone())
+                });
+            shell(format!("chown {} -- {}", quote(&owner), quote(&path)))
+        }
+        "make_dir" => shell(format!("mkdir -p -m 0755 -- {}", quote(&arg))),
+        "hold_busy" => shell(format!(
+            "systemd-run --unit={u} --property=WorkingDirectory={p} --collect /bin/sleep infinity\n\
+             i=0; until [ \"$(systemctl show -P SubState {u})\" = running ] || [ $i -ge 100 ]; do i=$((i + 1)); sleep 0.1; done\n\
+             systemctl show -P SubState {u} | grep -qx running",
+            u = busy_unit(&arg),
+            p = quote(&arg)
+        )),
+        "release_busy" => shell(format!("systemctl stop {}", busy_unit(&arg))),
         "run" => shell(arg),
         _ => shell("true".into()),
     }
+}
+
+/// `runs` applies of `rev` started together; prints `exit N` per run (in run order) and exits
+/// 0. Each run's output goes to the step's stderr, labelled.
+fn concurrent(runs: u32, rev: &str) -> String {
+    format!(
+        r#"pids=""
+for n in $(seq 1 {runs}); do
+    core-ops apply --rev {rev} --json >/tmp/core-ops-verify-concurrent.$n.out 2>/tmp/core-ops-verify-concurrent.$n.err &
+    pids="$pids $!"
+done
+n=0
+for pid in $pids; do
+    n=$((n + 1))
+    wait "$pid"; rc=$?
+    echo "exit $rc"
+    {{ echo "== run $n (exit $rc) stderr"; cat /tmp/core-ops-verify-concurrent.$n.err; }} >&2
+done
+exit 0
+"#,
+        rev = quote(rev)
+    )
+}
+
+/// The exit codes a `concurrent` step printed, in run order.
+pub fn concurrent_exits(stdout: &str) -> Vec<i32> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("exit "))
+        .filter_map(|c| c.trim().parse().ok())
+        .collect()
+}
+
+/// What a `kill_apply` at a failpoint prints when the binary never paused there.
+pub const NO_PAUSE: &str = "never paused at";
+
+/// Start `core-ops apply --rev REV` with the failpoint set, wait for its pause message on
+/// stderr, `kill -9` it. Fails, saying why, when the apply ends without pausing (a binary
+/// without `--features failpoints`, or a point this apply never reaches).
+fn kill_apply_at(rev: &str, setting: &str, point: &str, timeout: Duration) -> String {
+    let tenths = timeout.as_secs().saturating_mul(10).max(10);
+    format!(
+        r#"err=/tmp/core-ops-verify-kill-apply.err
+rm -f "$err"
+FAILPOINTS={setting} core-ops apply --rev {rev} --json 2>"$err" &
+pid=$!
+i=0
+while ! grep -qF {msg} "$err" && kill -0 "$pid" 2>/dev/null && [ $i -lt {tenths} ]; do
+    i=$((i + 1)); sleep 0.1
+done
+if grep -qF {msg} "$err" && kill -9 "$pid" 2>/dev/null; then
+    wait "$pid"; rc=$?
+    cat "$err" >&2
+    echo "core-ops-verify: killed core-ops apply (pid $pid) with SIGKILL while paused at {point_plain} (exit $rc)" >&2
+    exit 0
+fi
+kill -9 "$pid" 2>/dev/null
+wait "$pid"; rc=$?
+cat "$err" >&2
+echo "core-ops-verify: core-ops apply {NO_PAUSE} {point_plain} (exit $rc): kill_apply at a point needs a core-ops built with --features failpoints (CORE_OPS_VERIFY_CORE_OPS_BIN), and an apply that reaches that point" >&2
+exit 1
+"#,
+        setting = quote(setting),
+        rev = quote(rev),
+        msg = quote(&format!("core-ops: failpoint: paused at {point}")),
+        point_plain = point,
+    )
 }
 
 /// `kill -9` core-ops once its in-flight journal exists (it has begun changing the host).
