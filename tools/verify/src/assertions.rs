@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -606,7 +608,62 @@ fn excerpt(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::machine::local::Local;
     use super::*;
+    use serde_json::json;
+
+    /// A local machine, a state dir inside it, and the inputs assertions read.
+    struct Fx {
+        _t: tempfile::TempDir,
+        m: Local,
+        state: String,
+        revisions: BTreeMap<String, String>,
+        outputs: BTreeMap<usize, Value>,
+        remembered: BTreeMap<String, UnitMark>,
+    }
+
+    fn fx() -> Fx {
+        let t = tempfile::tempdir().unwrap();
+        let m = Local::new(&t.path().join("share"));
+        let state = t.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        Fx {
+            m,
+            state: state.display().to_string(),
+            _t: t,
+            revisions: BTreeMap::from([("v1".to_string(), "a".repeat(40))]),
+            outputs: BTreeMap::new(),
+            remembered: BTreeMap::new(),
+        }
+    }
+
+    /// Evaluate one assertion (YAML) and return (all passed, results).
+    fn eval(f: &mut Fx, yaml: &str) -> (bool, Vec<AssertionResult>) {
+        let a: Assertion = serde_yaml::from_str(yaml).unwrap();
+        let inputs = Inputs {
+            revisions: &f.revisions,
+            last_plan: None,
+            last_output: None,
+            outputs: &f.outputs,
+            last_core_ops: f.outputs.keys().last().copied(),
+            remembered: &f.remembered,
+            state_dir: &f.state,
+        };
+        let mut sh = Shell::new(&mut f.m);
+        let r = evaluate(&mut sh, 3, &a, &inputs);
+        assert!(!r.is_empty(), "{yaml}: no result");
+        (r.iter().all(|c| c.passed), r)
+    }
+
+    fn passes(f: &mut Fx, yaml: &str) {
+        let (ok, r) = eval(f, yaml);
+        assert!(ok, "{yaml} should pass: {r:#?}");
+    }
+
+    fn fails(f: &mut Fx, yaml: &str) {
+        let (ok, r) = eval(f, yaml);
+        assert!(!ok, "{yaml} should fail: {r:#?}");
+    }
 
     #[test]
     fn receipt_labels() {
@@ -618,5 +675,192 @@ mod tests {
             "runtime:installed"
         );
         assert_eq!(receipt_label("00000005-other.json", &r), "other");
+    }
+
+    #[test]
+    fn file_mode_owner_group_and_entries() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut f = fx();
+        let dir = f.m.share.join("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("x.conf");
+        std::fs::write(&file, "hi\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let me = String::from_utf8(
+            std::process::Command::new("id").arg("-un").output().unwrap().stdout,
+        )
+        .unwrap();
+        let grp = String::from_utf8(
+            std::process::Command::new("id").arg("-gn").output().unwrap().stdout,
+        )
+        .unwrap();
+        let (me, grp) = (me.trim(), grp.trim());
+        let p = file.display();
+        passes(&mut f, &format!("{{file: {p}, mode: \"0640\", content: \"hi\\n\"}}"));
+        passes(&mut f, &format!("{{file: {p}, mode: \"640\"}}"));
+        fails(&mut f, &format!("{{file: {p}, mode: \"0644\"}}"));
+        passes(&mut f, &format!("{{file: {p}, owner: {me}, group: {grp}}}"));
+        fails(&mut f, &format!("{{file: {p}, owner: nobody-such-user}}"));
+        fails(&mut f, &format!("{{file: {p}, group: nobody-such-group}}"));
+        let d = dir.display();
+        passes(&mut f, &format!("{{file: {d}, entries: [x.conf]}}"));
+        fails(&mut f, &format!("{{file: {d}, entries: []}}"));
+        // a regular file has no entries
+        fails(&mut f, &format!("{{file: {p}, entries: []}}"));
+        std::fs::remove_file(&file).unwrap();
+        passes(&mut f, &format!("{{file: {d}, entries: []}}"));
+        passes(&mut f, &format!("{{file: {p}, exists: false}}"));
+        fails(&mut f, &format!("{{file: {p}, mode: \"0640\"}}"));
+    }
+
+    #[test]
+    fn mount_table() {
+        let info = "36 35 98:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    40 36 0:33 / /srv/my\\040dir rw - tmpfs tmpfs rw\n\
+                    41 40 0:34 / /srv/my\\040dir rw - autofs systemd-1 rw\n";
+        assert_eq!(mounts_at(info, "/").len(), 1);
+        let m = mounts_at(info, "/srv/my dir/");
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].fstype, "autofs");
+        assert_eq!(m[0].source, "tmpfs");
+        assert!(mounts_at(info, "/srv").is_empty());
+        // and live, on this host's own table
+        let mut f = fx();
+        passes(&mut f, "{mount: /, mounted: true}");
+        fails(&mut f, "{mount: /nonexistent-core-ops-verify, mounted: true}");
+        passes(&mut f, "{mount: /nonexistent-core-ops-verify, mounted: false}");
+        fails(&mut f, "{mount: /, fstype: no-such-fs}");
+    }
+
+    #[test]
+    fn no_temp_files() {
+        let mut f = fx();
+        let d = f.m.share.join("etc");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a.conf"), "x").unwrap();
+        let y = format!("{{no_temp_files: {}}}", d.display());
+        passes(&mut f, &y);
+        std::fs::write(d.join("sub/.core-ops-tmp-abc123"), "x").unwrap();
+        let (ok, r) = eval(&mut f, &y);
+        assert!(!ok);
+        assert!(r[0].actual.to_string().contains(".core-ops-tmp-abc123"), "{r:#?}");
+    }
+
+    /// Two receipts appended by core-ops' own code: log, tail, count, pointer, chain.
+    #[test]
+    fn receipts_content_and_chain() {
+        let mut f = fx();
+        let state = PathBuf::from(&f.state);
+        for t in ["applied", "rolled_back"] {
+            core_ops::record::receipts::append_document(&state, "reconcile", |seq, prev| {
+                json!({"sequence": seq, "transition": t, "previous_receipt_digest": prev})
+            })
+            .unwrap();
+        }
+        passes(&mut f, "receipts: [applied, rolled_back]");
+        passes(&mut f, "receipts_tail: [rolled_back]");
+        fails(&mut f, "receipts_tail: [applied]");
+        passes(&mut f, "receipts_count: 2");
+        fails(&mut f, "receipts_count: 3");
+        passes(&mut f, "{receipt: -1, pointer: /transition, equals: rolled_back}");
+        passes(&mut f, "{receipt: 0, pointer: /sequence, equals: 1}");
+        fails(&mut f, "{receipt: 0, pointer: /transition, equals: rolled_back}");
+        // out of range: a failed check saying why, not a harness error
+        let (ok, r) = eval(&mut f, "{receipt: 5, pointer: /x, equals: 1}");
+        assert!(!ok && r[0].check == "evaluated", "{r:#?}");
+        passes(&mut f, "receipt_chain: true");
+        fails(&mut f, "receipt_chain: false");
+        // an edited older receipt breaks the link the newer one records
+        let first = state.join("receipts").join(core_ops::record::receipts::file_name(1, "reconcile"));
+        let text = std::fs::read_to_string(&first).unwrap();
+        std::fs::write(&first, text.replace("applied", "applieD")).unwrap();
+        fails(&mut f, "receipt_chain: true");
+        passes(&mut f, "receipt_chain: false");
+    }
+
+    #[test]
+    fn runtime_receipt_schema() {
+        let mut f = fx();
+        let state = PathBuf::from(&f.state);
+        let good: Value = serde_json::from_str(include_str!(
+            "../../../src/runtime/sourceos/examples/runtimeinstallreceipt.json"
+        ))
+        .unwrap();
+        let mut bad = good.clone();
+        bad["installState"] = json!(42);
+        for doc in [good, bad] {
+            core_ops::record::receipts::append_document(&state, "runtime-install", |_, _| doc)
+                .unwrap();
+        }
+        passes(&mut f, "receipt_schema: 0");
+        fails(&mut f, "receipt_schema: -1");
+    }
+
+    #[test]
+    fn output_json_pointers() {
+        let mut f = fx();
+        f.outputs.insert(
+            1,
+            json!({"revision": "a".repeat(40), "actions": [{"id": "unit:a.service", "action": "create", "cause": "desired_change"}], "quarantine_lifted": ["x"]}),
+        );
+        f.outputs.insert(2, json!({"outcome": "converged"}));
+        passes(&mut f, "{output_json: /outcome, equals: converged}");
+        fails(&mut f, "{output_json: /outcome, equals: failed}");
+        passes(&mut f, "{output_json: /actions/0/action, step: 1, equals: create}");
+        passes(&mut f, "{output_json: /revision, step: 1, revision: v1}");
+        fails(&mut f, "{output_json: /outcome, revision: v1}");
+        passes(&mut f, "{output_json: /actions, step: 1, contains: {id: unit:a.service, cause: desired_change}}");
+        fails(&mut f, "{output_json: /actions, step: 1, contains: {id: unit:b.service}}");
+        passes(&mut f, "{output_json: /quarantine_lifted, step: 1, contains: x}");
+        passes(&mut f, "{output_json: /outcome, contains: verge}");
+        fails(&mut f, "{output_json: /outcome, contains: diverge}");
+        fails(&mut f, "{output_json: /missing, equals: 1}");
+    }
+
+    /// `systemctl` is a stand-in: what matters is reading InvocationID and NRestarts.
+    #[test]
+    fn unit_restarted_and_n_restarts() {
+        let mut f = fx();
+        f.m.fake(
+            "systemctl",
+            "printf 'ActiveState=active\\nSubState=running\\nInvocationID=%s\\nNRestarts=2\\n' \"$(cat $(dirname $0)/inv)\"",
+        );
+        std::fs::write(f.m.share.join("fakebin/inv"), "aaa").unwrap();
+        f.remembered.insert(
+            "web.service".into(),
+            UnitMark {
+                invocation_id: "aaa".into(),
+                n_restarts: 2,
+            },
+        );
+        passes(&mut f, "{unit: web.service, restarted: false, n_restarts: 2, active_state: active}");
+        fails(&mut f, "{unit: web.service, restarted: true}");
+        fails(&mut f, "{unit: web.service, n_restarts: 0}");
+        std::fs::write(f.m.share.join("fakebin/inv"), "bbb").unwrap();
+        passes(&mut f, "{unit: web.service, restarted: true}");
+        fails(&mut f, "{unit: web.service, restarted: false}");
+        // never remembered: a failed check, saying so
+        let (ok, r) = eval(&mut f, "{unit: other.service, restarted: false}");
+        assert!(!ok && r[0].actual.to_string().contains("remember_unit"), "{r:#?}");
+    }
+
+    #[test]
+    fn status_pointer() {
+        let mut f = fx();
+        std::fs::write(
+            PathBuf::from(&f.state).join("status.json"),
+            json!({"last_applied": {"revision": "a".repeat(40)}}).to_string(),
+        )
+        .unwrap();
+        passes(&mut f, "{status: /last_applied/revision, revision: v1}");
+        fails(&mut f, "{status: /last_applied/revision, equals: other}");
+    }
+
+    #[test]
+    fn stat_lines() {
+        let m = parse_stat("regular empty file|600|root|adm");
+        assert_eq!(m.kind, "regular file");
+        assert_eq!(m.mode, "0600");
+        assert_eq!((m.owner.as_str(), m.group.as_str()), ("root", "adm"));
     }
 }

@@ -198,7 +198,8 @@ pub const NO_PAUSE: &str = "never paused at";
 /// stderr, `kill -9` it. Fails, saying why, when the apply ends without pausing (a binary
 /// without `--features failpoints`, or a point this apply never reaches).
 fn kill_apply_at(rev: &str, setting: &str, point: &str, timeout: Duration) -> String {
-    let tenths = timeout.as_secs().saturating_mul(10).max(10);
+    // give up (and say why) well before the step's own timeout ends the step without a word
+    let tenths = timeout.as_secs().saturating_sub(5).saturating_mul(10).max(10);
     format!(
         r#"err=/tmp/core-ops-verify-kill-apply.err
 rm -f "$err"
@@ -290,4 +291,92 @@ exit "$code"
 "#,
         settle = policy.settle_ms
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::machine::local::Local;
+    use super::super::machine::{Output, Shell};
+    use super::super::scenario::POLICIES;
+    use super::*;
+
+    fn run_step(m: &mut Local, yaml: &str) -> Output {
+        let step: Step = serde_yaml::from_str(yaml).unwrap();
+        let share = m.share.display().to_string();
+        let cmd = command(&step, &share, "h", &POLICIES[1]);
+        Shell::new(m).exec("t", &cmd.script, cmd.timeout).unwrap()
+    }
+
+    /// kill_apply at a point: killed once the pause message appears; a binary that never
+    /// pauses (no failpoints build) fails the step and says why.
+    #[test]
+    fn kill_apply_at_a_failpoint() {
+        let t = tempfile::tempdir().unwrap();
+        let mut m = Local::new(t.path());
+        m.fake(
+            "core-ops",
+            "echo \"FAILPOINTS=$FAILPOINTS $*\" >&2\necho 'core-ops: failpoint: paused at apply::phase(write)' >&2\nsleep 60",
+        );
+        let o = run_step(&mut m, "kill_apply: {rev: v2, at: write}");
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        assert!(
+            o.stderr_text()
+                .contains("FAILPOINTS=apply::phase=return(write) apply --rev v2"),
+            "{}",
+            o.stderr_text()
+        );
+        assert!(o.stderr_text().contains("killed core-ops apply"));
+        // paused at another point than asked: not this one, so never killed there
+        let o = run_step(&mut m, "{kill_apply: {rev: v2, at: start}, timeout: 3}");
+        assert_eq!(o.code, 1, "{}", o.stderr_text());
+        m.fake("core-ops", "echo applied; exit 0");
+        let o = run_step(&mut m, "{kill_apply: {rev: v2, at: after-write:2}, timeout: 5}");
+        assert_eq!(o.code, 1);
+        assert!(o.stderr_text().contains(NO_PAUSE), "{}", o.stderr_text());
+        assert!(o.stderr_text().contains("--features failpoints"));
+    }
+
+    /// concurrent: every run's exit code, in run order.
+    #[test]
+    fn concurrent_runs_report_each_exit() {
+        let t = tempfile::tempdir().unwrap();
+        let mut m = Local::new(t.path());
+        let lock = t.path().join("lock");
+        m.fake(
+            "core-ops",
+            &format!("exec 9>{}\nflock -n 9 || exit 75\nsleep 1\nexit 0", lock.display()),
+        );
+        let o = run_step(&mut m, "{concurrent: {runs: 3, apply: v1}, expect_exits: [0, 75, 75]}");
+        assert_eq!(o.code, 0);
+        let mut got = concurrent_exits(&o.stdout_text());
+        got.sort();
+        assert_eq!(got, vec![0, 75, 75], "{}", o.stdout_text());
+    }
+
+    #[test]
+    fn chmod_and_host_override_and_timeout() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let mut m = Local::new(t.path());
+        let f = t.path().join("f");
+        std::fs::write(&f, "x").unwrap();
+        let o = run_step(&mut m, &format!("chmod: {{path: {}, mode: \"0600\"}}", f.display()));
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777, 0o600);
+        let step: Step = serde_yaml::from_str("{apply: v1, host: other, timeout: 900}").unwrap();
+        let cmd = command(&step, "/s", "core-ops-guest", &POLICIES[1]);
+        assert!(cmd.script.contains("CORE_OPS_HOST='other'"), "{}", cmd.script);
+        assert_eq!(cmd.timeout, Duration::from_secs(900));
+        let step: Step = serde_yaml::from_str("{plan: v1, detailed_exitcode: true}").unwrap();
+        let cmd = command(&step, "/s", "h", &POLICIES[1]);
+        assert!(cmd.script.contains("plan --rev 'v1' --detailed-exitcode"), "{}", cmd.script);
+        let step: Step = serde_yaml::from_str("rollback_plan_only: no-such-rev").unwrap();
+        let cmd = command(&step, "/s", "h", &POLICIES[1]);
+        assert!(
+            cmd.script
+                .contains("apply --rollback-to 'no-such-rev' --rollback-plan-only"),
+            "{}",
+            cmd.script
+        );
+    }
 }
