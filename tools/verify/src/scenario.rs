@@ -90,6 +90,10 @@ impl Fixtures {
     }
 }
 
+/// The fixture repository's branch: steps may name it like a revision (`apply: main`), to
+/// follow it through `git:` steps that move it.
+pub const FIXTURE_BRANCH: &str = "main";
+
 /// The tag a revision directory gets: its last path component.
 pub fn revision_label(dir: &str) -> &str {
     dir.trim_end_matches('/').rsplit('/').next().unwrap_or(dir)
@@ -904,9 +908,9 @@ fn validate(s: &Scenario, file: &str, text: &str, repos: &Path) -> Result<(), In
         }
         let name = step.action().0;
         for rev in step.revisions() {
-            if !labels.contains(rev) {
+            if !labels.contains(rev) && rev != FIXTURE_BRANCH {
                 return Err(err(format!(
-                    "revision {rev:?} is not a fixture revision (have: {})",
+                    "revision {rev:?} is not a fixture revision (have: {}, and the branch {FIXTURE_BRANCH})",
                     labels.iter().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }

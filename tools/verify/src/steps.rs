@@ -147,12 +147,14 @@ pub fn command(step: &Step, share: &str, host: &str, policy: &PolicyProfile) -> 
             shell(format!("chown {} -- {}", quote(&owner), quote(&path)))
         }
         "make_dir" => shell(format!("mkdir -p -m 0755 -- {}", quote(&arg))),
+        // the process is not a dependency of the mount (no WorkingDirectory=, which would
+        // add RequiresMountsFor= and let systemd stop it first): only its cwd holds the mount
         "hold_busy" => shell(format!(
-            "systemd-run --unit={u} --property=WorkingDirectory={p} --collect /bin/sleep infinity\n\
+            "systemd-run --unit={u} --collect /bin/sh -c {inner}\n\
              i=0; until [ \"$(systemctl show -P SubState {u})\" = running ] || [ $i -ge 100 ]; do i=$((i + 1)); sleep 0.1; done\n\
              systemctl show -P SubState {u} | grep -qx running",
             u = busy_unit(&arg),
-            p = quote(&arg)
+            inner = quote(&format!("cd -- {} && exec /bin/sleep infinity", quote(&arg)))
         )),
         "release_busy" => shell(format!("systemctl stop {}", busy_unit(&arg))),
         "run" => shell(arg),
