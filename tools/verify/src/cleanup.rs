@@ -4,8 +4,9 @@
 //!
 //! How, without unsafe code (the workspace forbids it):
 //! - every machine directory gets a `cleanup.sh` that stops what runs there (the qemu of its
-//!   `qemu.pid`, the libvirt domain named in `libvirt-domain`, the synthetic test bed) and
-//!   removes the directory, unless a `keep` marker (`--debug`) is there;
+//!   `qemu.pid`, the libvirt domain named in `libvirt-domain`, the synthetic test bed, then any
+//!   process whose command line names the run's unique directory: a step's shell, a bed exec)
+//!   and removes the directory, unless a `keep` marker (`--debug`) is there;
 //! - [`install`] blocks the stop signals in the main thread before any other thread exists
 //!   (so every thread inherits the mask) and waits for them in one thread with `sigwait`,
 //!   which runs every registered `cleanup.sh` and exits 128+signal; it also asks the kernel
@@ -82,6 +83,14 @@ if [ -f "$d/libvirt-domain" ] && command -v virsh >/dev/null; then
     virsh -c "$uri" destroy "$name" >/dev/null 2>&1
 fi
 {extra}
+# whatever else still works in this directory (a step's shell, a bed exec): started by this
+# run, named by its unique directory; not this script or its watchdog
+for p in /proc/[0-9]*; do
+    pid=${{p#/proc/}}
+    [ "$pid" = $$ ] && continue
+    cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+    case "$cmd" in *cleanup.sh*) continue ;; *"$d/"*) kill -9 "$pid" 2>/dev/null ;; esac
+done
 rm -rf "$d"
 "#
     )

@@ -392,7 +392,7 @@ fn every_failure_is_collected_and_reported() {
     expect_exit: 0
   - assert:
       - receipts_count: 7
-      - output_json: /host
+      - output_json: /snapshot/host
         equals: core-ops-guest
       - receipt_chain: true
 ",
@@ -470,10 +470,19 @@ fn interrupt_mid_scenario(backend: &[&str], signal: &str) -> (tempfile::TempDir,
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let log = bundles.join("harness-self-test/harness.log");
-    let deadline = Instant::now() + Duration::from_secs(400);
+    // bundles/<run-id>/harness-self-test/harness.log
+    let log = || {
+        std::fs::read_dir(&bundles)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("harness-self-test/harness.log"))
+            .find(|p| p.is_file())
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
     let machine_dir = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = log()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
         if text.contains("steps[1] run sleep 600") {
             let dir = text
                 .lines()
