@@ -266,7 +266,10 @@ fn evaluate_into(
     } else if let Some(path) = &a.mount {
         let o = sh.exec("assert-mount", "cat /proc/self/mountinfo", T)?;
         if o.code != 0 {
-            bail!("cannot read /proc/self/mountinfo: {}", o.stderr_text().trim());
+            bail!(
+                "cannot read /proc/self/mountinfo: {}",
+                o.stderr_text().trim()
+            );
         }
         let mounts = mounts_at(&o.stdout_text(), path);
         if let Some(want) = a.mounted {
@@ -291,7 +294,11 @@ fn evaluate_into(
             T,
         )?;
         let found: Vec<String> = o.stdout_text().lines().map(str::to_string).collect();
-        r.push("temp_files", Value::from(Vec::<String>::new()), Value::from(found));
+        r.push(
+            "temp_files",
+            Value::from(Vec::<String>::new()),
+            Value::from(found),
+        );
     }
     Ok(())
 }
@@ -445,8 +452,14 @@ fn file_checks(
     }
     let field = |f: fn(&FileMeta) -> String| meta.as_ref().map(f).unwrap_or_default();
     if let Some(want) = &a.mode {
-        let norm = parse_mode(want).map(|m| format!("{m:04o}")).unwrap_or_default();
-        r.push("mode", Value::String(norm), Value::String(field(|m| m.mode.clone())));
+        let norm = parse_mode(want)
+            .map(|m| format!("{m:04o}"))
+            .unwrap_or_default();
+        r.push(
+            "mode",
+            Value::String(norm),
+            Value::String(field(|m| m.mode.clone())),
+        );
     }
     if let Some(want) = &a.owner {
         r.push(
@@ -497,7 +510,10 @@ pub struct FileMeta {
 /// Parse one `stat -c '%F|%a|%U|%G'` line (`regular empty file` counts as `regular file`).
 pub fn parse_stat(line: &str) -> FileMeta {
     let mut f = line.trim().splitn(4, '|');
-    let kind = f.next().unwrap_or_default().replace("regular empty file", "regular file");
+    let kind = f
+        .next()
+        .unwrap_or_default()
+        .replace("regular empty file", "regular file");
     let mode = f
         .next()
         .and_then(|m| u32::from_str_radix(m, 8).ok())
@@ -687,16 +703,27 @@ mod tests {
         std::fs::write(&file, "hi\n").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
         let me = String::from_utf8(
-            std::process::Command::new("id").arg("-un").output().unwrap().stdout,
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
         )
         .unwrap();
         let grp = String::from_utf8(
-            std::process::Command::new("id").arg("-gn").output().unwrap().stdout,
+            std::process::Command::new("id")
+                .arg("-gn")
+                .output()
+                .unwrap()
+                .stdout,
         )
         .unwrap();
         let (me, grp) = (me.trim(), grp.trim());
         let p = file.display();
-        passes(&mut f, &format!("{{file: {p}, mode: \"0640\", content: \"hi\\n\"}}"));
+        passes(
+            &mut f,
+            &format!("{{file: {p}, mode: \"0640\", content: \"hi\\n\"}}"),
+        );
         passes(&mut f, &format!("{{file: {p}, mode: \"640\"}}"));
         fails(&mut f, &format!("{{file: {p}, mode: \"0644\"}}"));
         passes(&mut f, &format!("{{file: {p}, owner: {me}, group: {grp}}}"));
@@ -727,8 +754,14 @@ mod tests {
         // and live, on this host's own table
         let mut f = fx();
         passes(&mut f, "{mount: /, mounted: true}");
-        fails(&mut f, "{mount: /nonexistent-core-ops-verify, mounted: true}");
-        passes(&mut f, "{mount: /nonexistent-core-ops-verify, mounted: false}");
+        fails(
+            &mut f,
+            "{mount: /nonexistent-core-ops-verify, mounted: true}",
+        );
+        passes(
+            &mut f,
+            "{mount: /nonexistent-core-ops-verify, mounted: false}",
+        );
         fails(&mut f, "{mount: /, fstype: no-such-fs}");
     }
 
@@ -743,7 +776,10 @@ mod tests {
         std::fs::write(d.join("sub/.core-ops-tmp-abc123"), "x").unwrap();
         let (ok, r) = eval(&mut f, &y);
         assert!(!ok);
-        assert!(r[0].actual.to_string().contains(".core-ops-tmp-abc123"), "{r:#?}");
+        assert!(
+            r[0].actual.to_string().contains(".core-ops-tmp-abc123"),
+            "{r:#?}"
+        );
     }
 
     /// Two receipts appended by core-ops' own code: log, tail, count, pointer, chain.
@@ -762,16 +798,24 @@ mod tests {
         fails(&mut f, "receipts_tail: [applied]");
         passes(&mut f, "receipts_count: 2");
         fails(&mut f, "receipts_count: 3");
-        passes(&mut f, "{receipt: -1, pointer: /transition, equals: rolled_back}");
+        passes(
+            &mut f,
+            "{receipt: -1, pointer: /transition, equals: rolled_back}",
+        );
         passes(&mut f, "{receipt: 0, pointer: /sequence, equals: 1}");
-        fails(&mut f, "{receipt: 0, pointer: /transition, equals: rolled_back}");
+        fails(
+            &mut f,
+            "{receipt: 0, pointer: /transition, equals: rolled_back}",
+        );
         // out of range: a failed check saying why, not a harness error
         let (ok, r) = eval(&mut f, "{receipt: 5, pointer: /x, equals: 1}");
         assert!(!ok && r[0].check == "evaluated", "{r:#?}");
         passes(&mut f, "receipt_chain: true");
         fails(&mut f, "receipt_chain: false");
         // an edited older receipt breaks the link the newer one records
-        let first = state.join("receipts").join(core_ops::record::receipts::file_name(1, "reconcile"));
+        let first = state
+            .join("receipts")
+            .join(core_ops::record::receipts::file_name(1, "reconcile"));
         let text = std::fs::read_to_string(&first).unwrap();
         std::fs::write(&first, text.replace("applied", "applieD")).unwrap();
         fails(&mut f, "receipt_chain: true");
@@ -806,12 +850,24 @@ mod tests {
         f.outputs.insert(2, json!({"outcome": "converged"}));
         passes(&mut f, "{output_json: /outcome, equals: converged}");
         fails(&mut f, "{output_json: /outcome, equals: failed}");
-        passes(&mut f, "{output_json: /actions/0/action, step: 1, equals: create}");
+        passes(
+            &mut f,
+            "{output_json: /actions/0/action, step: 1, equals: create}",
+        );
         passes(&mut f, "{output_json: /revision, step: 1, revision: v1}");
         fails(&mut f, "{output_json: /outcome, revision: v1}");
-        passes(&mut f, "{output_json: /actions, step: 1, contains: {id: unit:a.service, cause: desired_change}}");
-        fails(&mut f, "{output_json: /actions, step: 1, contains: {id: unit:b.service}}");
-        passes(&mut f, "{output_json: /quarantine_lifted, step: 1, contains: x}");
+        passes(
+            &mut f,
+            "{output_json: /actions, step: 1, contains: {id: unit:a.service, cause: desired_change}}",
+        );
+        fails(
+            &mut f,
+            "{output_json: /actions, step: 1, contains: {id: unit:b.service}}",
+        );
+        passes(
+            &mut f,
+            "{output_json: /quarantine_lifted, step: 1, contains: x}",
+        );
         passes(&mut f, "{output_json: /outcome, contains: verge}");
         fails(&mut f, "{output_json: /outcome, contains: diverge}");
         fails(&mut f, "{output_json: /missing, equals: 1}");
@@ -833,7 +889,10 @@ mod tests {
                 n_restarts: 2,
             },
         );
-        passes(&mut f, "{unit: web.service, restarted: false, n_restarts: 2, active_state: active}");
+        passes(
+            &mut f,
+            "{unit: web.service, restarted: false, n_restarts: 2, active_state: active}",
+        );
         fails(&mut f, "{unit: web.service, restarted: true}");
         fails(&mut f, "{unit: web.service, n_restarts: 0}");
         std::fs::write(f.m.share.join("fakebin/inv"), "bbb").unwrap();
@@ -841,7 +900,10 @@ mod tests {
         fails(&mut f, "{unit: web.service, restarted: false}");
         // never remembered: a failed check, saying so
         let (ok, r) = eval(&mut f, "{unit: other.service, restarted: false}");
-        assert!(!ok && r[0].actual.to_string().contains("remember_unit"), "{r:#?}");
+        assert!(
+            !ok && r[0].actual.to_string().contains("remember_unit"),
+            "{r:#?}"
+        );
     }
 
     #[test]

@@ -42,7 +42,9 @@ pub fn install() -> Result<()> {
         .name("stop-signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                eprintln!("core-ops-verify: {sig}: stopping the guests and removing their overlays");
+                eprintln!(
+                    "core-ops-verify: {sig}: stopping the guests and removing their overlays"
+                );
                 run_all();
                 std::process::exit(128 + sig as i32);
             }
@@ -161,7 +163,10 @@ mod tests {
                 keep(&d);
             }
             std::fs::write(d.join("cleanup.sh"), script(&d, "")).unwrap();
-            let st = Command::new("sh").arg(d.join("cleanup.sh")).status().unwrap();
+            let st = Command::new("sh")
+                .arg(d.join("cleanup.sh"))
+                .status()
+                .unwrap();
             assert!(st.success());
             assert_eq!(d.exists(), keep_it, "{}", d.display());
         }

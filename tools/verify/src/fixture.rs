@@ -105,8 +105,14 @@ impl BuiltRepo {
                 &git2::Time::new(1_767_225_600, 0),
             )
             .map_err(|e| git("signature", e))?;
-            repo.tag(tag, &obj, &sig, &format!("core-ops-verify tag {tag}\n"), false)
-                .map_err(|e| git(&format!("annotated tag {tag}"), e))?;
+            repo.tag(
+                tag,
+                &obj,
+                &sig,
+                &format!("core-ops-verify tag {tag}\n"),
+                false,
+            )
+            .map_err(|e| git(&format!("annotated tag {tag}"), e))?;
         } else {
             repo.tag_lightweight(tag, &obj, false)
                 .map_err(|e| git(&format!("tag {tag}"), e))?;
@@ -161,7 +167,8 @@ mod tests {
         assert_eq!(resolve(&dest, "refs/heads/main"), v3);
         assert_eq!(resolve(&dest, "v3"), v3);
 
-        b.apply(&r, &op("{tag: rel-1, at: v1, annotated: true}")).unwrap();
+        b.apply(&r, &op("{tag: rel-1, at: v1, annotated: true}"))
+            .unwrap();
         b.apply(&r, &op("{tag: light, at: v2}")).unwrap();
         let repo = git2::Repository::open(&dest).unwrap();
         let annotated = repo.revparse_single("refs/tags/rel-1").unwrap();

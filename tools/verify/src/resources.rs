@@ -49,7 +49,10 @@ pub fn find(
             bail!("{what} {}: no {MARKER} there", d.display());
         }
     }
-    let searched: Vec<&Path> = [exe.and_then(Path::parent), cwd].into_iter().flatten().collect();
+    let searched: Vec<&Path> = [exe.and_then(Path::parent), cwd]
+        .into_iter()
+        .flatten()
+        .collect();
     for start in &searched {
         if let Some(d) = start.ancestors().find(|d| d.join(MARKER).is_file()) {
             return Ok(d.to_path_buf());
@@ -87,14 +90,23 @@ mod tests {
         let (a, b, c, e) = (tree("a"), tree("b"), tree("c"), tree("e"));
         let exe = c.join("target/debug/core-ops-verify");
         let cwd = e.join("target");
-        assert_eq!(find(Some(a.clone()), Some(b.clone()), Some(&exe), Some(&cwd)).unwrap(), a);
-        assert_eq!(find(None, Some(b.clone()), Some(&exe), Some(&cwd)).unwrap(), b);
+        assert_eq!(
+            find(Some(a.clone()), Some(b.clone()), Some(&exe), Some(&cwd)).unwrap(),
+            a
+        );
+        assert_eq!(
+            find(None, Some(b.clone()), Some(&exe), Some(&cwd)).unwrap(),
+            b
+        );
         assert_eq!(find(None, None, Some(&exe), Some(&cwd)).unwrap(), c);
         assert_eq!(find(None, None, None, Some(&cwd)).unwrap(), e);
         // a flag that names no source tree is an error, not a silent fall-through
         let err = find(Some(t.path().into()), None, Some(&exe), None).unwrap_err();
         assert!(format!("{err}").contains("--source-dir"), "{err}");
         let err = find(None, None, Some(Path::new("/nonexistent/x")), None).unwrap_err();
-        assert!(format!("{err}").contains("CORE_OPS_VERIFY_SOURCE_DIR"), "{err}");
+        assert!(
+            format!("{err}").contains("CORE_OPS_VERIFY_SOURCE_DIR"),
+            "{err}"
+        );
     }
 }

@@ -451,7 +451,8 @@ fn run_steps(cx: &mut StepContext<'_>, machine: &mut dyn Machine) -> Result<()> 
             cx.result.steps.push(record(None, None));
             cx.result.revisions = cx.built.revisions.clone();
             if done.is_err() {
-                cx.log.line("stopping: the repository is not what later steps expect");
+                cx.log
+                    .line("stopping: the repository is not what later steps expect");
                 return Ok(());
             }
             continue;

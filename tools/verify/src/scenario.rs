@@ -272,8 +272,7 @@ impl KillApply {
             return Ok(());
         };
         let ok = APPLY_PHASES.contains(&k.at.as_str())
-            || k
-                .at
+            || k.at
                 .strip_prefix("after-write:")
                 .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
             || k.at.strip_prefix("runtime:").is_some_and(|s| {
@@ -595,7 +594,9 @@ impl Step {
             ("set_clock", self.set_clock.clone()),
             (
                 "chmod",
-                self.chmod.as_ref().map(|c| format!("{} {}", c.mode, c.path)),
+                self.chmod
+                    .as_ref()
+                    .map(|c| format!("{} {}", c.mode, c.path)),
             ),
             (
                 "chown",
@@ -623,15 +624,10 @@ impl Step {
     /// The fixture revisions the action names and that must be labels (`rollback_to` and
     /// `rollback_plan_only` take any string).
     pub fn revisions(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = [
-            &self.apply,
-            &self.plan,
-            &self.agent_tick,
-            &self.timer_run,
-        ]
-        .into_iter()
-        .filter_map(|v| v.as_deref())
-        .collect();
+        let mut out: Vec<&str> = [&self.apply, &self.plan, &self.agent_tick, &self.timer_run]
+            .into_iter()
+            .filter_map(|v| v.as_deref())
+            .collect();
         if let Some(k) = &self.kill_apply {
             out.push(k.rev());
         }
@@ -1011,17 +1007,34 @@ fn validate(s: &Scenario, file: &str, text: &str, repos: &Path) -> Result<(), In
 const ASSERTION_KINDS: &[(&str, &[&str], &str)] = &[
     (
         "unit",
-        &["active_state", "sub_state", "load_state", "enabled", "restarted", "n_restarts"],
+        &[
+            "active_state",
+            "sub_state",
+            "load_state",
+            "enabled",
+            "restarted",
+            "n_restarts",
+        ],
         "a unit assertion needs active_state, sub_state, load_state, enabled, restarted or n_restarts",
     ),
     (
         "file",
-        &["exists", "sha256", "content", "mode", "owner", "group", "entries"],
+        &[
+            "exists", "sha256", "content", "mode", "owner", "group", "entries",
+        ],
         "a file assertion needs exists, sha256, content, mode, owner, group or entries",
     ),
-    ("status", &["equals", "revision"], "a status assertion needs equals or revision"),
+    (
+        "status",
+        &["equals", "revision"],
+        "a status assertion needs equals or revision",
+    ),
     ("receipts", &[], ""),
-    ("plan_action", &["action", "cause"], "a plan_action assertion needs action or cause"),
+    (
+        "plan_action",
+        &["action", "cause"],
+        "a plan_action assertion needs action or cause",
+    ),
     ("output_contains", &[], ""),
     (
         "receipt",
@@ -1037,7 +1050,11 @@ const ASSERTION_KINDS: &[(&str, &[&str], &str)] = &[
         &["step", "equals", "revision", "contains"],
         "an output_json assertion needs equals, revision or contains",
     ),
-    ("mount", &["mounted", "fstype"], "a mount assertion needs mounted or fstype"),
+    (
+        "mount",
+        &["mounted", "fstype"],
+        "a mount assertion needs mounted or fstype",
+    ),
     ("no_temp_files", &[], ""),
 ];
 
@@ -1081,7 +1098,10 @@ fn assertion_keys(a: &Assertion) -> Vec<&'static str> {
         ("fstype", a.fstype.is_some()),
         ("no_temp_files", a.no_temp_files.is_some()),
     ];
-    set.into_iter().filter(|(_, on)| *on).map(|(k, _)| k).collect()
+    set.into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| k)
+        .collect()
 }
 
 fn validate_git(g: &GitOp, repos: &Path, labels: &mut BTreeSet<String>) -> Result<(), String> {
@@ -1176,7 +1196,10 @@ fn validate_assertion(a: &Assertion, labels: &BTreeSet<String>) -> Result<(), St
             a.subject()
         ));
     }
-    for p in [&a.status, &a.pointer, &a.output_json].into_iter().flatten() {
+    for p in [&a.status, &a.pointer, &a.output_json]
+        .into_iter()
+        .flatten()
+    {
         if !p.is_empty() && !p.starts_with('/') {
             return Err(format!(
                 "{}: JSON pointer {p:?} must be empty or start with '/'",
@@ -1187,7 +1210,10 @@ fn validate_assertion(a: &Assertion, labels: &BTreeSet<String>) -> Result<(), St
     if let Some(m) = &a.mode
         && parse_mode(m).is_none()
     {
-        return Err(format!("{}: mode {m:?} is not octal (e.g. \"0644\")", a.subject()));
+        return Err(format!(
+            "{}: mode {m:?} is not octal (e.g. \"0644\")",
+            a.subject()
+        ));
     }
     Ok(())
 }

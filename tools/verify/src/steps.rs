@@ -154,7 +154,10 @@ pub fn command(step: &Step, share: &str, host: &str, policy: &PolicyProfile) -> 
              i=0; until [ \"$(systemctl show -P SubState {u})\" = running ] || [ $i -ge 100 ]; do i=$((i + 1)); sleep 0.1; done\n\
              systemctl show -P SubState {u} | grep -qx running",
             u = busy_unit(&arg),
-            inner = quote(&format!("cd -- {} && exec /bin/sleep infinity", quote(&arg)))
+            inner = quote(&format!(
+                "cd -- {} && exec /bin/sleep infinity",
+                quote(&arg)
+            ))
         )),
         "release_busy" => shell(format!("systemctl stop {}", busy_unit(&arg))),
         "run" => shell(arg),
@@ -201,7 +204,11 @@ pub const NO_PAUSE: &str = "never paused at";
 /// without `--features failpoints`, or a point this apply never reaches).
 fn kill_apply_at(rev: &str, setting: &str, point: &str, timeout: Duration) -> String {
     // give up (and say why) well before the step's own timeout ends the step without a word
-    let tenths = timeout.as_secs().saturating_sub(5).saturating_mul(10).max(10);
+    let tenths = timeout
+        .as_secs()
+        .saturating_sub(5)
+        .saturating_mul(10)
+        .max(10);
     format!(
         r#"err=/tmp/core-ops-verify-kill-apply.err
 rm -f "$err"
@@ -332,7 +339,10 @@ mod tests {
         let o = run_step(&mut m, "{kill_apply: {rev: v2, at: start}, timeout: 3}");
         assert_eq!(o.code, 1, "{}", o.stderr_text());
         m.fake("core-ops", "echo applied; exit 0");
-        let o = run_step(&mut m, "{kill_apply: {rev: v2, at: after-write:2}, timeout: 5}");
+        let o = run_step(
+            &mut m,
+            "{kill_apply: {rev: v2, at: after-write:2}, timeout: 5}",
+        );
         assert_eq!(o.code, 1);
         assert!(o.stderr_text().contains(NO_PAUSE), "{}", o.stderr_text());
         assert!(o.stderr_text().contains("--features failpoints"));
@@ -346,9 +356,15 @@ mod tests {
         let lock = t.path().join("lock");
         m.fake(
             "core-ops",
-            &format!("exec 9>{}\nflock -n 9 || exit 75\nsleep 1\nexit 0", lock.display()),
+            &format!(
+                "exec 9>{}\nflock -n 9 || exit 75\nsleep 1\nexit 0",
+                lock.display()
+            ),
         );
-        let o = run_step(&mut m, "{concurrent: {runs: 3, apply: v1}, expect_exits: [0, 75, 75]}");
+        let o = run_step(
+            &mut m,
+            "{concurrent: {runs: 3, apply: v1}, expect_exits: [0, 75, 75]}",
+        );
         assert_eq!(o.code, 0);
         let mut got = concurrent_exits(&o.stdout_text());
         got.sort();
@@ -362,16 +378,30 @@ mod tests {
         let mut m = Local::new(t.path());
         let f = t.path().join("f");
         std::fs::write(&f, "x").unwrap();
-        let o = run_step(&mut m, &format!("chmod: {{path: {}, mode: \"0600\"}}", f.display()));
+        let o = run_step(
+            &mut m,
+            &format!("chmod: {{path: {}, mode: \"0600\"}}", f.display()),
+        );
         assert_eq!(o.code, 0, "{}", o.stderr_text());
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
         let step: Step = serde_yaml::from_str("{apply: v1, host: other, timeout: 900}").unwrap();
         let cmd = command(&step, "/s", "core-ops-guest", &POLICIES[1]);
-        assert!(cmd.script.contains("CORE_OPS_HOST='other'"), "{}", cmd.script);
+        assert!(
+            cmd.script.contains("CORE_OPS_HOST='other'"),
+            "{}",
+            cmd.script
+        );
         assert_eq!(cmd.timeout, Duration::from_secs(900));
         let step: Step = serde_yaml::from_str("{plan: v1, detailed_exitcode: true}").unwrap();
         let cmd = command(&step, "/s", "h", &POLICIES[1]);
-        assert!(cmd.script.contains("plan --rev 'v1' --detailed-exitcode"), "{}", cmd.script);
+        assert!(
+            cmd.script.contains("plan --rev 'v1' --detailed-exitcode"),
+            "{}",
+            cmd.script
+        );
         let step: Step = serde_yaml::from_str("rollback_plan_only: no-such-rev").unwrap();
         let cmd = command(&step, "/s", "h", &POLICIES[1]);
         assert!(

@@ -32,7 +32,9 @@ fn bed() -> Option<()> {
     if std::env::var_os("CORE_OPS_TESTBED_DIR").is_some_and(|d| !d.is_empty()) {
         Some(())
     } else {
-        skip_or_fail("needs the project's test bed (CORE_OPS_TESTBED_DIR of a running scripts/systemd-testbed.sh bed)")
+        skip_or_fail(
+            "needs the project's test bed (CORE_OPS_TESTBED_DIR of a running scripts/systemd-testbed.sh bed)",
+        )
     }
 }
 
@@ -441,7 +443,10 @@ fn a_run_step_without_expect_exit_is_refused_by_check() {
 
 /// Start `run` on a scenario whose second step sleeps, wait until that step runs, signal the
 /// harness, and return (bundle dir, machine dir, exit status).
-fn interrupt_mid_scenario(backend: &[&str], signal: &str) -> (tempfile::TempDir, PathBuf, Option<i32>) {
+fn interrupt_mid_scenario(
+    backend: &[&str],
+    signal: &str,
+) -> (tempfile::TempDir, PathBuf, Option<i32>) {
     let (t, v) = scratch();
     let p = v.join("scenarios/harness-self-test.yaml");
     std::fs::write(
@@ -493,7 +498,10 @@ fn interrupt_mid_scenario(backend: &[&str], signal: &str) -> (tempfile::TempDir,
         if let Ok(Some(st)) = child.try_wait() {
             panic!("the harness ended before the sleep step ({st}):\n{text}");
         }
-        assert!(Instant::now() < deadline, "the sleep step never started:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "the sleep step never started:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(machine_dir.exists());
@@ -513,7 +521,12 @@ fn assert_cleaned_up(machine_dir: &Path, secs: u64) {
         let left: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
             .filter_map(|e| {
                 let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");

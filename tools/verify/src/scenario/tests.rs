@@ -244,12 +244,14 @@ fn the_new_vocabulary_loads() {
         ))
     );
     // a tag the scenario makes is a label only after the step that makes it
-    let early = GOOD.replace(
-        "  - apply: v1\n",
-        "  - apply: rel-1\n",
-    ) + "  - git: {tag: rel-1, at: v1}\n";
+    let early =
+        GOOD.replace("  - apply: v1\n", "  - apply: rel-1\n") + "  - git: {tag: rel-1, at: v1}\n";
     let err = load_text(&early).unwrap_err();
-    assert!(err.to_string().contains("\"rel-1\" is not a fixture revision"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("\"rel-1\" is not a fixture revision"),
+        "{err}"
+    );
 }
 
 #[test]
