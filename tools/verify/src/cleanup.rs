@@ -20,12 +20,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
 /// Machine directories whose `cleanup.sh` a stop signal runs.
 static ACTIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The stop signal being handled (0: none). The main thread, which sees its guest vanish and
+/// would otherwise end the run with its own exit code first, defers to it ([`exit_code`]).
+static STOPPING: AtomicI32 = AtomicI32::new(0);
 
 /// The file name of the marker that keeps a machine (`--debug`).
 pub const KEEP_MARKER: &str = "keep";
@@ -42,6 +47,7 @@ pub fn install() -> Result<()> {
         .name("stop-signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
+                STOPPING.store(sig as i32, Ordering::SeqCst);
                 eprintln!(
                     "core-ops-verify: {sig}: stopping the guests and removing their overlays"
                 );
@@ -52,6 +58,18 @@ pub fn install() -> Result<()> {
         .context("starting the signal thread")?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).context("PR_SET_PDEATHSIG")?;
     Ok(())
+}
+
+/// The process's exit code: `code`, unless a stop signal is being handled; then wait for the
+/// signal thread to finish the clean-up and exit with 128+signal (a stopped run never reports
+/// an ordinary failure).
+pub fn exit_code(code: u8) -> u8 {
+    if STOPPING.load(Ordering::SeqCst) == 0 {
+        return code;
+    }
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
 }
 
 /// Run every registered machine's `cleanup.sh` (the stop-signal path).

@@ -162,13 +162,14 @@ pub fn main() -> u8 {
     if let Some(d) = &cli.source_dir {
         super::resources::set_flag(d.clone());
     }
-    match dispatch(cli) {
+    let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("core-ops-verify: error: {e:#}");
             2
         }
-    }
+    };
+    super::cleanup::exit_code(code)
 }
 
 fn dispatch(cli: Cli) -> Result<u8> {
