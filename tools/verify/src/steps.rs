@@ -411,4 +411,91 @@ mod tests {
             cmd.script
         );
     }
+
+    /// make_dir, chown, set_clock, hold_busy/release_busy: each does what it says (true case)
+    /// and fails the step when it cannot (false case).
+    #[test]
+    fn host_set_up_and_disturbance_steps() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let mut m = Local::new(t.path());
+        let d = t.path().join("a/b");
+        let o = run_step(&mut m, &format!("make_dir: {}", d.display()));
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        std::fs::write(t.path().join("file"), "x").unwrap();
+        let o = run_step(
+            &mut m,
+            &format!("make_dir: {}/file/sub", t.path().display()),
+        );
+        assert_ne!(o.code, 0, "a directory under a file cannot be made");
+
+        let me = String::from_utf8(
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        let o = run_step(
+            &mut m,
+            &format!("chown: {{path: {}, owner: {}}}", d.display(), me.trim()),
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        let o = run_step(
+            &mut m,
+            &format!("chown: {{path: {}, owner: no-such-user-xyz}}", d.display()),
+        );
+        assert_ne!(o.code, 0);
+
+        // the clock: stand-ins record what the guest would run
+        let log = t.path().join("date.log");
+        m.fake("timedatectl", "exit 1");
+        m.fake("date", &format!("echo \"$*\" >> {}", log.display()));
+        let o = run_step(&mut m, "set_clock: \"2030-01-01 00:00:00 UTC\"");
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "-s 2030-01-01 00:00:00 UTC\n"
+        );
+        m.fake("date", "echo 'date: cannot set date' >&2; exit 1");
+        assert_ne!(run_step(&mut m, "set_clock: \"2030-01-01\"").code, 0);
+
+        // hold_busy: a transient unit whose state decides the step
+        let state = t.path().join("substate");
+        m.fake(
+            "systemd-run",
+            &format!("echo \"$*\" > {}.args", state.display()),
+        );
+        m.fake(
+            "systemctl",
+            &format!(
+                "case \"$1\" in show) cat {s} ;; stop) echo \"$2\" > {s}.stopped ;; esac",
+                s = state.display()
+            ),
+        );
+        std::fs::write(&state, "running\n").unwrap();
+        let o = run_step(&mut m, "hold_busy: /srv/x y");
+        assert_eq!(o.code, 0, "{}", o.stderr_text());
+        let args = std::fs::read_to_string(format!("{}.args", state.display())).unwrap();
+        assert!(
+            args.contains(&busy_unit("/srv/x y"))
+                && args.contains("cd -- '/srv/x y' && exec /bin/sleep infinity"),
+            "{args}"
+        );
+        assert_eq!(run_step(&mut m, "release_busy: /srv/x y").code, 0);
+        assert_eq!(
+            std::fs::read_to_string(format!("{}.stopped", state.display()))
+                .unwrap()
+                .trim(),
+            busy_unit("/srv/x y")
+        );
+        std::fs::write(&state, "failed\n").unwrap();
+        let o = run_step(&mut m, "{hold_busy: /srv/x, timeout: 20}");
+        assert_ne!(o.code, 0, "a process that is not running holds nothing");
+    }
 }
