@@ -118,12 +118,13 @@ export CORE_OPS_TESTBED_QUADLET_DIR CORE_OPS_TESTBED_QUADLET_GENERATOR CORE_OPS_
 [ -z "${CORE_OPS_TESTBED_IMAGE:-}" ] || export CORE_OPS_TESTBED_IMAGE
 
 # ------------------------------------------------------------------ 5. tests
-# the binary under test in the VMs: the release build (15 MB stripped; the debug build is ~190 MB,
-# and unoptimised code under TCG emulation is several times slower). build-deb.sh built it
-# already when the package was built; otherwise this builds it.
-step "cargo build --release --bin core-ops (the binary the VM scenarios run)"
-cargo build --release --bin core-ops
-export CORE_OPS_VERIFY_CORE_OPS_BIN=$ROOT/target/release/core-ops
+# the binary under test in the VMs: release code (15 MB stripped; the debug build is ~190 MB,
+# and unoptimised code under TCG emulation is several times slower) with the failpoints that
+# `kill_apply: {rev, at: PHASE}` stops it at, built with its own profile into target/vm/ so it
+# never replaces the plain target/release/core-ops the .deb ships
+step "cargo build --profile vm --features failpoints --bin core-ops (the binary the VM scenarios run)"
+cargo build --profile vm --features failpoints --bin core-ops
+export CORE_OPS_VERIFY_CORE_OPS_BIN=$ROOT/target/vm/core-ops
 
 step "the guest image of the VM verification harness: core-ops-verify image build"
 CORE_OPS_VERIFY_IMAGE=$(target/debug/core-ops-verify image build) || die "building the guest image failed (see above)"

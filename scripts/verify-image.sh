@@ -15,7 +15,7 @@
 #                  image localhost/core-ops-mini:1 pre-imported, vfs store)
 #   manifest.json  suite, kernel, installed and staged packages with versions, sha256 of the
 #                  files above and of the raw ext4, sha256 of this script, build seconds
-# See ../shared/docs/vm-testbed.md for the recipe, timings and traps; `core-ops-verify run
+# See docs/vm-testbed.md for the recipe, timings and traps; `core-ops-verify run
 # --scenario PATH --debug` boots the result and keeps it for exploring.
 #
 # Guest contract (what the harness relies on):
@@ -326,7 +326,7 @@ WantedBy=multi-user.target
 EOF
 cat > "$TREE/etc/systemd/system/core-ops-verify-ctl.service" <<'EOF'
 # core-ops-verify: a root shell on the virtio-serial port core-ops.ctl (started by udev).
-# One byte stream; the host frames each command, see src/verification/control.rs. ignoreeof: the port
+# One byte stream; the host frames each command, see tools/verify/src/control.rs. ignoreeof: the port
 # reads EOF while no host client is connected. No `rawer`: the port is not a tty.
 [Unit]
 Description=core-ops-verify control shell on /dev/virtio-ports/core-ops.ctl

@@ -19,15 +19,29 @@ use super::scenario::{self, CLASSES, LoadedScenario};
 /// own systemd. Every run leaves a bundle under target/verify/<run-id>/<scenario-id>/.
 ///
 /// Environment: CORE_OPS_VERIFY_CORE_OPS_BIN (binary under test; default: core-ops beside this
-/// binary), CORE_OPS_VERIFY_LIBVIRT_URI, CORE_OPS_VERIFY_VM_HOST (-> qemu+ssh://core@HOST/system),
+/// binary; `kill_apply: {rev, at}` steps need one built with `--features failpoints`, e.g.
+/// `cargo build --profile vm --features failpoints --bin core-ops` -> target/vm/core-ops, and
+/// fail saying so when the pause never comes), CORE_OPS_VERIFY_SOURCE_DIR (the core-ops source
+/// tree holding scripts/verify-image.sh, units/ and scripts/systemd-testbed.sh; default: the
+/// nearest ancestor of this binary's directory, else of the current directory, that has
+/// them; --source-dir overrides), CORE_OPS_VERIFY_LIBVIRT_URI, CORE_OPS_VERIFY_VM_HOST (-> qemu+ssh://core@HOST/system),
 /// CORE_OPS_VERIFY_ALLOW_ARP_FALLBACK (true/false), CORE_OPS_VERIFY_IMAGE (image directory),
 /// CORE_OPS_VERIFY_ACCEL (kvm/tcg), CORE_OPS_VERIFY_QEMU (qemu binary).
+///
+/// Stopping it (SIGTERM, SIGINT, SIGHUP, its parent dying) or killing it stops the guests it
+/// started and removes their directories under /var/tmp/core-ops-verify/ (`--debug` keeps
+/// them).
 ///
 /// Exit status: 0 every scenario passed (promote: promoted), 1 a scenario failed or could not
 /// run (promote: not promoted), 2 bad input (invalid scenario, no image, usage).
 #[derive(Debug, Parser)]
 #[command(name = "core-ops-verify", version = core_ops::provenance::long_version())]
 pub struct Cli {
+    /// The core-ops source tree (scripts/verify-image.sh, units/, scripts/systemd-testbed.sh);
+    /// default: CORE_OPS_VERIFY_SOURCE_DIR, else found above this binary or the current
+    /// directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -139,14 +153,23 @@ pub struct MachineArgs {
 
 /// Entry point; returns the process exit code (0 passed, 1 failed, 2 bad input or usage).
 pub fn main() -> u8 {
+    // first, before any thread: a stop signal must find every guest registered
+    if let Err(e) = super::cleanup::install() {
+        eprintln!("core-ops-verify: error: {e:#}");
+        return 2;
+    }
     let cli = Cli::parse();
-    match dispatch(cli) {
+    if let Some(d) = &cli.source_dir {
+        super::resources::set_flag(d.clone());
+    }
+    let code = match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("core-ops-verify: error: {e:#}");
             2
         }
-    }
+    };
+    super::cleanup::exit_code(code)
 }
 
 fn dispatch(cli: Cli) -> Result<u8> {

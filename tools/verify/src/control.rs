@@ -1,7 +1,7 @@
 //! The control channel: a shell in the guest behind a virtio-serial port.
 //!
 //! Why virtio-serial: it needs no network in the guest and works the same under qemu and
-//! libvirt (`../shared/docs/vm-testbed.md`). The port is one byte stream shared by every
+//! libvirt (`docs/vm-testbed.md`). The port is one byte stream shared by every
 //! command, so each command is a script file on the 9p share, run in a subshell whose output
 //! goes to files on the share, followed by a random tag line carrying its exit status.
 

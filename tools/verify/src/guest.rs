@@ -30,7 +30,7 @@ impl Accel {
     /// (`kvm`/`tcg`) overrides.
     ///
     /// Why the CPU flag: on these machines `/dev/kvm` exists (kvm_pvm) but cannot run a stock
-    /// kernel (`../shared/docs/vm-testbed.md`), and trying costs minutes.
+    /// kernel (`docs/vm-testbed.md`), and trying costs minutes.
     pub fn detect() -> Accel {
         match std::env::var("CORE_OPS_VERIFY_ACCEL").as_deref() {
             Ok("kvm") => return Accel::Kvm,
@@ -168,7 +168,7 @@ impl GuestSpec {
     /// The same machine as a transient libvirt domain.
     ///
     /// Why no NIC: control and files go over virtio-serial and 9p, which libvirt 9.0 expresses
-    /// natively (it cannot express host port forwarding: `../shared/docs/libvirt-in-testbed.md`).
+    /// natively (it cannot express host port forwarding: `docs/vm-testbed.md`).
     pub fn libvirt_xml(&self) -> String {
         let e = |p: &PathBuf| xml_escape(&p.display().to_string());
         let (domain_type, cpu) = match self.accel {

@@ -59,9 +59,9 @@ impl Image {
     }
 }
 
-/// The recipe script.
-pub fn recipe() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("scripts/verify-image.sh")
+/// The recipe script, in the source tree [`super::resources::root`] finds.
+pub fn recipe() -> Result<PathBuf> {
+    super::resources::path("scripts/verify-image.sh")
 }
 
 /// Where images are cached (`CORE_OPS_TEST_CACHE`, default `/var/cache/core-ops-test`).
@@ -88,9 +88,10 @@ pub fn default_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("CORE_OPS_VERIFY_IMAGE") {
         return Ok(PathBuf::from(d));
     }
+    let root = super::resources::root()?;
     let mut all = Vec::new();
     for rel in INPUTS {
-        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(rel);
+        let p = root.join(rel);
         let bytes = std::fs::read(&p)
             .with_context(|| format!("reading the image input {}", p.display()))?;
         all.extend_from_slice(core_ops::model::normalize::sha256_hex(&bytes).as_bytes());
@@ -106,15 +107,16 @@ pub fn build(dir: &Path, force: bool) -> Result<(Image, f64)> {
         return Ok((img, 0.0));
     }
     let started = Instant::now();
+    let recipe = recipe()?;
     let status = Command::new("bash")
-        .arg(recipe())
+        .arg(&recipe)
         .arg(dir)
         // its KEY=VALUE lines and progress are for people; stdout stays the image path
         .stdout(std::io::stderr())
         .status()
-        .with_context(|| format!("running {}", recipe().display()))?;
+        .with_context(|| format!("running {}", recipe.display()))?;
     if !status.success() {
-        bail!("{} failed ({status})", recipe().display());
+        bail!("{} failed ({status})", recipe.display());
     }
     Ok((Image::open(dir)?, started.elapsed().as_secs_f64()))
 }

@@ -10,6 +10,7 @@
 
 pub mod assertions;
 pub mod bundle;
+pub mod cleanup;
 pub mod cli;
 pub mod control;
 pub mod fixture;
@@ -20,6 +21,7 @@ pub mod machine;
 pub mod qemu;
 pub mod readiness;
 pub mod report;
+pub mod resources;
 pub mod runner;
 pub mod scenario;
 pub mod steps;

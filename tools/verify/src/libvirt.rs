@@ -87,6 +87,11 @@ impl Driver for LibvirtDriver {
                 )
             })?;
         self.domain = Some(dom);
+        // the clean-up script destroys it if the harness is stopped or killed (cleanup.rs)
+        std::fs::write(
+            spec.console_log.with_file_name("libvirt-domain"),
+            format!("{} {}\n", self.uri, spec.name),
+        )?;
         Ok(())
     }
 

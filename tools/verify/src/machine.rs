@@ -150,6 +150,84 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// A test double: "the machine" is this host, scripts run under `bash` with `share/fakebin`
+/// first on `PATH` (so a test can stand in a `systemctl` or a `core-ops`), the share is a
+/// temporary directory seen at the same path.
+#[cfg(test)]
+pub mod local {
+    use super::*;
+
+    /// See the module.
+    pub struct Local {
+        /// The share (and the machine's view of it).
+        pub share: PathBuf,
+    }
+
+    impl Local {
+        /// A machine on `dir` (created) with an empty `fakebin/`.
+        pub fn new(dir: &Path) -> Local {
+            std::fs::create_dir_all(dir.join("fakebin")).unwrap();
+            Local {
+                share: dir.to_path_buf(),
+            }
+        }
+
+        /// Put an executable `name` with this shell body into `fakebin/`.
+        pub fn fake(&self, name: &str, body: &str) {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.share.join("fakebin").join(name);
+            std::fs::write(&p, format!("#!/bin/bash\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    impl Machine for Local {
+        fn info(&self) -> MachineInfo {
+            MachineInfo {
+                backend: "local".into(),
+                driver: "test".into(),
+                accel: None,
+                libvirt_uri: None,
+            }
+        }
+        fn host_share(&self) -> &Path {
+            &self.share
+        }
+        fn guest_share(&self) -> String {
+            self.share.display().to_string()
+        }
+        fn run_script(
+            &mut self,
+            script: &str,
+            stdout: &str,
+            stderr: &str,
+            timeout: Duration,
+        ) -> Result<i32> {
+            let path = format!(
+                "{}:{}",
+                self.share.join("fakebin").display(),
+                std::env::var("PATH").unwrap_or_default()
+            );
+            let st = std::process::Command::new("timeout")
+                .arg(timeout.as_secs().max(1).to_string())
+                .args(["bash", script])
+                .env("PATH", path)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(stdout)?)
+                .stderr(std::fs::File::create(stderr)?)
+                .status()?;
+            Ok(st.code().unwrap_or(-1))
+        }
+        fn keep_hint(&self) -> String {
+            String::new()
+        }
+        fn teardown(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn keep(&mut self) {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -183,12 +183,21 @@ fn execute(
         path: machine_dir.clone(),
         keep: opts.debug,
     };
+    // a stop signal or the harness's death stops the guest and removes this directory too
+    let extra = match &opts.backend {
+        Backend::Synthetic => format!(
+            "[ -d \"$d/run\" ] && {} down \"$d\" >/dev/null 2>&1",
+            super::machine::quote(&synthetic::testbed_script()?.display().to_string())
+        ),
+        Backend::Vm { .. } => String::new(),
+    };
+    let _registered = super::cleanup::register(&machine_dir, &extra)?;
     let share = machine_dir.join("share");
     std::fs::create_dir_all(share.join("bin"))?;
     std::fs::create_dir_all(share.join("units"))?;
 
     let t = Instant::now();
-    let built = fixture::build(repos, &s.fixtures.revisions(), &share.join("repo"))?;
+    let mut built = fixture::build(repos, &s.fixtures.revisions(), &share.join("repo"))?;
     result.revisions = built.revisions.clone();
     log.line(format!(
         "fixture repository: {} revision(s) in {} ms: {}",
@@ -207,7 +216,7 @@ fn execute(
             opts.core_ops_bin.display()
         )
     })?;
-    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("units");
+    let root = super::resources::path("units")?;
     for u in ["core-ops.service", "core-ops.timer"] {
         std::fs::copy(root.join(u), share.join("units").join(u))?;
     }
@@ -280,7 +289,19 @@ fn execute(
     ));
     result.machine = Some(info);
 
-    let body = run_steps(loaded, machine.as_mut(), dir, log, result, checks, &policy);
+    let body = run_steps(
+        &mut StepContext {
+            loaded,
+            repos,
+            built: &mut built,
+            dir,
+            log,
+            result,
+            checks,
+            policy: &policy,
+        },
+        machine.as_mut(),
+    );
     if let Err(e) = &body {
         log.line(format!("step error: {e:#}"));
     }
@@ -291,31 +312,56 @@ fn execute(
     // before finish: a run paused before teardown already has its logs in the bundle; after:
     // the final console and journal
     copy_logs(&machine_dir, dir);
-    finish(machine.as_mut(), opts, log)?;
+    finish(machine.as_mut(), opts, log, &machine_dir)?;
     copy_logs(&machine_dir, dir);
     body?;
     result.outcome = if failed { "failed" } else { "passed" }.into();
     if failed {
-        result.failure = checks.iter().find(|c| !c.passed).map(|c| {
-            format!(
-                "steps[{}] {} {}: expected {}, got {}",
-                c.step, c.subject, c.check, c.expected, c.actual
-            )
-        });
+        result.failure = failure_text(checks);
     }
     Ok(())
 }
 
-fn run_steps(
-    loaded: &LoadedScenario,
-    machine: &mut dyn Machine,
-    dir: &Path,
-    log: &mut Log,
-    result: &mut ScenarioResult,
-    checks: &mut Vec<AssertionResult>,
-    policy: &super::scenario::PolicyProfile,
-) -> Result<()> {
-    let s = &loaded.scenario;
+/// Every failed check, one per line (`steps[N] subject check: expected X, got Y`), headed by
+/// how many failed: the report names all failures, not only the first.
+pub fn failure_text(checks: &[AssertionResult]) -> Option<String> {
+    let failed: Vec<_> = checks.iter().filter(|c| !c.passed).collect();
+    if failed.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = failed
+        .iter()
+        .map(|c| {
+            format!(
+                "steps[{}] {} {}: expected {}, got {}",
+                c.step, c.subject, c.check, c.expected, c.actual
+            )
+        })
+        .collect();
+    Some(if lines.len() == 1 {
+        lines[0].clone()
+    } else {
+        format!("{} checks failed:\n{}", lines.len(), lines.join("\n"))
+    })
+}
+
+/// What the steps of one scenario share.
+struct StepContext<'a> {
+    loaded: &'a LoadedScenario,
+    repos: &'a Path,
+    built: &'a mut fixture::BuiltRepo,
+    dir: &'a Path,
+    log: &'a mut Log,
+    result: &'a mut ScenarioResult,
+    checks: &'a mut Vec<AssertionResult>,
+    policy: &'a super::scenario::PolicyProfile,
+}
+
+/// Run the steps in order. Every assertion of every assert step is evaluated and recorded,
+/// failing or not; the run stops early only when an action's exit code is not the expected
+/// one (what later steps would act on is then unknown) or the machine stops answering.
+fn run_steps(cx: &mut StepContext<'_>, machine: &mut dyn Machine) -> Result<()> {
+    let s = &cx.loaded.scenario;
     let mut sh = Shell::new(machine);
     let g = sh.guest_share();
     let setup = format!(
@@ -334,70 +380,152 @@ fn run_steps(
             o.stderr_text().trim()
         );
     }
-    log.line(format!("core-ops in the guest: {}", o.stdout_text().trim()));
+    cx.log
+        .line(format!("core-ops in the guest: {}", o.stdout_text().trim()));
 
     let mut last_plan: Option<Value> = None;
     let mut last_output: Option<Output> = None;
+    let mut outputs: BTreeMap<usize, Value> = BTreeMap::new();
+    let mut last_core_ops: Option<usize> = None;
+    let mut remembered: BTreeMap<String, assertions::UnitMark> = BTreeMap::new();
     for (i, step) in s.steps.iter().enumerate() {
         let (name, arg) = step.action();
         let t = Instant::now();
+        let record = |exit_code: Option<i32>, output: Option<String>| StepRecord {
+            index: i,
+            action: name.into(),
+            argument: arg.clone(),
+            exit_code,
+            duration_ms: t.elapsed().as_millis() as u64,
+            output,
+        };
         if let Some(list) = &step.assert {
-            let before = checks.len();
+            let before = cx.checks.len();
             for a in list {
-                let cx = assertions::Inputs {
-                    revisions: &result.revisions,
+                let inputs = assertions::Inputs {
+                    revisions: &cx.built.revisions,
                     last_plan: last_plan.as_ref(),
                     last_output: last_output.as_ref(),
+                    outputs: &outputs,
+                    last_core_ops,
+                    remembered: &remembered,
+                    state_dir: STATE_DIR,
                 };
-                checks.extend(assertions::evaluate(&mut sh, i, a, &cx)?);
+                cx.checks
+                    .extend(assertions::evaluate(&mut sh, i, a, &inputs));
             }
-            let failed: Vec<_> = checks[before..].iter().filter(|c| !c.passed).collect();
-            log.line(format!(
+            let failed: Vec<_> = cx.checks[before..].iter().filter(|c| !c.passed).collect();
+            cx.log.line(format!(
                 "steps[{i}] assert: {} checks, {} failed",
-                checks.len() - before,
+                cx.checks.len() - before,
                 failed.len()
             ));
             for c in &failed {
-                log.line(format!(
+                cx.log.line(format!(
                     "  FAILED {} {}: expected {}, got {}",
                     c.subject, c.check, c.expected, c.actual
                 ));
             }
-            result.steps.push(StepRecord {
-                index: i,
-                action: name.into(),
-                argument: arg,
-                exit_code: None,
-                duration_ms: t.elapsed().as_millis() as u64,
-                output: None,
-            });
-            if !failed.is_empty() {
-                log.line("stopping: later steps build on what this step checked");
+            cx.result.steps.push(record(None, None));
+            continue;
+        }
+        if let Some(op) = &step.git {
+            cx.log.line(format!("steps[{i}] git {arg}"));
+            let done = cx.built.apply(cx.repos, op);
+            let c = AssertionResult {
+                step: i,
+                subject: format!("git {arg}"),
+                check: "done".into(),
+                expected: Value::Bool(true),
+                actual: match &done {
+                    Ok(_) => Value::Bool(true),
+                    Err(e) => Value::String(format!("{e:#}")),
+                },
+                passed: done.is_ok(),
+            };
+            match &done {
+                Ok(line) => cx.log.line(format!("  {line}")),
+                Err(e) => cx.log.line(format!("  FAILED git: {e:#}")),
+            }
+            cx.checks.push(c);
+            cx.result.steps.push(record(None, None));
+            cx.result.revisions = cx.built.revisions.clone();
+            if done.is_err() {
+                cx.log
+                    .line("stopping: the repository is not what later steps expect");
                 return Ok(());
             }
             continue;
         }
-        let cmd = steps::command(step, &g, &s.host, policy);
-        log.line(format!("steps[{i}] {name} {arg}"));
+        let cmd = if let Some(unit) = &step.remember_unit {
+            steps::StepCommand {
+                script: format!(
+                    "systemctl show {} -p InvocationID -p NRestarts",
+                    super::machine::quote(unit)
+                ),
+                timeout: steps::timeout(step, cx.policy),
+                json: false,
+            }
+        } else {
+            steps::command(step, &g, &s.host, cx.policy)
+        };
+        cx.log.line(format!("steps[{i}] {name} {arg}"));
         let out = sh.exec(&format!("step-{i}-{name}"), &cmd.script, cmd.timeout)?;
         let rel = format!("steps/{i:02}-{name}");
-        bundle::write_step(&dir.join(&rel), &cmd.script, &out, cmd.json)?;
-        log.line(format!(
+        bundle::write_step(&cx.dir.join(&rel), &cmd.script, &out, cmd.json)?;
+        cx.log.line(format!(
             "steps[{i}] {name} exit {} in {} ms",
             out.code,
             t.elapsed().as_millis()
         ));
-        if name == "plan" {
-            last_plan = serde_json::from_slice(&out.stdout).ok();
+        if cmd.json {
+            let doc: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+            if name == "plan" {
+                last_plan = doc.clone();
+            }
+            if let Some(d) = doc {
+                outputs.insert(i, d);
+            }
+            last_core_ops = Some(i);
         }
-        result.steps.push(StepRecord {
-            index: i,
-            action: name.into(),
-            argument: arg.clone(),
-            exit_code: Some(out.code),
-            duration_ms: t.elapsed().as_millis() as u64,
-            output: Some(rel),
-        });
+        if let Some(unit) = &step.remember_unit {
+            let props = assertions::parse_properties(&out.stdout_text());
+            let mark = assertions::UnitMark {
+                invocation_id: props.get("InvocationID").cloned().unwrap_or_default(),
+                n_restarts: props
+                    .get("NRestarts")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            };
+            cx.log.line(format!(
+                "  {unit}: InvocationID={} NRestarts={}",
+                mark.invocation_id, mark.n_restarts
+            ));
+            remembered.insert(unit.clone(), mark);
+        }
+        cx.result.steps.push(record(Some(out.code), Some(rel)));
+        let mut stop = false;
+        if let Some(want) = &step.expect_exits {
+            let mut got = steps::concurrent_exits(&out.stdout_text());
+            got.sort();
+            let mut want = want.clone();
+            want.sort();
+            let c = AssertionResult {
+                step: i,
+                subject: format!("{name} {arg}"),
+                check: "exit_codes".into(),
+                expected: Value::from(want.clone()),
+                actual: Value::from(got.clone()),
+                passed: want == got,
+            };
+            if !c.passed {
+                cx.log.line(format!(
+                    "  FAILED exit codes: expected {want:?}, got {got:?}"
+                ));
+                stop = true;
+            }
+            cx.checks.push(c);
+        }
         let expected = match (step.expect_exit, step.runs_core_ops()) {
             (Some(e), _) => Some(e),
             // a disturbance that did not happen would make the rest meaningless
@@ -414,15 +542,19 @@ fn run_steps(
                 passed: e == out.code,
             };
             if !c.passed {
-                log.line(format!(
+                cx.log.line(format!(
                     "  FAILED exit code: expected {e}, got {} (stderr: {})",
                     out.code,
                     last_line(&out.stderr_text())
                 ));
-                checks.push(c);
-                return Ok(());
+                stop = true;
             }
-            checks.push(c);
+            cx.checks.push(c);
+        }
+        if stop {
+            cx.log
+                .line("stopping: later steps would act on a machine in an unknown state");
+            return Ok(());
         }
         last_output = Some(out);
     }
@@ -473,7 +605,12 @@ fn collect_diagnostics(machine: &mut dyn Machine, dir: &Path, log: &mut Log) {
     log.line("diagnostics collected under diagnostics/");
 }
 
-fn finish(machine: &mut dyn Machine, opts: &RunOptions, log: &mut Log) -> Result<()> {
+fn finish(
+    machine: &mut dyn Machine,
+    opts: &RunOptions,
+    log: &mut Log,
+    machine_dir: &Path,
+) -> Result<()> {
     if opts.pause_before_teardown {
         eprintln!(
             "core-ops-verify: paused before teardown; {}\npress Enter to continue",
@@ -483,6 +620,7 @@ fn finish(machine: &mut dyn Machine, opts: &RunOptions, log: &mut Log) -> Result
         let _ = std::io::stdin().read_line(&mut line);
     }
     if opts.debug {
+        super::cleanup::keep(machine_dir);
         machine.keep();
         log.line(format!("--debug: machine kept: {}", machine.keep_hint()));
         eprintln!("core-ops-verify: {}", machine.keep_hint());

@@ -90,6 +90,10 @@ impl Fixtures {
     }
 }
 
+/// The fixture repository's branch: steps may name it like a revision (`apply: main`), to
+/// follow it through `git:` steps that move it.
+pub const FIXTURE_BRANCH: &str = "main";
+
 /// The tag a revision directory gets: its last path component.
 pub fn revision_label(dir: &str) -> &str {
     dir.trim_end_matches('/').rsplit('/').next().unwrap_or(dir)
@@ -108,9 +112,18 @@ pub struct Step {
     /// `core-ops explain OBJ` (deployed revision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub explain: Option<String>,
-    /// `core-ops apply --rollback-to REV`.
+    /// `core-ops apply --rollback-to REV`. Any string: a fixture label is passed as the
+    /// commit id it names, anything else verbatim (so a refusal of an unknown revision can be
+    /// asserted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_to: Option<String>,
+    /// `core-ops apply --rollback-to REV --rollback-plan-only` (REV as for `rollback_to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_plan_only: Option<String>,
+    /// `core-ops apply --rev REV` started this many times at once (`concurrent: {runs, apply}`);
+    /// their exit codes are checked, as a multiset, against `expect_exits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<Concurrent>,
     /// `core-ops agent --rev REV`: one timer-driven run, invoked directly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_tick: Option<String>,
@@ -137,16 +150,45 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_unit: Option<String>,
     /// Disturbance: start `core-ops apply --rev REV` and `kill -9` it once it has begun
-    /// changing the host (its in-flight journal exists).
+    /// changing the host (its in-flight journal exists), or, with `{rev, at}`, once it paused
+    /// at the named failpoint (needs a core-ops built with `--features failpoints`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kill_apply: Option<String>,
+    pub kill_apply: Option<KillApply>,
     /// Disturbance: fill the root filesystem until only this many MiB are free.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill_disk: Option<u64>,
     /// Undo `fill_disk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_disk: Option<bool>,
+    /// Change the fixture repository on the host (commit, tag, force-move a ref).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitOp>,
+    /// Disturbance: set the guest's wall clock (`date -s`; RFC 3339 or anything `date -d`
+    /// reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_clock: Option<String>,
+    /// Disturbance: `chmod MODE PATH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chmod: Option<Chmod>,
+    /// Disturbance: `chown OWNER PATH` (`user`, `user:group` or numeric ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chown: Option<Chown>,
+    /// Host set-up: `mkdir -p PATH` (mode 0755), a directory the host had before core-ops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub make_dir: Option<String>,
+    /// Disturbance: keep a process whose working directory is PATH running (a transient
+    /// unit), so a mount there is busy until `release_busy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_busy: Option<String>,
+    /// Stop the process `hold_busy: PATH` started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_busy: Option<String>,
+    /// Record a unit's `InvocationID` and `NRestarts` now; a later `restarted:` assertion on
+    /// the unit compares against them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_unit: Option<String>,
     /// Scenario-local escape hatch: a shell command on the guest (prefer the actions above).
+    /// Needs `expect_exit`: a command whose exit code is not checked cannot fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
     /// Check the observable contract.
@@ -155,6 +197,186 @@ pub struct Step {
     /// The exit code the action must return (checked as an assertion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_exit: Option<i32>,
+    /// `concurrent` only: every run's exit code, in any order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_exits: Option<Vec<i32>>,
+    /// Core-ops steps: `CORE_OPS_HOST` for this step instead of the scenario's `host` (several
+    /// hosts of one repository in one scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `plan` only: add `--detailed-exitcode` (0 nothing to change, 2 changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detailed_exitcode: Option<bool>,
+    /// Seconds this step may take (default: the policy profile's step timeout), up to
+    /// [`MAX_STEP_TIMEOUT_S`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+}
+
+/// The longest per-step timeout a scenario may ask for (2 h): long enough for any real
+/// apply under TCG, short enough that a hung step still ends a CI job.
+pub const MAX_STEP_TIMEOUT_S: u64 = 7200;
+
+/// `kill_apply:` argument: a revision (kill once the in-flight journal exists) or
+/// `{rev, at}` (kill once paused at a named failpoint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KillApply {
+    /// `kill_apply: v2`.
+    Rev(String),
+    /// `kill_apply: {rev: v2, at: write}`.
+    At(KillAt),
+}
+
+/// `kill_apply: {rev, at}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KillAt {
+    /// The revision the apply goes to.
+    pub rev: String,
+    /// Where: an apply phase (see [`APPLY_PHASES`]), `after-write:N` (after the write
+    /// phase's Nth file) or `runtime:STATE` (a runtime transaction persisted STATE).
+    pub at: String,
+}
+
+/// The apply phases core-ops can be paused before (`apply::phase` failpoint), in order.
+pub const APPLY_PHASES: &[&str] = &[
+    "stop", "disable", "prepare", "write", "enable", "reload", "runtimes", "start", "verify",
+];
+
+impl KillApply {
+    /// The revision.
+    pub fn rev(&self) -> &str {
+        match self {
+            KillApply::Rev(r) => r,
+            KillApply::At(k) => &k.rev,
+        }
+    }
+
+    /// The failpoint setting (`FAILPOINTS` value) and the point's name as core-ops prints it
+    /// when paused; `None` for the plain form.
+    pub fn failpoint(&self) -> Option<(String, String)> {
+        let KillApply::At(k) = self else { return None };
+        let (name, arg) = if let Some(n) = k.at.strip_prefix("after-write:") {
+            ("apply::after-write", n)
+        } else if let Some(s) = k.at.strip_prefix("runtime:") {
+            ("runtime::state", s)
+        } else {
+            ("apply::phase", k.at.as_str())
+        };
+        Some((format!("{name}=return({arg})"), format!("{name}({arg})")))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let KillApply::At(k) = self else {
+            return Ok(());
+        };
+        let ok = APPLY_PHASES.contains(&k.at.as_str())
+            || k.at
+                .strip_prefix("after-write:")
+                .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0))
+            || k.at.strip_prefix("runtime:").is_some_and(|s| {
+                !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "kill_apply at {:?}: use a phase ({}), after-write:N or runtime:STATE",
+                k.at,
+                APPLY_PHASES.join(", ")
+            ))
+        }
+    }
+}
+
+/// `concurrent:` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Concurrent {
+    /// How many runs start together (2..=16).
+    pub runs: u32,
+    /// The revision each applies.
+    pub apply: String,
+}
+
+/// `git:` arguments: exactly one of `commit` (optionally with `tag`), `tag` with `at`, or
+/// `force_ref` with `to`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitOp {
+    /// A revision directory under `repos/` committed as the next commit on `main` (its whole
+    /// tree), labelled with `tag` (default: its last path component) like a fixture revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// With `commit`: the label/tag of the new commit. With `at`: a new tag on that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The revision (label) a new `tag` points at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The tag is annotated (a tag object with a message) rather than lightweight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated: Option<bool>,
+    /// A ref to move, even backwards (`main`, `v2` or a full `refs/...` name; a short name is
+    /// a branch when `refs/heads/NAME` exists, else a tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_ref: Option<String>,
+    /// The revision (label) `force_ref` is moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+impl GitOp {
+    /// Human summary for logs and step records.
+    pub fn describe(&self) -> String {
+        if let Some(c) = &self.commit {
+            format!("commit {c} as {}", self.commit_label().unwrap_or_default())
+        } else if let Some(r) = &self.force_ref {
+            format!("force {r} to {}", self.to.as_deref().unwrap_or("?"))
+        } else {
+            format!(
+                "{} tag {} at {}",
+                if self.annotated == Some(true) {
+                    "annotated"
+                } else {
+                    "lightweight"
+                },
+                self.tag.as_deref().unwrap_or("?"),
+                self.at.as_deref().unwrap_or("?")
+            )
+        }
+    }
+
+    /// The label a `commit` gets.
+    pub fn commit_label(&self) -> Option<String> {
+        let c = self.commit.as_ref()?;
+        Some(
+            self.tag
+                .clone()
+                .unwrap_or_else(|| revision_label(c).to_string()),
+        )
+    }
+}
+
+/// `chmod:` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chmod {
+    /// Absolute path on the guest.
+    pub path: String,
+    /// Octal mode (`"0600"`).
+    pub mode: String,
+}
+
+/// `chown:` arguments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chown {
+    /// Absolute path on the guest.
+    pub path: String,
+    /// `user`, `user:group`, or numeric ids.
+    pub owner: String,
 }
 
 /// `edit_file:` arguments.
@@ -223,6 +445,66 @@ pub struct Assertion {
     /// Text the previous step's stdout or stderr contains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_contains: Option<String>,
+    /// Unit: whether it was (re)started since `remember_unit` (its `InvocationID` changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted: Option<bool>,
+    /// Unit: systemd's `NRestarts` (automatic restarts by `Restart=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_restarts: Option<u64>,
+    /// File: its permission bits, octal (`"0644"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// File: its owner's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// File: its group's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// File: it is a directory with exactly these entries (names, any order; `[]` = empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<String>>,
+    /// One receipt of the log by position (0 first, -1 newest); read with `pointer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<i64>,
+    /// The newest receipts' labels (as in `receipts`), oldest of them first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts_tail: Option<Vec<String>>,
+    /// How many receipts the log holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipts_count: Option<usize>,
+    /// Whether the receipt hash chain verifies (each receipt names its predecessor's digest;
+    /// the head anchor names the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_chain: Option<bool>,
+    /// Whether the runtime install receipt at this position (as `receipt`) validates against
+    /// the vendored RuntimeInstallReceipt schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_schema: Option<i64>,
+    /// A JSON pointer into a core-ops step's `--json` output (`step`, default the latest
+    /// core-ops step before this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_json: Option<String>,
+    /// `output_json`: which step's output (its index in `steps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    /// With `receipt` or `output_json`: where in the document (default: the whole document).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The value at the pointer is an array holding this value, or a string containing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<serde_json::Value>,
+    /// The kernel's mount table (`/proc/self/mountinfo` in the guest) at this mount point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// `mount`: whether something is mounted there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounted: Option<bool>,
+    /// `mount`: the file-system type of the top mount there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<String>,
+    /// No core-ops temporary file (`.core-ops-tmp-*`) anywhere under this directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_temp_files: Option<String>,
 }
 
 impl Assertion {
@@ -240,6 +522,25 @@ impl Assertion {
             format!("plan action of {o}")
         } else if self.output_contains.is_some() {
             "output of the previous step".into()
+        } else if let Some(i) = self.receipt {
+            format!("receipt {i}")
+        } else if self.receipts_tail.is_some() {
+            "newest receipts".into()
+        } else if self.receipts_count.is_some() {
+            "receipt count".into()
+        } else if self.receipt_chain.is_some() {
+            "receipt chain".into()
+        } else if let Some(i) = self.receipt_schema {
+            format!("runtime receipt {i}")
+        } else if let Some(p) = &self.output_json {
+            match self.step {
+                Some(n) => format!("output of steps[{n}] {p}"),
+                None => format!("output {p}"),
+            }
+        } else if let Some(m) = &self.mount {
+            format!("mount {m}")
+        } else if let Some(d) = &self.no_temp_files {
+            format!("temp files under {d}")
         } else {
             "nothing".into()
         }
@@ -260,11 +561,18 @@ impl Step {
     /// checkable from the same table that names them.
     fn actions(&self) -> Vec<(&'static str, String)> {
         let b = |v: &Option<bool>| v.map(|x| x.to_string());
-        let named: [(&'static str, Option<String>); 17] = [
+        let named: [(&'static str, Option<String>); 28] = [
             ("apply", self.apply.clone()),
             ("plan", self.plan.clone()),
             ("explain", self.explain.clone()),
             ("rollback_to", self.rollback_to.clone()),
+            ("rollback_plan_only", self.rollback_plan_only.clone()),
+            (
+                "concurrent",
+                self.concurrent
+                    .as_ref()
+                    .map(|c| format!("{} x apply {}", c.runs, c.apply)),
+            ),
             ("agent_tick", self.agent_tick.clone()),
             ("status", b(&self.status)),
             ("resume", b(&self.resume)),
@@ -273,14 +581,39 @@ impl Step {
             ("remove_file", self.remove_file.clone()),
             ("stop_unit", self.stop_unit.clone()),
             ("kill_unit", self.kill_unit.clone()),
-            ("kill_apply", self.kill_apply.clone()),
+            (
+                "kill_apply",
+                self.kill_apply.as_ref().map(|k| match k {
+                    KillApply::Rev(r) => r.clone(),
+                    KillApply::At(a) => format!("{} at {}", a.rev, a.at),
+                }),
+            ),
             ("fill_disk", self.fill_disk.map(|m| format!("{m} MiB free"))),
             ("free_disk", b(&self.free_disk)),
+            ("git", self.git.as_ref().map(GitOp::describe)),
+            ("set_clock", self.set_clock.clone()),
+            (
+                "chmod",
+                self.chmod
+                    .as_ref()
+                    .map(|c| format!("{} {}", c.mode, c.path)),
+            ),
+            (
+                "chown",
+                self.chown
+                    .as_ref()
+                    .map(|c| format!("{} {}", c.owner, c.path)),
+            ),
+            ("make_dir", self.make_dir.clone()),
+            ("hold_busy", self.hold_busy.clone()),
+            ("release_busy", self.release_busy.clone()),
+            ("remember_unit", self.remember_unit.clone()),
             ("run", self.run.clone()),
             (
                 "assert",
                 self.assert.as_ref().map(|a| format!("{} checks", a.len())),
             ),
+            ("none", None),
         ];
         named
             .into_iter()
@@ -288,35 +621,46 @@ impl Step {
             .collect()
     }
 
-    /// The fixture revision the action names, if it names one.
-    pub fn revision(&self) -> Option<&str> {
-        [
-            &self.apply,
-            &self.plan,
-            &self.rollback_to,
-            &self.agent_tick,
-            &self.timer_run,
-            &self.kill_apply,
-        ]
-        .into_iter()
-        .find_map(|v| v.as_deref())
+    /// The fixture revisions the action names and that must be labels (`rollback_to` and
+    /// `rollback_plan_only` take any string).
+    pub fn revisions(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = [&self.apply, &self.plan, &self.agent_tick, &self.timer_run]
+            .into_iter()
+            .filter_map(|v| v.as_deref())
+            .collect();
+        if let Some(k) = &self.kill_apply {
+            out.push(k.rev());
+        }
+        if let Some(c) = &self.concurrent {
+            out.push(&c.apply);
+        }
+        if let Some(g) = &self.git {
+            out.extend(g.at.as_deref());
+            out.extend(g.to.as_deref());
+        }
+        out
     }
 
-    /// Whether this step runs core-ops or a command whose exit code is the point (so
-    /// `expect_exit` and `output_contains` make sense).
-    pub fn runs_core_ops(&self) -> bool {
+    /// Whether this step runs core-ops in the guest with `--json` (its output is a document
+    /// `output_json` can read, and `host` applies).
+    pub fn is_core_ops(&self) -> bool {
         matches!(
             self.action().0,
             "apply"
                 | "plan"
                 | "explain"
                 | "rollback_to"
+                | "rollback_plan_only"
                 | "agent_tick"
                 | "status"
                 | "resume"
-                | "timer_run"
-                | "run"
         )
+    }
+
+    /// Whether this step runs core-ops or a command whose exit code is the point (so
+    /// `expect_exit` and `output_contains` make sense).
+    pub fn runs_core_ops(&self) -> bool {
+        self.is_core_ops() || matches!(self.action().0, "timer_run" | "run")
     }
 }
 
@@ -558,85 +902,325 @@ fn validate(s: &Scenario, file: &str, text: &str, repos: &Path) -> Result<(), In
             0 => return Err(err("no action (e.g. `apply: v1` or `assert: [...]`)".into())),
             n => return Err(err(format!("{n} actions in one step; use one per step"))),
         }
-        if let Some(rev) = step.revision()
-            && !labels.contains(rev)
-        {
-            return Err(err(format!(
-                "revision {rev:?} is not a fixture revision (have: {})",
-                labels.iter().cloned().collect::<Vec<_>>().join(", ")
-            )));
+        let name = step.action().0;
+        for rev in step.revisions() {
+            if !labels.contains(rev) && rev != FIXTURE_BRANCH {
+                return Err(err(format!(
+                    "revision {rev:?} is not a fixture revision (have: {}, and the branch {FIXTURE_BRANCH})",
+                    labels.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
         }
         if step.expect_exit.is_some() && !step.runs_core_ops() {
             return Err(err(format!(
-                "expect_exit is only for steps that run a command, not `{}`",
-                step.action().0
+                "expect_exit is only for steps that run a command, not `{name}`"
             )));
         }
+        if name == "run" && step.expect_exit.is_none() {
+            return Err(err(
+                "`run:` needs expect_exit: a command whose exit code is not checked cannot fail"
+                    .into(),
+            ));
+        }
+        match (name, &step.expect_exits) {
+            ("concurrent", None) => {
+                return Err(err(
+                    "concurrent needs expect_exits (one exit code per run, any order)".into(),
+                ));
+            }
+            ("concurrent", Some(codes)) => {
+                let runs = step.concurrent.as_ref().map_or(0, |c| c.runs);
+                if !(2..=16).contains(&runs) {
+                    return Err(err(format!("concurrent runs: {runs}: use 2 to 16")));
+                }
+                if codes.len() != runs as usize {
+                    return Err(err(format!(
+                        "expect_exits lists {} exit codes for {runs} runs",
+                        codes.len()
+                    )));
+                }
+            }
+            (_, Some(_)) => {
+                return Err(err("expect_exits is only for `concurrent`".into()));
+            }
+            _ => {}
+        }
+        if step.host.is_some() && !(step.is_core_ops() || name == "concurrent") {
+            return Err(err(format!(
+                "host is only for steps that run core-ops, not `{name}`"
+            )));
+        }
+        if step.detailed_exitcode.is_some() && name != "plan" {
+            return Err(err("detailed_exitcode is only for `plan`".into()));
+        }
+        if let Some(t) = step.timeout
+            && !(1..=MAX_STEP_TIMEOUT_S).contains(&t)
+        {
+            return Err(err(format!(
+                "timeout {t}: use 1 to {MAX_STEP_TIMEOUT_S} seconds"
+            )));
+        }
+        if let Some(k) = &step.kill_apply {
+            k.check().map_err(&err)?;
+        }
+        if let Some(c) = &step.chmod
+            && parse_mode(&c.mode).is_none()
+        {
+            return Err(err(format!("chmod mode {:?} is not octal", c.mode)));
+        }
+        for p in [
+            step.make_dir.as_ref(),
+            step.hold_busy.as_ref(),
+            step.release_busy.as_ref(),
+            step.chmod.as_ref().map(|c| &c.path),
+            step.chown.as_ref().map(|c| &c.path),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !p.starts_with('/') {
+                return Err(err(format!("{name}: {p:?} is not an absolute path")));
+            }
+        }
+        if let Some(g) = &step.git {
+            validate_git(g, repos, &mut labels).map_err(&err)?;
+        }
         for a in step.assert.iter().flatten() {
-            validate_assertion(a, &labels).map_err(err)?;
+            validate_assertion(a, &labels).map_err(&err)?;
+            if let Some(n) = a.step {
+                let target = s.steps.get(n);
+                if n >= i || !target.is_some_and(Step::is_core_ops) {
+                    return Err(err(format!(
+                        "{}: steps[{n}] is not an earlier core-ops step",
+                        a.subject()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Which checks each assertion subject takes: (subject key, allowed checks, what to say when
+/// none is given). One table, so the error for a misplaced check and the list in the README
+/// come from the same place.
+const ASSERTION_KINDS: &[(&str, &[&str], &str)] = &[
+    (
+        "unit",
+        &[
+            "active_state",
+            "sub_state",
+            "load_state",
+            "enabled",
+            "restarted",
+            "n_restarts",
+        ],
+        "a unit assertion needs active_state, sub_state, load_state, enabled, restarted or n_restarts",
+    ),
+    (
+        "file",
+        &[
+            "exists", "sha256", "content", "mode", "owner", "group", "entries",
+        ],
+        "a file assertion needs exists, sha256, content, mode, owner, group or entries",
+    ),
+    (
+        "status",
+        &["equals", "revision"],
+        "a status assertion needs equals or revision",
+    ),
+    ("receipts", &[], ""),
+    (
+        "plan_action",
+        &["action", "cause"],
+        "a plan_action assertion needs action or cause",
+    ),
+    ("output_contains", &[], ""),
+    (
+        "receipt",
+        &["pointer", "equals", "revision", "contains"],
+        "a receipt assertion needs equals, revision or contains",
+    ),
+    ("receipts_tail", &[], ""),
+    ("receipts_count", &[], ""),
+    ("receipt_chain", &[], ""),
+    ("receipt_schema", &[], ""),
+    (
+        "output_json",
+        &["step", "equals", "revision", "contains"],
+        "an output_json assertion needs equals, revision or contains",
+    ),
+    (
+        "mount",
+        &["mounted", "fstype"],
+        "a mount assertion needs mounted or fstype",
+    ),
+    ("no_temp_files", &[], ""),
+];
+
+/// The keys an assertion sets, by name.
+fn assertion_keys(a: &Assertion) -> Vec<&'static str> {
+    let set = [
+        ("unit", a.unit.is_some()),
+        ("active_state", a.active_state.is_some()),
+        ("sub_state", a.sub_state.is_some()),
+        ("load_state", a.load_state.is_some()),
+        ("enabled", a.enabled.is_some()),
+        ("restarted", a.restarted.is_some()),
+        ("n_restarts", a.n_restarts.is_some()),
+        ("file", a.file.is_some()),
+        ("exists", a.exists.is_some()),
+        ("sha256", a.sha256.is_some()),
+        ("content", a.content.is_some()),
+        ("mode", a.mode.is_some()),
+        ("owner", a.owner.is_some()),
+        ("group", a.group.is_some()),
+        ("entries", a.entries.is_some()),
+        ("status", a.status.is_some()),
+        ("equals", a.equals.is_some()),
+        ("revision", a.revision.is_some()),
+        ("receipts", a.receipts.is_some()),
+        ("plan_action", a.plan_action.is_some()),
+        ("action", a.action.is_some()),
+        ("cause", a.cause.is_some()),
+        ("output_contains", a.output_contains.is_some()),
+        ("receipt", a.receipt.is_some()),
+        ("receipts_tail", a.receipts_tail.is_some()),
+        ("receipts_count", a.receipts_count.is_some()),
+        ("receipt_chain", a.receipt_chain.is_some()),
+        ("receipt_schema", a.receipt_schema.is_some()),
+        ("output_json", a.output_json.is_some()),
+        ("step", a.step.is_some()),
+        ("pointer", a.pointer.is_some()),
+        ("contains", a.contains.is_some()),
+        ("mount", a.mount.is_some()),
+        ("mounted", a.mounted.is_some()),
+        ("fstype", a.fstype.is_some()),
+        ("no_temp_files", a.no_temp_files.is_some()),
+    ];
+    set.into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+fn validate_git(g: &GitOp, repos: &Path, labels: &mut BTreeSet<String>) -> Result<(), String> {
+    let forms = [
+        g.commit.is_some(),
+        g.commit.is_none() && g.tag.is_some(),
+        g.force_ref.is_some(),
+    ];
+    if forms.iter().filter(|x| **x).count() != 1 {
+        return Err(
+            "git: give exactly one of `commit` (with optional `tag`), `tag` with `at`, or `force_ref` with `to`"
+                .into(),
+        );
+    }
+    if let Some(c) = &g.commit {
+        if g.at.is_some() || g.to.is_some() || g.annotated.is_some() {
+            return Err("git commit takes only `tag`".into());
+        }
+        if c.contains("..") || !repos.join(c).is_dir() {
+            return Err(format!(
+                "git commit {c:?}: no directory {}",
+                repos.join(c).display()
+            ));
+        }
+        let label = g.commit_label().unwrap_or_default();
+        if !labels.insert(label.clone()) {
+            return Err(format!("git commit: the label {label:?} is used twice"));
+        }
+    } else if g.force_ref.is_some() {
+        if g.to.is_none() || g.tag.is_some() || g.at.is_some() || g.annotated.is_some() {
+            return Err("git force_ref takes exactly `to`".into());
+        }
+    } else {
+        if g.at.is_none() || g.to.is_some() {
+            return Err("git tag needs `at` (and takes `annotated`)".into());
+        }
+        let tag = g.tag.clone().unwrap_or_default();
+        if tag.is_empty() || tag.contains(|c: char| c.is_whitespace() || c == ':' || c == '~') {
+            return Err(format!("git tag {tag:?} is not a usable tag name"));
+        }
+        if !labels.insert(tag.clone()) {
+            return Err(format!("git tag: the label {tag:?} is used twice"));
         }
     }
     Ok(())
 }
 
 fn validate_assertion(a: &Assertion, labels: &BTreeSet<String>) -> Result<(), String> {
-    let subjects = [
-        a.unit.is_some(),
-        a.file.is_some(),
-        a.status.is_some(),
-        a.receipts.is_some(),
-        a.plan_action.is_some(),
-        a.output_contains.is_some(),
-    ];
-    if subjects.iter().filter(|x| **x).count() != 1 {
-        return Err("an assertion names exactly one of unit, file, status, receipts, plan_action, output_contains".into());
-    }
-    let unit_checks = [&a.active_state, &a.sub_state, &a.load_state, &a.enabled];
-    let has_unit_checks = unit_checks.iter().any(|c| c.is_some());
-    let has_file_checks = a.exists.is_some() || a.sha256.is_some() || a.content.is_some();
-    let has_status_checks = a.equals.is_some() || a.revision.is_some();
-    let has_plan_checks = a.action.is_some() || a.cause.is_some();
-    let (ok, what) = if a.unit.is_some() {
-        (
-            has_unit_checks && !has_file_checks && !has_status_checks && !has_plan_checks,
-            "a unit assertion needs active_state, sub_state, load_state or enabled",
-        )
-    } else if a.file.is_some() {
-        (
-            has_file_checks && !has_unit_checks && !has_status_checks && !has_plan_checks,
-            "a file assertion needs exists, sha256 or content",
-        )
-    } else if a.status.is_some() {
-        (
-            has_status_checks && !has_unit_checks && !has_file_checks && !has_plan_checks,
-            "a status assertion needs equals or revision",
-        )
-    } else if a.plan_action.is_some() {
-        (
-            has_plan_checks && !has_unit_checks && !has_file_checks && !has_status_checks,
-            "a plan_action assertion needs action or cause",
-        )
-    } else {
-        (
-            !has_unit_checks && !has_file_checks && !has_status_checks && !has_plan_checks,
-            "receipts and output_contains take no other checks",
-        )
+    let keys = assertion_keys(a);
+    let subjects: Vec<_> = ASSERTION_KINDS
+        .iter()
+        .filter(|(s, _, _)| keys.contains(s))
+        .collect();
+    let [(subject, allowed, needs)] = subjects.as_slice() else {
+        let names: Vec<_> = ASSERTION_KINDS.iter().map(|(s, _, _)| *s).collect();
+        return Err(format!(
+            "an assertion names exactly one of {}",
+            names.join(", ")
+        ));
     };
-    if !ok {
-        return Err(format!("{}: {what}", a.subject()));
+    let checks: Vec<_> = keys.iter().filter(|k| *k != subject).collect();
+    if let Some(bad) = checks.iter().find(|k| !allowed.contains(k)) {
+        return Err(format!(
+            "{}: `{bad}` does not apply to a {subject} assertion (it takes: {})",
+            a.subject(),
+            if allowed.is_empty() {
+                "nothing else".to_string()
+            } else {
+                allowed.join(", ")
+            }
+        ));
+    }
+    let needs_check = !allowed.is_empty();
+    let only_modifiers = checks.iter().all(|k| **k == "pointer" || **k == "step");
+    if needs_check && (checks.is_empty() || only_modifiers) {
+        return Err(format!("{}: {needs}", a.subject()));
     }
     if let Some(r) = &a.revision
         && !labels.contains(r)
     {
         return Err(format!("revision {r:?} is not a fixture revision"));
     }
-    if a.exists == Some(false) && (a.sha256.is_some() || a.content.is_some()) {
+    if a.exists == Some(false) && checks.len() > 1 {
         return Err(format!(
-            "{}: exists: false with a content check can never pass",
+            "{}: exists: false with another file check can never pass",
+            a.subject()
+        ));
+    }
+    if a.mounted == Some(false) && a.fstype.is_some() {
+        return Err(format!(
+            "{}: mounted: false with fstype can never pass",
+            a.subject()
+        ));
+    }
+    for p in [&a.status, &a.pointer, &a.output_json]
+        .into_iter()
+        .flatten()
+    {
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err(format!(
+                "{}: JSON pointer {p:?} must be empty or start with '/'",
+                a.subject()
+            ));
+        }
+    }
+    if let Some(m) = &a.mode
+        && parse_mode(m).is_none()
+    {
+        return Err(format!(
+            "{}: mode {m:?} is not octal (e.g. \"0644\")",
             a.subject()
         ));
     }
     Ok(())
+}
+
+/// An octal mode string (`"0644"`, `"644"`) as its permission bits (at most `07777`).
+pub fn parse_mode(m: &str) -> Option<u32> {
+    u32::from_str_radix(m, 8).ok().filter(|v| *v <= 0o7777)
 }
 
 /// 1-based line of the first line containing `needle` (1 when absent).

@@ -13,18 +13,18 @@ use anyhow::{Context, Result, bail};
 use super::machine::{Machine, MachineInfo};
 use super::readiness::{self, ReadinessEvidence};
 
-/// The project's test bed script (`CORE_OPS_VERIFY_TESTBED` overrides).
-pub fn testbed_script() -> PathBuf {
-    std::env::var_os("CORE_OPS_VERIFY_TESTBED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-                .join("scripts/systemd-testbed.sh")
-        })
+/// The project's test bed script: `CORE_OPS_VERIFY_TESTBED`, else
+/// `scripts/systemd-testbed.sh` of the source tree [`super::resources::root`] finds.
+pub fn testbed_script() -> Result<PathBuf> {
+    match std::env::var_os("CORE_OPS_VERIFY_TESTBED") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => super::resources::path("scripts/systemd-testbed.sh"),
+    }
 }
 
 /// A running bed.
 pub struct Bed {
+    script: PathBuf,
     dir: PathBuf,
     share: PathBuf,
     up: bool,
@@ -46,7 +46,8 @@ pub fn start(dir: &Path, console: &Path) -> Result<(Bed, ReadinessEvidence)> {
     let dir = std::fs::canonicalize(dir)?;
     let share = dir.join("share");
     std::fs::create_dir_all(&share)?;
-    let out = Command::new(testbed_script())
+    let script = testbed_script()?;
+    let out = Command::new(&script)
         .arg("up")
         .arg(&dir)
         .output()
@@ -58,6 +59,7 @@ pub fn start(dir: &Path, console: &Path) -> Result<(Bed, ReadinessEvidence)> {
         );
     }
     let bed = Bed {
+        script,
         dir,
         share,
         up: true,
@@ -78,7 +80,7 @@ impl Bed {
     fn exec(&self, args: &[&str], timeout: Duration) -> Result<std::process::Output> {
         Command::new("timeout")
             .arg(timeout.as_secs().max(1).to_string())
-            .arg(testbed_script())
+            .arg(&self.script)
             .arg("exec")
             .arg(&self.dir)
             .args(args)
@@ -124,9 +126,9 @@ impl Machine for Bed {
     fn keep_hint(&self) -> String {
         format!(
             "test bed kept: {} exec {} bash ; stop: {} down {}",
-            testbed_script().display(),
+            self.script.display(),
             self.dir.display(),
-            testbed_script().display(),
+            self.script.display(),
             self.dir.display()
         )
     }
@@ -140,7 +142,7 @@ impl Machine for Bed {
             return Ok(());
         }
         self.up = false;
-        let out = Command::new(testbed_script())
+        let out = Command::new(&self.script)
             .arg("down")
             .arg(&self.dir)
             .output()?;

@@ -5,12 +5,38 @@
 //!
 //! The synthetic (test-bed) cases run where the project's test bed runs (scripts/test.sh sets
 //! CORE_OPS_TESTBED_DIR); the VM cases need the guest image (scripts/test.sh builds it and sets
-//! CORE_OPS_VERIFY_IMAGE).
+//! CORE_OPS_VERIFY_IMAGE). Without them these tests fail, saying what is missing, unless
+//! CORE_OPS_SKIP_BED_TESTS=1 (the project's explicit opt-out, DEVELOPMENT.md): a test that
+//! could not run never reports ok.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Fail with `why` unless the contributor opted out with `CORE_OPS_SKIP_BED_TESTS=1` (then
+/// say so loudly and return `None`): the wording of tests/common/bed.rs `skip_or_fail`.
+fn skip_or_fail<T>(why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("CORE_OPS_SKIP_BED_TESTS").is_some_and(|v| v == "1"),
+        "{why}: run scripts/test.sh (or this test) as root, or set CORE_OPS_SKIP_BED_TESTS=1 \
+         to skip the root-only tests on purpose (see DEVELOPMENT.md)"
+    );
+    eprintln!("\n!!!!! SKIPPING (CORE_OPS_SKIP_BED_TESTS=1): {why} !!!!!\n");
+    None
+}
+
+/// The synthetic backend needs a running test bed (`CORE_OPS_TESTBED_DIR`).
+fn bed() -> Option<()> {
+    if std::env::var_os("CORE_OPS_TESTBED_DIR").is_some_and(|d| !d.is_empty()) {
+        Some(())
+    } else {
+        skip_or_fail(
+            "needs the project's test bed (CORE_OPS_TESTBED_DIR of a running scripts/systemd-testbed.sh bed)",
+        )
+    }
+}
 
 fn verify_bin() -> &'static str {
     env!("CARGO_BIN_EXE_core-ops-verify")
@@ -179,10 +205,7 @@ fn the_shipped_corpus_passes_the_check() {
 /// the failure files, the diagnostics and a schema-valid run document.
 #[test]
 fn a_false_assertion_fails_with_the_failure_files() {
-    if std::env::var_os("CORE_OPS_TESTBED_DIR").is_none() {
-        eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
-        return;
-    }
+    let Some(()) = bed() else { return };
     let text = SCENARIO.replace(
         "[applied]",
         "[applied]\n      - unit: verify-hello.service\n        active_state: failed",
@@ -237,10 +260,7 @@ fn a_false_assertion_fails_with_the_failure_files() {
 /// The same scenario, true this time, on the synthetic backend: passes, no failure files.
 #[test]
 fn a_true_scenario_passes_without_failure_files() {
-    if std::env::var_os("CORE_OPS_TESTBED_DIR").is_none() {
-        eprintln!("skipped: needs the project's test bed (scripts/test.sh)");
-        return;
-    }
+    let Some(()) = bed() else { return };
     let (_t, code, doc, err) = run_scenario(SCENARIO, &["--synthetic"]);
     assert_eq!(code, Some(0), "{err}");
     let bundle = PathBuf::from(doc["scenarios"][0]["bundle"].as_str().unwrap());
@@ -249,13 +269,12 @@ fn a_true_scenario_passes_without_failure_files() {
 }
 
 fn image() -> Option<String> {
-    let img = std::env::var("CORE_OPS_VERIFY_IMAGE").ok();
-    if img.is_none() {
-        eprintln!(
-            "skipped: needs the guest image (scripts/test.sh builds it and sets CORE_OPS_VERIFY_IMAGE)"
-        );
+    match std::env::var("CORE_OPS_VERIFY_IMAGE") {
+        Ok(img) if !img.is_empty() => Some(img),
+        _ => skip_or_fail(
+            "needs the guest image (scripts/test.sh builds it and sets CORE_OPS_VERIFY_IMAGE)",
+        ),
     }
-    img
 }
 
 /// A guest that cannot announce readiness in time: the run says `timed_out`, keeps the
@@ -359,4 +378,197 @@ fn promote_moves_only_a_passing_candidate() {
         std::fs::read_to_string(v.join("scenarios/harness-self-test.yaml")).unwrap(),
         SCENARIO
     );
+}
+
+/// Every failing check is reported, not only the first: two false assertions in two assert
+/// steps and the steps between them all run; the failure names both.
+#[test]
+fn every_failure_is_collected_and_reported() {
+    let Some(()) = bed() else { return };
+    let text = SCENARIO.replace(
+        "      - receipts: [applied]\n",
+        "      - receipts: [applied]
+      - unit: verify-hello.service
+        active_state: failed
+  - status: true
+    expect_exit: 0
+  - assert:
+      - receipts_count: 7
+      - output_json: /snapshot/host
+        equals: core-ops-guest
+      - receipt_chain: true
+",
+    );
+    let (_t, code, doc, err) = run_scenario(&text, &["--synthetic"]);
+    assert_eq!(code, Some(1), "{err}");
+    let s = &doc["scenarios"][0];
+    assert_eq!(s["outcome"], "failed", "{s:#}");
+    assert_eq!(s["assertions"]["failed"], 2, "{s:#}");
+    // exit code 0 of apply, the three true checks, exit code 0 of status, two true checks
+    assert_eq!(s["assertions"]["passed"], 7, "{s:#}");
+    assert_eq!(s["steps"].as_array().unwrap().len(), 4, "{s:#}");
+    let failure = s["failure"].as_str().unwrap();
+    assert!(failure.starts_with("2 checks failed"), "{failure}");
+    assert!(
+        failure.contains("steps[1] unit verify-hello.service active_state")
+            && failure.contains("steps[3] receipt count count: expected 7, got 1"),
+        "{failure}"
+    );
+    let bundle = PathBuf::from(s["bundle"].as_str().unwrap());
+    let summary = std::fs::read_to_string(bundle.join("failure-summary.txt")).unwrap();
+    assert!(
+        summary.contains("active_state") && summary.contains("receipt count"),
+        "{summary}"
+    );
+}
+
+/// A `run:` step whose exit code nobody checks is refused before anything runs.
+#[test]
+fn a_run_step_without_expect_exit_is_refused_by_check() {
+    let (_t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(
+        &p,
+        SCENARIO.replace("  - apply: v1\n    expect_exit: 0\n", "  - run: \"true\"\n"),
+    )
+    .unwrap();
+    let out = run(&["check", p.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:9: ", p.display())) && err.contains("`run:` needs expect_exit"),
+        "{err}"
+    );
+}
+
+/// Start `run` on a scenario whose second step sleeps, wait until that step runs, signal the
+/// harness, and return (bundle dir, machine dir, exit status).
+fn interrupt_mid_scenario(
+    backend: &[&str],
+    signal: &str,
+) -> (tempfile::TempDir, PathBuf, Option<i32>) {
+    let (t, v) = scratch();
+    let p = v.join("scenarios/harness-self-test.yaml");
+    std::fs::write(
+        &p,
+        SCENARIO.replace(
+            "  - assert:\n",
+            "  - run: sleep 600\n    expect_exit: 0\n    timeout: 900\n  - assert:\n",
+        ),
+    )
+    .unwrap();
+    let bundles = t.path().join("bundles");
+    let mut child = Command::new(verify_bin())
+        .args(["run", "--scenario", p.to_str().unwrap()])
+        .args(backend)
+        .args(["--bundle-dir", bundles.to_str().unwrap()])
+        .env(
+            "CORE_OPS_VERIFY_CORE_OPS_BIN",
+            std::env::var("CORE_OPS_VERIFY_CORE_OPS_BIN").unwrap_or_else(|_| {
+                Path::new(verify_bin())
+                    .with_file_name("core-ops")
+                    .to_string_lossy()
+                    .into_owned()
+            }),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // bundles/<run-id>/harness-self-test/harness.log
+    let log = || {
+        std::fs::read_dir(&bundles)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("harness-self-test/harness.log"))
+            .find(|p| p.is_file())
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let machine_dir = loop {
+        let text = log()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        if text.contains("steps[1] run sleep 600") {
+            let dir = text
+                .lines()
+                .find_map(|l| l.split("machine directory ").nth(1))
+                .expect("harness.log names the machine directory");
+            break PathBuf::from(dir.trim());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("the harness ended before the sleep step ({st}):\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sleep step never started:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(machine_dir.exists());
+    let st = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = child.wait().unwrap();
+    (t, machine_dir, status.code())
+}
+
+/// Within `secs`, the machine directory is gone and no process names it (qemu, the bed).
+fn assert_cleaned_up(machine_dir: &Path, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .chars()
+                    .all(|c| c.is_ascii_digit())
+            })
+            .filter_map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains(&machine_dir.display().to_string())
+                    && !cmd.contains("core-ops-verify-watchdog"))
+                .then(|| format!("{}: {cmd}", e.file_name().to_string_lossy()))
+            })
+            .collect();
+        if left.is_empty() && !machine_dir.exists() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} left behind (exists: {}); processes: {left:#?}",
+            machine_dir.display(),
+            machine_dir.exists()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// SIGTERM and SIGKILL of the harness mid-scenario on the synthetic backend: the bed is
+/// stopped and its directory removed (by the signal thread, or by the watchdog).
+#[test]
+fn killing_the_harness_leaves_no_bed_behind() {
+    let Some(()) = bed() else { return };
+    let (_t, dir, code) = interrupt_mid_scenario(&["--synthetic"], "-TERM");
+    assert_eq!(code, Some(128 + 15));
+    assert_cleaned_up(&dir, 30);
+    let (_t, dir, code) = interrupt_mid_scenario(&["--synthetic"], "-KILL");
+    assert_eq!(code, None, "killed by a signal");
+    assert_cleaned_up(&dir, 30);
+}
+
+/// The same with a VM: no qemu process and no overlay left after SIGINT or SIGKILL.
+#[test]
+fn killing_the_harness_leaves_no_qemu_behind() {
+    let Some(_) = image() else { return };
+    let (_t, dir, code) = interrupt_mid_scenario(&["--driver", "qemu"], "-INT");
+    assert_eq!(code, Some(128 + 2));
+    assert_cleaned_up(&dir, 30);
+    let (_t, dir, code) = interrupt_mid_scenario(&["--driver", "qemu"], "-KILL");
+    assert_eq!(code, None, "killed by a signal");
+    assert_cleaned_up(&dir, 30);
 }
