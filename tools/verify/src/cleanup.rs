@@ -60,6 +60,12 @@ pub fn install() -> Result<()> {
     Ok(())
 }
 
+/// Whether a stop signal is being handled: nothing may write into a machine directory any
+/// more (it is being removed).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst) != 0
+}
+
 /// The process's exit code: `code`, unless a stop signal is being handled; then wait for the
 /// signal thread to finish the clean-up and exit with 128+signal (a stopped run never reports
 /// an ordinary failure).

@@ -107,10 +107,22 @@ impl<'m> Shell<'m> {
 
     /// Run a shell snippet; `tag` names its files under the share's `cmd/`.
     pub fn exec(&mut self, tag: &str, script: &str, timeout: Duration) -> Result<Output> {
+        // a stopping harness has removed (or is removing) the machine directory: never
+        // recreate it by writing another command into its share
+        if super::cleanup::stopping() {
+            anyhow::bail!("the harness is stopping; {tag} not run");
+        }
         self.counter += 1;
         let base = format!("cmd/{:04}-{}", self.counter, sanitize(tag));
         let host_dir = self.machine.host_share().join("cmd");
-        std::fs::create_dir_all(&host_dir)?;
+        // `create_dir`, not `create_dir_all`: the share must still exist
+        match std::fs::create_dir(&host_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", host_dir.display()));
+            }
+        }
         let host_script = self.machine.host_share().join(format!("{base}.sh"));
         // nothing of the harness's own environment reaches core-ops (the synthetic backend's
         // exec inherits it): every step states what it sets
