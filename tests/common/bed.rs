@@ -220,17 +220,7 @@ fn init() -> Option<Bed> {
     Some(from_output(&out, true))
 }
 
-/// Not root: fail with `why`, or return `None` loudly when the contributor opted out with
-/// `CORE_OPS_SKIP_BED_TESTS=1`.
-pub fn skip_or_fail<T>(why: &str) -> Option<T> {
-    assert!(
-        std::env::var_os("CORE_OPS_SKIP_BED_TESTS").is_some_and(|v| v == "1"),
-        "{why}: run scripts/test.sh (or this test) as root, or set CORE_OPS_SKIP_BED_TESTS=1 \
-         to skip the root-only tests on purpose (see DEVELOPMENT.md)"
-    );
-    eprintln!("\n!!!!! SKIPPING (CORE_OPS_SKIP_BED_TESTS=1): {why} !!!!!\n");
-    None
-}
+pub use core_ops_testkit::skip_or_fail;
 
 /// Crash tests stop the agent at a named failpoint, which only a `--features failpoints` build
 /// has: without it they would wait for a pause that never comes, so they fail at once instead.

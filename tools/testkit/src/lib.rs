@@ -43,6 +43,22 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 pub mod signing;
 
+/// A test that needs root, the systemd test bed or the Quadlet generator and cannot have
+/// it: fail with `why`, unless the contributor opted out with `CORE_OPS_SKIP_BED_TESTS=1`
+/// (DEVELOPMENT.md, "Root-only tests"); then say so loudly and return `None`.
+///
+/// Why one function: a test that could not run must never report `ok` by accident, and the
+/// opt-out must read the same in every crate's tests.
+pub fn skip_or_fail<T>(why: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("CORE_OPS_SKIP_BED_TESTS").is_some_and(|v| v == "1"),
+        "{why}: run scripts/test.sh (or this test) as root, or set CORE_OPS_SKIP_BED_TESTS=1 \
+         to skip the root-only tests on purpose (see DEVELOPMENT.md)"
+    );
+    eprintln!("\n!!!!! SKIPPING (CORE_OPS_SKIP_BED_TESTS=1): {why} !!!!!\n");
+    None
+}
+
 /// Name used as author, committer and tagger of every fixture commit.
 ///
 /// Why fixed: commit ids depend on the signature, and fixtures must hash the same everywhere.

@@ -15,17 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Fail with `why` unless the contributor opted out with `CORE_OPS_SKIP_BED_TESTS=1` (then
-/// say so loudly and return `None`): the wording of tests/common/bed.rs `skip_or_fail`.
-fn skip_or_fail<T>(why: &str) -> Option<T> {
-    assert!(
-        std::env::var_os("CORE_OPS_SKIP_BED_TESTS").is_some_and(|v| v == "1"),
-        "{why}: run scripts/test.sh (or this test) as root, or set CORE_OPS_SKIP_BED_TESTS=1 \
-         to skip the root-only tests on purpose (see DEVELOPMENT.md)"
-    );
-    eprintln!("\n!!!!! SKIPPING (CORE_OPS_SKIP_BED_TESTS=1): {why} !!!!!\n");
-    None
-}
+use core_ops_testkit::skip_or_fail;
 
 /// The synthetic backend needs a running test bed (`CORE_OPS_TESTBED_DIR`).
 fn bed() -> Option<()> {
