@@ -29,12 +29,17 @@ pub(super) struct Phases {
 
 impl Phases {
     fn run<T>(&mut self, name: &str, f: impl FnOnce() -> (T, String)) -> T {
-        crate::failpoint::pause_at(crate::failpoint::APPLY_PHASE, name);
-        let t0 = Instant::now();
-        let _span = tracing::info_span!("phase", phase = name).entered();
+        let (t0, _span) = Self::begin(name);
         let (v, detail) = f();
         self.done(name, t0, detail);
         v
+    }
+
+    /// A phase begins: its crash point (`apply::phase`), its start time and its log span.
+    fn begin(name: &str) -> (Instant, tracing::span::EnteredSpan) {
+        crate::failpoint::pause_at(crate::failpoint::APPLY_PHASE, name);
+        let span = tracing::info_span!("phase", phase = name).entered();
+        (Instant::now(), span)
     }
 
     /// Record a phase that began at `t0` and just ended.
@@ -347,9 +352,7 @@ impl<'a> Run<'a> {
         if to_write.is_empty() && self.deletes().next().is_none() {
             return Ok(()); // nothing to claim, write or remove: no phase, no ledger write
         }
-        crate::failpoint::pause_at(crate::failpoint::APPLY_PHASE, "write");
-        let t0 = Instant::now();
-        let _span = tracing::info_span!("phase", phase = "write").entered();
+        let (t0, _span) = Phases::begin("write");
         let r = self.write_and_remove(&to_write);
         let detail = format!(
             "{} written, {} removed",
