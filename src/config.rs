@@ -24,6 +24,9 @@ pub struct Paths {
     pub quadlet_generator: QuadletGenerator,
     /// The local root-only trust policy (`/etc/core-ops/trust.yaml`; `crate::trust`).
     pub trust_file: PathBuf,
+    /// The host's root-only age identity, which decrypts secret host files
+    /// (`/etc/core-ops/age.key`; `crate::render::secrets`).
+    pub age_identity: PathBuf,
     /// Caps on reading one revision of the desired-state repository
     /// (`CORE_OPS_MAX_TREE_ENTRIES`, `_TREE_BYTES`, `_FILE_BYTES`, `_TREE_DEPTH`).
     pub read_limits: ReadLimits,
@@ -96,6 +99,7 @@ impl Paths {
             host_root: PathBuf::from("/"),
             quadlet_generator: QuadletGenerator::Auto,
             trust_file: PathBuf::from(DEFAULT_TRUST_FILE),
+            age_identity: PathBuf::from(DEFAULT_AGE_IDENTITY),
             read_limits: ReadLimits::default(),
             remote: RemoteOptions::default(),
         }
@@ -354,3 +358,7 @@ impl Default for ReadLimits {
         }
     }
 }
+
+/// The host's age identity (`crate::render::secrets`), unless `--age-identity` says
+/// otherwise.
+pub const DEFAULT_AGE_IDENTITY: &str = "/etc/core-ops/age.key";

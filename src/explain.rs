@@ -105,6 +105,11 @@ pub fn explain(planned: &Planned, object: &str) -> Result<Explanation> {
         layers: resource.map(|r| r.layers.clone()).unwrap_or_default(),
         digest: resource.map(|r| r.digest.clone()),
         normalized: resource.map(|r| match &r.unit {
+            _ if r.secret.is_some() => r
+                .secret
+                .as_ref()
+                .map(|s| s.view.label())
+                .unwrap_or_default(),
             Some(u) => u.effective.clone(),
             None if r.kind == crate::model::normalize::Kind::Runtime => {
                 String::from_utf8_lossy(&r.content).into_owned()

@@ -259,7 +259,7 @@ fn file_problems(input: &VerifyInput<'_>) -> Vec<Diagnostic> {
         }
         let seen = match input.preread.and_then(|p| p.files.get(&r.id)) {
             Some(o) => o.clone(),
-            None => observe_file(r.kind, &r.path),
+            None => crate::observe::observe_resource(r),
         };
         match seen {
             ObservedFile::File { digest, .. } if digest == r.digest => {}

@@ -59,6 +59,15 @@ pub struct Cli {
     /// /etc/core-ops/trust.yaml; wins over `trust:` in host.yaml).
     #[arg(long, global = true, env = "CORE_OPS_TRUST_FILE", value_name = "FILE")]
     pub trust_file: Option<std::path::PathBuf>,
+    /// Root-only age identity that decrypts secret host files (`files/**/*.age`; default
+    /// /etc/core-ops/age.key; README "Secrets").
+    #[arg(
+        long,
+        global = true,
+        env = "CORE_OPS_AGE_IDENTITY",
+        value_name = "FILE"
+    )]
+    pub age_identity: Option<std::path::PathBuf>,
     /// Root-only directory of credential entries for remote repositories, matched by URL
     /// prefix (default /etc/core-ops/credentials.d; README "Remote repositories").
     #[arg(
@@ -239,6 +248,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ReceiptsCommand,
     },
+    /// Secret host files: the host's age identity, and encrypting a file for the repository
+    /// (README "Secrets").
+    Secret {
+        /// What to do.
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// sha256 of a file through the runtime store's streaming hasher (for
     /// scripts/bench-runtime.py; prints digest, bytes and milliseconds as JSON).
     #[command(name = "store-hash", hide = true)]
@@ -266,6 +282,32 @@ pub enum EvidenceCommand {
         /// Where the host policy comes from (default: the deployed revision).
         #[command(flatten)]
         target: TargetArgs,
+    },
+}
+
+/// `core-ops secret ...`.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create this host's age identity (root-only, mode 0600, at --age-identity) and print its
+    /// public key, for the repository's recipients. Refuses to replace an existing identity.
+    Keygen,
+    /// Print the public key(s) of this host's age identity.
+    Recipient,
+    /// Encrypt a file to age recipients, ASCII-armored, for `services/<svc>/files/<path>.age`.
+    /// Needs no identity: anyone with the recipients can add a secret.
+    Encrypt {
+        /// Recipient public key (`age1...`; repeatable).
+        #[arg(short = 'r', long = "recipient", value_name = "KEY")]
+        recipients: Vec<String>,
+        /// File of recipient public keys, one per line, `#` comments (repeatable), e.g. the
+        /// repository's `hosts/<host>/age.recipients`.
+        #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+        recipients_files: Vec<PathBuf>,
+        /// Write the encrypted file here (atomically; refused if it exists). Default: stdout.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The plaintext (default: standard input).
+        input: Option<PathBuf>,
     },
 }
 

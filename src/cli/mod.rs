@@ -10,6 +10,7 @@ pub mod commands;
 pub mod exit;
 pub mod output;
 pub mod run;
+pub mod secret;
 pub mod surface;
 pub mod views;
 
@@ -46,6 +47,9 @@ fn paths_of(cli: &Cli) -> Paths {
     }
     if let Some(t) = &cli.trust_file {
         paths.trust_file = t.clone();
+    }
+    if let Some(a) = &cli.age_identity {
+        paths.age_identity = a.clone();
     }
     if let Some(d) = &cli.credentials_dir {
         paths.remote.credentials_dir = d.clone();
@@ -174,6 +178,7 @@ pub fn run(cli: &Cli) -> Result<Outcome, Error> {
         Command::Receipts {
             command: ReceiptsCommand::Verify,
         } => commands::receipts_verify(cli, paths),
+        Command::Secret { command } => secret::secret(cli, paths, command),
         Command::StoreHash { file } => commands::store_hash(cli, file),
     }
 }

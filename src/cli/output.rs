@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::views::{
     AppliedView, ControlView, ErrorView, InitView, ManpagesView, PublicationView, ResumeView,
-    RunView, SnapshotView, StatusView,
+    RunView, SealedView, SecretKeyView, SnapshotView, StatusView,
 };
 use crate::explain::Explanation;
 use crate::plan::{Action, Plan};
@@ -114,6 +114,9 @@ pub fn plan_text(plan: &Plan, verbose: bool) -> String {
             crate::model::names::serde_name(&a.cause),
             a.reason,
         );
+        if let Some(s) = &a.secret {
+            let _ = writeln!(o, "       {:<8} content  {}", "", s.label());
+        }
         if !a.restarts.is_empty() && a.action != Action::NoOp {
             let _ = writeln!(o, "       {:<8} restarts {}", "", a.restarts.join(", "));
         }
@@ -245,6 +248,31 @@ pub fn publication_text(v: &PublicationView) -> String {
 /// Text of [`ManpagesView`]: one path a line.
 pub fn manpages_text(v: &ManpagesView) -> String {
     v.pages.iter().map(|p| format!("{p}\n")).collect()
+}
+
+/// Text of [`SecretKeyView`]: a comment line naming the identity, then the public keys one
+/// per line, so the output is itself a recipients file (`> hosts/<host>/age.recipients`).
+pub fn secret_key_text(v: &SecretKeyView) -> String {
+    let created = if v.created {
+        ", created, mode 0600"
+    } else {
+        ""
+    };
+    let mut o = format!("# age identity {}{created}\n", v.identity);
+    for r in &v.recipients {
+        let _ = writeln!(o, "{r}");
+    }
+    o
+}
+
+/// Text of [`SealedView`].
+pub fn sealed_text(v: &SealedView) -> String {
+    format!(
+        "wrote {} ({}) for {} recipient(s)\n",
+        v.output,
+        v.ciphertext_digest,
+        v.recipients.len()
+    )
 }
 
 /// Text of [`ErrorView`] (printed on stderr).
@@ -476,6 +504,9 @@ pub fn explain_text(e: &Explanation) -> String {
     }
     if let Some(d) = &e.digest {
         let _ = writeln!(o, "  digest    {d}");
+    }
+    if let Some(s) = &e.action.secret {
+        let _ = writeln!(o, "  secret    {} from {}", s.label(), s.source);
     }
     let _ = writeln!(
         o,

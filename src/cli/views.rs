@@ -310,6 +310,49 @@ impl View for StoreHashView {
     }
 }
 
+/// `core-ops secret keygen` / `secret recipient`: the host's age identity and its public
+/// keys (text: the keys alone, one per line, ready for `hosts/<host>/age.recipients`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecretKeyView {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `CoreOpsAgeIdentity`.
+    pub kind: &'static str,
+    /// The identity file.
+    pub identity: String,
+    /// Whether this command created it.
+    pub created: bool,
+    /// Its public keys (`age1...`).
+    pub recipients: Vec<String>,
+}
+
+impl View for SecretKeyView {
+    fn text(&self, _verbose: bool) -> String {
+        output::secret_key_text(self)
+    }
+}
+
+/// `core-ops secret encrypt -o FILE`: what was written (never the plaintext).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SealedView {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `CoreOpsSealedFile`.
+    pub kind: &'static str,
+    /// The encrypted file.
+    pub output: String,
+    /// `sha256:<hex>` of the encrypted file: what plans show for it as `(secret)`.
+    pub ciphertext_digest: String,
+    /// Who can decrypt it.
+    pub recipients: Vec<String>,
+}
+
+impl View for SealedView {
+    fn text(&self, _verbose: bool) -> String {
+        output::sealed_text(self)
+    }
+}
+
 /// `core-ops manpages DIR`: the pages written (text only; `--json` lists them as JSON).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ManpagesView {

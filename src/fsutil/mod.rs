@@ -213,6 +213,12 @@ impl AtomicFile {
 /// Write `data` to the new file `path` (see [`AtomicFile::commit_new`]): fails with an
 /// `AlreadyExists` I/O error, writing nothing, if `path` exists.
 pub fn write_new(path: &Path, data: &[u8]) -> Result<()> {
+    write_new_mode(path, data, None)
+}
+
+/// [`write_new`] with `mode` set before a byte is written (a private key: 0600 from the
+/// first moment it exists, whatever the directory).
+pub fn write_new_mode(path: &Path, data: &[u8], mode: Option<u32>) -> Result<()> {
     let (dir, _) = split(path)?;
     create_dir_all_synced(dir)?;
     let label = path
@@ -220,6 +226,11 @@ pub fn write_new(path: &Path, data: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut f = AtomicFile::create(dir, &label)?;
+    if let Some(m) = mode {
+        f.file()
+            .set_permissions(fs::Permissions::from_mode(m))
+            .map_err(|e| Error::io(format!("chmod {}", f.tmp.display()), e))?;
+    }
     f.file()
         .write_all(data)
         .map_err(|e| Error::io(format!("write {}", f.tmp.display()), e))?;

@@ -62,4 +62,7 @@ pub struct AppliedResource {
     /// not "stopped" drift. Learned per written content; a rewrite learns it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub runs_to_completion: bool,
+    /// A secret host file: its digest is keyed, and nothing shows its content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }

@@ -133,9 +133,80 @@ pub fn normalize(kind: Kind, content: &[u8], meta: &FileMeta) -> Normalized {
     }
 }
 
+/// The key of the digests of secret host files, derived from the host's age identity.
+///
+/// Why keyed: a plain sha256 of a decrypted secret in a plan, a receipt or the ledger would let
+/// anyone who reads them test guesses of a short password offline; an HMAC under a key only
+/// the identity's holder can derive compares the same on both sides and reveals nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestKey([u8; 32]);
+
+impl DigestKey {
+    /// The key for an identity's secret material (its text, `AGE-SECRET-KEY-1...`).
+    pub fn derive(identity_secret: &[u8]) -> DigestKey {
+        let mut h = Sha256::new();
+        h.update(b"core-ops/secret-digest/v1\n");
+        h.update(identity_secret);
+        DigestKey(h.finalize().into())
+    }
+
+    /// `hmac-sha256:<hex>` of bytes under this key.
+    pub fn hmac_hex(&self, bytes: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("any key length");
+        mac.update(bytes);
+        let mut s = String::with_capacity(77);
+        s.push_str("hmac-sha256:");
+        for b in mac.finalize().into_bytes() {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(redacted)")
+    }
+}
+
+/// [`normalize`] for a decrypted secret host file: the same material (kind, mode, owner,
+/// group, content), each digest an HMAC under `key` instead of a plain sha256.
+pub fn normalize_secret(content: &[u8], meta: &FileMeta, key: &DigestKey) -> Normalized {
+    let raw_digest = key.hmac_hex(content);
+    let material = format!(
+        "core-ops/normalize/v1\nkind=file\nmode={:04o}\nowner={}\ngroup={}\nsecret\n{}",
+        meta.mode, meta.owner, meta.group, raw_digest
+    );
+    Normalized {
+        digest: key.hmac_hex(material.as_bytes()),
+        raw_digest,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_digests_are_keyed_and_material() {
+        let meta = FileMeta::unit_default();
+        let k1 = DigestKey::derive(b"one");
+        let k2 = DigestKey::derive(b"two");
+        let a = normalize_secret(b"hunter2", &meta, &k1);
+        assert!(a.digest.starts_with("hmac-sha256:"));
+        assert_eq!(a, normalize_secret(b"hunter2", &meta, &k1));
+        assert_ne!(a.digest, normalize_secret(b"hunter2", &meta, &k2).digest);
+        assert_ne!(a.digest, normalize_secret(b"hunter3", &meta, &k1).digest);
+        let mut m600 = meta.clone();
+        m600.mode = 0o600;
+        assert_ne!(a.digest, normalize_secret(b"hunter2", &m600, &k1).digest);
+        // nothing of the plain digests
+        let plain = normalize(Kind::File, b"hunter2", &meta);
+        assert_ne!(a.raw_digest, plain.raw_digest);
+        assert!(!a.digest.contains(&sha256_hex(b"hunter2")[7..]));
+        assert_eq!(format!("{k1:?}"), "DigestKey(redacted)");
+    }
 
     #[test]
     fn formatting_is_ignored_for_units_but_not_for_files() {

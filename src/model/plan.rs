@@ -87,6 +87,25 @@ pub struct Sides {
     pub observed: Option<String>,
 }
 
+/// What plans, explanations and records show of a secret host file (an age-encrypted
+/// `files/**/*.age`): where it comes from and the digest of its *ciphertext*, never anything
+/// of the plaintext. Its `digests` are keyed (`hmac-sha256:`, see
+/// [`crate::model::normalize::DigestKey`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// The encrypted file in the repository.
+    pub source: String,
+    /// `sha256:<hex>` of the encrypted file as committed.
+    pub ciphertext_digest: String,
+}
+
+impl SecretView {
+    /// `(secret) sha256:<ciphertext>`: how text output names the content.
+    pub fn label(&self) -> String {
+        format!("(secret) {}", self.ciphertext_digest)
+    }
+}
+
 /// One ordered action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedAction {
@@ -119,6 +138,9 @@ pub struct PlannedAction {
     pub depends_on: Vec<String>,
     /// Digests of the three sides.
     pub digests: Sides,
+    /// For a secret host file: `(secret)` and its ciphertext digest instead of content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretView>,
 }
 
 /// A difference worth reporting that is not itself an action.

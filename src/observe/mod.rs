@@ -171,6 +171,9 @@ fn file_observation(
         owner,
         group,
     };
+    if let Some(r) = expect.filter(|r| r.kind == kind && r.secret.is_some()) {
+        return secret_observation(r, content, meta);
+    }
     if let Some(r) = expect.filter(|r| r.kind == kind && r.meta == meta) {
         let raw_digest = crate::model::normalize::sha256_hex(content);
         if raw_digest == r.raw_digest {
@@ -186,6 +189,34 @@ fn file_observation(
         digest: n.digest,
         raw_digest: n.raw_digest,
         meta,
+    }
+}
+
+/// The observation of the host file of a secret: digests keyed as the desired side's are
+/// (no plain digest of its content is ever made); without the key (this host cannot decrypt
+/// it, and the plan blocks it) only that a file is there.
+fn secret_observation(r: &Resource, content: &[u8], meta: FileMeta) -> ObservedFile {
+    let Some(key) = r.secret.as_ref().and_then(|s| s.key.as_ref()) else {
+        return ObservedFile::File {
+            digest: "secret:unavailable".into(),
+            raw_digest: "secret:unavailable".into(),
+            meta,
+        };
+    };
+    let n = crate::model::normalize::normalize_secret(content, &meta, key);
+    ObservedFile::File {
+        digest: n.digest,
+        raw_digest: n.raw_digest,
+        meta,
+    }
+}
+
+/// Read the path of one desired resource, compared with it (a byte-identical file is not
+/// parsed again; a secret is digested with its key).
+pub fn observe_resource(r: &Resource) -> ObservedFile {
+    match r.kind {
+        Kind::Runtime => runtimes::observe(&r.path),
+        kind => observe_plain_expecting(kind, &r.path, Some(r)),
     }
 }
 

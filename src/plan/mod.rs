@@ -98,6 +98,15 @@ fn observed_label(o: Option<&ObservedFile>) -> String {
     }
 }
 
+/// [`observed_label`] of a secret core-ops no longer renders (and so cannot key): whether
+/// it is there, never a digest of its content.
+fn secret_observed_label(o: Option<&ObservedFile>) -> String {
+    match o {
+        Some(ObservedFile::File { .. }) => "(secret)".into(),
+        other => observed_label(other),
+    }
+}
+
 /// Resource-level dependency edges of the desired state: id -> ids that must come first.
 pub fn desired_dependencies(desired: &DesiredState) -> BTreeMap<String, BTreeSet<String>> {
     let mut by_unit: BTreeMap<&str, &str> = BTreeMap::new();
@@ -302,9 +311,7 @@ fn file_action(
             raw_digest,
             meta,
         }) => {
-            let what = if r.kind == Kind::File
-                && *raw_digest == crate::model::normalize::sha256_hex(&r.content)
-            {
+            let what = if r.kind == Kind::File && *raw_digest == r.raw_digest {
                 format!(
                     "mode/owner differ (host {:04o} {}:{}, desired {:04o} {}:{})",
                     meta.mode, meta.owner, meta.group, r.meta.mode, r.meta.owner, r.meta.group
@@ -543,6 +550,9 @@ fn overridden_by_checks(
     r: &Resource,
     (action, cause, reason): (Action, Cause, String),
 ) -> (Action, Cause, String) {
+    if let Some(problem) = r.secret.as_ref().and_then(|s| s.problem.as_ref()) {
+        return (Action::Blocked, Cause::MissingPrerequisite, problem.clone());
+    }
     if let Some(msg) = input.invalid_units.get(&r.id) {
         return (
             Action::Blocked,
@@ -618,6 +628,7 @@ fn planned(
         },
         depends_on: Vec::new(),
         digests: sides,
+        secret: r.secret.as_ref().map(|s| s.view.clone()),
     }
 }
 
@@ -790,6 +801,7 @@ fn restart_unmanaged(unit: &str, causes: &BTreeSet<String>, list: &str, d: &mut 
             restarts: Vec::new(),
             depends_on: causes.iter().cloned().collect(),
             digests: Sides::default(),
+            secret: None,
         },
     );
 }
@@ -824,8 +836,13 @@ fn removals(input: &PlanInput<'_>, d: &mut Draft) -> BTreeMap<String, BTreeSet<S
                 digests: Sides {
                     desired: None,
                     last_applied: Some(rec.digest.clone()),
-                    observed: Some(observed_label(observed)),
+                    observed: Some(if rec.secret {
+                        secret_observed_label(observed)
+                    } else {
+                        observed_label(observed)
+                    }),
                 },
+                secret: None,
             },
         );
     }

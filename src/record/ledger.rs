@@ -194,6 +194,7 @@ mod tests {
             instances: Vec::new(),
             adopted: false,
             runs_to_completion: false,
+            secret: false,
         }
     }
 

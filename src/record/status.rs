@@ -378,6 +378,7 @@ pub fn applied_record(
             .unwrap_or_default(),
         adopted: false,
         runs_to_completion: false,
+        secret: r.secret.is_some(),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod mount;
 pub mod quadlet;
 pub mod runtimes;
+pub mod secrets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
@@ -118,7 +119,7 @@ impl From<MountInfo> for MountView {
 }
 
 /// One object core-ops manages on the host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct Resource {
     /// Stable id `<kind>:<name>`.
     pub id: String,
@@ -148,6 +149,32 @@ pub struct Resource {
     /// Adopt a pre-existing file on the host (service.yaml `adopt: true`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub adopt: bool,
+    /// A secret host file (decrypted from `files/**/*.age`): `content` is its plaintext and
+    /// its digests are keyed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<secrets::Secret>,
+}
+
+/// Content is never printed (a secret's plaintext lives in it): its length only.
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resource")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("service", &self.service)
+            .field("path", &self.path)
+            .field("content_len", &self.content.len())
+            .field("meta", &self.meta)
+            .field("digest", &self.digest)
+            .field("raw_digest", &self.raw_digest)
+            .field("layers", &self.layers)
+            .field("unit", &self.unit)
+            .field("restarts", &self.restarts)
+            .field("drift", &self.drift)
+            .field("adopt", &self.adopt)
+            .field("secret", &self.secret)
+            .finish()
+    }
 }
 
 /// Everything this host should have at one revision.
@@ -195,7 +222,11 @@ pub fn render(
     host: &str,
     paths: &Paths,
 ) -> Result<DesiredState, InputError> {
-    let repo = RepoView { files, revision };
+    let repo = RepoView {
+        files,
+        revision,
+        keyring: secrets::Keyring::new(&paths.age_identity),
+    };
     let host_file = format!("hosts/{host}/host.yaml");
     let host_text = read_host_yaml(&repo, host, &host_file)?;
     let host_yaml: HostYaml = yaml::parse(&host_file, &host_text)?;
@@ -401,6 +432,8 @@ fn link_quadlet_restarts(resources: &mut BTreeMap<String, Resource>) {
 struct RepoView<'a> {
     files: &'a dyn RepoFiles,
     revision: &'a Revision,
+    /// The host's age identity, read only if a selected service has a secret.
+    keyring: secrets::Keyring,
 }
 
 impl RepoView<'_> {
@@ -544,6 +577,7 @@ fn render_service(
             target,
             repo_path,
             content,
+            &repo.keyring,
             &rev,
             paths,
             &started_services,
@@ -569,7 +603,20 @@ fn read_service_dir(repo: &RepoView<'_>, svc: &str) -> Result<ServiceDraft, Inpu
         let parts: Vec<&str> = rel.split('/').collect();
         match parts.as_slice() {
             ["files", rest @ ..] if !rest.is_empty() => {
-                let target = format!("/{}", rest.join("/"));
+                let joined = format!("/{}", rest.join("/"));
+                let target = match joined.strip_suffix(secrets::SECRET_SUFFIX) {
+                    Some(t) if !t.ends_with('/') => t.to_string(),
+                    _ => joined,
+                };
+                if let Some((other, _)) = s.host_files.get(&target) {
+                    return Err(InputError::new(
+                        Location::file(path),
+                        format!(
+                            "{path} and {other} both write host file {target}; keep the \
+                             encrypted one or the plain one"
+                        ),
+                    ));
+                }
                 s.host_files
                     .insert(target, (path.clone(), repo.read(path)?));
             }
@@ -776,7 +823,24 @@ fn unit_resource(
         restarts: Vec::new(),
         drift: spec.drift,
         adopt: spec.adopt,
+        secret: None,
     })
+}
+
+/// A secret's keyed digests; one that could not be decrypted has none (its object is
+/// blocked).
+fn secret_digests(
+    secret: &secrets::Secret,
+    plain: &[u8],
+    meta: &FileMeta,
+) -> crate::model::normalize::Normalized {
+    match &secret.key {
+        Some(key) => crate::model::normalize::normalize_secret(plain, meta, key),
+        None => crate::model::normalize::Normalized {
+            digest: "secret:unavailable".into(),
+            raw_digest: "secret:unavailable".into(),
+        },
+    }
 }
 
 /// The repository files that make a unit, for `explain`.
@@ -944,24 +1008,39 @@ fn dropin_resource(
         restarts: vec![target_unit],
         drift: DriftPolicy::Repair,
         adopt: false,
+        secret: None,
     }
 }
 
 /// A host file beneath the allowed roots, with its mode and owner from service.yaml; by
-/// default it restarts the service's started services.
+/// default it restarts the service's started services. A secret (`*.age`) is decrypted with
+/// the host's identity and written 0600 unless service.yaml says otherwise.
+#[allow(clippy::too_many_arguments)]
 fn host_file_resource(
     s: &ServiceDraft,
     target: &str,
     repo_path: &str,
     content: &[u8],
+    keyring: &secrets::Keyring,
     rev: &str,
     paths: &Paths,
     started_services: &[String],
 ) -> Result<Resource, InputError> {
     let tpath = host_file_target(target, repo_path, paths)?;
     let spec = s.yaml.files.get(target).cloned().unwrap_or_default();
-    let meta = host_file_meta(s, target, repo_path, &spec)?;
-    let n = normalize(Kind::File, content, &meta);
+    let sealed = repo_path.ends_with(secrets::SECRET_SUFFIX);
+    let default_mode = if sealed { 0o600 } else { 0o644 };
+    let meta = host_file_meta(s, target, repo_path, &spec, default_mode)?;
+    let (content, secret) = if sealed {
+        let (plain, secret) = keyring.unseal(repo_path, content);
+        (plain, Some(secret))
+    } else {
+        (content.to_vec(), None)
+    };
+    let n = match &secret {
+        None => normalize(Kind::File, &content, &meta),
+        Some(s) => secret_digests(s, &content, &meta),
+    };
     let mut layers = vec![Layer {
         file: repo_path.to_string(),
         revision: rev.to_string(),
@@ -979,7 +1058,7 @@ fn host_file_resource(
         kind: Kind::File,
         service: s.name.clone(),
         path: tpath,
-        content: content.to_vec(),
+        content,
         meta,
         digest: n.digest,
         raw_digest: n.raw_digest,
@@ -991,6 +1070,7 @@ fn host_file_resource(
             .unwrap_or_else(|| started_services.to_vec()),
         drift: spec.drift,
         adopt: spec.adopt,
+        secret,
     })
 }
 
@@ -1028,16 +1108,18 @@ fn host_file_target(target: &str, repo_path: &str, paths: &Paths) -> Result<Path
     Ok(tpath)
 }
 
-/// Mode and ownership of a host file: 0644 root:root unless service.yaml says otherwise;
-/// setuid, setgid, sticky and world-writable modes only with `allow_special_mode`.
+/// Mode and ownership of a host file: `default_mode` (0644, a secret 0600) root:root unless
+/// service.yaml says otherwise; setuid, setgid, sticky and world-writable modes only with
+/// `allow_special_mode`.
 fn host_file_meta(
     s: &ServiceDraft,
     target: &str,
     repo_path: &str,
     spec: &yaml::FileSpec,
+    default_mode: u32,
 ) -> Result<FileMeta, InputError> {
     let mode = match &spec.mode {
-        None => 0o644,
+        None => default_mode,
         Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
             .ok()
             .filter(|m| *m <= 0o7777)

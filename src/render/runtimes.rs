@@ -69,6 +69,7 @@ pub fn render(
             // a runtime that is not what was installed is always put back
             drift: DriftPolicy::Repair,
             adopt: false,
+            secret: None,
         });
         by_name.insert(name, rt);
     }
