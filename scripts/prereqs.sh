@@ -12,9 +12,10 @@ die() { echo "scripts/prereqs.sh: $*" >&2; exit 1; }
 # util-linux also provides flock(1), used by the lock test; time: max RSS in the benches;
 # dpkg-dev (dpkg-shlibdeps) and lintian: the Debian package (scripts/build-deb.sh) and its
 # checks; groff-base: the man page test renders every page; g++: libFuzzer, built by the fuzz
-# targets' libfuzzer-sys (scripts/fuzz.sh).
+# targets' libfuzzer-sys (scripts/fuzz.sh); age: the secrets test encrypts with Debian's own
+# age program too (interoperability with what operators use).
 PKGS=(systemd dbus util-linux mount pkg-config zlib1g-dev gcc g++ libc6-dev make git time
-    dpkg-dev lintian groff-base)
+    dpkg-dev lintian groff-base age)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -341,6 +341,73 @@ fn explain() {
 }
 
 #[test]
+fn explain_a_secret_shows_only_its_ciphertext_digest() {
+    let mut action = plan().actions[0].clone();
+    action.id = "file:/etc/db/db.env".into();
+    action.kind = crate::model::normalize::Kind::File;
+    action.path = Some("/etc/db/db.env".into());
+    action.unit = None;
+    action.digests.desired = Some("hmac-sha256:5b1f".into());
+    let secret = crate::model::plan::SecretView {
+        source: "services/db/files/etc/db/db.env.age".into(),
+        ciphertext_digest: "sha256:845e".into(),
+    };
+    action.secret = Some(secret.clone());
+    check_view(
+        "explain-secret",
+        &ExplainView {
+            schema_version: SCHEMA_VERSION,
+            kind: "CoreOpsExplanation",
+            explanation: Explanation {
+                id: action.id.clone(),
+                host: "alpha".into(),
+                revision: REV1.into(),
+                requested_ref: "v1".into(),
+                service: Some("db".into()),
+                path: action.path.clone(),
+                unit: None,
+                layers: vec![Layer {
+                    file: secret.source.clone(),
+                    revision: REV1.into(),
+                    role: "host file".into(),
+                }],
+                digest: action.digests.desired.clone(),
+                normalized: Some(secret.label()),
+                depends_on: Vec::new(),
+                required_by: Vec::new(),
+                restarts: vec!["db.service".into()],
+                action,
+                runtime: None,
+            },
+        },
+        false,
+    );
+}
+
+#[test]
+fn secret_keys_print_as_a_recipients_file() {
+    let view = SecretKeyView {
+        schema_version: SCHEMA_VERSION,
+        kind: "CoreOpsAgeIdentity",
+        identity: "/etc/core-ops/age.key".into(),
+        created: true,
+        recipients: vec!["age1qqqq".into()],
+    };
+    check_view("secret-keygen", &view, false);
+    check_view(
+        "secret-sealed",
+        &SealedView {
+            schema_version: SCHEMA_VERSION,
+            kind: "CoreOpsSealedFile",
+            output: "services/db/files/etc/db/db.env.age".into(),
+            ciphertext_digest: "sha256:845e".into(),
+            recipients: vec!["age1qqqq".into(), "age1rrrr".into()],
+        },
+        false,
+    );
+}
+
+#[test]
 fn evidence_verifies_and_does_not() {
     let file = |ok| FileCheck {
         name: "bundle.json".into(),
