@@ -243,6 +243,11 @@ pub(crate) fn scratch() -> Scratch {
         None,
         Some(&roots),
     );
+    // never the machine's own identity
+    let paths = Paths {
+        age_identity: root.join("age.key"),
+        ..paths
+    };
     Scratch { dir, paths }
 }
 

@@ -170,6 +170,123 @@ fn hand_edit_is_drift_and_repaired() {
     );
 }
 
+/// A secret (`files/...age`) and the plan of it after a converge: its digests are keyed.
+fn secret_world(s: &Scratch) -> (BTreeMap<String, RepoEntry>, String) {
+    let (text, public) = crate::render::secrets::generate_identity();
+    std::fs::write(&s.paths.age_identity, text).unwrap();
+    std::fs::set_permissions(
+        &s.paths.age_identity,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let sealed = crate::render::secrets::encrypt(&[public], b"pw=1\n").unwrap();
+    let mut f = files(&s, &[]);
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    f.insert(
+        format!("services/web/files{etc}/web/db.pw.age"),
+        RepoEntry::File {
+            data: sealed,
+            executable: false,
+        },
+    );
+    (f, format!("file:{etc}/web/db.pw"))
+}
+
+fn plan_expecting(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
+    let owned = crate::record::ledger::Ledger::seeded(last).objects;
+    let observed =
+        crate::observe::observe_files_expecting(&managed_paths(d, &owned), &s.paths, Some(d));
+    plan(PlanInput {
+        desired: d,
+        repo: "repo",
+        last_applied: last,
+        owned: &owned,
+        adopt: &BTreeSet::new(),
+        observed: &observed,
+        units: &UnitObservation::Unknown {
+            reason: "test".into(),
+        },
+        warnings: vec![],
+        interrupted: BTreeSet::new(),
+        invalid_quadlet: BTreeMap::new(),
+        foreign_dropins: BTreeMap::new(),
+        invalid_units: BTreeMap::new(),
+        findings: Vec::new(),
+    })
+}
+
+#[test]
+fn a_secret_is_compared_by_keyed_digests_and_shown_by_its_ciphertext() {
+    let s = scratch();
+    let (f, id) = secret_world(&s);
+    let d = desired(&s, &f, 'a');
+    let r = &d.resources[&id];
+    assert_eq!(r.content, b"pw=1\n");
+    assert_eq!(r.meta.mode, 0o600);
+    assert!(!format!("{r:?}").contains("pw=1"));
+    let last = converge(&d);
+    assert!(last.resources[&id].secret);
+    let p = plan_expecting(&s, &d, Some(&last));
+    let a = action(&p, &id);
+    assert_eq!((a.action, a.cause), (Action::NoOp, Cause::Unchanged));
+    assert!(
+        a.digests
+            .desired
+            .as_deref()
+            .unwrap()
+            .starts_with("hmac-sha256:")
+    );
+    assert_eq!(a.digests.desired, a.digests.observed);
+    let shown = a.secret.as_ref().unwrap();
+    assert!(shown.source.ends_with("db.pw.age"));
+    assert!(shown.ciphertext_digest.starts_with("sha256:"));
+    // a hand edit is drift, compared through the decrypted bytes
+    std::fs::write(&r.path, "pw=2\n").unwrap();
+    let p = plan_expecting(&s, &d, Some(&last));
+    assert_eq!(
+        (action(&p, &id).action, action(&p, &id).cause),
+        (Action::Update, Cause::Drift)
+    );
+    // removed from the desired state: deleted, and the observed side is not a digest
+    let mut f2 = f.clone();
+    f2.retain(|p, _| !p.ends_with(".age"));
+    let p = plan_expecting(&s, &desired(&s, &f2, 'b'), Some(&last));
+    let a = action(&p, &id);
+    assert_eq!(a.action, Action::Delete);
+    assert_eq!(a.digests.observed.as_deref(), Some("(secret)"));
+    let json = String::from_utf8(to_json_bytes(&p)).unwrap();
+    assert!(!json.contains(&crate::model::normalize::sha256_hex(b"pw=2\n")[7..]));
+}
+
+#[test]
+fn a_secret_this_host_cannot_decrypt_is_blocked_with_the_reason() {
+    let s = scratch();
+    let (f, id) = secret_world(&s);
+    std::fs::remove_file(&s.paths.age_identity).unwrap();
+    let d = desired(&s, &f, 'a');
+    let p = plan_expecting(&s, &d, None);
+    let a = action(&p, &id);
+    assert_eq!(
+        (a.action, a.cause),
+        (Action::Blocked, Cause::MissingPrerequisite)
+    );
+    assert!(a.reason.contains("no age identity"), "{}", a.reason);
+    // the rest of the host is planned as usual
+    assert_eq!(action(&p, "unit:db.service").action, Action::Create);
+    // a plain file and an encrypted one for the same path is an input error
+    let etc = s.paths.host_file_roots[0].display().to_string();
+    let mut both = f.clone();
+    both.insert(
+        format!("services/web/files{etc}/web/db.pw"),
+        RepoEntry::File {
+            data: b"plain".to_vec(),
+            executable: false,
+        },
+    );
+    let e = render(&both, &rev('a'), "h", &s.paths).unwrap_err();
+    assert!(e.to_string().contains("both write host file"), "{e}");
+}
+
 #[test]
 fn host_file_behind_a_symlinked_parent_is_blocked_not_read_through() {
     let s = scratch();
