@@ -180,7 +180,7 @@ fn secret_world(s: &Scratch) -> (BTreeMap<String, RepoEntry>, String) {
     )
     .unwrap();
     let sealed = crate::render::secrets::encrypt(&[public], b"pw=1\n").unwrap();
-    let mut f = files(&s, &[]);
+    let mut f = files(s, &[]);
     let etc = s.paths.host_file_roots[0].display().to_string();
     f.insert(
         format!("services/web/files{etc}/web/db.pw.age"),
