@@ -303,6 +303,13 @@ pub enum SecretCommand {
         /// repository's `hosts/<host>/age.recipients`.
         #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
         recipients_files: Vec<PathBuf>,
+        /// Encrypt for every host of the repository work tree DIR that selects SERVICE: each
+        /// one's `hosts/<host>/age.recipients`, plus `DIR/age.recipients` (operators) if present.
+        #[arg(long = "for-service", value_name = "SERVICE", requires = "repo_dir")]
+        for_service: Option<String>,
+        /// The repository work tree `--for-service` reads.
+        #[arg(long = "repo-dir", value_name = "DIR", requires = "for_service")]
+        repo_dir: Option<PathBuf>,
         /// Write the encrypted file here (atomically; refused if it exists). Default: stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<PathBuf>,

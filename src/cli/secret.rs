@@ -26,15 +26,17 @@ pub fn secret(cli: &Cli, paths: &Paths, command: &SecretCommand) -> Result<Outco
         SecretCommand::Encrypt {
             recipients,
             recipients_files,
+            for_service,
+            repo_dir,
             output,
             input,
-        } => encrypt(
-            cli,
-            recipients,
-            recipients_files,
-            output.as_deref(),
-            input.as_deref(),
-        ),
+        } => {
+            let mut files = recipients_files.clone();
+            if let (Some(svc), Some(dir)) = (for_service, repo_dir) {
+                files.extend(service_recipient_files(dir, svc)?);
+            }
+            encrypt(cli, recipients, &files, output.as_deref(), input.as_deref())
+        }
     }
 }
 
@@ -119,6 +121,51 @@ fn encrypt(
         },
     )?;
     Ok(Outcome::Done)
+}
+
+/// The recipients files of every host in the work tree `dir` that selects `service` (and
+/// the repository's own `age.recipients`, when there is one); a selecting host without one is
+/// an error naming it, so no host is silently left unable to decrypt.
+fn service_recipient_files(dir: &Path, service: &str) -> Result<Vec<PathBuf>, Error> {
+    let hosts = dir.join("hosts");
+    let entries =
+        std::fs::read_dir(&hosts).map_err(|e| Error::io(format!("read {}", hosts.display()), e))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut files = Vec::new();
+    for host in names {
+        let yaml_path = hosts.join(&host).join("host.yaml");
+        let Ok(text) = std::fs::read(&yaml_path) else {
+            continue;
+        };
+        let shown = format!("hosts/{host}/host.yaml");
+        let doc: crate::model::yaml::HostYaml = crate::model::yaml::parse(&shown, &text)?;
+        if !doc.services.iter().any(|s| s == service) {
+            continue;
+        }
+        let r = hosts.join(&host).join("age.recipients");
+        if !r.is_file() {
+            return Err(Error::Config(format!(
+                "host {host} selects service {service} but has no hosts/{host}/age.recipients \
+                 (`core-ops secret keygen` on that host prints it)"
+            )));
+        }
+        files.push(r);
+    }
+    if files.is_empty() {
+        return Err(Error::Config(format!(
+            "no host in {} selects service {service}",
+            hosts.display()
+        )));
+    }
+    let team = dir.join("age.recipients");
+    if team.is_file() {
+        files.push(team);
+    }
+    Ok(files)
 }
 
 /// Recipients from a file: one public key per line, blank lines and `#` comments skipped;
