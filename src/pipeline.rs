@@ -142,6 +142,13 @@ pub fn read_revision(
     read_trusted(paths, repo, requested_ref, host).map(|(s, r, snap, _)| (s, r, snap))
 }
 
+/// The commit `rev` names in the repository (annotated tags peeled), or `None` when it names
+/// none (or the repository cannot be read).
+pub fn resolve_commit(paths: &Paths, repo: &str, rev: &str) -> Option<String> {
+    let source = Source::open_with(repo, &paths.state_dir, &paths.remote).ok()?;
+    source.resolve(rev).ok().map(|r| r.commit)
+}
+
 fn read_trusted(
     paths: &Paths,
     repo: &str,

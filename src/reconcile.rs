@@ -27,7 +27,8 @@ use crate::systemd::Systemd;
 pub enum Mode {
     /// The target's requested ref.
     Forward,
-    /// A revision from the applied history (sha, sha prefix or the ref it was applied as).
+    /// A revision from the applied history (sha, sha prefix, the ref it was applied as, or
+    /// any ref of the repository that names an applied commit).
     RollbackTo(String),
 }
 
@@ -172,7 +173,13 @@ fn plan_rollback(
 ) -> Result<Planned> {
     let (status, why) = pipeline::load_status(paths);
     let history = status.map(|s| s.history).unwrap_or_default();
-    let Some(entry) = find_in_history(&history, rev) else {
+    let entry = find_in_history(&history, rev).or_else(|| {
+        // any other name of the repository for an applied commit (a tag made after the
+        // fact, annotated or not; another branch)
+        let commit = pipeline::resolve_commit(paths, &target.repo, rev)?;
+        find_in_history(&history, &commit)
+    });
+    let Some(entry) = entry else {
         let known: Vec<String> = history
             .iter()
             .map(|h| {

@@ -124,6 +124,37 @@ fn history_v1_v2_broken_v3_auto_rollback_then_rollback_to_v1() {
         receipts.len()
     );
 
+    // any name of the repository for an applied commit: an annotated tag made afterwards
+    let tag = |name: &str, commit: &str| {
+        let o = std::process::Command::new("git")
+            .arg("-C")
+            .arg(w.s.path("repo"))
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(["tag", "-a", name, "-m", name, commit])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    tag("known-good", &v2);
+    let o = w.run(&[
+        "--json",
+        "apply",
+        "--rollback-to",
+        "known-good",
+        "--rollback-plan-only",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["base"]["desired_revision"], v2.as_str());
+    tag("never-applied", &v3);
+    let o = w.run(&["apply", "--rollback-to", "never-applied"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not an applied revision"),
+        "{}",
+        stderr(&o)
+    );
+
     // a revision that was never applied is refused
     let o = w.run(&["apply", "--rollback-to", &v3]);
     assert_eq!(o.status.code(), Some(1));

@@ -182,8 +182,9 @@ pub enum Command {
         /// Apply without reading or writing status.json (escape hatch).
         #[arg(long, conflicts_with = "rollback_to")]
         force_no_state: bool,
-        /// Roll back to a revision this host applied before (sha, prefix, or the ref it was
-        /// applied as), with the same planner and ordering.
+        /// Roll back to a revision this host applied before (sha, prefix, the ref it was
+        /// applied as, or any branch or tag naming such a commit), with the same planner and
+        /// ordering.
         #[arg(long, value_name = "REV", conflicts_with = "plan")]
         rollback_to: Option<String>,
         /// With --rollback-to: print the rollback plan and change nothing.
