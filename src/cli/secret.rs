@@ -52,29 +52,28 @@ fn keygen(cli: &Cli, identity: &Path) -> Result<Outcome, Error> {
     }
     let (text, public) = secrets::generate_identity();
     fsutil::write_new_mode(identity, text.as_bytes(), Some(0o600))?;
-    emit(
-        cli,
-        &SecretKeyView {
-            schema_version: SCHEMA_VERSION,
-            kind: "CoreOpsAgeIdentity",
-            identity: identity.display().to_string(),
-            created: true,
-            recipients: vec![public],
-        },
-    )?;
-    Ok(Outcome::Done)
+    emit_keys(cli, identity, true, vec![public])
 }
 
 /// `secret recipient`: the public keys of the identity, checked as the agent checks it.
 fn recipient(cli: &Cli, identity: &Path) -> Result<Outcome, Error> {
     let recipients = secrets::identity_recipients(identity).map_err(Error::Config)?;
+    emit_keys(cli, identity, false, recipients)
+}
+
+fn emit_keys(
+    cli: &Cli,
+    identity: &Path,
+    created: bool,
+    recipients: Vec<String>,
+) -> Result<Outcome, Error> {
     emit(
         cli,
         &SecretKeyView {
             schema_version: SCHEMA_VERSION,
             kind: "CoreOpsAgeIdentity",
             identity: identity.display().to_string(),
-            created: false,
+            created,
             recipients,
         },
     )?;

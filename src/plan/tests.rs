@@ -196,23 +196,7 @@ fn plan_expecting(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> 
     let owned = crate::record::ledger::Ledger::seeded(last).objects;
     let observed =
         crate::observe::observe_files_expecting(&managed_paths(d, &owned), &s.paths, Some(d));
-    plan(PlanInput {
-        desired: d,
-        repo: "repo",
-        last_applied: last,
-        owned: &owned,
-        adopt: &BTreeSet::new(),
-        observed: &observed,
-        units: &UnitObservation::Unknown {
-            reason: "test".into(),
-        },
-        warnings: vec![],
-        interrupted: BTreeSet::new(),
-        invalid_quadlet: BTreeMap::new(),
-        foreign_dropins: BTreeMap::new(),
-        invalid_units: BTreeMap::new(),
-        findings: Vec::new(),
-    })
+    plan_observed(d, last, &owned, &BTreeSet::new(), &observed)
 }
 
 #[test]
@@ -530,13 +514,23 @@ fn plan_owned(
     adopt: &BTreeSet<PathBuf>,
 ) -> Plan {
     let observed = observe_files(&managed_paths(d, owned), &s.paths);
+    plan_observed(d, last, owned, adopt, &observed)
+}
+
+fn plan_observed(
+    d: &DesiredState,
+    last: Option<&LastApplied>,
+    owned: &BTreeMap<String, AppliedResource>,
+    adopt: &BTreeSet<PathBuf>,
+    observed: &BTreeMap<String, crate::observe::ObservedFile>,
+) -> Plan {
     plan(PlanInput {
         desired: d,
         repo: "repo",
         last_applied: last,
         owned,
         adopt,
-        observed: &observed,
+        observed,
         units: &UnitObservation::Unknown {
             reason: "test".into(),
         },
