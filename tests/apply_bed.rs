@@ -635,11 +635,7 @@ fn a_pre_existing_file_is_adopted_only_when_asked_and_then_owned() {
             }
         })
         .collect();
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_slice()))
-        .collect();
-    let v2 = w.repo.commit_files(&refs, "drop web").unwrap();
+    let v2 = w.repo.commit_owned(&files, "drop web").unwrap();
     let (code, r) = w.apply(&v2, &[]);
     assert_eq!(code, 0, "{r:#}");
     assert!(

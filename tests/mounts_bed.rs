@@ -85,11 +85,7 @@ impl Mounts {
 }
 
 fn commit(w: &mut World, files: Vec<(String, Vec<u8>)>) -> String {
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_slice()))
-        .collect();
-    w.repo.commit_files(&refs, "rev").unwrap()
+    w.repo.commit_owned(&files, "rev").unwrap()
 }
 
 /// A process inside the bed whose working directory is in the mount: umount gets EBUSY.

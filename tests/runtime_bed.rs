@@ -161,11 +161,7 @@ impl World {
             )
             .into_bytes(),
         ));
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_slice()))
-            .collect();
-        self.repo.commit_files(&refs, v).expect("commit")
+        self.repo.commit_owned(&files, v).expect("commit")
     }
 
     fn repo_arg(&self) -> String {

@@ -116,11 +116,7 @@ impl Secrets {
             ("hosts/h/age.recipients".into(), recipients.as_bytes().to_vec()),
             ("hosts/h/host.yaml".into(), b"services: [app]\n".to_vec()),
         ];
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_slice()))
-            .collect();
-        self.w.repo.commit_files(&refs, "rev").expect("commit")
+        self.w.repo.commit_owned(&files, "rev").expect("commit")
     }
 
     /// Every byte core-ops printed or recorded: the outputs given, and every file under the

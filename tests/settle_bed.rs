@@ -33,11 +33,7 @@ fn commit_service(w: &mut World, service: &str, service_yaml: &str, host_extra: 
     if !service_yaml.is_empty() {
         files.push(("services/svc/service.yaml".into(), service_yaml.into()));
     }
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, c)| (p.as_str(), c.as_slice()))
-        .collect();
-    w.repo.commit_files(&refs, "rev").expect("commit")
+    w.repo.commit_owned(&files, "rev").expect("commit")
 }
 
 fn settled<'a>(r: &'a Value, unit: &str) -> &'a Value {

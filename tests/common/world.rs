@@ -127,11 +127,7 @@ impl World {
 
     pub fn commit(&mut self, fx: Fx) -> String {
         let files = fx.files();
-        let refs: Vec<(&str, &[u8])> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_slice()))
-            .collect();
-        self.repo.commit_files(&refs, "rev").expect("commit")
+        self.repo.commit_owned(&files, "rev").expect("commit")
     }
 
     pub fn repo_arg(&self) -> String {

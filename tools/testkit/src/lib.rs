@@ -170,6 +170,15 @@ impl RepoBuilder {
         self.commit_node(Node::Dir(root), message)
     }
 
+    /// [`RepoBuilder::commit_files`] of files built at run time (owned names and contents).
+    pub fn commit_owned(&mut self, files: &[(String, Vec<u8>)], message: &str) -> Result<String> {
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_slice()))
+            .collect();
+        self.commit_files(&refs, message)
+    }
+
     /// Point a lightweight tag `name` at the current `main` commit (replacing an existing tag).
     ///
     /// Why: operators pin hosts to tags; lightweight and annotated tags must both resolve.
