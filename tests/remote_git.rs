@@ -20,13 +20,7 @@ fn git_daemon_remote_applies_recovers_a_killed_fetch_and_survives_an_outage() {
         return;
     };
 
-    let v1 = {
-        let fx = r.w.fx();
-        r.publish(fx)
-    };
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "first apply: {err}");
-    assert_eq!(r.last_applied(), v1);
+    r.apply_first();
 
     // what a fetch killed half-way leaves in the mirror: ref locks and a partial pack
     let mirrors = r.w.s.path("state/mirrors");
@@ -39,26 +33,11 @@ fn git_daemon_remote_applies_recovers_a_killed_fetch_and_survives_an_outage() {
     std::fs::write(mirror.join("refs/heads/main.lock"), "").unwrap();
     std::fs::write(mirror.join("objects/pack/tmp_pack_killed"), "PACK partial").unwrap();
 
-    let mut fx = r.w.fx();
-    fx.level = "2";
-    let v2 = r.publish(fx);
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "pushed change through a recovered mirror: {err}");
-    assert_eq!(r.last_applied(), v2);
+    let v2 = r.apply_pushed_change("2", "pushed change through a recovered mirror");
     assert!(!mirror.join("refs/heads/main.lock").exists());
     assert!(!mirror.join("objects/pack/tmp_pack_killed").exists());
 
-    let t0 = Instant::now();
-    let (code, _, err) = r.agent();
-    let tick = t0.elapsed();
-    assert_eq!(code, 0, "no-change tick: {err}");
-    let fetch_ms = r.status_json()["fetch"]["last_success_ms"]
-        .as_u64()
-        .unwrap();
-    eprintln!(
-        "git:// no-change tick: {} ms wall (fetch {fetch_ms} ms)",
-        tick.as_millis()
-    );
+    r.no_change_tick("git://");
 
     srv.stop("git");
     let (code, _, err) = r.agent();

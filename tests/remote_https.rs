@@ -79,41 +79,20 @@ fn https_remote_with_basic_auth_applies_fails_safely_and_never_leaks() {
     r.credential(&good);
 
     // 1. first apply
-    let v1 = {
-        let fx = r.w.fx();
-        r.publish(fx)
-    };
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "first apply: {err}");
-    assert_eq!(r.last_applied(), v1);
+    r.apply_first();
     assert_eq!(r.w.show(&r.w.unit("web"), "ActiveState"), "active");
     let mirror = r.w.s.path("state/mirrors");
     assert_eq!(std::fs::read_dir(&mirror).unwrap().count(), 1, "one mirror");
 
     // 2. a pushed change is applied
-    let mut fx = r.w.fx();
-    fx.level = "2";
-    let v2 = r.publish(fx);
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "pushed change: {err}");
-    assert_eq!(r.last_applied(), v2);
+    let v2 = r.apply_pushed_change("2", "pushed change");
     assert!(
         r.w.show(&r.w.unit("web"), "Environment")
             .contains("LEVEL=2")
     );
 
     // 3. a no-change tick: one fetch round trip, nothing else
-    let t0 = std::time::Instant::now();
-    let (code, _, err) = r.agent();
-    let tick = t0.elapsed();
-    assert_eq!(code, 0, "no-change tick: {err}");
-    let fetch_ms = r.status_json()["fetch"]["last_success_ms"]
-        .as_u64()
-        .unwrap();
-    eprintln!(
-        "https no-change tick: {} ms wall (fetch {fetch_ms} ms)",
-        tick.as_millis()
-    );
+    r.no_change_tick("https");
 
     // 4. a wrong password: exit 5, named as an authentication failure, host unchanged
     let wrong = r.private_file("wrong-password", "not-the-password\n");

@@ -38,13 +38,7 @@ fn ssh_remote_with_pinned_host_key_applies_refuses_unknown_keys_and_never_leaks(
 
     // 1. first apply with the deploy key
     r.credential(&entry(&key, &kh, ""));
-    let v1 = {
-        let fx = r.w.fx();
-        r.publish(fx)
-    };
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "first apply: {err}");
-    assert_eq!(r.last_applied(), v1);
+    r.apply_first();
 
     // 2. a pushed change, fetched with the passphrase-protected key (ssh asks core-ops itself)
     r.credential(&entry(
@@ -52,12 +46,7 @@ fn ssh_remote_with_pinned_host_key_applies_refuses_unknown_keys_and_never_leaks(
         &kh,
         &format!("ssh_passphrase_file: {passphrase_file}\n"),
     ));
-    let mut fx = r.w.fx();
-    fx.level = "2";
-    let v2 = r.publish(fx);
-    let (code, _, err) = r.agent();
-    assert_eq!(code, 2, "pushed change, passphrase key: {err}");
-    assert_eq!(r.last_applied(), v2);
+    let v2 = r.apply_pushed_change("2", "pushed change, passphrase key");
     assert!(
         r.w.show(&r.w.unit("web"), "Environment")
             .contains("LEVEL=2")
@@ -65,17 +54,7 @@ fn ssh_remote_with_pinned_host_key_applies_refuses_unknown_keys_and_never_leaks(
 
     // 3. a no-change tick
     r.credential(&entry(&key, &kh, ""));
-    let t0 = std::time::Instant::now();
-    let (code, _, err) = r.agent();
-    let tick = t0.elapsed();
-    assert_eq!(code, 0, "no-change tick: {err}");
-    let fetch_ms = r.status_json()["fetch"]["last_success_ms"]
-        .as_u64()
-        .unwrap();
-    eprintln!(
-        "ssh no-change tick: {} ms wall (fetch {fetch_ms} ms)",
-        tick.as_millis()
-    );
+    r.no_change_tick("ssh");
 
     // 3b. the deploy key held by an ssh-agent only (SSH_AUTH_SOCK), no key file in the entry
     let sock = r.w.s.path("agent.sock");

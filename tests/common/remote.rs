@@ -188,6 +188,43 @@ impl Remote {
         f
     }
 
+    /// Publish the first revision and apply it with the agent (exit 2: changes applied).
+    pub fn apply_first(&mut self) -> String {
+        let fx = self.w.fx();
+        let v1 = self.publish(fx);
+        let (code, _, err) = self.agent();
+        assert_eq!(code, 2, "first apply: {err}");
+        assert_eq!(self.last_applied(), v1);
+        v1
+    }
+
+    /// Publish a change of the web drop-in (`LEVEL=<level>`) and apply it with the agent;
+    /// `what` names the case in failure messages.
+    pub fn apply_pushed_change(&mut self, level: &'static str, what: &str) -> String {
+        let mut fx = self.w.fx();
+        fx.level = level;
+        let v = self.publish(fx);
+        let (code, _, err) = self.agent();
+        assert_eq!(code, 2, "{what}: {err}");
+        assert_eq!(self.last_applied(), v);
+        v
+    }
+
+    /// A tick with nothing new: exit 0; prints its wall time and the fetch's share.
+    pub fn no_change_tick(&self, transport: &str) {
+        let t0 = std::time::Instant::now();
+        let (code, _, err) = self.agent();
+        let tick = t0.elapsed();
+        assert_eq!(code, 0, "no-change tick: {err}");
+        let fetch_ms = self.status_json()["fetch"]["last_success_ms"]
+            .as_u64()
+            .unwrap();
+        eprintln!(
+            "{transport} no-change tick: {} ms wall (fetch {fetch_ms} ms)",
+            tick.as_millis()
+        );
+    }
+
     /// `core-ops -vv agent` against the remote; (exit code, stdout, stderr).
     pub fn agent(&self) -> (i32, String, String) {
         let o = self.w.s.run(&[
