@@ -346,19 +346,16 @@ fn a_host_that_cannot_decrypt_blocks_the_secret_and_changes_nothing() {
 
     // no identity at all
     let missing = t.w.s.path("keys/none.key").display().to_string();
-    let o = t.w.s.run_env(
-        &[
-            "--json",
-            "plan",
-            "--rev",
-            &v1,
-            "--repo",
-            &t.w.repo_arg(),
-            "--host",
-            "h",
-        ],
-        &[("CORE_OPS_AGE_IDENTITY", missing.as_str())],
-    );
+    let repo = t.w.repo_arg();
+    let without_identity = |command: &str| {
+        t.w.s.run_env(
+            &[
+                "--json", command, "--rev", &v1, "--repo", &repo, "--host", "h",
+            ],
+            &[("CORE_OPS_AGE_IDENTITY", missing.as_str())],
+        )
+    };
+    let o = without_identity("plan");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let plan: Value = serde_json::from_slice(&o.stdout).unwrap();
     let a = action(&plan, &db_id);
@@ -369,19 +366,7 @@ fn a_host_that_cannot_decrypt_blocks_the_secret_and_changes_nothing() {
         reason.contains("no age identity") && reason.contains(&missing),
         "{reason}"
     );
-    let o = t.w.s.run_env(
-        &[
-            "--json",
-            "apply",
-            "--rev",
-            &v1,
-            "--repo",
-            &t.w.repo_arg(),
-            "--host",
-            "h",
-        ],
-        &[("CORE_OPS_AGE_IDENTITY", missing.as_str())],
-    );
+    let o = without_identity("apply");
     assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
     assert!(!t.db_env().exists());
     assert_eq!(t.w.show(&t.unit(), "LoadState"), "not-found");
