@@ -65,6 +65,16 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
     observe_plain_expecting(kind, path, None)
 }
 
+/// [`observe_file`] of a desired resource's path, knowing what should be there: a file that
+/// holds exactly the desired bytes, mode and owner is not parsed again (see
+/// `file_observation`); the observation is the same either way.
+pub fn observe_resource(r: &Resource) -> ObservedFile {
+    if r.kind == Kind::Runtime {
+        return runtimes::observe(&r.path);
+    }
+    observe_plain_expecting(r.kind, &r.path, Some(r))
+}
+
 fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -> ObservedFile {
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -411,6 +421,15 @@ mod tests {
             .map(|r| (r.id.clone(), (r.kind, r.path.clone())))
             .collect();
         let both = || {
+            // one resource at a time (verification's read) agrees with the plain read too
+            for r in d.resources.values() {
+                assert_eq!(
+                    observe_resource(r),
+                    observe_file(r.kind, &r.path),
+                    "{}",
+                    r.id
+                );
+            }
             (
                 observe_files(&managed, &s.paths),
                 observe_files_expecting(&managed, &s.paths, Some(&d)),
