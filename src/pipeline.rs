@@ -198,6 +198,15 @@ pub fn plan_pinned(
 }
 
 /// Observe and plan an already rendered desired state.
+///
+/// The Quadlet generator and systemd-analyze judge what is about to be written, before it
+/// is. A plan that writes nothing (every object already matches what was applied, nothing
+/// interrupted) has nothing for them to judge: systemd loaded these very files, and its
+/// verdict (LoadState) is what the plan and verification read. That is the no-op path of
+/// every agent tick: no child process, no temp files. When files differ, the validators
+/// start on the services those files belong to while the units are observed and the plan is
+/// made; their verdict is used when the plan touches exactly those services (else they run
+/// again on the services it does touch).
 pub fn plan_desired(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -213,72 +222,68 @@ pub fn plan_desired(
         records_ms = t0.elapsed().as_secs_f64() * 1000.0,
         "records read"
     );
-    let (observed, units) = observe_host(paths, &desired, &ledger, units_source);
-    let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
-    warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted = interrupted_objects(paths, &mut warnings);
-    let foreign_dropins = crate::observe::foreign_dropins(&desired, &paths.unit_dir);
-    let input =
-        |warnings: Vec<String>,
-         checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>| {
-            let (invalid_quadlet, invalid_units, findings) = match checks {
-                Some((q, u)) => (
-                    q.rejected.clone(),
-                    u.rejected,
-                    u.findings
-                        .into_iter()
-                        .map(|(id, reason)| plan::Finding {
-                            kind: "warning".into(),
-                            id,
-                            reason,
-                        })
-                        .collect(),
-                ),
-                None => Default::default(),
-            };
-            PlanInput {
-                desired: &desired,
-                repo: repo_display,
-                last_applied: last,
-                owned: &ledger.objects,
-                adopt: &target.adopt,
-                observed: &observed,
-                units: &units,
-                warnings,
-                interrupted: interrupted.clone(),
-                invalid_quadlet,
-                foreign_dropins: foreign_dropins.clone(),
-                invalid_units,
-                findings,
-            }
+    let t1 = std::time::Instant::now();
+    let observed = crate::observe::observe_files_expecting(
+        &plan::managed_paths(&desired, &ledger.objects),
+        paths,
+        Some(&desired),
+    );
+    let files_ms = t1.elapsed().as_secs_f64() * 1000.0;
+    let differing = services_of_differing_files(&desired, &observed, &ledger.objects);
+    let (units, plan) = std::thread::scope(|scope| {
+        let early =
+            (!differing.is_empty()).then(|| scope.spawn(|| validate(&desired, &differing, paths)));
+        let t2 = std::time::Instant::now();
+        let units = observe_units(paths, &desired, &ledger, units_source);
+        tracing::debug!(
+            files_ms,
+            units_ms = t2.elapsed().as_secs_f64() * 1000.0,
+            "observed"
+        );
+        let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
+        warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
+        let inputs = Inputs {
+            desired: &desired,
+            repo: repo_display,
+            last,
+            ledger: &ledger,
+            adopt: &target.adopt,
+            observed: &observed,
+            units: &units,
+            interrupted: interrupted_objects(paths, &mut warnings),
+            foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
         };
-    // The Quadlet generator and systemd-analyze judge what is about to be written, before it
-    // is. A plan that writes nothing (every object already matches what was applied, nothing
-    // interrupted) has nothing for them to judge: systemd loaded these very files, and its
-    // verdict (LoadState) is what the plan and verification read. That is the no-op path of
-    // every agent tick: no child process, no temp files.
-    let t3 = std::time::Instant::now();
-    let unchecked = plan::plan(input(warnings.clone(), None));
-    tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
-    let plan = if unchecked
-        .actions
-        .iter()
-        .all(|a| a.action == plan::Action::NoOp)
-    {
-        unchecked
-    } else {
-        // the real generator judges the Quadlet set before anything is written
-        let quadlet = quadlet_check::check(&desired, paths);
-        // and systemd's own parser the merged units of the services being written, the
-        // generator's output included (the others are on the host as desired, where the
-        // verify finds them through the host's unit path; a change of one service of 200
-        // does not re-verify 400 files)
-        let units_check =
-            unit_check::check(&services_written(&desired, &unchecked), paths, &quadlet);
+        let t3 = std::time::Instant::now();
+        let unchecked = plan::plan(inputs.plan_input(warnings.clone(), None));
+        tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
+        if unchecked
+            .actions
+            .iter()
+            .all(|a| a.action == plan::Action::NoOp)
+        {
+            return (units, unchecked);
+        }
+        let touched = services_touched(&desired, &unchecked);
+        let (quadlet, units_check) = match early {
+            Some(h) if touched == differing => {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }
+            _ => validate(&desired, &touched, paths),
+        };
+        let found_nothing = quadlet.rejected.is_empty()
+            && quadlet.warnings.is_empty()
+            && units_check.rejected.is_empty()
+            && units_check.findings.is_empty()
+            && units_check.warnings.is_empty();
+        if found_nothing {
+            // the same input as the plan just made: the same plan
+            return (units, unchecked);
+        }
         warnings.extend(quadlet.warnings.iter().cloned());
         warnings.extend(units_check.warnings.iter().cloned());
-        plan::plan(input(warnings, Some((&quadlet, units_check))))
-    };
+        let plan = plan::plan(inputs.plan_input(warnings, Some((&quadlet, units_check))));
+        (units, plan)
+    });
     Ok(Planned {
         target: target.clone(),
         desired,
@@ -290,31 +295,84 @@ pub fn plan_desired(
     })
 }
 
-/// What the host has of what core-ops manages: the files (a file byte-identical to the
-/// desired one is not parsed again) and the units, with enablement read from disk.
-fn observe_host(
+/// What the plan is made from, besides its warnings and the validators' verdicts.
+struct Inputs<'a> {
+    desired: &'a DesiredState,
+    repo: &'a str,
+    last: Option<&'a crate::model::applied::LastApplied>,
+    ledger: &'a Ledger,
+    adopt: &'a BTreeSet<PathBuf>,
+    observed: &'a BTreeMap<String, ObservedFile>,
+    units: &'a UnitObservation,
+    interrupted: BTreeSet<String>,
+    foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl Inputs<'_> {
+    fn plan_input(
+        &self,
+        warnings: Vec<String>,
+        checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>,
+    ) -> PlanInput<'_> {
+        let (invalid_quadlet, invalid_units, findings) = match checks {
+            Some((q, u)) => (
+                q.rejected.clone(),
+                u.rejected,
+                u.findings
+                    .into_iter()
+                    .map(|(id, reason)| plan::Finding {
+                        kind: "warning".into(),
+                        id,
+                        reason,
+                    })
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        PlanInput {
+            desired: self.desired,
+            repo: self.repo,
+            last_applied: self.last,
+            owned: &self.ledger.objects,
+            adopt: self.adopt,
+            observed: self.observed,
+            units: self.units,
+            warnings,
+            interrupted: self.interrupted.clone(),
+            invalid_quadlet,
+            foreign_dropins: self.foreign_dropins.clone(),
+            invalid_units,
+            findings,
+        }
+    }
+}
+
+/// The real generator on the Quadlet set, then systemd's own parser on the merged units of
+/// `services`, the generator's output included (the other services are on the host as
+/// desired, where the verify finds them through the host's unit path; a change of one
+/// service of 200 does not re-verify 400 files).
+fn validate(
+    desired: &DesiredState,
+    services: &BTreeSet<String>,
+    paths: &Paths,
+) -> (quadlet_check::QuadletCheck, unit_check::UnitCheck) {
+    let quadlet = quadlet_check::check(desired, paths);
+    let units = unit_check::check(&services_subset(desired, services), paths, &quadlet);
+    (quadlet, units)
+}
+
+/// The units of what core-ops manages, with enablement read from disk.
+fn observe_units(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
     units_source: &dyn UnitStateSource,
-) -> (BTreeMap<String, ObservedFile>, UnitObservation) {
-    let t1 = std::time::Instant::now();
-    let observed = crate::observe::observe_files_expecting(
-        &plan::managed_paths(desired, &ledger.objects),
-        paths,
-        Some(desired),
-    );
-    let t2 = std::time::Instant::now();
+) -> UnitObservation {
     let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
     if let UnitObservation::Known(map) = &mut units {
         crate::observe::enablement_from_disk(&paths.unit_dir, map);
     }
-    tracing::debug!(
-        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
-        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
-        "observed"
-    );
-    (observed, units)
+    units
 }
 
 /// The objects an interrupted run was changing (from the in-flight journal), re-applied by
@@ -336,21 +394,44 @@ fn interrupted_objects(paths: &Paths, warnings: &mut Vec<String>) -> BTreeSet<St
     }
 }
 
-/// The part of the desired state that belongs to services with an object to write or
-/// restart in `plan` (what plan-time validation judges).
-fn services_written(desired: &DesiredState, plan: &Plan) -> DesiredState {
-    let touched: BTreeSet<&str> = plan
-        .actions
+/// The services with an object to write or restart in `plan` (what plan-time validation
+/// judges).
+fn services_touched(desired: &DesiredState, plan: &Plan) -> BTreeSet<String> {
+    plan.actions
         .iter()
         .filter(|a| a.action != plan::Action::NoOp)
         .filter_map(|a| desired.resources.get(&a.id))
-        .map(|r| r.service.as_str())
-        .collect();
+        .map(|r| r.service.clone())
+        .collect()
+}
+
+/// The services with a desired file that the host does not hold as desired: what a plan
+/// most likely writes, known before the units are observed and the plan is made. Drift of
+/// an object whose drift is only reported is never written.
+fn services_of_differing_files(
+    desired: &DesiredState,
+    observed: &BTreeMap<String, ObservedFile>,
+    owned: &BTreeMap<String, crate::model::applied::AppliedResource>,
+) -> BTreeSet<String> {
+    desired
+        .resources
+        .values()
+        .filter(|r| observed.get(&r.id).and_then(ObservedFile::digest) != Some(r.digest.as_str()))
+        .filter(|r| {
+            r.drift != crate::model::yaml::DriftPolicy::Report
+                || owned.get(&r.id).is_none_or(|o| o.digest != r.digest)
+        })
+        .map(|r| r.service.clone())
+        .collect()
+}
+
+/// The part of the desired state that belongs to `services`.
+fn services_subset(desired: &DesiredState, services: &BTreeSet<String>) -> DesiredState {
     DesiredState {
         resources: desired
             .resources
             .iter()
-            .filter(|(_, r)| touched.contains(r.service.as_str()))
+            .filter(|(_, r)| services.contains(&r.service))
             .map(|(id, r)| (id.clone(), r.clone()))
             .collect(),
         host: desired.host.clone(),
