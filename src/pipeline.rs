@@ -166,7 +166,8 @@ pub fn plan_revision(
     let t0 = std::time::Instant::now();
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
-    if let (Some(snap), _) = load_status(paths)
+    let status = load_status(paths);
+    if let (Some(snap), _) = &status
         && let Some(last) = &snap.last_applied
     {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
@@ -178,7 +179,14 @@ pub fn plan_revision(
         render_ms = t1.elapsed().as_secs_f64() * 1000.0,
         "revision read and rendered"
     );
-    plan_desired(paths, target, source.location(), desired, units_source)
+    plan_observed(
+        paths,
+        target,
+        source.location(),
+        desired,
+        units_source,
+        status,
+    )
 }
 
 /// Render, observe and plan one fixed commit (rollback), showing `requested_ref` as the ref
@@ -214,8 +222,21 @@ pub fn plan_desired(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let status = load_status(paths);
+    plan_observed(paths, target, repo_display, desired, units_source, status)
+}
+
+/// [`plan_desired`] with the status snapshot already read (by [`plan_revision`], which
+/// needs it first for the descent check: read once per run).
+fn plan_observed(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    repo_display: &str,
+    desired: DesiredState,
+    units_source: &dyn UnitStateSource,
+    (status, warning): (Option<StatusSnapshot>, Option<String>),
+) -> Result<Planned> {
     let t0 = std::time::Instant::now();
-    let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
     tracing::debug!(
