@@ -211,10 +211,10 @@ pub fn plan_pinned(
 /// is. A plan that writes nothing (every object already matches what was applied, nothing
 /// interrupted) has nothing for them to judge: systemd loaded these very files, and its
 /// verdict (LoadState) is what the plan and verification read. That is the no-op path of
-/// every agent tick: no child process, no temp files. When files differ, the validators
-/// start on the services those files belong to while the units are observed and the plan is
-/// made; their verdict is used when the plan touches exactly those services (else they run
-/// again on the services it does touch).
+/// every agent tick: no child process, no temp files. When the desired state differs from
+/// what core-ops last wrote, the validators start on the services concerned while the host
+/// is observed and the plan is made; their verdict is used when the plan touches exactly
+/// those services (else they run again on the services it does touch).
 pub fn plan_desired(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -243,24 +243,11 @@ fn plan_observed(
         records_ms = t0.elapsed().as_secs_f64() * 1000.0,
         "records read"
     );
-    let t1 = std::time::Instant::now();
-    let observed = crate::observe::observe_files_expecting(
-        &plan::managed_paths(&desired, &ledger.objects),
-        paths,
-        Some(&desired),
-    );
-    let files_ms = t1.elapsed().as_secs_f64() * 1000.0;
-    let differing = services_of_differing_files(&desired, &observed, &ledger.objects);
-    let (units, plan) = std::thread::scope(|scope| {
+    let changed = services_changed_since_written(&desired, &ledger.objects);
+    let (observed, units, plan) = std::thread::scope(|scope| {
         let early =
-            (!differing.is_empty()).then(|| scope.spawn(|| validate(&desired, &differing, paths)));
-        let t2 = std::time::Instant::now();
-        let units = observe_units(paths, &desired, &ledger, units_source);
-        tracing::debug!(
-            files_ms,
-            units_ms = t2.elapsed().as_secs_f64() * 1000.0,
-            "observed"
-        );
+            (!changed.is_empty()).then(|| scope.spawn(|| validate(&desired, &changed, paths)));
+        let (observed, units) = observe_host(paths, &desired, &ledger, units_source);
         let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
         warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
         let inputs = Inputs {
@@ -277,33 +264,23 @@ fn plan_observed(
         let t3 = std::time::Instant::now();
         let unchecked = plan::plan(inputs.plan_input(warnings.clone(), None));
         tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
-        if unchecked
+        let plan = if unchecked
             .actions
             .iter()
             .all(|a| a.action == plan::Action::NoOp)
         {
-            return (units, unchecked);
-        }
-        let touched = services_touched(&desired, &unchecked);
-        let (quadlet, units_check) = match early {
-            Some(h) if touched == differing => {
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-            }
-            _ => validate(&desired, &touched, paths),
+            unchecked
+        } else {
+            let touched = services_touched(&desired, &unchecked);
+            let checks = match early {
+                Some(h) if touched == changed => {
+                    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                }
+                _ => validate(&desired, &touched, paths),
+            };
+            checked_plan(&inputs, unchecked, warnings, checks)
         };
-        let found_nothing = quadlet.rejected.is_empty()
-            && quadlet.warnings.is_empty()
-            && units_check.rejected.is_empty()
-            && units_check.findings.is_empty()
-            && units_check.warnings.is_empty();
-        if found_nothing {
-            // the same input as the plan just made: the same plan
-            return (units, unchecked);
-        }
-        warnings.extend(quadlet.warnings.iter().cloned());
-        warnings.extend(units_check.warnings.iter().cloned());
-        let plan = plan::plan(inputs.plan_input(warnings, Some((&quadlet, units_check))));
-        (units, plan)
+        (observed, units, plan)
     });
     Ok(Planned {
         target: target.clone(),
@@ -314,6 +291,55 @@ fn plan_observed(
         ledger,
         plan,
     })
+}
+
+/// The plan with the validators' verdict: the plan already made when they found nothing
+/// (the same input makes the same plan), else made again with their rejections, findings
+/// and warnings.
+fn checked_plan(
+    inputs: &Inputs<'_>,
+    unchecked: Plan,
+    mut warnings: Vec<String>,
+    (quadlet, units): (quadlet_check::QuadletCheck, unit_check::UnitCheck),
+) -> Plan {
+    let found_nothing = quadlet.rejected.is_empty()
+        && quadlet.warnings.is_empty()
+        && units.rejected.is_empty()
+        && units.findings.is_empty()
+        && units.warnings.is_empty();
+    if found_nothing {
+        return unchecked;
+    }
+    warnings.extend(quadlet.warnings.iter().cloned());
+    warnings.extend(units.warnings.iter().cloned());
+    plan::plan(inputs.plan_input(warnings, Some((&quadlet, units))))
+}
+
+/// What the host has of what core-ops manages: the files (a file byte-identical to the
+/// desired one is not parsed again) and the units, with enablement read from disk.
+fn observe_host(
+    paths: &Paths,
+    desired: &DesiredState,
+    ledger: &Ledger,
+    units_source: &dyn UnitStateSource,
+) -> (BTreeMap<String, ObservedFile>, UnitObservation) {
+    let t1 = std::time::Instant::now();
+    let observed = crate::observe::observe_files_expecting(
+        &plan::managed_paths(desired, &ledger.objects),
+        paths,
+        Some(desired),
+    );
+    let t2 = std::time::Instant::now();
+    let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
+    if let UnitObservation::Known(map) = &mut units {
+        crate::observe::enablement_from_disk(&paths.unit_dir, map);
+    }
+    tracing::debug!(
+        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
+        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
+        "observed"
+    );
+    (observed, units)
 }
 
 /// What the plan is made from, besides its warnings and the validators' verdicts.
@@ -382,20 +408,6 @@ fn validate(
     (quadlet, units)
 }
 
-/// The units of what core-ops manages, with enablement read from disk.
-fn observe_units(
-    paths: &Paths,
-    desired: &DesiredState,
-    ledger: &Ledger,
-    units_source: &dyn UnitStateSource,
-) -> UnitObservation {
-    let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
-    if let UnitObservation::Known(map) = &mut units {
-        crate::observe::enablement_from_disk(&paths.unit_dir, map);
-    }
-    units
-}
-
 /// The objects an interrupted run was changing (from the in-flight journal), re-applied by
 /// this plan; a warning says so (or why the journal could not be read).
 fn interrupted_objects(paths: &Paths, warnings: &mut Vec<String>) -> BTreeSet<String> {
@@ -426,21 +438,20 @@ fn services_touched(desired: &DesiredState, plan: &Plan) -> BTreeSet<String> {
         .collect()
 }
 
-/// The services with a desired file that the host does not hold as desired: what a plan
-/// most likely writes, known before the units are observed and the plan is made. Drift of
-/// an object whose drift is only reported is never written.
-fn services_of_differing_files(
+/// The services with an object that differs from what core-ops last wrote (or that it never
+/// wrote and the host does not have): what a plan most likely writes, known from the ledger
+/// before the host is observed. A file core-ops does not own but the host already has is
+/// left to the plan (kept as it is, adopted or refused), so a converged host guesses nothing.
+fn services_changed_since_written(
     desired: &DesiredState,
-    observed: &BTreeMap<String, ObservedFile>,
     owned: &BTreeMap<String, crate::model::applied::AppliedResource>,
 ) -> BTreeSet<String> {
     desired
         .resources
         .values()
-        .filter(|r| observed.get(&r.id).and_then(ObservedFile::digest) != Some(r.digest.as_str()))
-        .filter(|r| {
-            r.drift != crate::model::yaml::DriftPolicy::Report
-                || owned.get(&r.id).is_none_or(|o| o.digest != r.digest)
+        .filter(|r| match owned.get(&r.id) {
+            Some(o) => o.digest != r.digest,
+            None => std::fs::symlink_metadata(&r.path).is_err(),
         })
         .map(|r| r.service.clone())
         .collect()
