@@ -247,7 +247,11 @@ fn plan_observed(
     let (observed, units, plan) = std::thread::scope(|scope| {
         let early =
             (!changed.is_empty()).then(|| scope.spawn(|| validate(&desired, &changed, paths)));
-        let (observed, units) = observe_host(paths, &desired, &ledger, units_source);
+        let Observed {
+            files: observed,
+            units,
+            foreign_dropins,
+        } = observe_host(paths, &desired, &ledger, units_source);
         let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
         warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
         let inputs = Inputs {
@@ -259,7 +263,7 @@ fn plan_observed(
             observed: &observed,
             units: &units,
             interrupted: interrupted_objects(paths, &mut warnings),
-            foreign_dropins: crate::observe::foreign_dropins(&desired, &paths.unit_dir),
+            foreign_dropins,
         };
         let t3 = std::time::Instant::now();
         let unchecked = plan::plan(inputs.plan_input(warnings.clone(), None));
@@ -316,30 +320,53 @@ fn checked_plan(
 }
 
 /// What the host has of what core-ops manages: the files (a file byte-identical to the
-/// desired one is not parsed again) and the units, with enablement read from disk.
+/// desired one is not parsed again), the units with enablement read from disk, and the
+/// drop-ins core-ops did not write. The files are read on a second thread while systemd is
+/// asked about the units (they depend on nothing of each other).
 fn observe_host(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
     units_source: &dyn UnitStateSource,
-) -> (BTreeMap<String, ObservedFile>, UnitObservation) {
-    let t1 = std::time::Instant::now();
-    let observed = crate::observe::observe_files_expecting(
-        &plan::managed_paths(desired, &ledger.objects),
-        paths,
-        Some(desired),
-    );
-    let t2 = std::time::Instant::now();
-    let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
-    if let UnitObservation::Known(map) = &mut units {
-        crate::observe::enablement_from_disk(&paths.unit_dir, map);
-    }
-    tracing::debug!(
-        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
-        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
-        "observed"
-    );
-    (observed, units)
+) -> Observed {
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let files = scope.spawn(|| {
+            let observed = crate::observe::observe_files_expecting(
+                &plan::managed_paths(desired, &ledger.objects),
+                paths,
+                Some(desired),
+            );
+            (observed, t0.elapsed())
+        });
+        let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
+        if let UnitObservation::Known(map) = &mut units {
+            crate::observe::enablement_from_disk(&paths.unit_dir, map);
+        }
+        let units_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir);
+        let (files, files_took) = files
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        tracing::debug!(
+            files_ms = files_took.as_secs_f64() * 1000.0,
+            units_ms,
+            all_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "observed"
+        );
+        Observed {
+            files,
+            units,
+            foreign_dropins,
+        }
+    })
+}
+
+/// The host as [`observe_host`] found it.
+struct Observed {
+    files: BTreeMap<String, ObservedFile>,
+    units: UnitObservation,
+    foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
 }
 
 /// What the plan is made from, besides its warnings and the validators' verdicts.
