@@ -173,7 +173,8 @@ pub fn plan_revision(
     let t0 = std::time::Instant::now();
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
-    if let (Some(snap), _) = load_status(paths)
+    let status = load_status(paths);
+    if let (Some(snap), _) = &status
         && let Some(last) = &snap.last_applied
     {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
@@ -185,7 +186,14 @@ pub fn plan_revision(
         render_ms = t1.elapsed().as_secs_f64() * 1000.0,
         "revision read and rendered"
     );
-    plan_desired(paths, target, source.location(), desired, units_source)
+    plan_observed(
+        paths,
+        target,
+        source.location(),
+        desired,
+        units_source,
+        status,
+    )
 }
 
 /// Render, observe and plan one fixed commit (rollback), showing `requested_ref` as the ref
@@ -205,6 +213,15 @@ pub fn plan_pinned(
 }
 
 /// Observe and plan an already rendered desired state.
+///
+/// The Quadlet generator and systemd-analyze judge what is about to be written, before it
+/// is. A plan that writes nothing (every object already matches what was applied, nothing
+/// interrupted) has nothing for them to judge: systemd loaded these very files, and its
+/// verdict (LoadState) is what the plan and verification read. That is the no-op path of
+/// every agent tick: no child process, no temp files. When the desired state differs from
+/// what core-ops last wrote, the validators start on the services concerned while the host
+/// is observed and the plan is made; their verdict is used when the plan touches exactly
+/// those services (else they run again on the services it does touch).
 pub fn plan_desired(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -212,80 +229,70 @@ pub fn plan_desired(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
+    let status = load_status(paths);
+    plan_observed(paths, target, repo_display, desired, units_source, status)
+}
+
+/// [`plan_desired`] with the status snapshot already read (by [`plan_revision`], which
+/// needs it first for the descent check: read once per run).
+fn plan_observed(
+    paths: &Paths,
+    target: &ResolvedTarget,
+    repo_display: &str,
+    desired: DesiredState,
+    units_source: &dyn UnitStateSource,
+    (status, warning): (Option<StatusSnapshot>, Option<String>),
+) -> Result<Planned> {
     let t0 = std::time::Instant::now();
-    let (status, warning) = load_status(paths);
     let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
     let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
     tracing::debug!(
         records_ms = t0.elapsed().as_secs_f64() * 1000.0,
         "records read"
     );
-    let (observed, units) = observe_host(paths, &desired, &ledger, units_source);
-    let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
-    warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
-    let interrupted = interrupted_objects(paths, &mut warnings);
-    let foreign_dropins = crate::observe::foreign_dropins(&desired, &paths.unit_dir);
-    let input =
-        |warnings: Vec<String>,
-         checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>| {
-            let (invalid_quadlet, invalid_units, findings) = match checks {
-                Some((q, u)) => (
-                    q.rejected.clone(),
-                    u.rejected,
-                    u.findings
-                        .into_iter()
-                        .map(|(id, reason)| plan::Finding {
-                            kind: "warning".into(),
-                            id,
-                            reason,
-                        })
-                        .collect(),
-                ),
-                None => Default::default(),
-            };
-            PlanInput {
-                desired: &desired,
-                repo: repo_display,
-                last_applied: last,
-                owned: &ledger.objects,
-                adopt: &target.adopt,
-                observed: &observed,
-                units: &units,
-                warnings,
-                interrupted: interrupted.clone(),
-                invalid_quadlet,
-                foreign_dropins: foreign_dropins.clone(),
-                invalid_units,
-                findings,
-            }
+    let changed = services_changed_since_written(&desired, &ledger.objects);
+    let (observed, units, plan) = std::thread::scope(|scope| {
+        let early =
+            (!changed.is_empty()).then(|| scope.spawn(|| validate(&desired, &changed, paths)));
+        let Observed {
+            files: observed,
+            units,
+            foreign_dropins,
+        } = observe_host(paths, &desired, &ledger, units_source);
+        let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
+        warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
+        let inputs = Inputs {
+            desired: &desired,
+            repo: repo_display,
+            last,
+            ledger: &ledger,
+            adopt: &target.adopt,
+            observed: &observed,
+            units: &units,
+            interrupted: interrupted_objects(paths, &mut warnings),
+            foreign_dropins,
         };
-    // The Quadlet generator and systemd-analyze judge what is about to be written, before it
-    // is. A plan that writes nothing (every object already matches what was applied, nothing
-    // interrupted) has nothing for them to judge: systemd loaded these very files, and its
-    // verdict (LoadState) is what the plan and verification read. That is the no-op path of
-    // every agent tick: no child process, no temp files.
-    let t3 = std::time::Instant::now();
-    let unchecked = plan::plan(input(warnings.clone(), None));
-    tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
-    let plan = if unchecked
-        .actions
-        .iter()
-        .all(|a| a.action == plan::Action::NoOp)
-    {
-        unchecked
-    } else {
-        // the real generator judges the Quadlet set before anything is written
-        let quadlet = quadlet_check::check(&desired, paths);
-        // and systemd's own parser the merged units of the services being written, the
-        // generator's output included (the others are on the host as desired, where the
-        // verify finds them through the host's unit path; a change of one service of 200
-        // does not re-verify 400 files)
-        let units_check =
-            unit_check::check(&services_written(&desired, &unchecked), paths, &quadlet);
-        warnings.extend(quadlet.warnings.iter().cloned());
-        warnings.extend(units_check.warnings.iter().cloned());
-        plan::plan(input(warnings, Some((&quadlet, units_check))))
-    };
+        let t3 = std::time::Instant::now();
+        let unchecked = plan::plan(inputs.plan_input(warnings.clone(), None));
+        tracing::debug!(plan_ms = t3.elapsed().as_secs_f64() * 1000.0, "planned");
+        let plan = if unchecked
+            .actions
+            .iter()
+            .all(|a| a.action == plan::Action::NoOp)
+        {
+            unchecked
+        } else {
+            let touched = services_touched(&desired, &unchecked);
+            let checks = match early {
+                Some(h) if touched == changed => {
+                    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+                }
+                _ => validate(&desired, &touched, paths),
+            };
+            checked_plan(&inputs, unchecked, warnings, checks)
+        };
+        (observed, units, plan)
+    });
     Ok(Planned {
         target: target.clone(),
         desired,
@@ -297,31 +304,142 @@ pub fn plan_desired(
     })
 }
 
+/// The plan with the validators' verdict: the plan already made when they found nothing
+/// (the same input makes the same plan), else made again with their rejections, findings
+/// and warnings.
+fn checked_plan(
+    inputs: &Inputs<'_>,
+    unchecked: Plan,
+    mut warnings: Vec<String>,
+    (quadlet, units): (quadlet_check::QuadletCheck, unit_check::UnitCheck),
+) -> Plan {
+    let found_nothing = quadlet.rejected.is_empty()
+        && quadlet.warnings.is_empty()
+        && units.rejected.is_empty()
+        && units.findings.is_empty()
+        && units.warnings.is_empty();
+    if found_nothing {
+        return unchecked;
+    }
+    warnings.extend(quadlet.warnings.iter().cloned());
+    warnings.extend(units.warnings.iter().cloned());
+    plan::plan(inputs.plan_input(warnings, Some((&quadlet, units))))
+}
+
 /// What the host has of what core-ops manages: the files (a file byte-identical to the
-/// desired one is not parsed again) and the units, with enablement read from disk.
+/// desired one is not parsed again), the units with enablement read from disk, and the
+/// drop-ins core-ops did not write. The files are read on a second thread while systemd is
+/// asked about the units (they depend on nothing of each other).
 fn observe_host(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
     units_source: &dyn UnitStateSource,
-) -> (BTreeMap<String, ObservedFile>, UnitObservation) {
-    let t1 = std::time::Instant::now();
-    let observed = crate::observe::observe_files_expecting(
-        &plan::managed_paths(desired, &ledger.objects),
-        paths,
-        Some(desired),
-    );
-    let t2 = std::time::Instant::now();
-    let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
-    if let UnitObservation::Known(map) = &mut units {
-        crate::observe::enablement_from_disk(&paths.unit_dir, map);
+) -> Observed {
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let files = scope.spawn(|| {
+            let observed = crate::observe::observe_files_expecting(
+                &plan::managed_paths(desired, &ledger.objects),
+                paths,
+                Some(desired),
+            );
+            (observed, t0.elapsed())
+        });
+        let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
+        if let UnitObservation::Known(map) = &mut units {
+            crate::observe::enablement_from_disk(&paths.unit_dir, map);
+        }
+        let units_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir);
+        let (files, files_took) = files
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        tracing::debug!(
+            files_ms = files_took.as_secs_f64() * 1000.0,
+            units_ms,
+            all_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "observed"
+        );
+        Observed {
+            files,
+            units,
+            foreign_dropins,
+        }
+    })
+}
+
+/// The host as [`observe_host`] found it.
+struct Observed {
+    files: BTreeMap<String, ObservedFile>,
+    units: UnitObservation,
+    foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
+}
+
+/// What the plan is made from, besides its warnings and the validators' verdicts.
+struct Inputs<'a> {
+    desired: &'a DesiredState,
+    repo: &'a str,
+    last: Option<&'a crate::model::applied::LastApplied>,
+    ledger: &'a Ledger,
+    adopt: &'a BTreeSet<PathBuf>,
+    observed: &'a BTreeMap<String, ObservedFile>,
+    units: &'a UnitObservation,
+    interrupted: BTreeSet<String>,
+    foreign_dropins: BTreeMap<String, Vec<PathBuf>>,
+}
+
+impl Inputs<'_> {
+    fn plan_input(
+        &self,
+        warnings: Vec<String>,
+        checks: Option<(&quadlet_check::QuadletCheck, unit_check::UnitCheck)>,
+    ) -> PlanInput<'_> {
+        let (invalid_quadlet, invalid_units, findings) = match checks {
+            Some((q, u)) => (
+                q.rejected.clone(),
+                u.rejected,
+                u.findings
+                    .into_iter()
+                    .map(|(id, reason)| plan::Finding {
+                        kind: "warning".into(),
+                        id,
+                        reason,
+                    })
+                    .collect(),
+            ),
+            None => Default::default(),
+        };
+        PlanInput {
+            desired: self.desired,
+            repo: self.repo,
+            last_applied: self.last,
+            owned: &self.ledger.objects,
+            adopt: self.adopt,
+            observed: self.observed,
+            units: self.units,
+            warnings,
+            interrupted: self.interrupted.clone(),
+            invalid_quadlet,
+            foreign_dropins: self.foreign_dropins.clone(),
+            invalid_units,
+            findings,
+        }
     }
-    tracing::debug!(
-        files_ms = (t2 - t1).as_secs_f64() * 1000.0,
-        units_ms = t2.elapsed().as_secs_f64() * 1000.0,
-        "observed"
-    );
-    (observed, units)
+}
+
+/// The real generator on the Quadlet set, then systemd's own parser on the merged units of
+/// `services`, the generator's output included (the other services are on the host as
+/// desired, where the verify finds them through the host's unit path; a change of one
+/// service of 200 does not re-verify 400 files).
+fn validate(
+    desired: &DesiredState,
+    services: &BTreeSet<String>,
+    paths: &Paths,
+) -> (quadlet_check::QuadletCheck, unit_check::UnitCheck) {
+    let quadlet = quadlet_check::check(desired, paths);
+    let units = unit_check::check(&services_subset(desired, services), paths, &quadlet);
+    (quadlet, units)
 }
 
 /// The objects an interrupted run was changing (from the in-flight journal), re-applied by
@@ -343,21 +461,43 @@ fn interrupted_objects(paths: &Paths, warnings: &mut Vec<String>) -> BTreeSet<St
     }
 }
 
-/// The part of the desired state that belongs to services with an object to write or
-/// restart in `plan` (what plan-time validation judges).
-fn services_written(desired: &DesiredState, plan: &Plan) -> DesiredState {
-    let touched: BTreeSet<&str> = plan
-        .actions
+/// The services with an object to write or restart in `plan` (what plan-time validation
+/// judges).
+fn services_touched(desired: &DesiredState, plan: &Plan) -> BTreeSet<String> {
+    plan.actions
         .iter()
         .filter(|a| a.action != plan::Action::NoOp)
         .filter_map(|a| desired.resources.get(&a.id))
-        .map(|r| r.service.as_str())
-        .collect();
+        .map(|r| r.service.clone())
+        .collect()
+}
+
+/// The services with an object that differs from what core-ops last wrote (or that it never
+/// wrote and the host does not have): what a plan most likely writes, known from the ledger
+/// before the host is observed. A file core-ops does not own but the host already has is
+/// left to the plan (kept as it is, adopted or refused), so a converged host guesses nothing.
+fn services_changed_since_written(
+    desired: &DesiredState,
+    owned: &BTreeMap<String, crate::model::applied::AppliedResource>,
+) -> BTreeSet<String> {
+    desired
+        .resources
+        .values()
+        .filter(|r| match owned.get(&r.id) {
+            Some(o) => o.digest != r.digest,
+            None => std::fs::symlink_metadata(&r.path).is_err(),
+        })
+        .map(|r| r.service.clone())
+        .collect()
+}
+
+/// The part of the desired state that belongs to `services`.
+fn services_subset(desired: &DesiredState, services: &BTreeSet<String>) -> DesiredState {
     DesiredState {
         resources: desired
             .resources
             .iter()
-            .filter(|(_, r)| touched.contains(r.service.as_str()))
+            .filter(|(_, r)| services.contains(&r.service))
             .map(|(id, r)| (id.clone(), r.clone()))
             .collect(),
         host: desired.host.clone(),

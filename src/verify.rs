@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::normalize::Kind;
-use crate::observe::{ObservedFile, observe_file};
+use crate::observe::{ObservedFile, observe_file, observe_resource};
 use crate::render::DesiredState;
 use crate::systemd::{SettleRequest, Settled, Systemd, UnitStatus};
 
@@ -259,7 +259,7 @@ fn file_problems(input: &VerifyInput<'_>) -> Vec<Diagnostic> {
         }
         let seen = match input.preread.and_then(|p| p.files.get(&r.id)) {
             Some(o) => o.clone(),
-            None => crate::observe::observe_resource(r),
+            None => observe_resource(r),
         };
         match seen {
             ObservedFile::File { digest, .. } if digest == r.digest => {}

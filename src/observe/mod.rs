@@ -65,6 +65,17 @@ pub fn observe_file(kind: Kind, path: &Path) -> ObservedFile {
     observe_plain_expecting(kind, path, None)
 }
 
+/// [`observe_file`] of a desired resource's path, knowing what should be there: a file that
+/// holds exactly the desired bytes, mode and owner is not parsed again (see
+/// `file_observation`); the observation is the same either way. A secret is digested with
+/// its key, as the desired side is.
+pub fn observe_resource(r: &Resource) -> ObservedFile {
+    if r.kind == Kind::Runtime {
+        return runtimes::observe(&r.path);
+    }
+    observe_plain_expecting(r.kind, &r.path, Some(r))
+}
+
 fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -> ObservedFile {
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
@@ -208,15 +219,6 @@ fn secret_observation(r: &Resource, content: &[u8], meta: FileMeta) -> ObservedF
         digest: n.digest,
         raw_digest: n.raw_digest,
         meta,
-    }
-}
-
-/// Read the path of one desired resource, compared with it (a byte-identical file is not
-/// parsed again; a secret is digested with its key).
-pub fn observe_resource(r: &Resource) -> ObservedFile {
-    match r.kind {
-        Kind::Runtime => runtimes::observe(&r.path),
-        kind => observe_plain_expecting(kind, &r.path, Some(r)),
     }
 }
 
@@ -442,6 +444,15 @@ mod tests {
             .map(|r| (r.id.clone(), (r.kind, r.path.clone())))
             .collect();
         let both = || {
+            // one resource at a time (verification's read) agrees with the plain read too
+            for r in d.resources.values() {
+                assert_eq!(
+                    observe_resource(r),
+                    observe_file(r.kind, &r.path),
+                    "{}",
+                    r.id
+                );
+            }
             (
                 observe_files(&managed, &s.paths),
                 observe_files_expecting(&managed, &s.paths, Some(&d)),

@@ -198,7 +198,13 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
             });
         }
     };
-    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+    // the version first (nothing else of the document is built), then the snapshot
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        schema_version: Option<serde_json::Value>,
+    }
+    let version: Version = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) if e.classify() == serde_json::error::Category::Eof => {
             return Err(Absent::Partial {
@@ -213,7 +219,7 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
             });
         }
     };
-    match value.get("schema_version").and_then(|v| v.as_u64()) {
+    match version.schema_version.as_ref().and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(STATUS_SCHEMA_VERSION) => {}
         Some(found) => return Err(Absent::UnsupportedVersion { path: p, found }),
         None => {
@@ -223,7 +229,7 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
             });
         }
     }
-    let mut snap: StatusSnapshot = serde_json::from_value(value).map_err(|e| Absent::Invalid {
+    let mut snap: StatusSnapshot = serde_json::from_slice(&bytes).map_err(|e| Absent::Invalid {
         path: p,
         detail: e.to_string(),
     })?;

@@ -24,7 +24,7 @@ pub mod remote;
 pub use remote::RemoteOptions;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -32,7 +32,7 @@ use std::rc::Rc;
 
 use git2::{
     AutotagOption, ErrorCode, FetchOptions, FetchPrune, ObjectType, Oid, Repository,
-    RepositoryOpenFlags, Tree,
+    RepositoryOpenFlags,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -661,7 +661,10 @@ pub use crate::config::{
 ///
 /// Traversal is iterative (an explicit stack), so depth costs heap, never call stack, and
 /// the depth cap stops it early anyway. Reads are cached by path: a file render asks for
-/// twice counts once.
+/// twice counts once. Git objects are read once per object id: a tree walked again (the
+/// root and `services/` by every service's lookup) and a blob shared by many paths (200
+/// services with the same unit text) cost one object read each, however often they are
+/// asked for; the caps still count every path and every entry visited.
 pub struct RevisionTree {
     repo: Rc<Repository>,
     /// Operator's location, credentials removed (for messages).
@@ -694,6 +697,19 @@ struct ReadState {
     index: BTreeMap<String, (Oid, i32)>,
     /// Contents read, by path.
     read: BTreeMap<String, RepoEntry>,
+    /// Tree objects read (size checked, entries parsed), by object id.
+    trees: HashMap<Oid, Rc<[TreeRow]>>,
+    /// Blob contents read (size checked), by object id.
+    blobs: HashMap<Oid, Rc<[u8]>>,
+}
+
+/// One entry of a tree object as read.
+#[derive(Debug)]
+struct TreeRow {
+    name: Vec<u8>,
+    id: Oid,
+    mode: i32,
+    kind: Option<ObjectType>,
 }
 
 /// Where a path leads in the commit.
@@ -739,13 +755,41 @@ impl RevisionTree {
         Ok(size)
     }
 
-    /// A tree object, checked against the per-object cap before it is parsed.
-    fn load_tree(&self, oid: Oid, path: &str) -> std::result::Result<Tree<'_>, InputError> {
+    /// A tree object's entries, checked against the per-object cap before it is parsed;
+    /// read from the object database once per object id.
+    fn load_tree(&self, oid: Oid, path: &str) -> std::result::Result<Rc<[TreeRow]>, InputError> {
+        if let Some(rows) = self.state.borrow().trees.get(&oid) {
+            return Ok(Rc::clone(rows));
+        }
         let shown = if path.is_empty() { "/" } else { path };
         self.object_size(oid, shown)?;
-        self.repo
+        let tree = self
+            .repo
             .find_tree(oid)
-            .map_err(|e| self.git_err(shown, &e))
+            .map_err(|e| self.git_err(shown, &e))?;
+        let rows: Rc<[TreeRow]> = tree
+            .iter()
+            .map(|e| TreeRow {
+                name: e.name_bytes().to_vec(),
+                id: e.id(),
+                mode: e.filemode(),
+                kind: e.kind(),
+            })
+            .collect();
+        self.state.borrow_mut().trees.insert(oid, Rc::clone(&rows));
+        Ok(rows)
+    }
+
+    /// A blob's content (its size already checked), stored for every other path that
+    /// shares its object id.
+    fn load_blob(&self, oid: Oid, path: &str) -> std::result::Result<Rc<[u8]>, InputError> {
+        let blob = self
+            .repo
+            .find_blob(oid)
+            .map_err(|e| self.git_err(path, &e))?;
+        let data: Rc<[u8]> = Rc::from(blob.content());
+        self.state.borrow_mut().blobs.insert(oid, Rc::clone(&data));
+        Ok(data)
     }
 
     fn depth_err(&self, path: &str) -> InputError {
@@ -804,14 +848,14 @@ impl RevisionTree {
             let tree = self.load_tree(current, walked.trim_end_matches('/'))?;
             check_entry_name(&walked, part.as_bytes())?;
             walked.push_str(part);
-            let Some(entry) = tree.get_name(part) else {
+            let Some(entry) = tree.iter().find(|e| e.name == part.as_bytes()) else {
                 return Ok(Found::Absent);
             };
             let last = i + 1 == parts.len();
-            match entry.kind() {
-                Some(ObjectType::Tree) => current = entry.id(),
+            match entry.kind {
+                Some(ObjectType::Tree) => current = entry.id,
                 Some(ObjectType::Blob) if last => {
-                    return Ok(Found::Leaf(entry.id(), entry.filemode()));
+                    return Ok(Found::Leaf(entry.id, entry.mode));
                 }
                 Some(ObjectType::Commit) => return Err(submodule_err(walked)),
                 _ => return Ok(Found::Absent),
@@ -836,11 +880,11 @@ impl RevisionTree {
         while let Some((oid, at, depth)) = stack.pop() {
             let tree = self.load_tree(oid, at.trim_end_matches('/'))?;
             for entry in tree.iter() {
-                check_entry_name(&at, entry.name_bytes())?;
-                let path = match entry.name() {
+                check_entry_name(&at, &entry.name)?;
+                let path = match std::str::from_utf8(&entry.name) {
                     Ok(n) => format!("{at}{n}"),
                     Err(_) => {
-                        let lossy = format!("{at}{}", String::from_utf8_lossy(entry.name_bytes()));
+                        let lossy = format!("{at}{}", String::from_utf8_lossy(&entry.name));
                         return Err(InputError::new(
                             Location::file(lossy),
                             "file name is not UTF-8",
@@ -863,12 +907,10 @@ impl RevisionTree {
                 if depth + 1 > self.limits.max_depth {
                     return Err(self.depth_err(&path));
                 }
-                match entry.kind() {
-                    Some(ObjectType::Tree) => {
-                        stack.push((entry.id(), format!("{path}/"), depth + 1))
-                    }
+                match entry.kind {
+                    Some(ObjectType::Tree) => stack.push((entry.id, format!("{path}/"), depth + 1)),
                     Some(ObjectType::Blob) => {
-                        st.index.insert(path, (entry.id(), entry.filemode()));
+                        st.index.insert(path, (entry.id, entry.mode));
                     }
                     Some(ObjectType::Commit) => return Err(submodule_err(path)),
                     _ => {
@@ -891,7 +933,12 @@ impl RevisionTree {
         oid: Oid,
         mode: i32,
     ) -> std::result::Result<RepoEntry, InputError> {
-        let size = self.object_size(oid, path)?;
+        // a blob read for another path is not read again; its size is known
+        let cached = self.state.borrow().blobs.get(&oid).cloned();
+        let size = match &cached {
+            Some(data) => data.len() as u64,
+            None => self.object_size(oid, path)?,
+        };
         {
             let mut st = self.state.borrow_mut();
             if st.bytes + size > self.limits.max_bytes {
@@ -906,18 +953,18 @@ impl RevisionTree {
             }
             st.bytes += size;
         }
-        let blob = self
-            .repo
-            .find_blob(oid)
-            .map_err(|e| self.git_err(path, &e))?;
+        let data = match cached {
+            Some(data) => data,
+            None => self.load_blob(oid, path)?,
+        };
         Ok(if mode == 0o120000 {
-            let target = String::from_utf8(blob.content().to_vec()).map_err(|_| {
+            let target = String::from_utf8(data.to_vec()).map_err(|_| {
                 InputError::new(Location::file(path), "symlink target is not UTF-8")
             })?;
             RepoEntry::Symlink { target }
         } else {
             RepoEntry::File {
-                data: blob.content().to_vec(),
+                data: data.to_vec(),
                 executable: mode == 0o100755,
             }
         })
@@ -1589,6 +1636,39 @@ mod tests {
                 .contains("4096 bytes, more than the 1000 bytes one file or tree may have (CORE_OPS_MAX_FILE_BYTES)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn revision_tree_reads_each_git_object_once_and_still_counts_every_path() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = RepoBuilder::init(&t.path().join("repo")).unwrap();
+        let unit = b"[Service]\nExecStart=/bin/true\n";
+        let files: Vec<(String, &[u8])> = (0..5)
+            .flat_map(|i| {
+                [
+                    (format!("services/s{i}/s{i}.service"), &unit[..]),
+                    (format!("services/s{i}/s{i}.service.d/10.conf"), b"[Unit]\n"),
+                ]
+            })
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, c)| (p.as_str(), *c)).collect();
+        let c = b.commit_files(&refs, "same blobs").unwrap();
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let tree = s
+            .tree(&s.resolve(&c).unwrap(), ReadLimits::default())
+            .unwrap();
+        for i in 0..5 {
+            for p in tree.paths_under(&format!("services/s{i}")).unwrap() {
+                assert!(tree.entry(&p).unwrap().is_some(), "{p}");
+            }
+        }
+        let st = tree.state.borrow();
+        // two distinct blobs; trees: root, services, five service dirs, one shared .d tree
+        assert_eq!(st.blobs.len(), 2);
+        assert_eq!(st.trees.len(), 2 + 5 + 1);
+        // the caps count every path read and every entry visited, shared or not
+        assert_eq!(st.bytes, 5 * (unit.len() as u64 + 7));
+        assert_eq!(st.entries, 5 * 3);
     }
 
     #[test]
