@@ -104,23 +104,19 @@ pub fn explain(planned: &Planned, object: &str) -> Result<Explanation> {
         unit: action.unit.clone(),
         layers: resource.map(|r| r.layers.clone()).unwrap_or_default(),
         digest: resource.map(|r| r.digest.clone()),
-        normalized: resource.map(|r| match &r.unit {
-            _ if r.secret.is_some() => r
-                .secret
-                .as_ref()
-                .map(|s| s.view.label())
-                .unwrap_or_default(),
-            Some(u) => u.effective.clone(),
-            None if r.kind == crate::model::normalize::Kind::Runtime => {
+        normalized: resource.map(|r| match (&r.secret, &r.unit) {
+            (Some(s), _) => s.view.label(),
+            (None, Some(u)) => u.effective.clone(),
+            (None, None) if r.kind == crate::model::normalize::Kind::Runtime => {
                 String::from_utf8_lossy(&r.content).into_owned()
             }
-            None if r.kind.is_ini() => crate::model::unit_file::UnitFile::parse(
+            (None, None) if r.kind.is_ini() => crate::model::unit_file::UnitFile::parse(
                 &r.id,
                 &String::from_utf8_lossy(&r.content),
             )
             .map(|f| crate::model::unit_file::canonical_layer_text(&f))
             .unwrap_or_default(),
-            None => format!("{} bytes, raw sha {}", r.content.len(), r.raw_digest),
+            (None, None) => format!("{} bytes, raw sha {}", r.content.len(), r.raw_digest),
         }),
         depends_on: action.depends_on.clone(),
         required_by,

@@ -763,6 +763,13 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Who may own a root-only file core-ops reads (a credential, the age identity): root, and
+/// the user running core-ops when that is not root (tests, a staged root).
+pub fn private_owners() -> Vec<u32> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if euid == 0 { vec![0] } else { vec![0, euid] }
+}
+
 /// A root-only file (a trust anchor, a credential): refuse `path` unless it (after symlinks) and each directory above it is owned by one of
 /// `trusted` and is not writable by group or others (a sticky directory may be).
 pub fn check_private(path: &Path, trusted: &[u32]) -> Result<()> {

@@ -22,6 +22,7 @@ use crate::fsutil::beneath::{self, Create, Refused};
 use crate::fsutil::owner_names;
 use crate::model::normalize::{FileMeta, Kind, normalize};
 use crate::render::Resource;
+use crate::render::secrets::Secret;
 use crate::systemd::{Systemd, UnitStatus};
 
 /// What a managed path holds.
@@ -182,8 +183,11 @@ fn file_observation(
         owner,
         group,
     };
-    if let Some(r) = expect.filter(|r| r.kind == kind && r.secret.is_some()) {
-        return secret_observation(r, content, meta);
+    if let Some(secret) = expect
+        .filter(|r| r.kind == kind)
+        .and_then(|r| r.secret.as_ref())
+    {
+        return secret_observation(secret, content, meta);
     }
     if let Some(r) = expect.filter(|r| r.kind == kind && r.meta == meta) {
         let raw_digest = crate::model::normalize::sha256_hex(content);
@@ -203,18 +207,10 @@ fn file_observation(
     }
 }
 
-/// The observation of the host file of a secret: digests keyed as the desired side's are
-/// (no plain digest of its content is ever made); without the key (this host cannot decrypt
-/// it, and the plan blocks it) only that a file is there.
-fn secret_observation(r: &Resource, content: &[u8], meta: FileMeta) -> ObservedFile {
-    let Some(key) = r.secret.as_ref().and_then(|s| s.key.as_ref()) else {
-        return ObservedFile::File {
-            digest: "secret:unavailable".into(),
-            raw_digest: "secret:unavailable".into(),
-            meta,
-        };
-    };
-    let n = crate::model::normalize::normalize_secret(content, &meta, key);
+/// The observation of the host file of a secret: digested as the desired side is (keyed;
+/// no plain digest of its content is ever made).
+fn secret_observation(secret: &Secret, content: &[u8], meta: FileMeta) -> ObservedFile {
+    let n = secret.digests(content, &meta);
     ObservedFile::File {
         digest: n.digest,
         raw_digest: n.raw_digest,

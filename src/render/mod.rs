@@ -827,22 +827,6 @@ fn unit_resource(
     })
 }
 
-/// A secret's keyed digests; one that could not be decrypted has none (its object is
-/// blocked).
-fn secret_digests(
-    secret: &secrets::Secret,
-    plain: &[u8],
-    meta: &FileMeta,
-) -> crate::model::normalize::Normalized {
-    match &secret.key {
-        Some(key) => crate::model::normalize::normalize_secret(plain, meta, key),
-        None => crate::model::normalize::Normalized {
-            digest: "secret:unavailable".into(),
-            raw_digest: "secret:unavailable".into(),
-        },
-    }
-}
-
 /// The repository files that make a unit, for `explain`.
 fn unit_layers(draft: &UnitDraft, mine: &[&DropinDraft], rev: &str) -> Vec<Layer> {
     let mut layers = vec![Layer {
@@ -1039,7 +1023,7 @@ fn host_file_resource(
     };
     let n = match &secret {
         None => normalize(Kind::File, &content, &meta),
-        Some(s) => secret_digests(s, &content, &meta),
+        Some(s) => s.digests(&content, &meta),
     };
     let mut layers = vec![Layer {
         file: repo_path.to_string(),

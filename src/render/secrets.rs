@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::model::normalize::{DigestKey, sha256_hex};
+use crate::model::normalize::{DigestKey, FileMeta, Normalized, normalize_secret, sha256_hex};
 use crate::model::plan::SecretView;
 
 /// The file-name suffix that marks a secret host file in `files/`.
@@ -44,6 +44,25 @@ impl std::fmt::Debug for Secret {
             .finish_non_exhaustive()
     }
 }
+
+impl Secret {
+    /// The digests of `content` (the decrypted desired bytes, or the host's file) with
+    /// `meta`: keyed, so desired and observed compare as any digests; without a key (this
+    /// host cannot decrypt it, and the plan blocks it) a fixed placeholder, never a digest
+    /// of the content.
+    pub fn digests(&self, content: &[u8], meta: &FileMeta) -> Normalized {
+        match &self.key {
+            Some(key) => normalize_secret(content, meta, key),
+            None => Normalized {
+                digest: UNAVAILABLE.into(),
+                raw_digest: UNAVAILABLE.into(),
+            },
+        }
+    }
+}
+
+/// The digest of a secret this host cannot decrypt.
+const UNAVAILABLE: &str = "secret:unavailable";
 
 /// The host's age identity, read at most once per run and only when a selected service has
 /// a secret.
@@ -82,45 +101,36 @@ impl Keyring {
             source: source.to_string(),
             ciphertext_digest: sha256_hex(ciphertext),
         };
+        let blocked = |problem: String| {
+            let secret = Secret {
+                view: view.clone(),
+                key: None,
+                problem: Some(format!("secret {source} cannot be decrypted{problem}")),
+            };
+            (Vec::new(), secret)
+        };
         let ids = match self.identities() {
             Ok(ids) => ids,
-            Err(e) => {
-                let problem = Some(format!("secret {source} cannot be decrypted: {e}"));
-                return (
-                    Vec::new(),
-                    Secret {
-                        view,
-                        key: None,
-                        problem,
-                    },
-                );
-            }
+            Err(e) => return blocked(format!(": {e}")),
         };
         match decrypt(&ids.identities, ciphertext) {
-            Ok(plain) => (
-                plain,
-                Secret {
-                    view,
-                    key: Some(ids.key.clone()),
-                    problem: None,
-                },
-            ),
-            Err(e) => {
-                let problem = Some(format!(
-                    "secret {source} cannot be decrypted with {} ({}): {}",
-                    self.path.display(),
-                    ids.recipients.join(", "),
-                    decrypt_reason(&e)
-                ));
+            Ok(plain) => {
+                let key = Some(ids.key.clone());
                 (
-                    Vec::new(),
+                    plain,
                     Secret {
                         view,
-                        key: None,
-                        problem,
+                        key,
+                        problem: None,
                     },
                 )
             }
+            Err(e) => blocked(format!(
+                " with {} ({}): {}",
+                self.path.display(),
+                ids.recipients.join(", "),
+                decrypt_reason(&e)
+            )),
         }
     }
 }
@@ -142,7 +152,8 @@ fn load_identities(path: &Path) -> Result<Identities, String> {
         }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    crate::fsutil::check_private(path, &trusted_owners()).map_err(|e| e.to_string())?;
+    crate::fsutil::check_private(path, &crate::fsutil::private_owners())
+        .map_err(|e| e.to_string())?;
     if meta.mode() & 0o077 != 0 {
         return Err(format!(
             "{} is readable by group or others (mode {:o}): an age identity must be root-only \
@@ -153,11 +164,6 @@ fn load_identities(path: &Path) -> Result<Identities, String> {
     }
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_identities(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn trusted_owners() -> Vec<u32> {
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid == 0 { vec![0] } else { vec![0, euid] }
 }
 
 /// Parse an identity file's text (what `age-keygen` and `core-ops secret keygen` write).
@@ -171,19 +177,19 @@ fn parse_identities(text: &[u8]) -> Result<Identities, String> {
     let Some(first) = lines.first() else {
         return Err("holds no age identity".into());
     };
+    let mut identities = Vec::new();
     let mut recipients = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        recipients.push(public_key(line).ok_or_else(|| {
+        let (identity, public) = parse_identity(line).ok_or_else(|| {
             format!(
                 "identity {} is not an age X25519 or post-quantum secret key \
                  (AGE-SECRET-KEY-1...)",
                 i + 1
             )
-        })?);
+        })?;
+        identities.push(identity);
+        recipients.push(public);
     }
-    let identities = age::IdentityFile::from_buffer(text)
-        .and_then(|f| f.into_identities().map_err(std::io::Error::other))
-        .map_err(|e| format!("not an age identity file: {e}"))?;
     Ok(Identities {
         identities,
         recipients,
@@ -191,14 +197,15 @@ fn parse_identities(text: &[u8]) -> Result<Identities, String> {
     })
 }
 
-/// The public key of one secret key line.
-fn public_key(line: &str) -> Option<String> {
+/// One secret key line: the identity and its public key.
+fn parse_identity(line: &str) -> Option<(Box<dyn age::Identity + Send + Sync>, String)> {
     if let Ok(i) = line.parse::<age::x25519::Identity>() {
-        return Some(i.to_public().to_string());
+        let public = i.to_public().to_string();
+        return Some((Box::new(i), public));
     }
-    line.parse::<age::pq::Identity>()
-        .ok()
-        .map(|i| i.to_public().to_string())
+    let i = line.parse::<age::pq::Identity>().ok()?;
+    let public = i.to_public().to_string();
+    Some((Box::new(i), public))
 }
 
 fn decrypt(

@@ -209,15 +209,9 @@ fn validate(c: &Credential, file: &str) -> std::result::Result<(), InputError> {
     Ok(())
 }
 
-/// Owners a credential file may have: root, or the running user when not root (tests).
-fn trusted_owners() -> Vec<u32> {
-    let euid = nix::unistd::geteuid().as_raw();
-    if euid == 0 { vec![0] } else { vec![0, euid] }
-}
-
 /// Read a root-only file (see [`load_dir`] for what root-only means).
 fn read_private_file(path: &Path) -> Result<String> {
-    crate::fsutil::check_private(path, &trusted_owners())?;
+    crate::fsutil::check_private(path, &crate::fsutil::private_owners())?;
     std::fs::read_to_string(path).map_err(|e| Error::io(format!("read {}", path.display()), e))
 }
 
@@ -236,7 +230,7 @@ pub fn for_url<'a>(entries: &'a [Credential], url: &str) -> Option<&'a Credentia
 /// by the fetch that needs them.
 pub fn check_files(c: &Credential) -> Result<()> {
     for p in c.files() {
-        crate::fsutil::check_private(p, &trusted_owners())?;
+        crate::fsutil::check_private(p, &crate::fsutil::private_owners())?;
     }
     Ok(())
 }
