@@ -36,6 +36,18 @@ fn commit_service(w: &mut World, service: &str, service_yaml: &str, host_extra: 
     w.repo.commit_owned(&files, "rev").expect("commit")
 }
 
+/// A world whose one service is `service`, applied with the default settle window: the apply
+/// fails verification (exit 3, outcome `failed`). Returns the world, the results and the unit.
+fn failing_apply(test: &str, service: &str) -> Option<(World, Value, String)> {
+    let mut w = default_world(test)?;
+    let rev = commit_service(&mut w, service, "", "");
+    let (code, r) = w.apply(&rev, &[]);
+    let unit = w.unit("svc");
+    assert_eq!(code, 3, "{r:#}");
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    Some((w, r, unit))
+}
+
 fn settled<'a>(r: &'a Value, unit: &str) -> &'a Value {
     r["settled"]
         .as_array()
@@ -57,19 +69,12 @@ fn diagnostics_of(r: &Value, unit: &str) -> Vec<String> {
 
 #[test]
 fn a_service_that_crashes_300ms_after_start_is_caught() {
-    let Some(mut w) = default_world("crash300") else {
+    let Some((mut w, r, unit)) = failing_apply(
+        "crash300",
+        "Type=simple\nExecStart=/bin/sh -c 'sleep 0.3; exit 1'\n",
+    ) else {
         return;
     };
-    let rev = commit_service(
-        &mut w,
-        "Type=simple\nExecStart=/bin/sh -c 'sleep 0.3; exit 1'\n",
-        "",
-        "",
-    );
-    let (code, r) = w.apply(&rev, &[]);
-    let unit = w.unit("svc");
-    assert_eq!(code, 3, "{r:#}");
-    assert_eq!(r["outcome"], "failed", "{r:#}");
     assert_eq!(r["last_applied_advanced"], false);
     let d = diagnostics_of(&r, &unit);
     assert!(
@@ -99,19 +104,12 @@ fn a_service_that_crashes_300ms_after_start_is_caught() {
 
 #[test]
 fn a_service_in_a_restart_loop_is_caught() {
-    let Some(mut w) = default_world("loop") else {
+    let Some((mut w, r, unit)) = failing_apply(
+        "loop",
+        "Type=simple\nRestart=always\nRestartSec=100ms\nExecStart=/bin/sh -c 'sleep 0.3; exit 1'\n",
+    ) else {
         return;
     };
-    let rev = commit_service(
-        &mut w,
-        "Type=simple\nRestart=always\nRestartSec=100ms\nExecStart=/bin/sh -c 'sleep 0.3; exit 1'\n",
-        "",
-        "",
-    );
-    let (code, r) = w.apply(&rev, &[]);
-    let unit = w.unit("svc");
-    assert_eq!(code, 3, "{r:#}");
-    assert_eq!(r["outcome"], "failed", "{r:#}");
     let d = diagnostics_of(&r, &unit);
     assert!(
         d.iter().any(|p| p.contains("restarting")
@@ -133,19 +131,12 @@ fn a_service_in_a_restart_loop_is_caught() {
 
 #[test]
 fn a_oneshot_that_fails_is_caught_without_a_window() {
-    let Some(mut w) = default_world("oneshotfail") else {
+    let Some((mut w, r, unit)) = failing_apply(
+        "oneshotfail",
+        "Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/false\n",
+    ) else {
         return;
     };
-    let rev = commit_service(
-        &mut w,
-        "Type=oneshot\nRemainAfterExit=yes\nExecStart=/bin/false\n",
-        "",
-        "",
-    );
-    let (code, r) = w.apply(&rev, &[]);
-    let unit = w.unit("svc");
-    assert_eq!(code, 3, "{r:#}");
-    assert_eq!(r["outcome"], "failed", "{r:#}");
     assert_eq!(r["jobs"][0]["outcome"], "failed", "{r:#}");
     assert!(!diagnostics_of(&r, &unit).is_empty(), "{r:#}");
     // a failed job is no started unit: nothing is watched
