@@ -144,19 +144,20 @@ fn record(
             (Some(run), Some(old)) if !transition && same_but_last_run(old, &snap) => {
                 status::save_last_run(&paths.state_file, run)?
             }
+            // read under this lock when the run was planned: nothing to set aside
+            _ if planned.status.is_some() => status::save_over_read(&paths.state_file, &snap)?,
             _ => status::save(&paths.state_file, &snap)?,
         }
-    }
-    if result.changed_objects > 0 || result.last_applied_advanced {
-        write_transition(planned, paths, opts, result)?;
-        // status was written before the receipt (so a failure leaves no receipt); its view of
-        // the chain now takes the new head
-        if opts.record_status
-            && let Ok(mut snap) = status::load(&paths.state_file)
-        {
+        if transition {
+            write_transition(planned, paths, opts, result)?;
+            // status was written before the receipt (so a failure leaves no receipt); its
+            // view of the chain now takes the new head
+            let mut snap = snap;
             snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
-            status::save(&paths.state_file, &snap)?;
+            status::save_over_read(&paths.state_file, &snap)?;
         }
+    } else if result.changed_objects > 0 || result.last_applied_advanced {
+        write_transition(planned, paths, opts, result)?;
     }
     journal::clear(&paths.state_dir)?;
     // retention never fails a run that recorded its outcome; it is retried by the next one

@@ -210,35 +210,33 @@ fn recover_runtimes(
 /// rewritten every tick; never with `--force-no-state`).
 fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> {
     let r = receipts::verify(&paths.state_dir, receipts::Depth::Run)?;
-    if let Some(mut snap) = status::load(&paths.state_file)
-        .ok()
-        .filter(|_| record_status)
-    {
-        let now = crate::model::time::now_rfc3339();
-        let health = status::ReceiptChainHealth::of(&r, &now);
-        let changed = snap
-            .receipts
-            .as_ref()
-            .is_none_or(|h| (h.ok, &h.problem) != (health.ok, &health.problem));
-        if changed {
-            if !r.ok {
-                snap.last_run = Some(status::RunRecord {
-                    started_at: now.clone(),
-                    finished_at: now,
-                    outcome: "refused".into(),
-                    desired_revision: String::new(),
-                    requested_ref: String::new(),
-                    intent_checksum: String::new(),
-                    diagnostics: vec![format!(
-                        "receipt chain broken at {}",
-                        health.problem.as_deref().unwrap_or_default()
-                    )],
-                });
-            }
-            snap.receipts = Some(health);
-            if let Err(e) = status::save(&paths.state_file, &snap) {
-                tracing::warn!("cannot record the receipt chain's health in status.json: {e}");
-            }
+    let now = crate::model::time::now_rfc3339();
+    let health = status::ReceiptChainHealth::of(&r, &now);
+    // the recorded health alone is read first: the whole snapshot only when it must change
+    let changed = record_status
+        && status::load_receipt_health(&paths.state_file).is_some_and(|recorded| {
+            recorded
+                .as_ref()
+                .is_none_or(|h| (h.ok, &h.problem) != (health.ok, &health.problem))
+        });
+    if changed && let Ok(mut snap) = status::load(&paths.state_file) {
+        if !r.ok {
+            snap.last_run = Some(status::RunRecord {
+                started_at: now.clone(),
+                finished_at: now,
+                outcome: "refused".into(),
+                desired_revision: String::new(),
+                requested_ref: String::new(),
+                intent_checksum: String::new(),
+                diagnostics: vec![format!(
+                    "receipt chain broken at {}",
+                    health.problem.as_deref().unwrap_or_default()
+                )],
+            });
+        }
+        snap.receipts = Some(health);
+        if let Err(e) = status::save(&paths.state_file, &snap) {
+            tracing::warn!("cannot record the receipt chain's health in status.json: {e}");
         }
     }
     receipts::require_intact(r).map(|_| ())

@@ -244,6 +244,24 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
     Ok(snap)
 }
 
+/// Only the receipt chain's health as status.json records it (`None` when the file is
+/// missing or unreadable, `Some(None)` when it records none), the rest of the document
+/// skipped, not built.
+///
+/// Why: every run compares the chain it verified with what status says, before the run
+/// reads the whole snapshot (which holds the digests of every applied object) to plan.
+pub fn load_receipt_health(path: &Path) -> Option<Option<ReceiptChainHealth>> {
+    #[derive(Deserialize)]
+    struct HealthOnly {
+        schema_version: u32,
+        #[serde(default)]
+        receipts: Option<ReceiptChainHealth>,
+    }
+    let bytes = std::fs::read(path).ok()?;
+    let doc: HealthOnly = serde_json::from_slice(&bytes).ok()?;
+    (doc.schema_version == STATUS_SCHEMA_VERSION).then_some(doc.receipts)
+}
+
 /// `status.json`'s sibling that holds only the `last_run` of a run that changed nothing:
 /// `<stem>.last-run.json`.
 ///
@@ -291,6 +309,15 @@ pub fn save_last_run(state_file: &Path, run: &RunRecord) -> Result<()> {
 /// Write the snapshot atomically.
 pub fn save(path: &Path, snapshot: &StatusSnapshot) -> Result<()> {
     set_aside_unreadable(path)?;
+    fsutil::write_json(path, snapshot)
+}
+
+/// Write the snapshot atomically over one this run read (or wrote) under the state lock.
+///
+/// Why apart from [`save`]: that file was readable a moment ago and nobody else writes it
+/// while the lock is held, so there is nothing to set aside and no reason to parse its
+/// ~160 KB (200 services) again before every write.
+pub fn save_over_read(path: &Path, snapshot: &StatusSnapshot) -> Result<()> {
     fsutil::write_json(path, snapshot)
 }
 
