@@ -165,6 +165,9 @@ fn read_trusted(
 
 /// Render, observe and plan one revision for the target host. A revision that does not
 /// descend from `last_applied` is refused here (a rollback goes through `plan_pinned`).
+///
+/// The records (status.json and the ledger, ~160 KB each with 200 services) are read on a
+/// second thread while the revision is rendered: neither needs the other.
 pub fn plan_revision(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -173,14 +176,19 @@ pub fn plan_revision(
     let t0 = std::time::Instant::now();
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
-    let status = load_status(paths);
-    if let (Some(snap), _) = &status
-        && let Some(last) = &snap.last_applied
-    {
+    let t1 = std::time::Instant::now();
+    let (desired, records) = std::thread::scope(|scope| {
+        let records = scope.spawn(|| Records::load(paths));
+        let desired = render::render(&snapshot, &revision, &target.host, paths);
+        let records = records
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (desired, records)
+    });
+    if let Some(last) = records.last_applied() {
         trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
     }
-    let t1 = std::time::Instant::now();
-    let desired = render::render(&snapshot, &revision, &target.host, paths)?;
+    let desired = desired?;
     tracing::debug!(
         source_ms = (t1 - t0).as_secs_f64() * 1000.0,
         render_ms = t1.elapsed().as_secs_f64() * 1000.0,
@@ -192,7 +200,7 @@ pub fn plan_revision(
         source.location(),
         desired,
         units_source,
-        status,
+        records,
     )
 }
 
@@ -229,27 +237,54 @@ pub fn plan_desired(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
-    let status = load_status(paths);
-    plan_observed(paths, target, repo_display, desired, units_source, status)
+    let records = Records::load(paths);
+    plan_observed(paths, target, repo_display, desired, units_source, records)
 }
 
-/// [`plan_desired`] with the status snapshot already read (by [`plan_revision`], which
-/// needs it first for the descent check: read once per run).
+/// What core-ops recorded of the host: the status snapshot and the ownership ledger, each
+/// with why it could not be used (a warning for the plan).
+struct Records {
+    status: Option<StatusSnapshot>,
+    status_warning: Option<String>,
+    ledger: Ledger,
+    ledger_warning: Option<String>,
+}
+
+impl Records {
+    /// Read status.json, then the ledger (seeded from its `last_applied` when there is none).
+    fn load(paths: &Paths) -> Records {
+        let t0 = std::time::Instant::now();
+        let (status, status_warning) = load_status(paths);
+        let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
+        let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
+        tracing::debug!(
+            records_ms = t0.elapsed().as_secs_f64() * 1000.0,
+            "records read"
+        );
+        Records {
+            status,
+            status_warning,
+            ledger,
+            ledger_warning,
+        }
+    }
+
+    fn last_applied(&self) -> Option<&crate::model::applied::LastApplied> {
+        self.status.as_ref().and_then(|s| s.last_applied.as_ref())
+    }
+}
+
+/// [`plan_desired`] with the records already read (by [`plan_revision`], beside the render).
 fn plan_observed(
     paths: &Paths,
     target: &ResolvedTarget,
     repo_display: &str,
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
-    (status, warning): (Option<StatusSnapshot>, Option<String>),
+    records: Records,
 ) -> Result<Planned> {
-    let t0 = std::time::Instant::now();
-    let last = status.as_ref().and_then(|s| s.last_applied.as_ref());
-    let (ledger, ledger_warning) = ledger::load(&paths.state_dir, last);
-    tracing::debug!(
-        records_ms = t0.elapsed().as_secs_f64() * 1000.0,
-        "records read"
-    );
+    let last = records.last_applied();
+    let ledger = &records.ledger;
     let changed = services_changed_since_written(&desired, &ledger.objects);
     let (observed, units, plan) = std::thread::scope(|scope| {
         let early =
@@ -258,14 +293,19 @@ fn plan_observed(
             files: observed,
             units,
             foreign_dropins,
-        } = observe_host(paths, &desired, &ledger, units_source);
-        let mut warnings: Vec<String> = warning.into_iter().chain(ledger_warning).collect();
+        } = observe_host(paths, &desired, ledger, units_source);
+        let mut warnings: Vec<String> = records
+            .status_warning
+            .iter()
+            .chain(&records.ledger_warning)
+            .cloned()
+            .collect();
         warnings.extend(crate::runtime::inflight_warnings(&paths.state_dir));
         let inputs = Inputs {
             desired: &desired,
             repo: repo_display,
             last,
-            ledger: &ledger,
+            ledger,
             adopt: &target.adopt,
             observed: &observed,
             units: &units,
@@ -296,10 +336,10 @@ fn plan_observed(
     Ok(Planned {
         target: target.clone(),
         desired,
-        status,
+        status: records.status,
         observed,
         units,
-        ledger,
+        ledger: records.ledger,
         plan,
     })
 }
