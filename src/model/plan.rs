@@ -93,10 +93,10 @@ pub struct Sides {
 /// [`crate::model::normalize::DigestKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretView {
-    /// The encrypted file in the repository.
-    pub source: String,
     /// `sha256:<hex>` of the encrypted file as committed.
     pub ciphertext_digest: String,
+    /// The encrypted file in the repository.
+    pub source: String,
 }
 
 impl SecretView {
@@ -109,47 +109,47 @@ impl SecretView {
 /// One ordered action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlannedAction {
-    /// 1-based position in execution order.
-    pub order: usize,
-    /// Resource id.
-    pub id: String,
-    /// Kind.
-    pub kind: Kind,
     /// What to do.
     pub action: Action,
     /// Why.
     pub cause: Cause,
-    /// One sentence for humans.
-    pub reason: String,
-    /// Host path, when the object is a file.
-    pub path: Option<String>,
-    /// systemd unit it concerns (for Quadlet: the generated unit).
-    pub unit: Option<String>,
-    /// Whether the unit should be enabled (unit-like objects).
-    pub enable: Option<bool>,
-    /// Whether the unit should be kept started (unit-like objects).
-    pub start: Option<bool>,
-    /// For a template unit: the instances enabled and started in its place.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub instances: Vec<String>,
-    /// Units restarted because of this change (explicit restart semantics).
-    pub restarts: Vec<String>,
     /// Resource ids ordered before this one.
     pub depends_on: Vec<String>,
     /// Digests of the three sides.
     pub digests: Sides,
+    /// Whether the unit should be enabled (unit-like objects).
+    pub enable: Option<bool>,
+    /// Resource id.
+    pub id: String,
+    /// For a template unit: the instances enabled and started in its place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<String>,
+    /// Kind.
+    pub kind: Kind,
+    /// 1-based position in execution order.
+    pub order: usize,
+    /// Host path, when the object is a file.
+    pub path: Option<String>,
+    /// One sentence for humans.
+    pub reason: String,
+    /// Units restarted because of this change (explicit restart semantics).
+    pub restarts: Vec<String>,
     /// For a secret host file: `(secret)` and its ciphertext digest instead of content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretView>,
+    /// Whether the unit should be kept started (unit-like objects).
+    pub start: Option<bool>,
+    /// systemd unit it concerns (for Quadlet: the generated unit).
+    pub unit: Option<String>,
 }
 
 /// A difference worth reporting that is not itself an action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
-    /// `drift`, `runtime_variance` or `warning` (unit validation: what systemd ignores).
-    pub kind: String,
     /// Resource id.
     pub id: String,
+    /// `drift`, `runtime_variance` or `warning` (unit validation: what systemd ignores).
+    pub kind: String,
     /// What was seen and why it is (or is not) acted on.
     pub reason: String,
 }
@@ -160,39 +160,56 @@ pub struct Finding {
 pub struct Base {
     /// Desired commit.
     pub desired_revision: String,
-    /// Ref it was requested as.
-    pub requested_ref: String,
     /// Commit of `last_applied`, if any.
     pub last_applied_revision: Option<String>,
     /// Digest over everything observed that the plan depends on.
     pub observed_digest: String,
+    /// Ref it was requested as.
+    pub requested_ref: String,
 }
 
 /// The plan.
+///
+/// Its fields, and those of every type inside it, are declared in sorted order (a test holds
+/// them to it), so serde_json writes the canonical form the checksum is taken over directly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    /// [`PLAN_SCHEMA_VERSION`].
-    pub schema_version: u32,
-    /// `CoreOpsPlan`.
-    pub kind: String,
-    /// Build that made it.
-    pub core_ops: Provenance,
-    /// Host planned for.
-    pub host: String,
-    /// Repository (credentials stripped).
-    pub repo: String,
-    /// What it is based on.
-    pub base: Base,
-    /// Count of actions by action name.
-    pub summary: BTreeMap<String, usize>,
     /// Ordered actions, one per object.
     pub actions: Vec<PlannedAction>,
+    /// What it is based on.
+    pub base: Base,
+    /// `sha256:<hex>` over the canonical JSON of this document without this field (empty,
+    /// and so left out, only while that checksum is being taken).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub checksum: String,
+    /// Build that made it.
+    #[serde(serialize_with = "provenance_sorted")]
+    pub core_ops: Provenance,
     /// Drift and runtime variance seen.
     pub findings: Vec<Finding>,
+    /// Host planned for.
+    pub host: String,
+    /// `CoreOpsPlan`.
+    pub kind: String,
+    /// Repository (credentials stripped).
+    pub repo: String,
+    /// [`PLAN_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Count of actions by action name.
+    pub summary: BTreeMap<String, usize>,
     /// Things the operator should know (unit state unknown, ordering cycle...).
     pub warnings: Vec<String>,
-    /// `sha256:<hex>` over the canonical JSON of this document without this field.
-    pub checksum: String,
+}
+
+/// [`Provenance`] with its keys in sorted order (its own declaration order is the one
+/// status.json and receipts have always been written in).
+fn provenance_sorted<S: serde::Serializer>(p: &Provenance, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeStruct;
+    let mut st = s.serialize_struct("Provenance", 3)?;
+    st.serialize_field("build_revision", &p.build_revision)?;
+    st.serialize_field("rustc", &p.rustc)?;
+    st.serialize_field("version", &p.version)?;
+    st.end()
 }
 
 impl PlannedAction {

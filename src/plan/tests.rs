@@ -846,3 +846,67 @@ proptest! {
         prop_assert_eq!(to_json_bytes(&do_plan(&s, &second_reordered, Some(&last))), again);
     }
 }
+
+/// The checksum's canonical form is serde_json's own output of the plan, which is sorted JSON
+/// only while every type in a plan declares its fields in sorted order: a plan with every
+/// field present (optional ones included) must serialize exactly as the sorted value tree.
+#[test]
+fn canonical_form_is_sorted_json() {
+    let action = PlannedAction {
+        action: Action::Update,
+        cause: Cause::DesiredChange,
+        depends_on: vec!["mount:srv-data.mount".into()],
+        digests: Sides {
+            desired: Some("hmac-sha256:d".into()),
+            last_applied: Some("hmac-sha256:l".into()),
+            observed: Some("hmac-sha256:o".into()),
+        },
+        enable: Some(true),
+        id: "file:/etc/web/token".into(),
+        instances: vec!["web@a.service".into()],
+        kind: Kind::File,
+        order: 1,
+        path: Some("/etc/web/token".into()),
+        reason: "changed \"quoted\"\n".into(),
+        restarts: vec!["web.service".into()],
+        secret: Some(crate::model::plan::SecretView {
+            ciphertext_digest: "sha256:c".into(),
+            source: "services/web/files/etc/web/token.age".into(),
+        }),
+        start: Some(false),
+        unit: Some("web.service".into()),
+    };
+    let plan = Plan {
+        actions: vec![action],
+        base: Base {
+            desired_revision: "a".repeat(40),
+            last_applied_revision: Some("b".repeat(40)),
+            observed_digest: "sha256:o".into(),
+            requested_ref: "main".into(),
+        },
+        checksum: "sha256:ignored".into(),
+        core_ops: crate::provenance::Provenance::current(),
+        findings: vec![Finding {
+            id: "unit:web.service".into(),
+            kind: "drift".into(),
+            reason: "stopped".into(),
+        }],
+        host: "h".into(),
+        kind: "CoreOpsPlan".into(),
+        repo: "/srv/repo".into(),
+        schema_version: PLAN_SCHEMA_VERSION,
+        summary: [("update".to_string(), 1)].into(),
+        warnings: vec!["w".into()],
+    };
+    let mut sorted = serde_json::to_value(&plan).unwrap();
+    sorted.as_object_mut().unwrap().remove("checksum");
+    let direct = String::from_utf8(canonical_without_checksum(&plan)).unwrap();
+    assert_eq!(direct, sorted.to_string());
+    // every field was present: a new field left out of the sort shows up here
+    assert!(direct.contains("\"instances\"") && direct.contains("\"secret\""));
+    assert_eq!(
+        checksum(&plan),
+        sha256_hex(sorted.to_string().as_bytes()),
+        "the checksum is the digest of the sorted form"
+    );
+}
