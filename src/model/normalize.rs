@@ -96,13 +96,23 @@ pub struct Normalized {
 
 /// `sha256:<hex>` of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
     let mut s = String::with_capacity(71);
     s.push_str("sha256:");
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
+    push_hex(&mut s, &Sha256::digest(bytes));
     s
+}
+
+/// Append the lowercase hex of `bytes` to `out`.
+///
+/// Why not `format!("{b:02x}")` per byte: that is an allocation per byte, and a run takes
+/// thousands of digests (two per object on each side).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 /// Normalize content of a kind. Unit-syntax kinds are parsed and rendered canonically;
@@ -157,9 +167,7 @@ impl DigestKey {
         mac.update(bytes);
         let mut s = String::with_capacity(77);
         s.push_str("hmac-sha256:");
-        for b in mac.finalize().into_bytes() {
-            s.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut s, &mac.finalize().into_bytes());
         s
     }
 }
@@ -187,6 +195,17 @@ pub fn normalize_secret(content: &[u8], meta: &FileMeta, key: &DigestKey) -> Nor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        let mut s = String::from("x:");
+        push_hex(&mut s, &[0x00, 0x0f, 0xa5, 0xff]);
+        assert_eq!(s, "x:000fa5ff");
+        assert_eq!(
+            sha256_hex(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     #[test]
     fn secret_digests_are_keyed_and_material() {

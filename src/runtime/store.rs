@@ -108,9 +108,7 @@ fn hex_digest(h: Sha256) -> String {
     let d = h.finalize();
     let mut s = String::with_capacity(71);
     s.push_str("sha256:");
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
+    crate::model::normalize::push_hex(&mut s, &d);
     s
 }
 

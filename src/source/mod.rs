@@ -1044,9 +1044,7 @@ fn check_entry_name(prefix: &str, name: &[u8]) -> std::result::Result<(), InputE
 fn mirror_key(redacted_url: &str) -> String {
     let digest = Sha256::digest(redacted_url.as_bytes());
     let mut hex = String::with_capacity(16);
-    for b in &digest[..8] {
-        hex.push_str(&format!("{b:02x}"));
-    }
+    crate::model::normalize::push_hex(&mut hex, &digest[..8]);
     hex
 }
 
