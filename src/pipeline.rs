@@ -167,7 +167,8 @@ fn read_trusted(
 /// descend from `last_applied` is refused here (a rollback goes through `plan_pinned`).
 ///
 /// The records (status.json and the ledger, ~160 KB each with 200 services) are read on a
-/// second thread while the revision is rendered: neither needs the other.
+/// second thread while the revision is rendered, and the files the ledger says core-ops
+/// owns are observed there too ([`crate::observe::preview`]): none of it needs the render.
 pub fn plan_revision(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -178,7 +179,14 @@ pub fn plan_revision(
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
     let t1 = std::time::Instant::now();
     let (desired, records) = std::thread::scope(|scope| {
-        let records = scope.spawn(|| Records::load(paths));
+        let records = scope.spawn(|| {
+            let mut records = Records::load(paths);
+            records.preview = Some(crate::observe::preview::preview(
+                &records.ledger.objects,
+                paths,
+            ));
+            records
+        });
         let desired = render::render(&snapshot, &revision, &target.host, paths);
         let records = records
             .join()
@@ -248,6 +256,8 @@ struct Records {
     status_warning: Option<String>,
     ledger: Ledger,
     ledger_warning: Option<String>,
+    /// The owned files, observed while the revision was rendered (none when not).
+    preview: Option<crate::observe::preview::Preview>,
 }
 
 impl Records {
@@ -266,6 +276,7 @@ impl Records {
             status_warning,
             ledger,
             ledger_warning,
+            preview: None,
         }
     }
 
@@ -293,7 +304,13 @@ fn plan_observed(
             files: observed,
             units,
             foreign_dropins,
-        } = observe_host(paths, &desired, ledger, units_source);
+        } = observe_host(
+            paths,
+            &desired,
+            ledger,
+            records.preview.as_ref(),
+            units_source,
+        );
         let mut warnings: Vec<String> = records
             .status_warning
             .iter()
@@ -374,6 +391,7 @@ fn observe_host(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
+    preview: Option<&crate::observe::preview::Preview>,
     units_source: &dyn UnitStateSource,
 ) -> Observed {
     let t0 = std::time::Instant::now();
@@ -383,6 +401,7 @@ fn observe_host(
                 &plan::managed_paths(desired, &ledger.objects),
                 paths,
                 Some(desired),
+                preview,
             );
             (observed, t0.elapsed())
         });
@@ -391,7 +410,7 @@ fn observe_host(
             crate::observe::enablement_from_disk(&paths.unit_dir, map);
         }
         let units_ms = t0.elapsed().as_secs_f64() * 1000.0;
-        let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir);
+        let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir, preview);
         let (files, files_took) = files
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));

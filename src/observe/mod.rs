@@ -5,6 +5,7 @@
 //! Why only managed resources: core-ops never reads, judges or touches a file it did not
 //! declare, even in the same directory.
 
+pub mod preview;
 pub mod runtimes;
 
 use std::collections::BTreeMap;
@@ -78,9 +79,33 @@ pub fn observe_resource(r: &Resource) -> ObservedFile {
 }
 
 fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -> ObservedFile {
+    read_plain(path).observe(kind, expect)
+}
+
+/// What reading a managed path found, before it is digested.
+#[derive(Debug)]
+pub(crate) enum FileRead {
+    /// Nothing to digest: absent, or something that is not a regular file.
+    Seen(ObservedFile),
+    /// A regular file: its bytes and metadata.
+    Bytes(Vec<u8>, fs::Metadata),
+}
+
+impl FileRead {
+    /// The observation: what was seen, or the file digested as `kind` (see
+    /// `file_observation` for what `expect` saves).
+    fn observe(&self, kind: Kind, expect: Option<&Resource>) -> ObservedFile {
+        match self {
+            FileRead::Seen(o) => o.clone(),
+            FileRead::Bytes(content, md) => file_observation(kind, content, md, expect),
+        }
+    }
+}
+
+fn read_plain(path: &Path) -> FileRead {
     let md = match fs::symlink_metadata(path) {
         Ok(m) => m,
-        Err(_) => return ObservedFile::Absent,
+        Err(_) => return FileRead::Seen(ObservedFile::Absent),
     };
     let ft = md.file_type();
     if !ft.is_file() {
@@ -91,14 +116,14 @@ fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -
         } else {
             "special file"
         };
-        return ObservedFile::Other { what: what.into() };
+        return FileRead::Seen(ObservedFile::Other { what: what.into() });
     }
-    let Ok(content) = fs::read(path) else {
-        return ObservedFile::Other {
+    match fs::read(path) {
+        Ok(content) => FileRead::Bytes(content, md),
+        Err(_) => FileRead::Seen(ObservedFile::Other {
             what: "unreadable file".into(),
-        };
-    };
-    file_observation(kind, &content, &md, expect)
+        }),
+    }
 }
 
 /// Read one host file beneath its root without following a symlink anywhere below the root:
@@ -108,31 +133,23 @@ fn observe_plain_expecting(kind: Kind, path: &Path, expect: Option<&Resource>) -
 /// Why: what the plan reads must be what apply would write; apply refuses to write through a
 /// symlinked parent, so the plan must neither judge the file behind it as the managed one.
 pub fn observe_file_beneath(kind: Kind, path: &Path, root: &Path) -> ObservedFile {
-    observe_beneath_expecting(kind, path, root, None)
+    read_beneath(path, root).observe(kind, None)
 }
 
-fn observe_beneath_expecting(
-    kind: Kind,
-    path: &Path,
-    root: &Path,
-    expect: Option<&Resource>,
-) -> ObservedFile {
+fn read_beneath(path: &Path, root: &Path) -> FileRead {
+    let other = |what: String| FileRead::Seen(ObservedFile::Other { what });
     let (dir, name) = match beneath::open_parent(root, path, Create::No) {
         Ok(x) => x,
         Err(r @ Refused::Symlink { .. }) => {
-            return ObservedFile::Other {
-                what: format!("path whose parent is a symlink ({})", r.reason()),
-            };
+            return other(format!("path whose parent is a symlink ({})", r.reason()));
         }
         Err(r @ Refused::Outside { .. }) => {
-            return ObservedFile::Other {
-                what: format!("path outside its root ({})", r.reason()),
-            };
+            return other(format!("path outside its root ({})", r.reason()));
         }
-        Err(_) => return ObservedFile::Absent,
+        Err(_) => return FileRead::Seen(ObservedFile::Absent),
     };
     let Ok(st) = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-        return ObservedFile::Absent;
+        return FileRead::Seen(ObservedFile::Absent);
     };
     let what = match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
         SFlag::S_IFREG => None,
@@ -141,7 +158,7 @@ fn observe_beneath_expecting(
         _ => Some("special file"),
     };
     if let Some(what) = what {
-        return ObservedFile::Other { what: what.into() };
+        return other(what.into());
     }
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let read = openat(&dir, name, flags, Mode::empty())
@@ -154,17 +171,13 @@ fn observe_beneath_expecting(
             Ok((md, content))
         });
     let Ok((md, content)) = read else {
-        return ObservedFile::Other {
-            what: "unreadable file".into(),
-        };
+        return other("unreadable file".into());
     };
     if !md.file_type().is_file() {
         // swapped between the stat and the open
-        return ObservedFile::Other {
-            what: "special file".into(),
-        };
+        return other("special file".into());
     }
-    file_observation(kind, &content, &md, expect)
+    FileRead::Bytes(content, md)
 }
 
 /// The observation of one regular file. When `expect` (the desired resource at that path)
@@ -224,7 +237,7 @@ pub fn observe_files(
     managed: &BTreeMap<String, (Kind, PathBuf)>,
     paths: &Paths,
 ) -> BTreeMap<String, ObservedFile> {
-    observe_files_expecting(managed, paths, None)
+    observe_files_expecting(managed, paths, None, None)
 }
 
 /// [`observe_files`], knowing the desired state: a file that holds exactly the desired bytes
@@ -232,10 +245,14 @@ pub fn observe_files(
 ///
 /// Why: on a converged host every run reads every managed file; parsing and canonicalizing
 /// 400 unit files that are byte-identical to what was rendered is most of that cost.
+///
+/// What `preview` already read of the same path as the same kind is digested from its
+/// bytes instead of reading the path again.
 pub fn observe_files_expecting(
     managed: &BTreeMap<String, (Kind, PathBuf)>,
     paths: &Paths,
     desired: Option<&crate::render::DesiredState>,
+    preview: Option<&preview::Preview>,
 ) -> BTreeMap<String, ObservedFile> {
     managed
         .iter()
@@ -243,16 +260,31 @@ pub fn observe_files_expecting(
             let expect = desired
                 .and_then(|d| d.resources.get(id))
                 .filter(|r| r.path == *path);
-            let o = match kind {
-                Kind::File => {
-                    observe_beneath_expecting(*kind, path, paths.host_file_root(path), expect)
-                }
-                Kind::Runtime => observe_file(*kind, path),
-                _ => observe_plain_expecting(*kind, path, expect),
+            let o = match preview.and_then(|p| p.file(id, *kind, path)) {
+                Some(read) => read.observe(*kind, expect),
+                None => observe_one(*kind, path, paths, expect),
             };
             (id.clone(), o)
         })
         .collect()
+}
+
+/// Observe one managed path the way its kind is read: a host file beneath its root, a
+/// runtime through its `current` link, anything else as a plain file.
+fn observe_one(kind: Kind, path: &Path, paths: &Paths, expect: Option<&Resource>) -> ObservedFile {
+    match kind {
+        Kind::Runtime => observe_file(kind, path),
+        _ => read_one(kind, path, paths).observe(kind, expect),
+    }
+}
+
+/// Read one managed path that is a file (not a runtime): a host file beneath its root,
+/// anything else as a plain file.
+fn read_one(kind: Kind, path: &Path, paths: &Paths) -> FileRead {
+    match kind {
+        Kind::File => read_beneath(path, paths.host_file_root(path)),
+        _ => read_plain(path),
+    }
 }
 
 /// Unit runtime state, or why it is unknown.
@@ -280,9 +312,12 @@ pub trait UnitStateSource {
 /// Why: systemd merges every drop-in it finds, so a hand-made one changes the unit as surely
 /// as an edit of the unit file; the plan reports it as drift (core-ops never removes a file it
 /// did not write).
+///
+/// A unit whose directory `preview` already listed is not listed again.
 pub fn foreign_dropins(
     desired: &crate::render::DesiredState,
     unit_dir: &Path,
+    preview: Option<&preview::Preview>,
 ) -> BTreeMap<String, Vec<PathBuf>> {
     let declared: std::collections::BTreeSet<&Path> = desired
         .resources
@@ -292,20 +327,32 @@ pub fn foreign_dropins(
     let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for r in desired.resources.values() {
         let Some(u) = &r.unit else { continue };
-        let mut found: Vec<PathBuf> = fs::read_dir(unit_dir.join(format!("{}.d", u.name)))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-            .filter(|p| !declared.contains(p.as_path()))
-            .collect();
+        let listed = preview.and_then(|p| p.dropin_dirs.get(&u.name));
+        let found: Vec<PathBuf> = match listed {
+            Some(files) => files.clone(),
+            None => dropin_files(unit_dir, &u.name),
+        }
+        .into_iter()
+        .filter(|p| !declared.contains(p.as_path()))
+        .collect();
         if !found.is_empty() {
-            found.sort();
             out.insert(r.id.clone(), found);
         }
     }
     out
+}
+
+/// `<unit dir>/<unit>.d/*.conf`, sorted (none when there is no such directory).
+fn dropin_files(unit_dir: &Path, unit: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(unit_dir.join(format!("{unit}.d")))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+        .collect();
+    found.sort();
+    found
 }
 
 /// Enablement read from the unit dir, the way `systemctl is-enabled` finds it: a unit is
@@ -449,9 +496,16 @@ mod tests {
                     r.id
                 );
             }
+            // read ahead of the render from what the ledger owns, digested once it is known
+            let owned = crate::record::status::last_applied_from(&d, "t").resources;
+            let ahead = preview::preview(&owned, &s.paths);
+            assert_eq!(
+                observe_files_expecting(&managed, &s.paths, Some(&d), Some(&ahead)),
+                observe_files_expecting(&managed, &s.paths, Some(&d), None),
+            );
             (
                 observe_files(&managed, &s.paths),
-                observe_files_expecting(&managed, &s.paths, Some(&d)),
+                observe_files_expecting(&managed, &s.paths, Some(&d), None),
             )
         };
         // absent, then exactly as desired, then reformatted, then with another mode
@@ -476,6 +530,70 @@ mod tests {
         let (plain, known) = both();
         assert_eq!(plain, known);
         assert_ne!(known[&env.id].digest(), Some(env.digest.as_str()));
+    }
+
+    /// A drop-in on the host that the desired state does not declare is found (it changes the
+    /// unit as surely as an edit), whether its directory was listed ahead of the render from
+    /// what the ledger owns or afterwards; a declared one, and anything not `*.conf`, is not.
+    #[test]
+    fn hand_made_dropins_are_found_with_and_without_a_preview() {
+        use crate::source::{RepoEntry, Revision};
+        let s = crate::config::scratch();
+        let files: BTreeMap<String, RepoEntry> = [
+            ("hosts/h/host.yaml", "services: [web]\n"),
+            (
+                "services/web/web.service",
+                "[Service]\nExecStart=/bin/true\n",
+            ),
+            (
+                "services/web/web.service.d/10-env.conf",
+                "[Service]\nEnvironment=A=1\n",
+            ),
+            (
+                "services/web/db.service",
+                "[Service]\nExecStart=/bin/true\n",
+            ),
+        ]
+        .into_iter()
+        .map(|(p, c)| {
+            let entry = RepoEntry::File {
+                data: c.as_bytes().to_vec(),
+                executable: false,
+            };
+            (p.to_string(), entry)
+        })
+        .collect();
+        let rev = Revision {
+            commit: "a".repeat(40),
+            requested_ref: "main".into(),
+        };
+        let d = crate::render::render(&files, &rev, "h", &s.paths).unwrap();
+        let web_d = s.paths.unit_dir.join("web.service.d");
+        fs::create_dir_all(&web_d).unwrap();
+        fs::write(web_d.join("10-env.conf"), "[Service]\nEnvironment=A=1\n").unwrap();
+        fs::write(web_d.join("50-hand.conf"), "[Service]\nNice=5\n").unwrap();
+        fs::write(web_d.join("notes.txt"), "not a drop-in\n").unwrap();
+        let expected: BTreeMap<String, Vec<PathBuf>> = [(
+            "unit:web.service".to_string(),
+            vec![web_d.join("50-hand.conf")],
+        )]
+        .into();
+        assert_eq!(foreign_dropins(&d, &s.paths.unit_dir, None), expected);
+        // listed ahead from the ledger (web and its drop-in owned), db listed afterwards
+        let mut owned = crate::record::status::last_applied_from(&d, "t").resources;
+        owned.remove("unit:db.service");
+        let ahead = preview::preview(&owned, &s.paths);
+        assert_eq!(
+            foreign_dropins(&d, &s.paths.unit_dir, Some(&ahead)),
+            expected
+        );
+        let db_d = s.paths.unit_dir.join("db.service.d");
+        fs::create_dir_all(&db_d).unwrap();
+        fs::write(db_d.join("hand.conf"), "[Service]\nNice=5\n").unwrap();
+        assert_eq!(
+            foreign_dropins(&d, &s.paths.unit_dir, Some(&ahead))["unit:db.service"],
+            vec![db_d.join("hand.conf")]
+        );
     }
 
     #[test]

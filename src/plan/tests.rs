@@ -195,7 +195,7 @@ fn secret_world(s: &Scratch) -> (BTreeMap<String, RepoEntry>, String) {
 fn plan_expecting(s: &Scratch, d: &DesiredState, last: Option<&LastApplied>) -> Plan {
     let owned = crate::record::ledger::Ledger::seeded(last).objects;
     let observed =
-        crate::observe::observe_files_expecting(&managed_paths(d, &owned), &s.paths, Some(d));
+        crate::observe::observe_files_expecting(&managed_paths(d, &owned), &s.paths, Some(d), None);
     plan_observed(d, last, &owned, &BTreeSet::new(), &observed)
 }
 
