@@ -50,7 +50,9 @@ pub fn apply(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<Outcome, Erro
     emit_metrics(cli, paths, t0, report.as_ref());
     let report = report?;
     emit_run(cli, &report)?;
-    Ok(Outcome::Applied(report.outcome))
+    let outcome = report.outcome;
+    left_for_exit(report);
+    Ok(Outcome::Applied(outcome))
 }
 
 /// `core-ops agent`: one timer-driven run.
@@ -63,11 +65,12 @@ pub fn agent(
     let _lock = StateLock::acquire(&paths.state_dir)?;
     let t0 = Instant::now();
     let report = (|| {
+        let connecting = connect_systemd(cli);
         check_receipt_chain(paths, true)?;
-        let systemd = connect_systemd(cli)?;
+        let systemd = connected(connecting)?;
         recover_runtimes(paths, &systemd, tuning)?;
         let t = pipeline::resolve_target(paths, &target_opts(target))?;
-        reconcile::run(
+        let report = reconcile::run(
             paths,
             reconcile::Request {
                 target: &t,
@@ -78,18 +81,31 @@ pub fn agent(
                 check: &|_| Ok(()),
             },
             &systemd,
-        )
+        );
+        left_for_exit(systemd);
+        report
     })();
     emit_metrics(cli, paths, t0, report.as_ref());
     let report = report?;
     emit_run(cli, &report)?;
-    Ok(Outcome::AgentRan(report.outcome))
+    let outcome = report.outcome;
+    left_for_exit(report);
+    Ok(Outcome::AgentRan(outcome))
+}
+
+/// What a run built (the desired state, observations, plan, the D-Bus connection) is left
+/// to the end of the process instead of being freed piece by piece: `apply` and `agent` end
+/// the process right after, and freeing tens of thousands of small allocations and shutting
+/// the connection down is ~0.5 ms of a ~15 ms no-op run. The kernel reclaims it all at once.
+fn left_for_exit<T>(value: T) {
+    std::mem::forget(value);
 }
 
 /// The run of `apply`, under the lock: everything from the receipt chain to the report.
 fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Error> {
+    let connecting = connect_systemd(cli);
     check_receipt_chain(paths, !a.force_no_state)?;
-    let systemd = connect_systemd(cli)?;
+    let systemd = connected(connecting)?;
     recover_runtimes(paths, &systemd, a.tuning)?;
     let mut opts = target_opts(a.target);
     opts.adopt = a.adopt.to_vec();
@@ -127,6 +143,7 @@ fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Er
         },
         &systemd,
     )?;
+    left_for_exit(systemd);
     if let Some(saved) = &saved {
         report.planned.desired.revision.requested_ref = saved.base.requested_ref.clone();
     }
@@ -171,13 +188,27 @@ fn emit_run(cli: &Cli, report: &RunReport) -> Result<(), Error> {
     }
 }
 
-/// apply and agent need systemd; say so clearly when it does not answer.
-fn connect_systemd(cli: &Cli) -> Result<DbusSystemd, Error> {
-    DbusSystemd::connect(cli.systemd_address.as_deref()).map_err(|e| {
-        Error::Systemd(format!(
-            "{e}; apply needs a running systemd (set CORE_OPS_SYSTEMD_ADDRESS for a non-default bus)"
-        ))
+/// Connect to systemd on a second thread while the receipt chain is checked (the connection
+/// mostly waits for the bus); [`connected`] takes the result.
+fn connect_systemd(cli: &Cli) -> std::thread::JoinHandle<Result<DbusSystemd, Error>> {
+    let address = cli.systemd_address.clone();
+    std::thread::spawn(move || {
+        DbusSystemd::connect(address.as_deref()).map_err(|e| {
+            Error::Systemd(format!(
+                "{e}; apply needs a running systemd (set CORE_OPS_SYSTEMD_ADDRESS for a non-default bus)"
+            ))
+        })
     })
+}
+
+/// The connection [`connect_systemd`] made; apply and agent need systemd, and say so clearly
+/// when it does not answer.
+fn connected(
+    connecting: std::thread::JoinHandle<Result<DbusSystemd, Error>>,
+) -> Result<DbusSystemd, Error> {
+    connecting
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Start-up recovery of runtime transactions a killed run left, before anything is planned
