@@ -73,6 +73,9 @@ pub(super) struct Run<'a> {
     pub(super) owned: &'a std::collections::BTreeMap<String, AppliedResource>,
     /// The ledger as this run changes it.
     pub(super) ledger: Ledger,
+    /// The ledger as this run last saved it (the write phase saves its claims); `None`
+    /// while the one on disk is still the planned one.
+    pub(super) ledger_saved: Option<Ledger>,
     /// Every action that is not a no-op, in plan order.
     pub(super) changed: Vec<&'a PlannedAction>,
     pub(super) started_at: String,
@@ -149,6 +152,7 @@ impl<'a> Run<'a> {
             opts,
             owned: &planned.ledger.objects,
             ledger: planned.ledger.clone(),
+            ledger_saved: None,
             changed,
             started_at,
             from_revision,
@@ -374,6 +378,7 @@ impl<'a> Run<'a> {
             paths,
         );
         ledger::save(&paths.state_dir, &self.ledger)?;
+        self.ledger_saved = Some(self.ledger.clone());
         let items: Vec<fsutil::BatchItem<'_>> = to_write
             .iter()
             .map(|r| fsutil::BatchItem {

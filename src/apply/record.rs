@@ -100,8 +100,10 @@ pub(super) fn finish(
     let mut ledger = run.ledger;
     ownership::settle_ledger(&mut ledger, desired, outcome.is_converged(), &completed);
     let t0 = std::time::Instant::now();
-    // written when it changed (or was only seeded from status.json so far)
-    let save_ledger = ledger != planned.ledger || !ledger::path(&paths.state_dir).exists();
+    // written when it differs from the one on disk (the planned one, or the write phase's
+    // claims), or was only seeded from status.json so far
+    let on_disk = run.ledger_saved.as_ref().unwrap_or(&planned.ledger);
+    let save_ledger = ledger != *on_disk || !ledger::path(&paths.state_dir).exists();
     let recorded = if save_ledger {
         ledger::save(&paths.state_dir, &ledger)
     } else {
