@@ -195,6 +195,10 @@ pub struct VerifyInput<'a> {
     /// When nothing was changed: the plan's own observation of files and units, which then
     /// is the verification (no second read).
     pub preread: Option<Preread<'a>>,
+    /// The plan's observation of the files and the objects this run changed: a file of an
+    /// object the run left alone (its plan action a no-op) is judged by that observation,
+    /// made under the same lock moments before; only what the run changed is read again.
+    pub files_before: Option<FilesBefore<'a>>,
     /// The unit dir, where enablement links are read (one directory walk, no D-Bus call per
     /// unit).
     pub unit_dir: &'a Path,
@@ -207,6 +211,19 @@ pub struct Preread<'a> {
     pub files: &'a BTreeMap<String, ObservedFile>,
     /// Unit state by unit name.
     pub units: &'a BTreeMap<String, UnitStatus>,
+}
+
+/// The plan's observation of the files, and which objects the run changed since.
+///
+/// Why: a change of one object of 200 need not read the other 399 files again to prove
+/// they still hold what the plan found them holding (the desired content: their action was
+/// a no-op); the objects the run wrote are read back.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesBefore<'a> {
+    /// Files by resource id, as the plan observed them.
+    pub observed: &'a BTreeMap<String, ObservedFile>,
+    /// Resource ids with an action other than a no-op.
+    pub changed: &'a BTreeSet<String>,
 }
 
 /// Re-observe files and units and judge them. Units this run started are first watched
@@ -257,7 +274,11 @@ fn file_problems(input: &VerifyInput<'_>) -> Vec<Diagnostic> {
             }
             continue;
         }
-        let seen = match input.preread.and_then(|p| p.files.get(&r.id)) {
+        let before = input
+            .files_before
+            .filter(|b| !b.changed.contains(&r.id))
+            .and_then(|b| b.observed.get(&r.id));
+        let seen = match input.preread.and_then(|p| p.files.get(&r.id)).or(before) {
             Some(o) => o.clone(),
             None => observe_resource(r),
         };
@@ -480,6 +501,70 @@ mod tests {
             instances: Vec::new(),
             settle: None,
         }
+    }
+
+    /// The files of objects the run changed are read back; the others are judged by the
+    /// plan's observation (a no-op there means the plan found the desired content).
+    #[test]
+    fn only_what_the_run_changed_is_read_again() {
+        use crate::source::{RepoEntry, Revision};
+        let s = crate::config::scratch();
+        let files: BTreeMap<String, RepoEntry> = [
+            ("hosts/h/host.yaml", "services: [web]\n"),
+            ("services/web/a.service", "[Service]\nExecStart=/bin/true\n"),
+            ("services/web/b.service", "[Service]\nExecStart=/bin/true\n"),
+        ]
+        .into_iter()
+        .map(|(p, c)| {
+            let entry = RepoEntry::File {
+                data: c.as_bytes().to_vec(),
+                executable: false,
+            };
+            (p.to_string(), entry)
+        })
+        .collect();
+        let rev = Revision {
+            commit: "a".repeat(40),
+            requested_ref: "main".into(),
+        };
+        let desired = crate::render::render(&files, &rev, "h", &s.paths).unwrap();
+        // as the plan found them: both as desired
+        let observed: BTreeMap<String, ObservedFile> = desired
+            .resources
+            .values()
+            .map(|r| {
+                let o = ObservedFile::File {
+                    digest: r.digest.clone(),
+                    raw_digest: r.raw_digest.clone(),
+                    meta: r.meta.clone(),
+                };
+                (r.id.clone(), o)
+            })
+            .collect();
+        // on disk now: neither (a was to be written by the run, b left alone)
+        let changed: BTreeSet<String> = ["unit:a.service".to_string()].into();
+        let none = BTreeSet::new();
+        let input = VerifyInput {
+            desired: &desired,
+            removed: &[],
+            reported_only: &none,
+            started_ok: &none,
+            settle: &[],
+            preread: None,
+            files_before: Some(FilesBefore {
+                observed: &observed,
+                changed: &changed,
+            }),
+            unit_dir: &s.paths.unit_dir,
+        };
+        let ids: Vec<String> = file_problems(&input).into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec!["unit:a.service".to_string()]);
+        let without = VerifyInput {
+            files_before: None,
+            ..input
+        };
+        let ids: Vec<String> = file_problems(&without).into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec!["unit:a.service", "unit:b.service"]);
     }
 
     #[test]

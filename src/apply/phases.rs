@@ -589,8 +589,9 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Verify: re-observe and judge every desired and removed object, waiting only where a
-    /// unit this run started can still fail (its settle window).
+    /// Verify: judge every desired and removed object - the files this run changed read
+    /// again, the others as the plan found them - waiting only where a unit this run started
+    /// can still fail (its settle window).
     pub(super) fn verify(&mut self) -> Result<Verification> {
         let removed: Vec<Removed> = self
             .deletes()
@@ -617,6 +618,7 @@ impl<'a> Run<'a> {
             }),
             _ => None,
         };
+        let changed: BTreeSet<String> = self.changed.iter().map(|a| a.id.clone()).collect();
         let input = verify::VerifyInput {
             desired: self.desired,
             removed: &removed,
@@ -624,6 +626,10 @@ impl<'a> Run<'a> {
             started_ok: &started_ok,
             settle: &settle,
             preread,
+            files_before: Some(verify::FilesBefore {
+                observed: &self.planned.observed,
+                changed: &changed,
+            }),
             unit_dir: &self.paths.unit_dir,
         };
         let systemd = self.systemd;
