@@ -167,8 +167,9 @@ fn read_trusted(
 /// descend from `last_applied` is refused here (a rollback goes through `plan_pinned`).
 ///
 /// The records (status.json and the ledger, ~160 KB each with 200 services) are read on a
-/// second thread while the revision is rendered, and the files the ledger says core-ops
-/// owns are observed there too ([`crate::observe::preview`]): none of it needs the render.
+/// second thread while the revision is rendered; the files the ledger says core-ops owns are
+/// read there too ([`crate::observe::preview`]) and systemd is asked about their units on a
+/// third ([`UnitsAhead`]): none of it needs the render.
 pub fn plan_revision(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -181,16 +182,23 @@ pub fn plan_revision(
     let (desired, records) = std::thread::scope(|scope| {
         let records = scope.spawn(|| {
             let mut records = Records::load(paths);
+            let names = plan::owned_units(&records.ledger.objects);
+            let units = scope.spawn(move || UnitsAhead::observe(paths, units_source, names));
             records.preview = Some(crate::observe::preview::preview(
                 &records.ledger.objects,
                 paths,
             ));
-            records
+            (records, units)
         });
         let desired = render::render(&snapshot, &revision, &target.host, paths);
-        let records = records
+        let (mut records, units) = records
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        records.units_ahead = Some(
+            units
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        );
         (desired, records)
     });
     if let Some(last) = records.last_applied() {
@@ -258,6 +266,47 @@ struct Records {
     ledger_warning: Option<String>,
     /// The owned files, observed while the revision was rendered (none when not).
     preview: Option<crate::observe::preview::Preview>,
+    /// The owned units, observed while the revision was rendered (none when not).
+    units_ahead: Option<UnitsAhead>,
+}
+
+/// The state of the units core-ops owns, asked for while the revision is rendered, with
+/// their enablement read from disk.
+///
+/// Why: on a converged host these are exactly the units the plan needs; asking systemd is
+/// one call that mostly waits for its answer.
+struct UnitsAhead {
+    names: BTreeSet<String>,
+    units: UnitObservation,
+}
+
+impl UnitsAhead {
+    fn observe(paths: &Paths, source: &dyn UnitStateSource, names: BTreeSet<String>) -> Self {
+        let list: Vec<String> = names.iter().cloned().collect();
+        let mut units = source.observe_units(&list);
+        if let UnitObservation::Known(map) = &mut units {
+            crate::observe::enablement_from_disk(&paths.unit_dir, map);
+        }
+        UnitsAhead { names, units }
+    }
+
+    /// The observation of `wanted`, when every one of them was asked for (only those kept:
+    /// the plan's observed digest covers exactly the units it needs).
+    fn of(&self, wanted: &[String]) -> Option<UnitObservation> {
+        if !wanted.iter().all(|n| self.names.contains(n)) {
+            return None;
+        }
+        Some(match &self.units {
+            UnitObservation::Known(map) => UnitObservation::Known(
+                wanted
+                    .iter()
+                    .filter_map(|n| map.get_key_value(n))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            unknown => unknown.clone(),
+        })
+    }
 }
 
 impl Records {
@@ -277,6 +326,7 @@ impl Records {
             ledger,
             ledger_warning,
             preview: None,
+            units_ahead: None,
         }
     }
 
@@ -304,13 +354,7 @@ fn plan_observed(
             files: observed,
             units,
             foreign_dropins,
-        } = observe_host(
-            paths,
-            &desired,
-            ledger,
-            records.preview.as_ref(),
-            units_source,
-        );
+        } = observe_host(paths, &desired, ledger, &records, units_source);
         let mut warnings: Vec<String> = records
             .status_warning
             .iter()
@@ -391,9 +435,10 @@ fn observe_host(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
-    preview: Option<&crate::observe::preview::Preview>,
+    records: &Records,
     units_source: &dyn UnitStateSource,
 ) -> Observed {
+    let preview = records.preview.as_ref();
     let t0 = std::time::Instant::now();
     std::thread::scope(|scope| {
         let files = scope.spawn(|| {
@@ -405,10 +450,15 @@ fn observe_host(
             );
             (observed, t0.elapsed())
         });
-        let mut units = units_source.observe_units(&plan::managed_units(desired, &ledger.objects));
-        if let UnitObservation::Known(map) = &mut units {
-            crate::observe::enablement_from_disk(&paths.unit_dir, map);
-        }
+        let wanted = plan::managed_units(desired, &ledger.objects);
+        let ahead = records.units_ahead.as_ref().and_then(|a| a.of(&wanted));
+        let units = ahead.unwrap_or_else(|| {
+            let mut units = units_source.observe_units(&wanted);
+            if let UnitObservation::Known(map) = &mut units {
+                crate::observe::enablement_from_disk(&paths.unit_dir, map);
+            }
+            units
+        });
         let units_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir, preview);
         let (files, files_took) = files

@@ -301,7 +301,7 @@ pub enum UnitObservation {
 }
 
 /// Source of unit runtime state; the planner asks through this and never sees D-Bus.
-pub trait UnitStateSource {
+pub trait UnitStateSource: Sync {
     /// State of these units.
     fn observe_units(&self, names: &[String]) -> UnitObservation;
 }

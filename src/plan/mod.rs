@@ -82,12 +82,21 @@ pub fn managed_units(
         }
         s.extend(r.restarts.iter().cloned());
     }
-    for r in owned.values() {
-        if let Some(u) = &r.unit {
-            s.extend(crate::model::unit_file::runtime_units(u, &r.instances));
-        }
-    }
+    s.extend(owned_units(owned));
     s.into_iter().collect()
+}
+
+/// The units of what core-ops owns (a template's instances): on a converged host, exactly
+/// the units [`managed_units`] names, known before the desired state is rendered.
+pub fn owned_units(owned: &BTreeMap<String, AppliedResource>) -> BTreeSet<String> {
+    owned
+        .values()
+        .filter_map(|r| {
+            let u = r.unit.as_ref()?;
+            Some(crate::model::unit_file::runtime_units(u, &r.instances))
+        })
+        .flatten()
+        .collect()
 }
 
 fn observed_label(o: Option<&ObservedFile>) -> String {

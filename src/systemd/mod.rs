@@ -221,7 +221,7 @@ pub enum SystemdError {
 
 /// Exactly the verbs core-ops uses. Every method is synchronous; the D-Bus implementation
 /// runs its own single-threaded runtime.
-pub trait Systemd {
+pub trait Systemd: Sync {
     /// `Reload()` (daemon-reload). Apply calls it at most once per phase.
     fn reload(&self) -> Result<(), SystemdError>;
     /// Unit properties for each name, in the order given. Unknown units come back with
