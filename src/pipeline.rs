@@ -168,8 +168,9 @@ fn read_trusted(
 ///
 /// The records (status.json and the ledger, ~160 KB each with 200 services) are read on a
 /// second thread while the revision is rendered; the files the ledger says core-ops owns are
-/// read there too ([`crate::observe::preview`]) and systemd is asked about their units on a
-/// third ([`UnitsAhead`]): none of it needs the render.
+/// read there next ([`crate::observe::preview`]) and systemd is asked about their units on a
+/// third ([`UnitsAhead`]): none of it needs the render, and the plan-time validators start
+/// as soon as the render and the records are there, before that look ahead is awaited.
 pub fn plan_revision(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -179,45 +180,50 @@ pub fn plan_revision(
     let (source, revision, snapshot, policy) =
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
     let t1 = std::time::Instant::now();
-    let (desired, records) = std::thread::scope(|scope| {
-        let records = scope.spawn(|| {
-            let mut records = Records::load(paths);
-            let names = plan::owned_units(&records.ledger.objects);
+    std::thread::scope(|scope| {
+        let (records_tx, records_rx) = std::sync::mpsc::channel();
+        let ahead = scope.spawn(move || {
+            let records = Records::load(paths);
+            let owned = records.ledger.objects.clone();
+            // the render waits for the records only; the look ahead goes on beside the plan
+            let _ = records_tx.send(records);
+            let names = plan::owned_units(&owned);
             let units = scope.spawn(move || UnitsAhead::observe(paths, units_source, names));
-            records.preview = Some(crate::observe::preview::preview(
-                &records.ledger.objects,
-                paths,
-            ));
-            (records, units)
+            let preview = crate::observe::preview::preview(&owned, paths);
+            Ahead {
+                preview,
+                units: units
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            }
         });
         let desired = render::render(&snapshot, &revision, &target.host, paths);
-        let (mut records, units) = records
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        records.units_ahead = Some(
-            units
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        let Ok(records) = records_rx.recv() else {
+            // the records thread ended without sending: it panicked
+            match ahead.join() {
+                Err(p) => std::panic::resume_unwind(p),
+                Ok(_) => unreachable!("the records thread sends before it looks ahead"),
+            }
+        };
+        if let Some(last) = records.last_applied() {
+            trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
+        }
+        let desired = desired?;
+        tracing::debug!(
+            source_ms = (t1 - t0).as_secs_f64() * 1000.0,
+            render_ms = t1.elapsed().as_secs_f64() * 1000.0,
+            "revision read and rendered"
         );
-        (desired, records)
-    });
-    if let Some(last) = records.last_applied() {
-        trust::check_descent(source.repository(), &last.revision, &revision, &policy)?;
-    }
-    let desired = desired?;
-    tracing::debug!(
-        source_ms = (t1 - t0).as_secs_f64() * 1000.0,
-        render_ms = t1.elapsed().as_secs_f64() * 1000.0,
-        "revision read and rendered"
-    );
-    plan_observed(
-        paths,
-        target,
-        source.location(),
-        desired,
-        units_source,
-        records,
-    )
+        plan_observed(
+            paths,
+            target,
+            source.location(),
+            desired,
+            units_source,
+            records,
+            Some(ahead),
+        )
+    })
 }
 
 /// Render, observe and plan one fixed commit (rollback), showing `requested_ref` as the ref
@@ -254,7 +260,15 @@ pub fn plan_desired(
     units_source: &dyn UnitStateSource,
 ) -> Result<Planned> {
     let records = Records::load(paths);
-    plan_observed(paths, target, repo_display, desired, units_source, records)
+    plan_observed(
+        paths,
+        target,
+        repo_display,
+        desired,
+        units_source,
+        records,
+        None,
+    )
 }
 
 /// What core-ops recorded of the host: the status snapshot and the ownership ledger, each
@@ -264,10 +278,13 @@ struct Records {
     status_warning: Option<String>,
     ledger: Ledger,
     ledger_warning: Option<String>,
-    /// The owned files, observed while the revision was rendered (none when not).
-    preview: Option<crate::observe::preview::Preview>,
-    /// The owned units, observed while the revision was rendered (none when not).
-    units_ahead: Option<UnitsAhead>,
+}
+
+/// What was observed of the host while the revision was rendered: the owned files and the
+/// state of the owned units.
+struct Ahead {
+    preview: crate::observe::preview::Preview,
+    units: UnitsAhead,
 }
 
 /// The state of the units core-ops owns, asked for while the revision is rendered, with
@@ -325,8 +342,6 @@ impl Records {
             status_warning,
             ledger,
             ledger_warning,
-            preview: None,
-            units_ahead: None,
         }
     }
 
@@ -335,7 +350,8 @@ impl Records {
     }
 }
 
-/// [`plan_desired`] with the records already read (by [`plan_revision`], beside the render).
+/// [`plan_desired`] with the records already read (by [`plan_revision`], beside the render,
+/// which also looks ahead at the host: `ahead`, joined once the validators are started).
 fn plan_observed(
     paths: &Paths,
     target: &ResolvedTarget,
@@ -343,6 +359,7 @@ fn plan_observed(
     desired: DesiredState,
     units_source: &dyn UnitStateSource,
     records: Records,
+    ahead: Option<std::thread::ScopedJoinHandle<'_, Ahead>>,
 ) -> Result<Planned> {
     let last = records.last_applied();
     let ledger = &records.ledger;
@@ -350,11 +367,12 @@ fn plan_observed(
     let (observed, units, plan) = std::thread::scope(|scope| {
         let early =
             (!changed.is_empty()).then(|| scope.spawn(|| validate(&desired, &changed, paths)));
+        let ahead = ahead.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         let Observed {
             files: observed,
             units,
             foreign_dropins,
-        } = observe_host(paths, &desired, ledger, &records, units_source);
+        } = observe_host(paths, &desired, ledger, ahead.as_ref(), units_source);
         let mut warnings: Vec<String> = records
             .status_warning
             .iter()
@@ -435,10 +453,10 @@ fn observe_host(
     paths: &Paths,
     desired: &DesiredState,
     ledger: &Ledger,
-    records: &Records,
+    ahead: Option<&Ahead>,
     units_source: &dyn UnitStateSource,
 ) -> Observed {
-    let preview = records.preview.as_ref();
+    let preview = ahead.map(|a| &a.preview);
     let t0 = std::time::Instant::now();
     std::thread::scope(|scope| {
         let files = scope.spawn(|| {
@@ -451,8 +469,8 @@ fn observe_host(
             (observed, t0.elapsed())
         });
         let wanted = plan::managed_units(desired, &ledger.objects);
-        let ahead = records.units_ahead.as_ref().and_then(|a| a.of(&wanted));
-        let units = ahead.unwrap_or_else(|| {
+        let units_ahead = ahead.and_then(|a| a.units.of(&wanted));
+        let units = units_ahead.unwrap_or_else(|| {
             let mut units = units_source.observe_units(&wanted);
             if let UnitObservation::Known(map) = &mut units {
                 crate::observe::enablement_from_disk(&paths.unit_dir, map);
