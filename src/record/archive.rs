@@ -336,11 +336,45 @@ fn remove_all<'a>(dir: &Path, files: impl Iterator<Item = &'a PathBuf>) -> Resul
     Ok(())
 }
 
+/// Whether [`rotate`] has anything to do: more live receipts past the newest archive than
+/// one archive takes, or what an interrupted rotation left (live receipts an archive already
+/// holds, temp files in the archive dir). A name that cannot be read says yes: the full
+/// path reports it.
+///
+/// Why: every run ends with retention; on a quiet host there is nothing to seal, and the
+/// chain was verified when the run began, so this is two directory listings, not a third
+/// verification of every live receipt.
+fn rotation_due(state_dir: &Path, per_archive: usize) -> Result<bool> {
+    let archived_to = match manifests(state_dir)? {
+        Ok(ms) => ms.last().map_or(0, |(_, m)| m.last_sequence),
+        Err(_) => return Ok(true),
+    };
+    let live = receipts::scan(state_dir)?;
+    let beyond = live
+        .entries
+        .iter()
+        .filter(|e| e.sequence > archived_to)
+        .count();
+    if beyond > per_archive || beyond < live.entries.len() {
+        return Ok(true);
+    }
+    let temps = match std::fs::read_dir(archive_dir(state_dir)) {
+        Ok(rd) => rd.flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(fsutil::TEMP_PREFIX)
+        }),
+        Err(_) => false,
+    };
+    Ok(temps)
+}
+
 /// Seal the oldest `per_archive` live receipts into archives while more than `per_archive`
-/// are live (0: never). The chain is verified first ([`Depth::Run`]): a broken chain is never
-/// sealed. Returns the manifests written.
+/// are live (0: never). When there is something to seal (see `rotation_due`) the chain is
+/// verified first ([`Depth::Run`]): a broken chain is never sealed. Returns the manifests
+/// written.
 pub fn rotate(state_dir: &Path, per_archive: usize) -> Result<Vec<Manifest>> {
-    if per_archive == 0 {
+    if per_archive == 0 || !rotation_due(state_dir, per_archive)? {
         return Ok(Vec::new());
     }
     receipts::check_before_run(state_dir)?;
