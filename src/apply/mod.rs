@@ -59,6 +59,12 @@ pub struct ApplyOptions {
     pub kind: ApplyKind,
     /// What the state dir keeps (results, history, live receipts).
     pub retention: crate::record::retention::Retention,
+    /// The receipt chain as the caller verified it under this run's lock (the CLI does,
+    /// before anything else); `None`: [`apply`] verifies it itself.
+    ///
+    /// Why: verifying re-hashes every live receipt; once per run is enough, and appends
+    /// since (a recovered runtime's receipt) go through the checked append path.
+    pub verified_chain: Option<receipts::ChainReport>,
 }
 
 impl Default for ApplyOptions {
@@ -70,6 +76,7 @@ impl Default for ApplyOptions {
             repo: String::new(),
             kind: ApplyKind::Forward,
             retention: Default::default(),
+            verified_chain: None,
         }
     }
 }
@@ -176,7 +183,10 @@ pub fn apply(
     refuse_blocked(planned)?;
     // a broken, truncated or forked receipt chain is never extended: refused before the
     // host is touched
-    let chain = receipts::check_before_run(&paths.state_dir)?;
+    let chain = match &opts.verified_chain {
+        Some(chain) => receipts::require_intact(chain.clone())?,
+        None => receipts::check_before_run(&paths.state_dir)?,
+    };
     let mut run = phases::Run::begin(planned, systemd, paths, opts)?;
     run.stop()?;
     run.disable()?;

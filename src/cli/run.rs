@@ -66,7 +66,7 @@ pub fn agent(
     let t0 = Instant::now();
     let report = (|| {
         let connecting = connect_systemd(cli);
-        check_receipt_chain(paths, true)?;
+        let chain = check_receipt_chain(paths, true)?;
         let systemd = connected(connecting)?;
         recover_runtimes(paths, &systemd, tuning)?;
         let t = pipeline::resolve_target(paths, &target_opts(target))?;
@@ -75,7 +75,10 @@ pub fn agent(
             reconcile::Request {
                 target: &t,
                 mode: reconcile::Mode::Forward,
-                opts: apply_options(tuning, true, &t),
+                opts: ApplyOptions {
+                    verified_chain: Some(chain),
+                    ..apply_options(tuning, true, &t)
+                },
                 agent: true,
                 plan_only: false,
                 check: &|_| Ok(()),
@@ -104,7 +107,7 @@ fn left_for_exit<T>(value: T) {
 /// The run of `apply`, under the lock: everything from the receipt chain to the report.
 fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Error> {
     let connecting = connect_systemd(cli);
-    check_receipt_chain(paths, !a.force_no_state)?;
+    let chain = check_receipt_chain(paths, !a.force_no_state)?;
     let systemd = connected(connecting)?;
     recover_runtimes(paths, &systemd, a.tuning)?;
     let mut opts = target_opts(a.target);
@@ -136,7 +139,10 @@ fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Er
         reconcile::Request {
             target: &t,
             mode,
-            opts: apply_options(a.tuning, !a.force_no_state, &t),
+            opts: ApplyOptions {
+                verified_chain: Some(chain),
+                ..apply_options(a.tuning, !a.force_no_state, &t)
+            },
             agent: false,
             plan_only: a.rollback_plan_only,
             check: &check,
@@ -238,8 +244,9 @@ fn recover_runtimes(
 /// The receipt chain, checked before an appending run (apply, agent, rollback) does
 /// anything, recovery included: a broken chain refuses the run (exit 1, nothing changed).
 /// status.json's `receipts` says so whenever the verdict changes (a quiet host is not
-/// rewritten every tick; never with `--force-no-state`).
-fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> {
+/// rewritten every tick; never with `--force-no-state`). The report is the run's one
+/// verification: apply is handed it instead of verifying again.
+fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<receipts::ChainReport, Error> {
     let r = receipts::verify(&paths.state_dir, receipts::Depth::Run)?;
     let now = crate::model::time::now_rfc3339();
     let health = status::ReceiptChainHealth::of(&r, &now);
@@ -270,7 +277,7 @@ fn check_receipt_chain(paths: &Paths, record_status: bool) -> Result<(), Error> 
             tracing::warn!("cannot record the receipt chain's health in status.json: {e}");
         }
     }
-    receipts::require_intact(r).map(|_| ())
+    receipts::require_intact(r)
 }
 
 /// A saved plan may only be executed while its base still holds.
@@ -321,6 +328,7 @@ fn apply_options(tuning: &ApplyTuning, record_status: bool, t: &ResolvedTarget) 
             keep: tuning.keep_results,
             ..Default::default()
         },
+        verified_chain: None,
     }
 }
 
