@@ -507,27 +507,16 @@ mod tests {
     /// plan's observation (a no-op there means the plan found the desired content).
     #[test]
     fn only_what_the_run_changed_is_read_again() {
-        use crate::source::{RepoEntry, Revision};
         let s = crate::config::scratch();
-        let files: BTreeMap<String, RepoEntry> = [
-            ("hosts/h/host.yaml", "services: [web]\n"),
-            ("services/web/a.service", "[Service]\nExecStart=/bin/true\n"),
-            ("services/web/b.service", "[Service]\nExecStart=/bin/true\n"),
-        ]
-        .into_iter()
-        .map(|(p, c)| {
-            let entry = RepoEntry::File {
-                data: c.as_bytes().to_vec(),
-                executable: false,
-            };
-            (p.to_string(), entry)
-        })
-        .collect();
-        let rev = Revision {
-            commit: "a".repeat(40),
-            requested_ref: "main".into(),
-        };
-        let desired = crate::render::render(&files, &rev, "h", &s.paths).unwrap();
+        let desired = crate::render::render_texts(
+            &[
+                ("hosts/h/host.yaml", "services: [web]\n"),
+                ("services/web/a.service", "[Service]\nExecStart=/bin/true\n"),
+                ("services/web/b.service", "[Service]\nExecStart=/bin/true\n"),
+            ],
+            "h",
+            &s.paths,
+        );
         // as the plan found them: both as desired
         let observed: BTreeMap<String, ObservedFile> = desired
             .resources

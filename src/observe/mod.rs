@@ -537,37 +537,26 @@ mod tests {
     /// what the ledger owns or afterwards; a declared one, and anything not `*.conf`, is not.
     #[test]
     fn hand_made_dropins_are_found_with_and_without_a_preview() {
-        use crate::source::{RepoEntry, Revision};
         let s = crate::config::scratch();
-        let files: BTreeMap<String, RepoEntry> = [
-            ("hosts/h/host.yaml", "services: [web]\n"),
-            (
-                "services/web/web.service",
-                "[Service]\nExecStart=/bin/true\n",
-            ),
-            (
-                "services/web/web.service.d/10-env.conf",
-                "[Service]\nEnvironment=A=1\n",
-            ),
-            (
-                "services/web/db.service",
-                "[Service]\nExecStart=/bin/true\n",
-            ),
-        ]
-        .into_iter()
-        .map(|(p, c)| {
-            let entry = RepoEntry::File {
-                data: c.as_bytes().to_vec(),
-                executable: false,
-            };
-            (p.to_string(), entry)
-        })
-        .collect();
-        let rev = Revision {
-            commit: "a".repeat(40),
-            requested_ref: "main".into(),
-        };
-        let d = crate::render::render(&files, &rev, "h", &s.paths).unwrap();
+        let d = crate::render::render_texts(
+            &[
+                ("hosts/h/host.yaml", "services: [web]\n"),
+                (
+                    "services/web/web.service",
+                    "[Service]\nExecStart=/bin/true\n",
+                ),
+                (
+                    "services/web/web.service.d/10-env.conf",
+                    "[Service]\nEnvironment=A=1\n",
+                ),
+                (
+                    "services/web/db.service",
+                    "[Service]\nExecStart=/bin/true\n",
+                ),
+            ],
+            "h",
+            &s.paths,
+        );
         let web_d = s.paths.unit_dir.join("web.service.d");
         fs::create_dir_all(&web_d).unwrap();
         fs::write(web_d.join("10-env.conf"), "[Service]\nEnvironment=A=1\n").unwrap();

@@ -277,6 +277,27 @@ pub fn render(
     })
 }
 
+/// Render text files given as (repository path, content) at commit `aaaa...`: the set-up of
+/// tests outside render that need a desired state.
+#[cfg(test)]
+pub(crate) fn render_texts(files: &[(&str, &str)], host: &str, paths: &Paths) -> DesiredState {
+    let files: BTreeMap<String, crate::source::RepoEntry> = files
+        .iter()
+        .map(|(p, c)| {
+            let entry = crate::source::RepoEntry::File {
+                data: c.as_bytes().to_vec(),
+                executable: false,
+            };
+            (p.to_string(), entry)
+        })
+        .collect();
+    let rev = Revision {
+        commit: "a".repeat(40),
+        requested_ref: "main".into(),
+    };
+    render(&files, &rev, host, paths).expect("test files render")
+}
+
 /// The host's `host.yaml`; a host the repository does not define is an input error naming
 /// the hosts it does define.
 fn read_host_yaml(repo: &RepoView<'_>, host: &str, host_file: &str) -> Result<Vec<u8>, InputError> {

@@ -196,9 +196,7 @@ fn invocation_hex(bytes: &[u8]) -> String {
     if bytes.iter().all(|b| *b == 0) {
         return String::new();
     }
-    let mut hex = String::new();
-    crate::model::normalize::push_hex(&mut hex, bytes);
-    hex
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `name: message` of a D-Bus error reply, or the error's text for anything else.
