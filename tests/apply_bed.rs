@@ -689,3 +689,78 @@ fn a_no_change_run_records_last_run_in_one_small_write() {
     assert_eq!(w.status()["last_run"]["desired_revision"], v2.as_str());
     w.teardown();
 }
+
+/// A change of one service is validated before the whole revision is rendered (the services
+/// whose directory differs from the last applied commit's are rendered on their own first),
+/// and that early verdict is the plan's: a typo in the changed drop-in blocks the plan with
+/// systemd's reason, a valid change goes through. A revision that also changes host.yaml is
+/// validated after the render, as before, with the same verdict.
+#[test]
+fn a_changed_service_is_validated_early_with_the_plans_verdict() {
+    let Some(mut w) = world("early") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    let (code, r) = w.apply(&v1, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    let debug = [("CORE_OPS_LOG", "core_ops=debug")];
+    let dropin = format!("dropin:{}-web.service.d/10-level.conf", w.p);
+    let plan_of = |w: &common::world::World, rev: &str| {
+        let o = w.s.run_env(
+            &[
+                "--json",
+                "plan",
+                "--rev",
+                rev,
+                "--repo",
+                &w.repo_arg(),
+                "--host",
+                "h",
+            ],
+            &debug,
+        );
+        let plan: Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", stderr(&o)));
+        (plan, stderr(&o))
+    };
+
+    let mut typo = w.fx();
+    typo.level = "2\nExecStrat=/bin/true";
+    let v2 = w.commit(typo);
+    let (plan, log) = plan_of(&w, &v2);
+    assert!(
+        log.contains("the guess of what changed") && log.contains("holds=true"),
+        "{log}"
+    );
+    let a = action(&plan, &dropin);
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert_eq!(a["cause"], "invalid_unit", "{a:#}");
+    assert!(
+        a["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown key 'ExecStrat'"),
+        "{a:#}"
+    );
+
+    // the same typo with a host.yaml change: no early start, the same verdict after render
+    let mut typo_and_host = w.fx();
+    typo_and_host.level = "2\nExecStrat=/bin/true";
+    typo_and_host.host_extra = "variables: {a: b}\n";
+    let v3 = w.commit(typo_and_host);
+    let (plan, log) = plan_of(&w, &v3);
+    assert!(!log.contains("the guess of what changed"), "{log}");
+    let a = action(&plan, &dropin);
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert_eq!(a["cause"], "invalid_unit", "{a:#}");
+
+    // a valid change of the service: validated early, applied, exactly its unit restarted
+    let mut valid = w.fx();
+    valid.level = "3";
+    let v4 = w.commit(valid);
+    let (_, log) = plan_of(&w, &v4);
+    assert!(log.contains("holds=true"), "{log}");
+    let (code, r) = w.apply(&v4, &[]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["calls"]["jobs"], 1, "{r:#}");
+}

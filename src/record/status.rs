@@ -244,6 +244,30 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
     Ok(snap)
 }
 
+/// Only the revision of `last_applied` as status.json records it (`None` when the file is
+/// missing, unreadable, or records none), the rest of the document skipped, not built.
+///
+/// Why: knowing it before the revision is rendered lets the plan-time validators start on
+/// what changed since (`pipeline`), while the whole snapshot is read on another thread.
+pub fn load_last_applied_revision(path: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Revision {
+        revision: String,
+    }
+    #[derive(Deserialize)]
+    struct LastOnly {
+        schema_version: u32,
+        #[serde(default)]
+        last_applied: Option<Revision>,
+    }
+    let bytes = std::fs::read(path).ok()?;
+    let doc: LastOnly = serde_json::from_slice(&bytes).ok()?;
+    (doc.schema_version == STATUS_SCHEMA_VERSION)
+        .then_some(doc.last_applied)
+        .flatten()
+        .map(|l| l.revision)
+}
+
 /// Only the receipt chain's health as status.json records it (`None` when the file is
 /// missing or unreadable, `Some(None)` when it records none), the rest of the document
 /// skipped, not built.

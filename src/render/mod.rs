@@ -222,6 +222,32 @@ pub fn render(
     host: &str,
     paths: &Paths,
 ) -> Result<DesiredState, InputError> {
+    render_selected(files, revision, host, paths, None)
+}
+
+/// [`render`] of only those services in `only` that the host selects; host.yaml and the
+/// runtimes as the whole render has them.
+///
+/// Why: the plan-time validators can start on a service that changed before the whole
+/// revision is rendered (`pipeline`); the whole render still decides, and its verdict is used
+/// only when this part is exactly what it renders for those services.
+pub fn render_only(
+    files: &dyn RepoFiles,
+    revision: &Revision,
+    host: &str,
+    paths: &Paths,
+    only: &BTreeSet<String>,
+) -> Result<DesiredState, InputError> {
+    render_selected(files, revision, host, paths, Some(only))
+}
+
+fn render_selected(
+    files: &dyn RepoFiles,
+    revision: &Revision,
+    host: &str,
+    paths: &Paths,
+    only: Option<&BTreeSet<String>>,
+) -> Result<DesiredState, InputError> {
     let repo = RepoView {
         files,
         revision,
@@ -231,11 +257,17 @@ pub fn render(
     let host_text = read_host_yaml(&repo, host, &host_file)?;
     let host_yaml: HostYaml = yaml::parse(&host_file, &host_text)?;
     let host_text_str = String::from_utf8_lossy(&host_text).to_string();
-    check_selected_services(files, &host_yaml, &host_file, &host_text_str)?;
+    let selected: Vec<String> = host_yaml
+        .services
+        .iter()
+        .filter(|s| only.is_none_or(|o| o.contains(*s)))
+        .cloned()
+        .collect();
+    check_selected_services(files, &selected, &host_file, &host_text_str)?;
     let host_dropins = host_overrides(files, host, &host_yaml)?;
 
     let mut resources: BTreeMap<String, Resource> = BTreeMap::new();
-    for svc in &host_yaml.services {
+    for svc in &selected {
         let empty = Vec::new();
         let rendered = render_service(&repo, svc, host_dropins.get(svc).unwrap_or(&empty), paths)?;
         for r in rendered {
@@ -322,7 +354,7 @@ fn read_host_yaml(repo: &RepoView<'_>, host: &str, host_file: &str) -> Result<Ve
 /// Every selected service is named once, validly, and exists in the repository.
 fn check_selected_services(
     files: &dyn RepoFiles,
-    host_yaml: &HostYaml,
+    services: &[String],
     host_file: &str,
     host_text: &str,
 ) -> Result<(), InputError> {
@@ -334,7 +366,7 @@ fn check_selected_services(
             .unwrap_or_else(|| Location::file(host_file))
     };
     let mut seen = BTreeSet::new();
-    for svc in &host_yaml.services {
+    for svc in services {
         if !seen.insert(svc.as_str()) {
             return Err(InputError::new(
                 line_of(svc),

@@ -971,6 +971,41 @@ impl RevisionTree {
     }
 }
 
+impl RevisionTree {
+    /// The object id at `path` (`file <id>` for a file), `None` when there is nothing there.
+    ///
+    /// Why: two revisions with the same id at a directory hold the same files below it, known
+    /// without reading them (see `pipeline`'s early validation).
+    pub fn dir_id(&self, path: &str) -> std::result::Result<Option<String>, InputError> {
+        Ok(match self.lookup(path)? {
+            Found::Tree(oid) => Some(oid.to_string()),
+            Found::Leaf(oid, _) => Some(format!("file {oid}")),
+            Found::Absent => None,
+        })
+    }
+
+    /// The entries of directory `dir` by name, with their object ids (empty when there is no
+    /// such directory): one tree read.
+    pub fn child_ids(
+        &self,
+        dir: &str,
+    ) -> std::result::Result<BTreeMap<String, String>, InputError> {
+        let Found::Tree(oid) = self.lookup(dir)? else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(self
+            .load_tree(oid, dir)?
+            .iter()
+            .map(|e| {
+                (
+                    String::from_utf8_lossy(&e.name).into_owned(),
+                    e.id.to_string(),
+                )
+            })
+            .collect())
+    }
+}
+
 impl RepoFiles for RevisionTree {
     fn entry(&self, path: &str) -> std::result::Result<Option<RepoEntry>, InputError> {
         if let Some(e) = self.state.borrow().read.get(path) {
