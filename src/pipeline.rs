@@ -192,9 +192,7 @@ pub fn plan_revision(
             let preview = crate::observe::preview::preview(&owned, paths);
             Ahead {
                 preview,
-                units: units
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                units: joined(units),
             }
         });
         let guess = guess_changed(paths, &source, &snapshot, &revision, &target.host);
@@ -300,21 +298,23 @@ fn guess_changed(
         .values()
         .map(|r| r.service.clone())
         .collect();
-    let quadlet = partial
+    (!services.is_empty() && !has_quadlet(&partial)).then_some(Guess { services, partial })
+}
+
+/// Whether any Quadlet file is desired: the generator judges the whole Quadlet set, so a
+/// verdict on part of the desired state is not the verdict on all of it.
+fn has_quadlet(desired: &DesiredState) -> bool {
+    desired
         .resources
         .values()
-        .any(|r| r.kind == crate::model::normalize::Kind::Quadlet);
-    (!services.is_empty() && !quadlet).then_some(Guess { services, partial })
+        .any(|r| r.kind == crate::model::normalize::Kind::Quadlet)
 }
 
 /// Whether the validators' verdict on a guess is the verdict on what the plan validates: the
 /// same services, rendered the same, and no Quadlet file anywhere in the desired state.
 fn guess_holds(guess: &Guess, desired: &DesiredState, changed: &BTreeSet<String>) -> bool {
     guess.services == *changed
-        && !desired
-            .resources
-            .values()
-            .any(|r| r.kind == crate::model::normalize::Kind::Quadlet)
+        && !has_quadlet(desired)
         && services_subset(desired, changed) == services_subset(&guess.partial, changed)
 }
 
@@ -377,6 +377,20 @@ struct Records {
     ledger_warning: Option<String>,
 }
 
+/// The state of `names` as systemd reports it, with enablement read from the unit dir where
+/// systemd did not say (one directory walk instead of a D-Bus call per unit).
+fn units_with_enablement(
+    paths: &Paths,
+    source: &dyn UnitStateSource,
+    names: &[String],
+) -> UnitObservation {
+    let mut units = source.observe_units(names);
+    if let UnitObservation::Known(map) = &mut units {
+        crate::observe::enablement_from_disk(&paths.unit_dir, map);
+    }
+    units
+}
+
 /// What was observed of the host while the revision was rendered: the owned files and the
 /// state of the owned units.
 struct Ahead {
@@ -397,10 +411,7 @@ struct UnitsAhead {
 impl UnitsAhead {
     fn observe(paths: &Paths, source: &dyn UnitStateSource, names: BTreeSet<String>) -> Self {
         let list: Vec<String> = names.iter().cloned().collect();
-        let mut units = source.observe_units(&list);
-        if let UnitObservation::Known(map) = &mut units {
-            crate::observe::enablement_from_disk(&paths.unit_dir, map);
-        }
+        let units = units_with_enablement(paths, source, &list);
         UnitsAhead { names, units }
     }
 
@@ -584,19 +595,12 @@ fn observe_host(
             (observed, t0.elapsed())
         });
         let wanted = plan::managed_units(desired, &ledger.objects);
-        let units_ahead = ahead.and_then(|a| a.units.of(&wanted));
-        let units = units_ahead.unwrap_or_else(|| {
-            let mut units = units_source.observe_units(&wanted);
-            if let UnitObservation::Known(map) = &mut units {
-                crate::observe::enablement_from_disk(&paths.unit_dir, map);
-            }
-            units
-        });
+        let units = ahead
+            .and_then(|a| a.units.of(&wanted))
+            .unwrap_or_else(|| units_with_enablement(paths, units_source, &wanted));
         let units_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let foreign_dropins = crate::observe::foreign_dropins(desired, &paths.unit_dir, preview);
-        let (files, files_took) = files
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let (files, files_took) = joined(files);
         tracing::debug!(
             files_ms = files_took.as_secs_f64() * 1000.0,
             units_ms,

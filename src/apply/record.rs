@@ -138,28 +138,29 @@ fn record(
     result: &mut ApplyResult,
     chain: receipts::ChainReport,
 ) -> Result<()> {
-    if opts.record_status {
-        let snap = next_status(planned, paths, opts, result, &chain);
-        let transition = result.changed_objects > 0 || result.last_applied_advanced;
+    let transition = result.changed_objects > 0 || result.last_applied_advanced;
+    let snap = opts
+        .record_status
+        .then(|| next_status(planned, paths, opts, result, &chain));
+    if let Some(snap) = &snap {
         match (&snap.last_run, &planned.status) {
             // nothing else in the snapshot moved: one small write
-            (Some(run), Some(old)) if !transition && same_but_last_run(old, &snap) => {
+            (Some(run), Some(old)) if !transition && same_but_last_run(old, snap) => {
                 status::save_last_run(&paths.state_file, run)?
             }
             // read under this lock when the run was planned: nothing to set aside
-            _ if planned.status.is_some() => status::save_over_read(&paths.state_file, &snap)?,
-            _ => status::save(&paths.state_file, &snap)?,
+            _ if planned.status.is_some() => status::save_over_read(&paths.state_file, snap)?,
+            _ => status::save(&paths.state_file, snap)?,
         }
-        if transition {
-            write_transition(planned, paths, opts, result)?;
-            // status was written before the receipt (so a failure leaves no receipt); its
-            // view of the chain now takes the new head
-            let mut snap = snap;
+    }
+    if transition {
+        write_transition(planned, paths, opts, result)?;
+        // status was written before the receipt (so a failure leaves no receipt); its view
+        // of the chain now takes the new head
+        if let Some(mut snap) = snap {
             snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
             status::save_over_read(&paths.state_file, &snap)?;
         }
-    } else if result.changed_objects > 0 || result.last_applied_advanced {
-        write_transition(planned, paths, opts, result)?;
     }
     journal::clear(&paths.state_dir)?;
     // retention never fails a run that recorded its outcome; it is retried by the next one

@@ -244,46 +244,45 @@ pub fn load(path: &Path) -> std::result::Result<StatusSnapshot, Absent> {
     Ok(snap)
 }
 
+/// The few fields of status.json a run needs before it reads the whole snapshot, the rest of
+/// the document (the digests of every applied object) skipped, not built.
+#[derive(Deserialize)]
+struct Glance {
+    schema_version: u32,
+    #[serde(default)]
+    last_applied: Option<GlancedRevision>,
+    #[serde(default)]
+    receipts: Option<ReceiptChainHealth>,
+}
+
+#[derive(Deserialize)]
+struct GlancedRevision {
+    revision: String,
+}
+
+/// [`Glance`] of `path`; `None` when it is missing, unreadable or of another schema.
+fn glance(path: &Path) -> Option<Glance> {
+    let bytes = std::fs::read(path).ok()?;
+    let doc: Glance = serde_json::from_slice(&bytes).ok()?;
+    (doc.schema_version == STATUS_SCHEMA_VERSION).then_some(doc)
+}
+
 /// Only the revision of `last_applied` as status.json records it (`None` when the file is
-/// missing, unreadable, or records none), the rest of the document skipped, not built.
+/// missing, unreadable, or records none).
 ///
 /// Why: knowing it before the revision is rendered lets the plan-time validators start on
 /// what changed since (`pipeline`), while the whole snapshot is read on another thread.
 pub fn load_last_applied_revision(path: &Path) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Revision {
-        revision: String,
-    }
-    #[derive(Deserialize)]
-    struct LastOnly {
-        schema_version: u32,
-        #[serde(default)]
-        last_applied: Option<Revision>,
-    }
-    let bytes = std::fs::read(path).ok()?;
-    let doc: LastOnly = serde_json::from_slice(&bytes).ok()?;
-    (doc.schema_version == STATUS_SCHEMA_VERSION)
-        .then_some(doc.last_applied)
-        .flatten()
-        .map(|l| l.revision)
+    glance(path)?.last_applied.map(|l| l.revision)
 }
 
 /// Only the receipt chain's health as status.json records it (`None` when the file is
-/// missing or unreadable, `Some(None)` when it records none), the rest of the document
-/// skipped, not built.
+/// missing or unreadable, `Some(None)` when it records none).
 ///
 /// Why: every run compares the chain it verified with what status says, before the run
-/// reads the whole snapshot (which holds the digests of every applied object) to plan.
+/// reads the whole snapshot to plan.
 pub fn load_receipt_health(path: &Path) -> Option<Option<ReceiptChainHealth>> {
-    #[derive(Deserialize)]
-    struct HealthOnly {
-        schema_version: u32,
-        #[serde(default)]
-        receipts: Option<ReceiptChainHealth>,
-    }
-    let bytes = std::fs::read(path).ok()?;
-    let doc: HealthOnly = serde_json::from_slice(&bytes).ok()?;
-    (doc.schema_version == STATUS_SCHEMA_VERSION).then_some(doc.receipts)
+    glance(path).map(|g| g.receipts)
 }
 
 /// `status.json`'s sibling that holds only the `last_run` of a run that changed nothing:
