@@ -104,12 +104,14 @@ pub(super) fn finish(
     // claims), or was only seeded from status.json so far
     let on_disk = run.ledger_saved.as_ref().unwrap_or(&planned.ledger);
     let save_ledger = ledger != *on_disk || !ledger::path(&paths.state_dir).exists();
-    let recorded = if save_ledger {
-        ledger::save(&paths.state_dir, &ledger)
-    } else {
-        Ok(())
-    }
-    .and_then(|_| record(planned, paths, opts, &mut result, chain));
+    let recorded = record(
+        planned,
+        paths,
+        opts,
+        &mut result,
+        chain,
+        save_ledger.then_some(&ledger),
+    );
     tracing::debug!(
         record_ms = t0.elapsed().as_secs_f64() * 1000.0,
         ledger_written = save_ledger,
@@ -125,42 +127,56 @@ pub(super) fn finish(
     }
 }
 
-/// Write status.json, then the results document and the receipt (for a transition), then
-/// drop the in-flight journal. A transition is a run that changed objects or moved
-/// `last_applied` to another revision (a new revision whose objects already match is still
-/// a transition). The receipt comes last so a failure anywhere leaves no receipt and keeps
-/// the journal: the next run re-applies and receipts the transition once, from where the
-/// interrupted run began.
+/// Write the ledger (when it changed), status.json and the results document (for a
+/// transition) at once, then the receipt, then drop the in-flight journal. A transition is a
+/// run that changed objects or moved `last_applied` to another revision (a new revision
+/// whose objects already match is still a transition). The receipt comes last so a failure
+/// anywhere leaves no receipt and keeps the journal: the next run re-applies and receipts
+/// the transition once, from where the interrupted run began. It is prepared first, so
+/// status.json names the chain head it makes in its one write.
 fn record(
     planned: &Planned,
     paths: &Paths,
     opts: &ApplyOptions,
     result: &mut ApplyResult,
     chain: receipts::ChainReport,
+    ledger: Option<&ledger::Ledger>,
 ) -> Result<()> {
     let transition = result.changed_objects > 0 || result.last_applied_advanced;
-    let snap = opts
+    let prepared = if transition {
+        Some(prepare_transition(planned, paths, opts, result)?)
+    } else {
+        None
+    };
+    let mut snap = opts
         .record_status
         .then(|| next_status(planned, paths, opts, result, &chain));
-    if let Some(snap) = &snap {
-        match (&snap.last_run, &planned.status) {
-            // nothing else in the snapshot moved: one small write
-            (Some(run), Some(old)) if !transition && same_but_last_run(old, snap) => {
-                status::save_last_run(&paths.state_file, run)?
-            }
-            // read under this lock when the run was planned: nothing to set aside
-            _ if planned.status.is_some() => status::save_over_read(&paths.state_file, snap)?,
-            _ => status::save(&paths.state_file, snap)?,
-        }
+    if let (Some(snap), Some(t)) = (snap.as_mut(), &prepared)
+        && let Some(health) = snap.receipts.as_mut()
+    {
+        health.head_sequence = Some(t.receipt.sequence);
+        health.head_digest = Some(t.receipt.digest.clone());
     }
-    if transition {
-        write_transition(planned, paths, opts, result)?;
-        // status was written before the receipt (so a failure leaves no receipt); its view
-        // of the chain now takes the new head
-        if let Some(mut snap) = snap {
-            snap.receipts = Some(receipts::health_after_run(&paths.state_dir, &chain));
-            status::save_over_read(&paths.state_file, &snap)?;
-        }
+    // none of these depends on another; the receipt waits for all of them
+    std::thread::scope(|scope| {
+        let ledger = ledger.map(|l| scope.spawn(|| ledger::save(&paths.state_dir, l)));
+        let results = prepared
+            .as_ref()
+            .map(|t| scope.spawn(|| fsutil::write_atomic(&t.results_path, &t.results, None)));
+        let status = match &snap {
+            Some(snap) => save_status(planned, paths, snap, transition),
+            None => Ok(()),
+        };
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        let ledger = ledger.map(joined).unwrap_or(Ok(()));
+        let results = results.map(joined).unwrap_or(Ok(()));
+        ledger.and(status).and(results)
+    })?;
+    if let Some(t) = prepared {
+        let (_, doc) = t.receipt.commit(&paths.state_dir)?;
+        result.receipt = doc.get("id").and_then(|v| v.as_str()).map(str::to_string);
     }
     journal::clear(&paths.state_dir)?;
     // retention never fails a run that recorded its outcome; it is retried by the next one
@@ -168,6 +184,25 @@ fn record(
         tracing::warn!("retention of the state dir: {e}");
     }
     Ok(())
+}
+
+/// Write status.json: only `last_run` when nothing else in it moved, else the whole
+/// snapshot.
+fn save_status(
+    planned: &Planned,
+    paths: &Paths,
+    snap: &StatusSnapshot,
+    transition: bool,
+) -> Result<()> {
+    match (&snap.last_run, &planned.status) {
+        // nothing else in the snapshot moved: one small write
+        (Some(run), Some(old)) if !transition && same_but_last_run(old, snap) => {
+            status::save_last_run(&paths.state_file, run)
+        }
+        // read under this lock when the run was planned: nothing to set aside
+        _ if planned.status.is_some() => status::save_over_read(&paths.state_file, snap),
+        _ => status::save(&paths.state_file, snap),
+    }
 }
 
 /// The run as status.json's `last_run` shows it (an automatic rollback that converged is
@@ -250,13 +285,22 @@ fn next_status(
     snap
 }
 
-/// A transition: the results document, then the reconcile receipt that names its digest.
-fn write_transition(
+/// A transition's records, not written yet: the results document and the reconcile
+/// receipt that names its digest.
+struct Transition {
+    results_path: std::path::PathBuf,
+    results: Vec<u8>,
+    receipt: receipts::PreparedReceipt,
+}
+
+/// The results document and the receipt of a transition, built and checked against the
+/// chain; [`record`] writes them.
+fn prepare_transition(
     planned: &Planned,
     paths: &Paths,
     opts: &ApplyOptions,
     result: &mut ApplyResult,
-) -> Result<()> {
+) -> Result<Transition> {
     let hex = result.intent_checksum.trim_start_matches("sha256:");
     let stamp = result.finished_at.replace([':', '-'], "");
     let path = paths
@@ -266,7 +310,6 @@ fn write_transition(
     result.results_path = Some(path.display().to_string());
     let bytes = fsutil::json_bytes(result);
     let results_digest = sha256_hex(&bytes);
-    fsutil::write_atomic(&path, &bytes, None)?;
     let transition = match (&opts.kind, result.outcome.is_converged()) {
         (ApplyKind::Forward, true) => "applied",
         (ApplyKind::Rollback, true) => "rollback",
@@ -279,7 +322,7 @@ fn write_transition(
         (_, Some(resumed)) => Some(resumed.clone()),
         _ => None,
     };
-    let (_, receipt) = receipts::append(
+    let receipt = receipts::prepare(
         &paths.state_dir,
         ReconcileReceipt {
             schema_version: RECEIPT_SCHEMA_VERSION,
@@ -301,6 +344,9 @@ fn write_transition(
             reason,
         },
     )?;
-    result.receipt = Some(receipt.id);
-    Ok(())
+    Ok(Transition {
+        results_path: path,
+        results: bytes,
+        receipt,
+    })
 }

@@ -636,6 +636,68 @@ pub fn try_append_document(
     kind: &str,
     build: impl FnOnce(u64, Option<String>) -> Result<serde_json::Value>,
 ) -> Result<(PathBuf, serde_json::Value)> {
+    try_prepare_document(state_dir, kind, build)?.commit(state_dir)
+}
+
+/// A receipt checked against the chain and serialized, not written yet: its sequence and
+/// digest are known before it exists.
+///
+/// Why: a run writes status.json before its receipt (a failure then leaves no receipt) and
+/// status.json names the chain head the run leaves; with the receipt prepared first, that
+/// is one status.json write instead of a second one after the append.
+#[derive(Debug)]
+pub struct PreparedReceipt {
+    path: PathBuf,
+    name: String,
+    bytes: Vec<u8>,
+    doc: serde_json::Value,
+    /// The sequence number the receipt takes.
+    pub sequence: u64,
+    /// Its digest, as `receipts-head.json` will record it.
+    pub digest: String,
+}
+
+impl PreparedReceipt {
+    /// Write the receipt (exclusively: see [`try_append_document`]), then
+    /// `receipts-head.json`.
+    pub fn commit(self, state_dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
+        let PreparedReceipt {
+            path,
+            name,
+            bytes,
+            doc,
+            sequence,
+            digest,
+        } = self;
+        fsutil::write_new(&path, &bytes).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                Error::ReceiptChain(format!(
+                    "{} already exists: another writer appended receipt {sequence} at the same time; nothing was appended",
+                    path.display()
+                ))
+            }
+            other => other,
+        })?;
+        fsutil::write_json(
+            &head_path(state_dir),
+            &HeadAnchor {
+                schema_version: 1,
+                sequence,
+                digest,
+                file: name,
+            },
+        )?;
+        Ok((path, doc))
+    }
+}
+
+/// The next receipt of the chain, built and checked like [`try_append_document`] does,
+/// without writing anything.
+pub fn try_prepare_document(
+    state_dir: &Path,
+    kind: &str,
+    build: impl FnOnce(u64, Option<String>) -> Result<serde_json::Value>,
+) -> Result<PreparedReceipt> {
     if parse_name(&file_name(1, kind)).is_none() {
         return Err(Error::Config(format!(
             "internal error: receipt kind {kind:?} makes no receipt name"
@@ -647,37 +709,33 @@ pub fn try_append_document(
     let name = file_name(sequence, kind);
     let path = receipts_dir(state_dir).join(&name);
     let bytes = fsutil::json_bytes(&doc);
-    fsutil::write_new(&path, &bytes).map_err(|e| match e {
-        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
-            Error::ReceiptChain(format!(
-                "{} already exists: another writer appended receipt {sequence} at the same time; nothing was appended",
-                path.display()
-            ))
-        }
-        other => other,
-    })?;
-    fsutil::write_json(
-        &head_path(state_dir),
-        &HeadAnchor {
-            schema_version: 1,
-            sequence,
-            digest: sha256_hex(&bytes),
-            file: name,
-        },
-    )?;
-    Ok((path, doc))
+    let digest = sha256_hex(&bytes);
+    Ok(PreparedReceipt {
+        path,
+        name,
+        bytes,
+        doc,
+        sequence,
+        digest,
+    })
 }
 
 /// Append a reconcile receipt: fills sequence, id and the previous digest.
 pub fn append(state_dir: &Path, receipt: ReconcileReceipt) -> Result<(PathBuf, ReconcileReceipt)> {
-    let (path, doc) = append_document(state_dir, "reconcile", |sequence, prev| {
+    let (path, doc) = prepare(state_dir, receipt)?.commit(state_dir)?;
+    Ok((path, serde_json::from_value(doc).expect("round trip")))
+}
+
+/// [`append`] in two steps: the reconcile receipt with its sequence, id and previous digest
+/// filled, ready for [`PreparedReceipt::commit`].
+pub fn prepare(state_dir: &Path, receipt: ReconcileReceipt) -> Result<PreparedReceipt> {
+    try_prepare_document(state_dir, "reconcile", |sequence, prev| {
         let mut r = receipt;
         r.sequence = sequence;
         r.id = format!("urn:srcos:receipt:reconcile:{}:{sequence}", r.host);
         r.previous_receipt_digest = prev;
-        serde_json::to_value(r).expect("receipt serializes")
-    })?;
-    Ok((path, serde_json::from_value(doc).expect("round trip")))
+        Ok(serde_json::to_value(r).expect("receipt serializes"))
+    })
 }
 
 /// Prefix of the chain link in documents whose schema has no field of ours (e.g. SourceOS
