@@ -314,6 +314,35 @@ pub fn verify_commit(repo: &Repository, rev: &Revision, trust: &Trust) -> Result
     }))
 }
 
+/// Whether `last` is among the first few ancestors of `desired` (its parents, theirs, ...).
+///
+/// Why: a new revision is almost always a few commits after the last applied one, and
+/// reading those commits costs a few object reads; libgit2's `graph_descendant_of` looks
+/// for merge bases and reads the whole history each time. `false` only means "not found
+/// nearby": the full test decides then.
+fn near_descendant(repo: &Repository, desired: Oid, last: Oid) -> bool {
+    const AT_MOST: usize = 64;
+    let mut queue = std::collections::VecDeque::from([desired]);
+    let mut seen = std::collections::HashSet::from([desired]);
+    while let Some(id) = queue.pop_front() {
+        if seen.len() > AT_MOST {
+            return false;
+        }
+        let Ok(commit) = repo.find_commit(id) else {
+            return false;
+        };
+        for parent in commit.parent_ids() {
+            if parent == last {
+                return true;
+            }
+            if seen.insert(parent) {
+                queue.push_back(parent);
+            }
+        }
+    }
+    false
+}
+
 /// Refuse `desired` unless it is `last_applied` or descends from it, or the policy allows a
 /// rewind (then a warning is logged and returned).
 pub fn check_descent(
@@ -336,6 +365,7 @@ pub fn check_descent(
              rewritten?), so desired revision {} ({}) cannot be shown to descend from it",
             desired.commit, desired.requested_ref
         ),
+        Some(last) if near_descendant(repo, desired_oid, last) => return Ok(None),
         Some(last) => match repo.graph_descendant_of(desired_oid, last) {
             Ok(true) => return Ok(None),
             Ok(false) => format!(

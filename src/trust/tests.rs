@@ -425,3 +425,62 @@ fn rewinds_are_refused_unless_allowed() {
             .is_some()
     );
 }
+
+/// A chain of commits made with git2 (an empty tree each): the ids, oldest first.
+fn chain(repo: &Repository, parents: &[git2::Oid], n: usize) -> Vec<git2::Oid> {
+    let sig =
+        git2::Signature::new("t", "t@example.org", &git2::Time::new(1_700_000_000, 0)).unwrap();
+    let tree = repo
+        .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+        .unwrap();
+    let mut ids = Vec::new();
+    let mut parents: Vec<git2::Oid> = parents.to_vec();
+    for i in 0..n {
+        let ps: Vec<git2::Commit> = parents
+            .iter()
+            .map(|p| repo.find_commit(*p).unwrap())
+            .collect();
+        let refs: Vec<&git2::Commit> = ps.iter().collect();
+        let id = repo
+            .commit(None, &sig, &sig, &format!("c{i}"), &tree, &refs)
+            .unwrap();
+        ids.push(id);
+        parents = vec![id];
+    }
+    ids
+}
+
+#[test]
+fn descent_is_found_near_and_far_and_across_merges() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = Repository::init(d.path()).unwrap();
+    let trust = Trust {
+        policy: TrustPolicy::default(),
+        origin: PolicyOrigin::Default,
+        local_file: d.path().join("trust.yaml"),
+    };
+    let main = chain(&repo, &[], 3);
+    // a side branch merged back: the last applied commit is reached through the merge's
+    // second parent
+    let side = chain(&repo, &[main[0]], 2);
+    let merge = chain(&repo, &[main[2], side[1]], 1)[0];
+    assert!(near_descendant(&repo, main[2], main[0]));
+    assert!(near_descendant(&repo, merge, side[0]));
+    assert!(!near_descendant(&repo, main[2], side[0]));
+    // far ahead: not found nearby, still a descendant by the full test
+    let far = chain(&repo, &[merge], 100);
+    let tip = *far.last().unwrap();
+    assert!(!near_descendant(&repo, tip, main[0]));
+    let tip_rev = rev(&tip.to_string());
+    for last in [main[0], side[0], merge, far[98]] {
+        assert_eq!(
+            check_descent(&repo, &last.to_string(), &tip_rev, &trust).unwrap(),
+            None,
+            "{last} is an ancestor of the tip"
+        );
+    }
+    // a sibling is refused whether or not it is near
+    let sibling = chain(&repo, &[main[1]], 1)[0];
+    let e = check_descent(&repo, &sibling.to_string(), &tip_rev, &trust).unwrap_err();
+    assert!(e.to_string().contains("does not descend"), "{e}");
+}
