@@ -592,6 +592,7 @@ impl Source {
         })?;
         let root = commit.tree_id();
         Ok(RevisionTree {
+            objects: self.repo.path().join("objects"),
             repo: Rc::clone(&self.repo),
             location: self.location.clone(),
             root,
@@ -667,6 +668,8 @@ pub use crate::config::{
 /// asked for; the caps still count every path and every entry visited.
 pub struct RevisionTree {
     repo: Rc<Repository>,
+    /// The repository's own object directory (where its loose objects are).
+    objects: PathBuf,
     /// Operator's location, credentials removed (for messages).
     location: String,
     root: Oid,
@@ -691,6 +694,8 @@ struct ReadState {
     entries: u64,
     /// Content bytes read.
     bytes: u64,
+    /// Object headers read (to learn a size before the content).
+    headers: u64,
     /// Directories listed completely (`""` or `dir/`): lookups below them need no git access.
     listed: BTreeSet<String>,
     /// Files and symlinks seen: path -> (blob id, git file mode).
@@ -740,6 +745,7 @@ impl RevisionTree {
     /// per-object cap.
     fn object_size(&self, oid: Oid, path: &str) -> std::result::Result<u64, InputError> {
         let odb = self.repo.odb().map_err(|e| self.git_err(path, &e))?;
+        self.state.borrow_mut().headers += 1;
         let (size, _) = odb.read_header(oid).map_err(|e| self.git_err(path, &e))?;
         let size = size as u64;
         if size > self.limits.max_file_bytes {
@@ -755,6 +761,22 @@ impl RevisionTree {
         Ok(size)
     }
 
+    /// An upper bound of the object's size when it is a loose object of this repository so
+    /// small compressed that its content cannot exceed the per-object cap: then its header
+    /// need not be read first. `None` otherwise.
+    ///
+    /// Why: a loose object is one zlib stream in a file of its own; reading its header opens
+    /// and inflates that file once more before the read does it again - twice for each of
+    /// the ~1,000 objects of a 200-service revision. Deflate expands at most 1032:1, so a
+    /// file of at most `max_file_bytes / 1032` bytes holds no more than the cap. A packed
+    /// object (or one in an alternate) is not found here and has its header read.
+    fn small_loose(&self, oid: Oid) -> Option<u64> {
+        let hex = oid.to_string();
+        let md = std::fs::metadata(self.objects.join(&hex[..2]).join(&hex[2..])).ok()?;
+        let bound = md.len().saturating_mul(1032);
+        (md.is_file() && bound <= self.limits.max_file_bytes).then_some(bound)
+    }
+
     /// A tree object's entries, checked against the per-object cap before it is parsed;
     /// read from the object database once per object id.
     fn load_tree(&self, oid: Oid, path: &str) -> std::result::Result<Rc<[TreeRow]>, InputError> {
@@ -762,7 +784,9 @@ impl RevisionTree {
             return Ok(Rc::clone(rows));
         }
         let shown = if path.is_empty() { "/" } else { path };
-        self.object_size(oid, shown)?;
+        if self.small_loose(oid).is_none() {
+            self.object_size(oid, shown)?;
+        }
         let tree = self
             .repo
             .find_tree(oid)
@@ -933,8 +957,15 @@ impl RevisionTree {
         oid: Oid,
         mode: i32,
     ) -> std::result::Result<RepoEntry, InputError> {
-        // a blob read for another path is not read again; its size is known
-        let cached = self.state.borrow().blobs.get(&oid).cloned();
+        // a blob read for another path is not read again; its size is known (and so is a
+        // small loose object's bound: it is read before it is counted)
+        let mut cached = self.state.borrow().blobs.get(&oid).cloned();
+        if cached.is_none()
+            && let Some(bound) = self.small_loose(oid)
+            && self.state.borrow().bytes + bound <= self.limits.max_bytes
+        {
+            cached = Some(self.load_blob(oid, path)?);
+        }
         let size = match &cached {
             Some(data) => data.len() as u64,
             None => self.object_size(oid, path)?,
@@ -1702,6 +1733,64 @@ mod tests {
         // the caps count every path read and every entry visited, shared or not
         assert_eq!(st.bytes, 5 * (unit.len() as u64 + 7));
         assert_eq!(st.entries, 5 * 3);
+    }
+
+    #[test]
+    fn small_loose_objects_are_read_without_their_header_and_others_with_it() {
+        let t = tempfile::tempdir().unwrap();
+        let (_b, c) = lazy_fixture(&t.path().join("repo"));
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let rev = s.resolve(&c).unwrap();
+        let read_all = |limits: ReadLimits| {
+            let tree = s.tree(&rev, limits).unwrap();
+            let files: Vec<(String, Option<RepoEntry>)> = tree
+                .paths_under("services/web")
+                .unwrap()
+                .into_iter()
+                .map(|p| {
+                    let e = tree.entry(&p).unwrap();
+                    (p, e)
+                })
+                .collect();
+            let headers = tree.state.borrow().headers;
+            (files, headers)
+        };
+        // loose objects of a few dozen bytes: bounded far below the default cap
+        let (loose, headers) = read_all(ReadLimits::default());
+        assert_eq!(headers, 0);
+        assert_eq!(loose.len(), 2);
+        // a cap the bound does not fit under: every object's header is read first
+        let tight = ReadLimits {
+            max_file_bytes: 1000,
+            ..ReadLimits::default()
+        };
+        let (same, headers) = read_all(tight);
+        assert_eq!(same, loose);
+        assert!(headers >= 4, "root, services, web, files..., a: {headers}");
+        // and an object over the cap is still refused by its header, unread
+        let tree = s.tree(&rev, tight).unwrap();
+        let e = tree.entry("services/other/files/etc/big").unwrap_err();
+        assert!(
+            e.message.contains("4096 bytes, more than the 1000 bytes"),
+            "{e}"
+        );
+        assert!(!tree.state.borrow().blobs.values().any(|b| b.len() == 4096));
+        // packed objects are not found loose: headers read
+        let gc = std::process::Command::new("git")
+            .args(["gc", "-q"])
+            .current_dir(t.path().join("repo"))
+            .status()
+            .unwrap();
+        assert!(gc.success());
+        let s = Source::open(t.path().join("repo").to_str().unwrap(), t.path()).unwrap();
+        let tree = s.tree(&rev, ReadLimits::default()).unwrap();
+        for p in tree.paths_under("services/web").unwrap() {
+            assert_eq!(
+                loose.iter().find(|(q, _)| *q == p).unwrap().1,
+                tree.entry(&p).unwrap()
+            );
+        }
+        assert!(tree.state.borrow().headers >= 4);
     }
 
     #[test]
