@@ -181,6 +181,11 @@ pub fn plan_revision(
         read_trusted(paths, &target.repo, &target.requested_ref, &target.host)?;
     let t1 = std::time::Instant::now();
     std::thread::scope(|scope| {
+        // the guessed validation first: systemd-analyze is the longest step of a change
+        let guess = guess_changed(paths, &source, &snapshot, &revision, &target.host);
+        let guessed = guess
+            .clone()
+            .map(|g| scope.spawn(move || validate(&g.partial, &g.services, paths)));
         let (records_tx, records_rx) = std::sync::mpsc::channel();
         let ahead = scope.spawn(move || {
             let records = Records::load(paths);
@@ -195,10 +200,6 @@ pub fn plan_revision(
                 units: joined(units),
             }
         });
-        let guess = guess_changed(paths, &source, &snapshot, &revision, &target.host);
-        let guessed = guess
-            .clone()
-            .map(|g| scope.spawn(move || validate(&g.partial, &g.services, paths)));
         let desired = render::render(&snapshot, &revision, &target.host, paths);
         let Ok(records) = records_rx.recv() else {
             // the records thread ended without sending: it panicked
