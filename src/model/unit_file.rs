@@ -195,12 +195,12 @@ impl Effective {
             if !out.is_empty() {
                 out.push('\n');
             }
-            out.push_str(&format!("[{name}]\n"));
-            for (key, values) in keys {
-                for v in values {
-                    out.push_str(&format!("{key}={v}\n"));
-                }
-            }
+            push_section(
+                &mut out,
+                name,
+                keys.iter()
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v))),
+            );
         }
         out
     }
@@ -227,14 +227,32 @@ pub fn canonical_layer_text(file: &UnitFile) -> String {
         if !out.is_empty() {
             out.push('\n');
         }
-        out.push_str(&format!("[{name}]\n"));
-        for (key, values) in keys {
-            for v in values {
-                out.push_str(&format!("{key}={v}\n"));
-            }
-        }
+        push_section(
+            &mut out,
+            name,
+            keys.iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v))),
+        );
     }
     out
+}
+
+/// Append `[name]` and its `key=value` lines to canonical text (no allocation per line:
+/// a run renders a canonical text for every unit file on both sides).
+fn push_section<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut String,
+    name: &str,
+    lines: impl Iterator<Item = (K, V)>,
+) {
+    out.push('[');
+    out.push_str(name);
+    out.push_str("]\n");
+    for (key, value) in lines {
+        out.push_str(key.as_ref());
+        out.push('=');
+        out.push_str(value.as_ref());
+        out.push('\n');
+    }
 }
 
 // ------------------------------------------------------------------ unit names

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::Paths;
 use crate::error::{InputError, Location};
-use crate::model::normalize::{FileMeta, Kind, normalize};
+use crate::model::normalize::{FileMeta, Kind, normalize, normalize_parsed};
 use crate::model::unit_file::{Effective, UnitFile, instance_name, is_template, runtime_units};
 use crate::model::yaml::{self, DriftPolicy, HostYaml, ServiceYaml};
 use crate::source::{RepoEntry, RepoFiles, Revision};
@@ -846,7 +846,7 @@ fn unit_resource(
         rmf.extend(effective.words(section, "RequiresMountsFor"));
     }
     let meta = FileMeta::unit_default();
-    let n = normalize(draft.kind, &draft.content, &meta);
+    let n = normalize_parsed(draft.kind, &draft.content, Some(&draft.file), &meta);
     let dir = if draft.kind == Kind::Quadlet {
         &paths.quadlet_dir
     } else {
@@ -1012,7 +1012,7 @@ fn dropin_resource(
         _ => d.unit.clone(),
     };
     let meta = FileMeta::unit_default();
-    let n = normalize(Kind::Dropin, &d.content, &meta);
+    let n = normalize_parsed(Kind::Dropin, &d.content, Some(&d.file), &meta);
     let mut layers = Vec::new();
     if let Some(b) = &d.replaced_base {
         layers.push(Layer {
