@@ -71,14 +71,20 @@ pub(super) fn ran_to_completion(
 }
 
 /// Record in the ledger that core-ops is about to write these objects (and the directories
-/// the writes will create); an adopted object stays marked as adopted.
+/// the writes will create); an adopted object stays marked as adopted. Returns whether that
+/// changes what core-ops owns - an object, its path, its adoption or a directory - rather
+/// than only the digest and role of objects it already owned.
+///
+/// Why the answer: only a change of ownership must be on disk before the host changes (a
+/// crash must not leave a file nobody owns); new digests of owned objects are covered by
+/// the in-flight journal until the run's end writes the ledger.
 pub(super) fn claim(
     ledger: &mut Ledger,
     to_write: &[&Resource],
     changed: &[&PlannedAction],
     desired: &DesiredState,
     paths: &Paths,
-) {
+) -> bool {
     let deps = crate::plan::desired_dependencies(desired);
     // the configured directories themselves are never core-ops' to remove, even when it
     // had to create them
@@ -86,6 +92,7 @@ pub(super) fn claim(
         .into_iter()
         .chain(paths.host_file_roots.iter().map(PathBuf::as_path))
         .collect();
+    let mut ownership_changes = false;
     for r in to_write {
         let mut rec = status::applied_record(r, &deps);
         rec.adopted = ledger.objects.get(&r.id).is_some_and(|o| o.adopted)
@@ -96,8 +103,14 @@ pub(super) fn claim(
             .into_iter()
             .filter(|d| !roots.iter().any(|root| root.starts_with(d)))
             .collect();
+        let owned_alike = ledger
+            .objects
+            .get(&r.id)
+            .is_some_and(|o| o.path == rec.path && o.adopted == rec.adopted);
+        ownership_changes |= !owned_alike || made.iter().any(|d| !ledger.dirs.contains(d));
         ledger.claim(&r.id, rec, &made);
     }
+    ownership_changes
 }
 
 /// After the run: owned objects that are still desired get their current role (enabled,

@@ -369,16 +369,19 @@ impl<'a> Run<'a> {
 
     fn write_and_remove(&mut self, to_write: &[&Resource]) -> Result<usize> {
         let paths = self.paths;
-        // ownership first: recorded before the host changes, kept whatever happens next
-        ownership::claim(
+        // ownership first: recorded before the host changes, kept whatever happens next (new
+        // digests of objects already owned wait for the end of the run: the journal has them)
+        let owns_more = ownership::claim(
             &mut self.ledger,
             to_write,
             &self.changed,
             self.desired,
             paths,
         );
-        ledger::save(&paths.state_dir, &self.ledger)?;
-        self.ledger_saved = Some(self.ledger.clone());
+        if owns_more || !ledger::path(&paths.state_dir).exists() {
+            ledger::save(&paths.state_dir, &self.ledger)?;
+            self.ledger_saved = Some(self.ledger.clone());
+        }
         let items: Vec<fsutil::BatchItem<'_>> = to_write
             .iter()
             .map(|r| fsutil::BatchItem {

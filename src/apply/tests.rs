@@ -659,3 +659,42 @@ fn state_dir_is_0700_and_its_files_0600_even_with_umask_0() {
         assert_eq!(*mode, expected, "{path} is {mode:04o}: {modes:?}");
     }
 }
+
+#[test]
+fn only_a_change_of_ownership_must_be_claimed_before_the_write() {
+    let s = scratch();
+    let sd = fake();
+    run(&s, &sd, "1");
+    let (mut owned, _) = ledger::load(&s.paths.state_dir, None);
+    let was = owned.clone();
+    // a new value of an owned drop-in: its digest moves, what core-ops owns does not
+    let d2 = desired(&s, "2");
+    let dropin = d2
+        .resources
+        .values()
+        .find(|r| r.kind == crate::model::normalize::Kind::Dropin)
+        .unwrap();
+    assert!(!ownership::claim(&mut owned, &[dropin], &[], &d2, &s.paths));
+    assert_eq!(owned.objects[&dropin.id].digest, dropin.digest);
+    assert_ne!(
+        owned.objects[&dropin.id].digest,
+        was.objects[&dropin.id].digest
+    );
+    assert_eq!(owned.dirs, was.dirs);
+    // an object core-ops does not own yet must be on disk before it is written
+    let d3 = desired_plus(
+        &s,
+        &[(
+            "services/web/extra.service",
+            "[Service]\nExecStart=/bin/true\n",
+        )],
+        '3',
+    );
+    let extra = &d3.resources["unit:extra.service"];
+    assert!(ownership::claim(&mut owned, &[extra], &[], &d3, &s.paths));
+    // and the run writes it there: after a change of the owned drop-in alone the ledger on
+    // disk has the new digest all the same (written at the end)
+    run(&s, &sd, "2");
+    let (after, _) = ledger::load(&s.paths.state_dir, None);
+    assert_eq!(after.objects[&dropin.id].digest, dropin.digest);
+}
