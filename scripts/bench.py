@@ -7,7 +7,9 @@ Parts (one plain-text table each; --json prints one machine-readable document in
             (no address, no /run/systemd/system: unit state "unknown", files only).
             Issue goal: < 50 ms wall and < 20 MB max RSS, measured WITH systemd.
   2. anchor: core-ops INSIDE the bed (default settings, and CORE_OPS_SETTLE_MS=0 as an extra
-            column) against the shell floor, both timed in the bed with $EPOCHREALTIME:
+            column) against the shell floor, both timed in the bed with $EPOCHREALTIME
+            (core-ops under GNU time for its peak RSS, in a clean environment that is set
+            up before the clock starts, as systemd hands one to core-ops.service):
             apply of N new units (N = 50, 200; floor: cp -a; systemctl daemon-reload; systemctl
             enable --no-reload --now), at the largest N the change of one drop-in (floor: cp;
             daemon-reload; systemctl restart) and the no-op re-run (floor: diff -rq of the
@@ -333,9 +335,11 @@ class Bench:
         return rows
 
     # --------------------------------------------------------------- part 2: anchor
-    def in_bed_timed(self, script: str, *args, what: str):
-        """Run a bash script inside the bed that prints `T <ms>` (and optionally `R <KiB>`)."""
-        p = self.bed.exec("bash", "-c", script, "bash", *map(str, args), what=what)
+    def in_bed_timed(self, script: str, *args, what: str, env=()):
+        """Run a bash script inside the bed that prints `T <ms>` (and optionally `R <KiB>`);
+        with `env`, in a clean environment of PATH and those `KEY=value`s."""
+        clean = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *env] if env else []
+        p = self.bed.exec(*clean, "bash", "-c", script, "bash", *map(str, args), what=what)
         t = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("T ")]
         r = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("R ")]
         if not t:
@@ -354,12 +358,13 @@ class Bench:
         out = self.scratch / "bed-apply.json"
         rss = self.scratch / "bed-apply.rss"
         script = ('out=$1; rss=$2; shift 2; t0=$EPOCHREALTIME;'
-                  ' /usr/bin/time -f %M -o "$rss" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"'
+                  ' /usr/bin/time -f %M -o "$rss" "$@"'
                   ' > "$out"; rc=$?; t1=$EPOCHREALTIME;'
                   ' echo "T $(echo "($t1 - $t0) * 1000" | bc -l)"; echo "R $(tail -1 "$rss")";'
                   ' echo "C $rc"')
         wall, kib, stdout = self.in_bed_timed(
-            script, out, rss, *env, str(BIN), "--json", "apply", *self.target(rev), what=what)
+            script, out, rss, str(BIN), "--json", "apply", *self.target(rev), what=what,
+            env=env)
         try:
             doc = json.loads(out.read_text())
         except (OSError, json.JSONDecodeError):
