@@ -127,13 +127,14 @@ pub(super) fn finish(
     }
 }
 
-/// Write the ledger (when it changed), status.json and the results document (for a
-/// transition) at once, then the receipt, then drop the in-flight journal. A transition is a
-/// run that changed objects or moved `last_applied` to another revision (a new revision
-/// whose objects already match is still a transition). The receipt comes last so a failure
-/// anywhere leaves no receipt and keeps the journal: the next run re-applies and receipts
-/// the transition once, from where the interrupted run began. It is prepared first, so
-/// status.json names the chain head it makes in its one write.
+/// Write the ledger (when it changed), status.json, the results document and the receipt
+/// (for a transition) at once, then anchor the receipt as the chain's head and drop the
+/// in-flight journal. A transition is a run that changed objects or moved `last_applied` to
+/// another revision (a new revision whose objects already match is still a transition).
+/// The receipt is prepared first (so status.json names the head it makes) and anchored
+/// last; when any of the records fails, a receipt already written is taken back, so a
+/// failure leaves no receipt and keeps the journal: the next run re-applies and receipts the
+/// transition once, from where the interrupted run began.
 fn record(
     planned: &Planned,
     paths: &Paths,
@@ -157,26 +158,43 @@ fn record(
         health.head_sequence = Some(t.receipt.sequence);
         health.head_digest = Some(t.receipt.digest.clone());
     }
-    // none of these depends on another; the receipt waits for all of them
-    std::thread::scope(|scope| {
+    // none of these depends on another; the anchor waits for all of them
+    let (written, receipt) = std::thread::scope(|scope| {
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
         let ledger = ledger.map(|l| scope.spawn(|| ledger::save(&paths.state_dir, l)));
         let results = prepared
             .as_ref()
             .map(|t| scope.spawn(|| fsutil::write_atomic(&t.results_path, &t.results, None)));
+        let receipt = prepared.as_ref().map(|t| scope.spawn(|| t.receipt.write()));
         let status = match &snap {
             Some(snap) => save_status(planned, paths, snap, transition),
             None => Ok(()),
         };
-        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
-            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-        };
-        let ledger = ledger.map(joined).unwrap_or(Ok(()));
-        let results = results.map(joined).unwrap_or(Ok(()));
-        ledger.and(status).and(results)
-    })?;
+        let others = [ledger, results]
+            .into_iter()
+            .flatten()
+            .map(joined)
+            .fold(status, |acc, r| acc.and(r));
+        (others, receipt.map(joined))
+    });
     if let Some(t) = prepared {
-        let (_, doc) = t.receipt.commit(&paths.state_dir)?;
-        result.receipt = doc.get("id").and_then(|v| v.as_str()).map(str::to_string);
+        match (written, receipt.expect("a transition writes its receipt")) {
+            (Ok(()), Ok(())) => {
+                let (_, doc) = t.receipt.anchor(&paths.state_dir)?;
+                result.receipt = doc.get("id").and_then(|v| v.as_str()).map(str::to_string);
+            }
+            (Err(e), Ok(())) => {
+                if let Err(w) = t.receipt.withdraw() {
+                    tracing::warn!("take back the receipt of a run that could not record: {w}");
+                }
+                return Err(e);
+            }
+            (w, Err(e)) => return w.and(Err(e)),
+        }
+    } else {
+        written?;
     }
     journal::clear(&paths.state_dir)?;
     // retention never fails a run that recorded its outcome; it is retried by the next one

@@ -709,33 +709,44 @@ impl PreparedReceipt {
     /// Write the receipt (exclusively: see [`try_append_document`]), then
     /// `receipts-head.json`.
     pub fn commit(self, state_dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
-        let PreparedReceipt {
-            path,
-            name,
-            bytes,
-            doc,
-            sequence,
-            digest,
-        } = self;
-        fsutil::write_new(&path, &bytes).map_err(|e| match e {
+        self.write()?;
+        self.anchor(state_dir)
+    }
+
+    /// Write the receipt file, exclusively, not yet anchored as the chain's head: a chain
+    /// whose newest receipt is beyond its head anchor is intact (a run stopped between the
+    /// two), one whose anchor is beyond its newest receipt is not.
+    pub fn write(&self) -> Result<()> {
+        fsutil::write_new(&self.path, &self.bytes).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 Error::ReceiptChain(format!(
-                    "{} already exists: another writer appended receipt {sequence} at the same time; nothing was appended",
-                    path.display()
+                    "{} already exists: another writer appended receipt {} at the same time; nothing was appended",
+                    self.path.display(),
+                    self.sequence
                 ))
             }
             other => other,
-        })?;
+        })
+    }
+
+    /// Record the written receipt as the chain's head (`receipts-head.json`).
+    pub fn anchor(self, state_dir: &Path) -> Result<(PathBuf, serde_json::Value)> {
         fsutil::write_json(
             &head_path(state_dir),
             &HeadAnchor {
                 schema_version: 1,
-                sequence,
-                digest,
-                file: name,
+                sequence: self.sequence,
+                digest: self.digest,
+                file: self.name,
             },
         )?;
-        Ok((path, doc))
+        Ok((self.path, self.doc))
+    }
+
+    /// Take back a receipt [`write`](Self::write) wrote but nothing anchored, because the
+    /// records it goes with could not be written: a failed run leaves no receipt.
+    pub fn withdraw(&self) -> Result<()> {
+        fsutil::remove_synced(&self.path)
     }
 }
 
