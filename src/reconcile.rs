@@ -105,17 +105,35 @@ pub struct Request<'a> {
     pub plan_only: bool,
     /// May refuse the plan before anything is touched (a stale saved plan).
     pub check: &'a dyn Fn(&Plan) -> Result<()>,
+    /// The receipt chain's verdict while it is still being checked beside the plan: awaited
+    /// once the plan is made, before anything else, and then the run's
+    /// `opts.verified_chain` (a broken chain refuses the run, whatever the plan said).
+    pub pending_chain: Option<PendingChain<'a>>,
 }
+
+/// A receipt chain check running on another thread, awaited by [`run`].
+///
+/// Why: every live receipt is read and hashed (up to 1,000 before they are sealed into an
+/// archive); the plan reads and changes nothing the chain check does, so the two need not
+/// wait for each other.
+pub type PendingChain<'a> = Box<dyn FnOnce() -> Result<crate::record::receipts::ChainReport> + 'a>;
 
 /// Run once: plan the revision the mode asks for, then decide what to do with it, in this
 /// order: refuse a stale or blocked plan, stop at the plan (`--rollback-plan-only`), refuse a
 /// quarantined revision, skip an agent run with nothing to change, else apply (and judge it).
-pub fn run(paths: &Paths, req: Request<'_>, systemd: &dyn Systemd) -> Result<RunReport> {
-    let mut ctl = control::load(&paths.state_dir)?;
-    let planned = match &req.mode {
-        Mode::Forward => plan_forward(paths, &req, systemd)?,
-        Mode::RollbackTo(rev) => plan_rollback(paths, req.target, rev, systemd)?,
-    };
+pub fn run(paths: &Paths, mut req: Request<'_>, systemd: &dyn Systemd) -> Result<RunReport> {
+    let planned = control::load(&paths.state_dir).and_then(|ctl| {
+        let planned = match &req.mode {
+            Mode::Forward => plan_forward(paths, &req, systemd)?,
+            Mode::RollbackTo(rev) => plan_rollback(paths, req.target, rev, systemd)?,
+        };
+        Ok((ctl, planned))
+    });
+    // the chain's verdict first: a broken chain is the reason a run is refused
+    if let Some(pending) = req.pending_chain.take() {
+        req.opts.verified_chain = Some(pending()?);
+    }
+    let (mut ctl, planned) = planned?;
     (req.check)(&planned.plan)?;
     if planned.plan.is_blocked() && !req.plan_only && req.opts.record_status {
         record_blocked_run(paths, req.target, &planned);

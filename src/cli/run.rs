@@ -66,8 +66,10 @@ pub fn agent(
     let t0 = Instant::now();
     let report = (|| {
         let connecting = connect_systemd(cli);
-        let chain = check_receipt_chain(paths, true)?;
-        let systemd = connected(connecting)?;
+        let (chain, pending_chain) = chain_beside_plan(paths, true);
+        let systemd = connected(connecting);
+        let (chain, pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+        let systemd = systemd?;
         recover_runtimes(paths, &systemd, tuning)?;
         let t = pipeline::resolve_target(paths, &target_opts(target))?;
         let report = reconcile::run(
@@ -76,12 +78,13 @@ pub fn agent(
                 target: &t,
                 mode: reconcile::Mode::Forward,
                 opts: ApplyOptions {
-                    verified_chain: Some(chain),
+                    verified_chain: chain,
                     ..apply_options(tuning, true, &t)
                 },
                 agent: true,
                 plan_only: false,
                 check: &|_| Ok(()),
+                pending_chain,
             },
             &systemd,
         );
@@ -107,8 +110,10 @@ fn left_for_exit<T>(value: T) {
 /// The run of `apply`, under the lock: everything from the receipt chain to the report.
 fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Error> {
     let connecting = connect_systemd(cli);
-    let chain = check_receipt_chain(paths, !a.force_no_state)?;
-    let systemd = connected(connecting)?;
+    let (chain, pending_chain) = chain_beside_plan(paths, !a.force_no_state);
+    let systemd = connected(connecting);
+    let (chain, pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+    let systemd = systemd?;
     recover_runtimes(paths, &systemd, a.tuning)?;
     let mut opts = target_opts(a.target);
     opts.adopt = a.adopt.to_vec();
@@ -140,12 +145,13 @@ fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Er
             target: &t,
             mode,
             opts: ApplyOptions {
-                verified_chain: Some(chain),
+                verified_chain: chain,
                 ..apply_options(a.tuning, !a.force_no_state, &t)
             },
             agent: false,
             plan_only: a.rollback_plan_only,
             check: &check,
+            pending_chain,
         },
         &systemd,
     )?;
@@ -239,6 +245,51 @@ fn recover_runtimes(
         );
     }
     Ok(())
+}
+
+/// The receipt chain checked on a thread, to be awaited once the plan is made
+/// ([`reconcile::Request::pending_chain`]); the first half of the pair is the verdict when
+/// it is already known (never, here: see [`chain_before_recovery`]).
+fn chain_beside_plan(
+    paths: &Paths,
+    record_status: bool,
+) -> (
+    Option<receipts::ChainReport>,
+    Option<reconcile::PendingChain<'static>>,
+) {
+    let paths = paths.clone();
+    let checking = std::thread::spawn(move || check_receipt_chain(&paths, record_status));
+    let pending: reconcile::PendingChain<'static> = Box::new(move || {
+        checking
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    });
+    (None, Some(pending))
+}
+
+/// The chain's verdict awaited now when something is about to happen before the plan: an
+/// interrupted runtime transaction to recover (recovery changes the host, and a broken
+/// chain refuses the run before anything), or no systemd to talk to (the chain's refusal
+/// is the error to report first).
+fn chain_before_recovery<T>(
+    paths: &Paths,
+    chain: Option<receipts::ChainReport>,
+    pending: Option<reconcile::PendingChain<'static>>,
+    systemd: &Result<T, Error>,
+) -> Result<
+    (
+        Option<receipts::ChainReport>,
+        Option<reconcile::PendingChain<'static>>,
+    ),
+    Error,
+> {
+    if systemd.is_ok() && !crate::apply::runtimes::recovery_pending(&paths.state_dir) {
+        return Ok((chain, pending));
+    }
+    match pending {
+        Some(wait) => Ok((Some(wait()?), None)),
+        None => Ok((chain, None)),
+    }
 }
 
 /// The receipt chain, checked before an appending run (apply, agent, rollback) does

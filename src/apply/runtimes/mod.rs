@@ -196,6 +196,27 @@ fn check_dependencies(
 }
 
 /// Start-up recovery of transactions a killed run left (before planning).
+/// Whether [`recover`] has anything to do: a runtime with an interrupted transaction or a
+/// staging directory left behind.
+///
+/// Why: recovery changes the host and must wait for the receipt chain's verdict; a run with
+/// nothing to recover need not wait for it before planning.
+pub fn recovery_pending(state_dir: &Path) -> bool {
+    crate::runtime::known_runtimes(state_dir)
+        .iter()
+        .any(|name| {
+            let layout = Layout::new(state_dir, name);
+            layout.transaction().exists()
+                || std::fs::read_dir(&layout.dir).is_ok_and(|rd| {
+                    rd.flatten().any(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        n.starts_with(".staging-") || n.starts_with(fsutil::TEMP_PREFIX)
+                    })
+                })
+        })
+}
+
 pub fn recover(
     state_dir: &Path,
     systemd: &dyn Systemd,

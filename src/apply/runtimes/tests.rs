@@ -351,7 +351,9 @@ fn a_stop_at_every_state_is_recovered_consistently() {
         assert!(err.to_string().contains("test failpoint"), "{err}");
         let cur = current(&s).unwrap();
         assert!(cur == "1.0" || cur == "2.0", "{stop:?}: {cur}");
+        assert!(super::recovery_pending(&s.paths.state_dir), "{stop:?}");
         let out = recover(&s, &sd);
+        assert!(!super::recovery_pending(&s.paths.state_dir), "{stop:?}");
         assert_eq!(out.len(), 1, "{stop:?}");
         let switched = matches!(
             stop,
@@ -472,6 +474,7 @@ fn a_deferral_is_not_a_failure_and_is_recorded_once() {
                 agent: false,
                 plan_only: false,
                 check: &|_| Ok(()),
+                pending_chain: None,
             },
             &sd,
         )
@@ -588,4 +591,75 @@ fn a_runtime_whose_dependency_did_not_install_fails_without_changes() {
         "{why}"
     );
     assert!(!s.paths.state_dir.join("runtimes/app/current").exists());
+}
+
+#[test]
+fn a_chain_checked_beside_the_plan_decides_before_anything_is_applied() {
+    use crate::reconcile::{self, Mode, Request, RunOutcome};
+    let s = scratch();
+    let sd = fake();
+    let repo_dir = s.dir.path().join("repo");
+    let mut repo = core_ops_testkit::RepoBuilder::init(&repo_dir).unwrap();
+    let owned: Vec<(String, Vec<u8>)> = files(&Fx::new("1.0"))
+        .into_iter()
+        .map(|(p, e)| match e {
+            RepoEntry::File { data, .. } => (p, data),
+            RepoEntry::Symlink { .. } => unreachable!(),
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = owned
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    let v1 = repo.commit_files(&refs, "1.0").unwrap();
+    let t = ResolvedTarget {
+        repo: repo_dir.display().to_string(),
+        requested_ref: v1,
+        host: "h".into(),
+        adopt: Default::default(),
+    };
+    let run_with = |pending: reconcile::PendingChain<'_>| {
+        reconcile::run(
+            &s.paths,
+            Request {
+                target: &t,
+                mode: Mode::Forward,
+                opts: opts(),
+                agent: false,
+                plan_only: false,
+                check: &|_| Ok(()),
+                pending_chain: Some(pending),
+            },
+            &sd,
+        )
+    };
+    // broken: refused with the chain's reason after the plan, nothing applied or recorded
+    let err = run_with(Box::new(|| {
+        Err(crate::error::Error::ReceiptChain(
+            "broken at 00000002-reconcile.json".into(),
+        ))
+    }))
+    .unwrap_err();
+    assert!(err.to_string().contains("broken at"), "{err}");
+    assert!(sd.mutating_calls().is_empty(), "{:?}", sd.mutating_calls());
+    assert!(!s.paths.state_file.exists());
+    assert_eq!(
+        crate::record::receipts::verify_chain(&s.paths.state_dir).unwrap(),
+        0
+    );
+    // intact: its report is the run's verified chain, and the run appends to it
+    let state = s.paths.state_dir.clone();
+    let r = run_with(Box::new(move || {
+        crate::record::receipts::check_before_run(&state)
+    }))
+    .unwrap();
+    assert_eq!(r.outcome, RunOutcome::Converged, "{:?}", r.outcome);
+    // the runtime's install states and the reconcile receipt, one intact chain
+    assert!(crate::record::receipts::verify_chain(&s.paths.state_dir).unwrap() > 1);
+    let reconcile = std::fs::read_dir(s.paths.state_dir.join("receipts"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("-reconcile.json"))
+        .count();
+    assert_eq!(reconcile, 1);
 }
