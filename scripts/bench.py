@@ -9,7 +9,8 @@ Parts (one plain-text table each; --json prints one machine-readable document in
   2. anchor: core-ops INSIDE the bed (default settings, and CORE_OPS_SETTLE_MS=0 as an extra
             column) against the shell floor, both timed in the bed with $EPOCHREALTIME
             (core-ops under GNU time for its peak RSS, in a clean environment that is set
-            up before the clock starts, as systemd hands one to core-ops.service):
+            up before the clock starts, as systemd hands one to core-ops.service; the
+            bench's own writes are synced to disk before each clock starts):
             apply of N new units (N = 50, 200; floor: cp -a; systemctl daemon-reload; systemctl
             enable --no-reload --now), at the largest N the change of one drop-in (floor: cp;
             daemon-reload; systemctl restart) and the no-op re-run (floor: diff -rq of the
@@ -337,9 +338,12 @@ class Bench:
     # --------------------------------------------------------------- part 2: anchor
     def in_bed_timed(self, script: str, *args, what: str, env=()):
         """Run a bash script inside the bed that prints `T <ms>` (and optionally `R <KiB>`);
-        with `env`, in a clean environment of PATH and those `KEY=value`s."""
+        with `env`, in a clean environment of PATH and those `KEY=value`s. The bench's own
+        writes (the desired repo's commit, the floor's staging tree) are synced to disk
+        before the script starts its clock: a durable write must not pay for them."""
         clean = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", *env] if env else []
-        p = self.bed.exec(*clean, "bash", "-c", script, "bash", *map(str, args), what=what)
+        p = self.bed.exec(*clean, "bash", "-c", "sync; " + script, "bash", *map(str, args),
+                          what=what)
         t = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("T ")]
         r = [ln.split()[1] for ln in p.stdout.splitlines() if ln.startswith("R ")]
         if not t:
