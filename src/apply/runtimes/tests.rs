@@ -93,6 +93,51 @@ fn files(fx: &Fx) -> BTreeMap<String, RepoEntry> {
     files
 }
 
+/// The fixture's files committed to a real repository; the commit id.
+fn commit_fx(repo: &mut core_ops_testkit::RepoBuilder, fx: &Fx) -> String {
+    let owned: Vec<(String, Vec<u8>)> = files(fx)
+        .into_iter()
+        .map(|(p, e)| match e {
+            RepoEntry::File { data, .. } => (p, data),
+            RepoEntry::Symlink { .. } => unreachable!(),
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = owned
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    repo.commit_files(&refs, fx.version).unwrap()
+}
+
+/// One run of `reconcile` on `rev` of the repository at `repo_dir`.
+fn reconcile_rev(
+    s: &Scratch,
+    sd: &FakeSystemd,
+    repo_dir: &std::path::Path,
+    rev: &str,
+    pending_chain: Option<crate::reconcile::PendingChain<'_>>,
+) -> crate::error::Result<crate::reconcile::RunReport> {
+    let t = ResolvedTarget {
+        repo: repo_dir.display().to_string(),
+        requested_ref: rev.to_string(),
+        host: "h".into(),
+        adopt: Default::default(),
+    };
+    crate::reconcile::run(
+        &s.paths,
+        crate::reconcile::Request {
+            target: &t,
+            mode: crate::reconcile::Mode::Forward,
+            opts: opts(),
+            agent: false,
+            plan_only: false,
+            check: &|_| Ok(()),
+            pending_chain,
+        },
+        sd,
+    )
+}
+
 fn desired(s: &Scratch, fx: &Fx) -> crate::render::DesiredState {
     let v = fx.version;
     let files = files(fx);
@@ -439,47 +484,13 @@ fn plan_orders_runtime_before_its_units_and_says_what_policy_will_do() {
 
 #[test]
 fn a_deferral_is_not_a_failure_and_is_recorded_once() {
-    use crate::reconcile::{self, Mode, Request, RunOutcome};
+    use crate::reconcile::RunOutcome;
     let s = scratch();
     let sd = fake();
     let repo_dir = s.dir.path().join("repo");
     let mut repo = core_ops_testkit::RepoBuilder::init(&repo_dir).unwrap();
-    let mut commit = |fx: &Fx| {
-        let owned: Vec<(String, Vec<u8>)> = files(fx)
-            .into_iter()
-            .map(|(p, e)| match e {
-                RepoEntry::File { data, .. } => (p, data),
-                RepoEntry::Symlink { .. } => unreachable!(),
-            })
-            .collect();
-        let refs: Vec<(&str, &[u8])> = owned
-            .iter()
-            .map(|(p, d)| (p.as_str(), d.as_slice()))
-            .collect();
-        repo.commit_files(&refs, fx.version).unwrap()
-    };
-    let run_rev = |rev: &str| {
-        let t = ResolvedTarget {
-            repo: repo_dir.display().to_string(),
-            requested_ref: rev.to_string(),
-            host: "h".into(),
-            adopt: Default::default(),
-        };
-        reconcile::run(
-            &s.paths,
-            Request {
-                target: &t,
-                mode: Mode::Forward,
-                opts: opts(),
-                agent: false,
-                plan_only: false,
-                check: &|_| Ok(()),
-                pending_chain: None,
-            },
-            &sd,
-        )
-        .unwrap()
-    };
+    let mut commit = |fx: &Fx| commit_fx(&mut repo, fx);
+    let run_rev = |rev: &str| reconcile_rev(&s, &sd, &repo_dir, rev, None).unwrap();
     let v1 = commit(&Fx::new("1.0"));
     assert_eq!(run_rev(&v1).outcome, RunOutcome::Converged);
 
@@ -595,43 +606,14 @@ fn a_runtime_whose_dependency_did_not_install_fails_without_changes() {
 
 #[test]
 fn a_chain_checked_beside_the_plan_decides_before_anything_is_applied() {
-    use crate::reconcile::{self, Mode, Request, RunOutcome};
+    use crate::reconcile::{self, RunOutcome};
     let s = scratch();
     let sd = fake();
     let repo_dir = s.dir.path().join("repo");
     let mut repo = core_ops_testkit::RepoBuilder::init(&repo_dir).unwrap();
-    let owned: Vec<(String, Vec<u8>)> = files(&Fx::new("1.0"))
-        .into_iter()
-        .map(|(p, e)| match e {
-            RepoEntry::File { data, .. } => (p, data),
-            RepoEntry::Symlink { .. } => unreachable!(),
-        })
-        .collect();
-    let refs: Vec<(&str, &[u8])> = owned
-        .iter()
-        .map(|(p, d)| (p.as_str(), d.as_slice()))
-        .collect();
-    let v1 = repo.commit_files(&refs, "1.0").unwrap();
-    let t = ResolvedTarget {
-        repo: repo_dir.display().to_string(),
-        requested_ref: v1,
-        host: "h".into(),
-        adopt: Default::default(),
-    };
+    let v1 = commit_fx(&mut repo, &Fx::new("1.0"));
     let run_with = |pending: reconcile::PendingChain<'_>| {
-        reconcile::run(
-            &s.paths,
-            Request {
-                target: &t,
-                mode: Mode::Forward,
-                opts: opts(),
-                agent: false,
-                plan_only: false,
-                check: &|_| Ok(()),
-                pending_chain: Some(pending),
-            },
-            &sd,
-        )
+        reconcile_rev(&s, &sd, &repo_dir, &v1, Some(pending))
     };
     // broken: refused with the chain's reason after the plan, nothing applied or recorded
     let err = run_with(Box::new(|| {
