@@ -764,3 +764,46 @@ fn a_changed_service_is_validated_early_with_the_plans_verdict() {
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["calls"]["jobs"], 1, "{r:#}");
 }
+
+#[test]
+fn a_broken_chain_is_the_reason_a_run_is_refused_with_systemd_reachable() {
+    // the chain is checked beside the plan when systemd answers: its refusal still comes
+    // first, whether the plan succeeds or another step fails before it
+    let Some(mut w) = world("chainbeside") else {
+        return;
+    };
+    let v1 = w.commit(w.fx());
+    assert_eq!(w.apply(&v1, &[]).0, 0);
+    let mut fx2 = w.fx();
+    fx2.env = "A=2\n";
+    let v2 = w.commit(fx2);
+    assert_eq!(w.apply(&v2, &[]).0, 0);
+    let first = w.s.path("state/receipts/00000001-reconcile.json");
+    let first_bytes = std::fs::read(&first).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    let receipts = w.s.path("state/receipts");
+    let before = tree(&receipts);
+    let env_before = std::fs::read(w.s.path(&format!("etc/{}/app.env", w.p))).unwrap();
+    let mut fx3 = w.fx();
+    fx3.env = "A=3\n";
+    let v3 = w.commit(fx3);
+    for extra in [&[][..], &["--plan", "/nonexistent/plan.json"][..]] {
+        let mut args = vec!["apply", "--rev", v3.as_str()];
+        args.extend(extra);
+        let o = w.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{extra:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("receipt chain: broken at"), "{extra:?}: {err}");
+        assert!(err.contains("nothing was changed"), "{err}");
+        // nothing applied, nothing appended
+        assert_eq!(
+            std::fs::read(w.s.path(&format!("etc/{}/app.env", w.p))).unwrap(),
+            env_before
+        );
+        assert_eq!(tree(&receipts), before);
+    }
+    // the chain repaired, the same revision applies
+    std::fs::write(&first, first_bytes).unwrap();
+    assert_eq!(w.apply(&v3, &[]).0, 0);
+    w.teardown();
+}

@@ -68,10 +68,17 @@ pub fn agent(
         let connecting = connect_systemd(cli);
         let (chain, pending_chain) = chain_beside_plan(paths, true);
         let systemd = connected(connecting);
-        let (chain, pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+        let (chain, mut pending_chain) =
+            chain_before_recovery(paths, chain, pending_chain, &systemd)?;
         let systemd = systemd?;
-        recover_runtimes(paths, &systemd, tuning)?;
-        let t = pipeline::resolve_target(paths, &target_opts(target))?;
+        chain_first(
+            recover_runtimes(paths, &systemd, tuning),
+            &mut pending_chain,
+        )?;
+        let t = chain_first(
+            pipeline::resolve_target(paths, &target_opts(target)),
+            &mut pending_chain,
+        )?;
         let report = reconcile::run(
             paths,
             reconcile::Request {
@@ -112,12 +119,18 @@ fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Er
     let connecting = connect_systemd(cli);
     let (chain, pending_chain) = chain_beside_plan(paths, !a.force_no_state);
     let systemd = connected(connecting);
-    let (chain, pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+    let (chain, mut pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
     let systemd = systemd?;
-    recover_runtimes(paths, &systemd, a.tuning)?;
+    chain_first(
+        recover_runtimes(paths, &systemd, a.tuning),
+        &mut pending_chain,
+    )?;
     let mut opts = target_opts(a.target);
     opts.adopt = a.adopt.to_vec();
-    let saved = a.plan_file.map(read_saved_plan).transpose()?;
+    let saved = chain_first(
+        a.plan_file.map(read_saved_plan).transpose(),
+        &mut pending_chain,
+    )?;
     if let Some(saved) = &saved {
         opts.rev = Some(saved.base.desired_revision.clone());
     }
@@ -126,7 +139,7 @@ fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Er
         // plan as if nothing was applied and never write the snapshot
         paths.state_file = paths.state_dir.join(".force-no-state-unused.json");
     }
-    let t = pipeline::resolve_target(&paths, &opts)?;
+    let t = chain_first(pipeline::resolve_target(&paths, &opts), &mut pending_chain)?;
     let mode = match a.rollback_to {
         Some(rev) => reconcile::Mode::RollbackTo(rev.to_string()),
         None => reconcile::Mode::Forward,
@@ -290,6 +303,21 @@ fn chain_before_recovery<T>(
         Some(wait) => Ok((Some(wait()?), None)),
         None => Ok((chain, None)),
     }
+}
+
+/// `result`, unless it is an error and the receipt chain checked beside the run is broken:
+/// the chain's refusal is the error a run reports first (as when it was checked before
+/// anything else), and a failed run does not leave the check running.
+fn chain_first<T>(
+    result: Result<T, Error>,
+    pending: &mut Option<reconcile::PendingChain<'static>>,
+) -> Result<T, Error> {
+    if result.is_err()
+        && let Some(wait) = pending.take()
+    {
+        wait()?;
+    }
+    result
 }
 
 /// The receipt chain, checked before an appending run (apply, agent, rollback) does
