@@ -365,7 +365,7 @@ pub fn plan_desired(
 }
 
 /// The result of a scoped thread (its panic goes on in this one).
-fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+pub(crate) fn joined<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
     h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 

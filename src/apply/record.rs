@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::normalize::sha256_hex;
 use crate::model::time::now_rfc3339;
-use crate::pipeline::Planned;
+use crate::pipeline::{Planned, joined};
 use crate::provenance::Provenance;
 use crate::record::journal;
 use crate::record::ledger;
@@ -149,20 +149,12 @@ fn record(
     } else {
         None
     };
-    let mut snap = opts
-        .record_status
-        .then(|| next_status(planned, paths, opts, result, &chain));
-    if let (Some(snap), Some(t)) = (snap.as_mut(), &prepared)
-        && let Some(health) = snap.receipts.as_mut()
-    {
-        health.head_sequence = Some(t.receipt.sequence);
-        health.head_digest = Some(t.receipt.digest.clone());
-    }
+    let snap = opts.record_status.then(|| {
+        let head = prepared.as_ref().map(|t| &t.receipt);
+        next_status(planned, paths, opts, result, &chain, head)
+    });
     // none of these depends on another; the anchor waits for all of them
     let (written, receipt) = std::thread::scope(|scope| {
-        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<()>>| {
-            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
-        };
         let ledger = ledger.map(|l| scope.spawn(|| ledger::save(&paths.state_dir, l)));
         let results = prepared
             .as_ref()
@@ -264,14 +256,15 @@ fn same_but_last_run(old: &StatusSnapshot, new: &StatusSnapshot) -> bool {
     strip(old) == strip(new)
 }
 
-/// status.json as this run leaves it: source, `last_run`, runtimes, and `last_applied` +
-/// history when it advanced.
+/// status.json as this run leaves it: source, `last_run`, runtimes, `last_applied` +
+/// history when it advanced, and the receipt chain with the head `appending` makes.
 fn next_status(
     planned: &Planned,
     paths: &Paths,
     opts: &ApplyOptions,
     result: &ApplyResult,
     chain: &receipts::ChainReport,
+    appending: Option<&receipts::PreparedReceipt>,
 ) -> StatusSnapshot {
     let desired = &planned.desired;
     let mut snap = planned
@@ -299,7 +292,11 @@ fn next_status(
         }
     }
     crate::record::retention::trim_history(&mut snap.history, opts.retention.keep);
-    snap.receipts = Some(receipts::health_after_run(&paths.state_dir, chain));
+    snap.receipts = Some(receipts::health_after_run(
+        &paths.state_dir,
+        chain,
+        appending,
+    ));
     snap
 }
 

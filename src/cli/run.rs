@@ -66,10 +66,9 @@ pub fn agent(
     let t0 = Instant::now();
     let report = (|| {
         let connecting = connect_systemd(cli);
-        let (chain, pending_chain) = chain_beside_plan(paths, true);
+        let checking = chain_beside_plan(paths, true);
         let systemd = connected(connecting);
-        let (chain, mut pending_chain) =
-            chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+        let (chain, mut pending_chain) = chain_before_recovery(paths, checking, &systemd)?;
         let systemd = systemd?;
         chain_first(
             recover_runtimes(paths, &systemd, tuning),
@@ -117,9 +116,9 @@ fn left_for_exit<T>(value: T) {
 /// The run of `apply`, under the lock: everything from the receipt chain to the report.
 fn apply_run(cli: &Cli, paths: &Paths, a: ApplyArgs<'_>) -> Result<RunReport, Error> {
     let connecting = connect_systemd(cli);
-    let (chain, pending_chain) = chain_beside_plan(paths, !a.force_no_state);
+    let checking = chain_beside_plan(paths, !a.force_no_state);
     let systemd = connected(connecting);
-    let (chain, mut pending_chain) = chain_before_recovery(paths, chain, pending_chain, &systemd)?;
+    let (chain, mut pending_chain) = chain_before_recovery(paths, checking, &systemd)?;
     let systemd = systemd?;
     chain_first(
         recover_runtimes(paths, &systemd, a.tuning),
@@ -261,33 +260,24 @@ fn recover_runtimes(
 }
 
 /// The receipt chain checked on a thread, to be awaited once the plan is made
-/// ([`reconcile::Request::pending_chain`]); the first half of the pair is the verdict when
-/// it is already known (never, here: see [`chain_before_recovery`]).
-fn chain_beside_plan(
-    paths: &Paths,
-    record_status: bool,
-) -> (
-    Option<receipts::ChainReport>,
-    Option<reconcile::PendingChain<'static>>,
-) {
+/// ([`reconcile::Request::pending_chain`]) or earlier ([`chain_before_recovery`]).
+fn chain_beside_plan(paths: &Paths, record_status: bool) -> reconcile::PendingChain<'static> {
     let paths = paths.clone();
     let checking = std::thread::spawn(move || check_receipt_chain(&paths, record_status));
-    let pending: reconcile::PendingChain<'static> = Box::new(move || {
+    Box::new(move || {
         checking
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    });
-    (None, Some(pending))
+    })
 }
 
 /// The chain's verdict awaited now when something is about to happen before the plan: an
 /// interrupted runtime transaction to recover (recovery changes the host, and a broken
 /// chain refuses the run before anything), or no systemd to talk to (the chain's refusal
-/// is the error to report first).
+/// is the error to report first). Either the verdict, or the check still pending.
 fn chain_before_recovery<T>(
     paths: &Paths,
-    chain: Option<receipts::ChainReport>,
-    pending: Option<reconcile::PendingChain<'static>>,
+    pending: reconcile::PendingChain<'static>,
     systemd: &Result<T, Error>,
 ) -> Result<
     (
@@ -297,12 +287,9 @@ fn chain_before_recovery<T>(
     Error,
 > {
     if systemd.is_ok() && !crate::apply::runtimes::recovery_pending(&paths.state_dir) {
-        return Ok((chain, pending));
+        return Ok((None, Some(pending)));
     }
-    match pending {
-        Some(wait) => Ok((Some(wait()?), None)),
-        None => Ok((chain, None)),
-    }
+    Ok((Some(pending()?), None))
 }
 
 /// `result`, unless it is an error and the receipt chain checked beside the run is broken:

@@ -577,14 +577,26 @@ pub fn require_intact(r: ChainReport) -> Result<ChainReport> {
 
 /// status.json's view of the chain after a run that verified it (`before`, from
 /// [`check_before_run`]) and appended only through [`try_append_document`]: intact, with the
-/// head the run left (`receipts-head.json`).
-pub fn health_after_run(state_dir: &Path, before: &ChainReport) -> ReceiptChainHealth {
+/// head the run leaves - `appending`, the receipt about to be anchored, when there is one,
+/// else the head the run's appends so far left (`receipts-head.json`).
+pub fn health_after_run(
+    state_dir: &Path,
+    before: &ChainReport,
+    appending: Option<&PreparedReceipt>,
+) -> ReceiptChainHealth {
     let mut h = ReceiptChainHealth::of(before, &now_rfc3339());
-    if let Ok(Some(a)) = read_head(state_dir)
-        && Some(a.sequence) > before.head_sequence
+    let head = match appending {
+        Some(r) => Some((r.sequence, r.digest.clone())),
+        None => read_head(state_dir)
+            .ok()
+            .flatten()
+            .map(|a| (a.sequence, a.digest)),
+    };
+    if let Some((sequence, digest)) = head
+        && Some(sequence) > before.head_sequence
     {
-        h.head_sequence = Some(a.sequence);
-        h.head_digest = Some(a.digest);
+        h.head_sequence = Some(sequence);
+        h.head_digest = Some(digest);
     }
     h
 }

@@ -53,6 +53,10 @@ use crate::fsutil;
 /// older trees and their store objects are removed after a successful install.
 pub const KEEP_VERSIONS: usize = 3;
 
+/// How the name of a staging directory ([`Layout::staging`]) begins: what a killed unpack
+/// leaves behind is found again by it.
+pub const STAGING_PREFIX: &str = ".staging-";
+
 /// Paths of one runtime under the state dir.
 ///
 /// Why one type: every step of the transaction and every reader (observe, status, explain)
@@ -99,7 +103,7 @@ impl Layout {
     /// A staging directory for one unpack.
     pub fn staging(&self, version: &str) -> PathBuf {
         self.dir
-            .join(format!(".staging-{version}-{}", std::process::id()))
+            .join(format!("{STAGING_PREFIX}{version}-{}", std::process::id()))
     }
 
     /// The version `current` points at, if it is a symlink to a plain name.

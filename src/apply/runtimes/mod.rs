@@ -195,7 +195,6 @@ fn check_dependencies(
     }
 }
 
-/// Start-up recovery of transactions a killed run left (before planning).
 /// Whether [`recover`] has anything to do: a runtime with an interrupted transaction or a
 /// staging directory left behind.
 ///
@@ -206,17 +205,11 @@ pub fn recovery_pending(state_dir: &Path) -> bool {
         .iter()
         .any(|name| {
             let layout = Layout::new(state_dir, name);
-            layout.transaction().exists()
-                || std::fs::read_dir(&layout.dir).is_ok_and(|rd| {
-                    rd.flatten().any(|e| {
-                        let n = e.file_name();
-                        let n = n.to_string_lossy();
-                        n.starts_with(".staging-") || n.starts_with(fsutil::TEMP_PREFIX)
-                    })
-                })
+            layout.transaction().exists() || transaction::has_leftovers(&layout)
         })
 }
 
+/// Start-up recovery of transactions a killed run left (before planning).
 pub fn recover(
     state_dir: &Path,
     systemd: &dyn Systemd,

@@ -39,7 +39,7 @@ use crate::runtime::manifest::{ArtifactSource, ResolvedRuntime};
 use crate::runtime::policy::{self, Decision, RuntimePolicy};
 use crate::runtime::store::{self, FetchError};
 use crate::runtime::unpack;
-use crate::runtime::{InstalledVersion, KEEP_VERSIONS, Layout};
+use crate::runtime::{InstalledVersion, KEEP_VERSIONS, Layout, STAGING_PREFIX};
 
 /// Transaction schema version.
 pub const TX_SCHEMA_VERSION: u32 = 1;
@@ -849,12 +849,23 @@ fn clean_staging(layout: &Layout) -> Result<()> {
         return Ok(());
     };
     for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".staging-") {
+        if e.file_name().to_string_lossy().starts_with(STAGING_PREFIX) {
             fsutil::remove_dir_all_synced(&e.path())?;
         }
     }
     fsutil::clean_temp_files(&layout.dir)?;
     Ok(())
+}
+
+/// Whether [`clean_staging`] would find anything: a staging directory or a temp file.
+pub(super) fn has_leftovers(layout: &Layout) -> bool {
+    std::fs::read_dir(&layout.dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(STAGING_PREFIX) || name.starts_with(fsutil::TEMP_PREFIX)
+        })
+    })
 }
 
 /// Keep [`KEEP_VERSIONS`] versions (current and previous always among them), newest first;
